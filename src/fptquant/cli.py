@@ -1,0 +1,188 @@
+"""Command-line interface: ``fptquant quantize``, ``fptquant eval``, ``fptquant methods``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import FptquantError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+Model = Annotated[str, typer.Option(help="Built-in alias (smollm2-135m), Hugging Face model directory or .gguf file.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+Dtype = Annotated[str, typer.Option(help="float32 or bfloat16.")]
+Seed = Annotated[int, typer.Option(help="Seed for calibration sampling and random transforms.")]
+MaxWindows = Annotated[
+    int | None, typer.Option(min=1, help="Evaluate only the first N windows (all windows if omitted).")
+]
+EvalData = Annotated[str, typer.Option(help="Evaluation text: wikitext2-test (bundled) or a text file.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Windows per forward pass.")]
+Seqlen = Annotated[int, typer.Option(min=2, help="Window length in tokens.")]
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")]
+
+
+def _user_errors(fn):
+    """Print user errors as one line on stderr and exit with status 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FptquantError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except FloatingPointError as e:
+            typer.secho(f"error: numerical failure: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+def _device(name: str) -> str:
+    import torch
+
+    from .errors import ConfigError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return name
+
+
+def _print_table(rows: list[tuple[str, str, str]], windows: int, seqlen: int) -> None:
+    typer.echo(f"\nWikiText-2 perplexity ({windows} windows x {seqlen} tokens)")
+    width = max(len(r[0]) for r in rows) + 2
+    typer.echo(f"{'model':<{width}}{'bits':<10}perplexity")
+    for name, bits, ppl in rows:
+        typer.echo(f"{name:<{width}}{bits:<10}{ppl}")
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        typer.echo(f"results written to {path}")
+
+
+@app.command()
+@_user_errors
+def quantize(
+    model: Model = "smollm2-135m",
+    method: Annotated[str, typer.Option(help="Quantization method (see `fptquant methods`).")] = "rtn",
+    bits: Annotated[str, typer.Option(help="Bit setting, e.g. w4a4kv4, w4a8kv8, w4a16, w8a8.")] = "w4a4kv4",
+    out: Annotated[Path | None, typer.Option(help="Directory to save the recipe and learned state.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow writing into a non-empty --out directory.")] = False,
+    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="JSON recipe; --method/--bits override it.")] = None,
+    calib_data: Annotated[str, typer.Option(help="Calibration text: wikitext2-valid or a file.")] = "wikitext2-valid",
+    calib_samples: Annotated[int, typer.Option(min=1, help="Calibration windows.")] = 128,
+    calib_seqlen: Annotated[int, typer.Option(min=2, help="Calibration window length.")] = 2048,
+    act_static: Annotated[bool, typer.Option(help="Static (calibrated) activation scales.")] = False,
+    act_clip: Annotated[float, typer.Option(help="Activation clip ratio.")] = 1.0,
+    kv_clip: Annotated[float, typer.Option(help="KV-cache clip ratio.")] = 1.0,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Report perplexity after quantizing.")] = True,
+    compare: Annotated[bool, typer.Option(help="Also evaluate the full-precision model first.")] = True,
+    eval_data: EvalData = "wikitext2-test",
+    max_windows: MaxWindows = None,
+    batch_size: BatchSize = 1,
+    seqlen: Seqlen = 2048,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    seed: Seed = 0,
+    json_out: JsonOut = None,
+):
+    """Quantize a model, report WikiText-2 perplexity (full precision beside quantized) and optionally save it."""
+    from . import Recipe, load_model, perplexity, save_quantized
+    from . import quantize as run_quantize
+    from .config.bits import parse_bits
+    from .data.text import read_text
+    from .errors import OutputExistsError
+
+    base = Recipe.load(recipe_file).to_dict() if recipe_file else {}
+    parse_bits(bits)
+    base.update(method=method, bits=bits, model=model, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
+                seed=seed, act_static=act_static, act_clip_ratio=act_clip, kv_clip_ratio=kv_clip)
+    recipe = Recipe.from_dict(base)
+    from .methods import get_method
+
+    get_method(recipe.method)
+    if out is not None and out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
+    eval_text = read_text(eval_data) if evaluate else None
+    dev = _device(device)
+    net, tokenizer = load_model(model, dtype=dtype, device=dev)
+    rows, results = [], {"model": model, "recipe": recipe.to_dict(), "device": dev, "dtype": dtype}
+    if evaluate and compare:
+        fp = perplexity(net, tokenizer, eval_text, seqlen, max_windows, batch_size, desc="full precision")
+        rows.append(("full precision", "-", f"{fp.perplexity:.2f}"))
+        results["fp_perplexity"] = fp.perplexity
+    start = time.time()
+    run_quantize(net, recipe, calib_data, tokenizer)
+    typer.echo(f"quantized with {recipe.method} {recipe.bit_spec.label} in {time.time() - start:.1f}s", err=True)
+    if out is not None:
+        save_quantized(net, out, overwrite=overwrite)
+        typer.echo(f"saved to {out}", err=True)
+    if evaluate:
+        q = perplexity(net, tokenizer, eval_text, seqlen, max_windows, batch_size, desc=recipe.method)
+        rows.append((recipe.method, recipe.bit_spec.label, f"{q.perplexity:.2f}"))
+        results.update(perplexity=q.perplexity, windows=q.windows, seqlen=seqlen)
+        _print_table(rows, q.windows, seqlen)
+    _write_json(json_out, results)
+
+
+@app.command("eval")
+@_user_errors
+def evaluate_cmd(
+    model: Annotated[str | None, typer.Option(help="Model to evaluate (default smollm2-135m; with --quantized, overrides the recorded one).")] = None,
+    quantized: Annotated[Path | None, typer.Option(help="Directory written by `fptquant quantize --out`.")] = None,
+    data: EvalData = "wikitext2-test",
+    max_windows: MaxWindows = None,
+    batch_size: BatchSize = 1,
+    seqlen: Seqlen = 2048,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    json_out: JsonOut = None,
+):
+    """WikiText-2 (or any text file) perplexity of a full-precision or saved quantized model."""
+    from . import load_model, load_quantized, perplexity
+    from .data.text import read_text
+
+    text = read_text(data)
+    dev = _device(device)
+    if quantized is not None:
+        net, tokenizer, recipe = load_quantized(quantized, model=model, dtype=dtype, device=dev)
+        name, label = recipe.method, recipe.bit_spec.label
+    else:
+        net, tokenizer = load_model(model or "smollm2-135m", dtype=dtype, device=dev)
+        name, label = "full precision", "-"
+    result = perplexity(net, tokenizer, text, seqlen, max_windows, batch_size, desc=name)
+    _print_table([(name, label, f"{result.perplexity:.2f}")], result.windows, seqlen)
+    _write_json(json_out, {"model": model, "quantized": str(quantized) if quantized else None, "device": dev,
+                           "dtype": dtype, "perplexity": result.perplexity, "windows": result.windows,
+                           "seqlen": seqlen, "window_nll": result.window_nll})
+
+
+@app.command()
+def methods():
+    """List the quantization methods and supported architectures."""
+    from .methods import available_methods
+    from .models import supported_model_types
+    from .models.zoo import ALIASES
+
+    typer.echo("methods:")
+    for m in available_methods():
+        typer.echo(f"  {m.name:<12} {m.summary}")
+    typer.echo("architectures (transformers model_type): " + ", ".join(supported_model_types()))
+    typer.echo("built-in models:")
+    for alias, entry in ALIASES.items():
+        typer.echo(f"  {alias:<12} {entry.description}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

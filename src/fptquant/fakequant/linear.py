@@ -1,0 +1,53 @@
+"""``QuantLinear``: an ``nn.Linear`` whose input and weight pass through fake-quantizers.
+
+It subclasses ``nn.Linear`` and shares the original parameters, so state-dict keys
+(``...q_proj.weight``) are unchanged and the module is a drop-in replacement.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..math.quantizer import QuantSpec, Quantizer
+
+
+class QuantLinear(nn.Linear):
+    """``y = Q_a(T(x)) Q_w(W)^T + b`` where ``T`` is an optional online input transform."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.input_transform: nn.Module | None = None
+        self.input_quantizer = Quantizer(QuantSpec())
+        self.weight_quantizer = Quantizer(QuantSpec())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, weight_spec: QuantSpec, act_spec: QuantSpec) -> QuantLinear:
+        q = cls.__new__(cls)
+        nn.Module.__init__(q)
+        q.in_features, q.out_features = linear.in_features, linear.out_features
+        q.weight, q.bias = linear.weight, linear.bias
+        q.input_transform = None
+        q.set_quantizers(weight_spec, act_spec)
+        return q
+
+    def set_quantizers(self, weight_spec: QuantSpec, act_spec: QuantSpec) -> None:
+        device = self.weight.device
+        self.weight_quantizer = Quantizer(weight_spec, self.in_features, clip_units=self.out_features).to(device)
+        self.input_quantizer = Quantizer(act_spec, self.in_features).to(device)
+
+    @torch.no_grad()
+    def bake_weight_quantization(self) -> None:
+        """Replace W by Q_w(W) once, so later forwards skip the weight quantizer (RTN, GPTQ, export)."""
+        self.weight.data.copy_(self.weight_quantizer(self.weight).to(self.weight.dtype))
+        self.weight_quantizer = Quantizer(QuantSpec())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transform is not None:
+            x = self.input_transform(x)
+        x = self.input_quantizer(x)
+        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w={self.weight_quantizer.extra_repr()}, a={self.input_quantizer.extra_repr()}"

@@ -1,0 +1,54 @@
+"""Turn a model into its fake-quantized form: QuantLinear everywhere in the decoder, KV quantizers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import nn
+
+from ..config.recipe import Recipe
+from ..models.base import LINEAR_ROLES, ModelAdapter
+from .attention import AttentionQuantizers, register
+from .linear import QuantLinear
+
+
+def quantize_model_structure(model: nn.Module, adapter: ModelAdapter, recipe: Recipe) -> None:
+    """Insert weight, activation and KV quantizers as the recipe says (lm_head and embeddings untouched).
+
+    Idempotent: linears already wrapped only get their quantizers replaced.
+    """
+    wspec, aspec = recipe.weight_spec(), recipe.activation_spec()
+    kv = recipe.kv_spec(adapter.head_dim)
+    for layer in adapter.layers():
+        for role in LINEAR_ROLES:
+            linear = adapter.linear(layer, role)
+            if isinstance(linear, QuantLinear):
+                linear.set_quantizers(wspec, aspec)
+            else:
+                adapter.set_linear(layer, role, QuantLinear.from_linear(linear, wspec, aspec))
+        attn = adapter.attention(layer)
+        device = next(attn.parameters()).device
+        old = getattr(attn, "fptquant_kv", None)
+        state = AttentionQuantizers(adapter.num_kv_heads, adapter.head_dim, kv, kv).to(device)
+        if old is not None:
+            state.qk_transform = old.qk_transform
+        attn.fptquant_kv = state
+    model.set_attn_implementation(register())
+
+
+def quant_linears(model: nn.Module) -> Iterator[tuple[str, QuantLinear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            yield name, module
+
+
+def set_observing(model: nn.Module, observing: bool) -> None:
+    """Switch every static quantizer into (or out of) range-observation mode."""
+    from ..math.quantizer import Quantizer
+
+    for module in model.modules():
+        if isinstance(module, Quantizer) and module.spec.enabled and not module.spec.dynamic:
+            if observing:
+                module.observing = True
+            else:
+                module.finish_observing()

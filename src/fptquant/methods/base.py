@@ -1,0 +1,77 @@
+"""The method interface and registry. A new method is one file with a ``@register_method`` class."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config.recipe import Recipe
+from ..errors import ConfigError
+from ..math.quantizer import Quantizer
+from ..models.base import ModelAdapter
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+class Method(ABC):
+    """A quantization recipe's algorithm.
+
+    ``apply`` quantizes a full-precision model in place (using calibration windows if it needs
+    them). ``saved_state`` returns every tensor needed to rebuild the result, and ``restore``
+    rebuilds it on a freshly loaded full-precision model from that state, without calibration.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    @abstractmethod
+    def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None: ...
+
+    @abstractmethod
+    def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None: ...
+
+    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return quantizer_state(model)
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def available_methods() -> list[type[Method]]:
+    return [_METHODS[k] for k in sorted(_METHODS)]
+
+
+def quantizer_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer owned by a :class:`Quantizer` (static scales, clip logits, ...)."""
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Quantizer):
+            for key, tensor in module.state_dict().items():
+                state[f"{name}.{key}"] = tensor.detach().cpu().clone()
+    return state
+
+
+def load_quantizer_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`quantizer_state` saved; every saved key must exist and vice versa."""
+    expected = quantizer_state(model)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(
+            f"saved quantizer state does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.load_state_dict(state, strict=False)

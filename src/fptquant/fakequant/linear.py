@@ -14,7 +14,11 @@ from ..math.quantizer import QuantSpec, Quantizer
 
 
 class QuantLinear(nn.Linear):
-    """``y = Q_a(T(x)) Q_w(W)^T + b`` where ``T`` is an optional online input transform."""
+    """``y = Q_a(T(x)) Q_w(W)^T + b`` where ``T`` is an optional online input transform.
+
+    Methods usually replace ``W`` by its quantized value once (RTN, GPTQ) and switch ``Q_w`` off; a
+    live ``Q_w`` is for training with learnable weight clipping.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -36,12 +40,6 @@ class QuantLinear(nn.Linear):
         device = self.weight.device
         self.weight_quantizer = Quantizer(weight_spec, self.in_features, clip_units=self.out_features).to(device)
         self.input_quantizer = Quantizer(act_spec, self.in_features).to(device)
-
-    @torch.no_grad()
-    def bake_weight_quantization(self) -> None:
-        """Replace W by Q_w(W) once, so later forwards skip the weight quantizer (RTN, GPTQ, export)."""
-        self.weight.data.copy_(self.weight_quantizer(self.weight).to(self.weight.dtype))
-        self.weight_quantizer = Quantizer(QuantSpec())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:

@@ -155,3 +155,32 @@ def sigmoid_inverse(p: float) -> float:
     """Logit whose sigmoid is ``p``; used to initialise learnable clipping at a given ratio."""
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
+
+
+@torch.no_grad()
+def search_clip_ratio(
+    groups: torch.Tensor, bits: int, symmetric: bool, grid: int = 100, max_shrink: float = 0.8, norm: float = 2.4
+) -> torch.Tensor:
+    """Per-row clip ratio minimising ``Σ|x - Q(x)|^norm`` over ``1, 1-1/grid, ..., 1-max_shrink``.
+
+    The grid search QuaRot/GPTQ use for weights (``--w_clip``); returns ratios of shape ``(rows, 1)``.
+    """
+    xmin, xmax = groups.amin(1, keepdim=True), groups.amax(1, keepdim=True)
+    best = torch.full_like(xmin, float("inf"))
+    ratio = torch.ones_like(xmin)
+    for i in range(int(max_shrink * grid) + 1):
+        p = 1 - i / grid
+        scale, zero = minmax_qparams(xmin * p, xmax * p, bits, symmetric)
+        err = (fake_quantize(groups, scale, zero, bits, symmetric) - groups).abs().pow(norm).sum(1, keepdim=True)
+        better = err < best
+        best = torch.where(better, err, best)
+        ratio = torch.where(better, torch.full_like(ratio, p), ratio)
+    return ratio
+
+
+def weight_qparams(
+    groups: torch.Tensor, bits: int, symmetric: bool, clip_ratio: float = 1.0, clip_search: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for each row of a grouped weight view (min-max, fixed clip or searched clip)."""
+    ratio = search_clip_ratio(groups, bits, symmetric) if clip_search else clip_ratio
+    return minmax_qparams(groups.amin(1, keepdim=True) * ratio, groups.amax(1, keepdim=True) * ratio, bits, symmetric)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,9 +27,13 @@ class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}  # recipe options this method sets when the user leaves them None
 
     def __init__(self, recipe: Recipe):
-        self.recipe = recipe
+        self.recipe = recipe.resolved(self.defaults)
+
+    def requires_calibration(self) -> bool:
+        return self.needs_calibration or self.recipe.act_static or self.recipe.weight_quantizer == "gptq"
 
     @abstractmethod
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None: ...

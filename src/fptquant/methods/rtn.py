@@ -1,29 +1,42 @@
-"""RTN: round-to-nearest min-max quantization, no transform. The baseline every paper reports."""
+"""RTN and GPTQ without transforms: the baselines every paper reports."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..fakequant.wrap import quant_linears, quantize_model_structure
+from ..fakequant.wrap import quantize_model_structure
 from ..models.base import ModelAdapter
 from ..pipelines.calibration import calibrate_static_ranges
+from ..pipelines.weights import quantize_weights, restore_weights, saved_weight_state
 from .base import Method, load_quantizer_state, register_method
 
 
-@register_method
-class RTN(Method):
-    name = "rtn"
-    summary = "round-to-nearest: per-channel symmetric min-max weights, per-token dynamic activations"
+class PlainMethod(Method):
+    """Quantizers inserted into the unmodified model; weights by the recipe's weight quantizer."""
 
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
         quantize_model_structure(model, adapter, self.recipe)
+        quantize_weights(model, adapter, self.recipe, calibration)
         calibrate_static_ranges(model, calibration)
-        for _, linear in quant_linears(model):
-            linear.bake_weight_quantization()
 
     def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None:
         quantize_model_structure(model, adapter, self.recipe)
-        for _, linear in quant_linears(model):
-            linear.bake_weight_quantization()
+        restore_weights(model, self.recipe, state)
         load_quantizer_state(model, state)
+
+    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {**super().saved_state(model), **saved_weight_state(model, self.recipe)}
+
+
+@register_method
+class RTN(PlainMethod):
+    name = "rtn"
+    summary = "no transform; per-channel weights (RTN, or GPTQ with --weight-quantizer gptq), per-token activations"
+
+
+@register_method
+class GPTQ(PlainMethod):
+    name = "gptq"
+    summary = "no transform; GPTQ weights (rtn with weight_quantizer=gptq)"
+    defaults = {"weight_quantizer": "gptq"}

@@ -49,10 +49,12 @@ def quantize(
     adapter = get_adapter(model)
     method = get_method(recipe.method)(recipe)
     torch.manual_seed(recipe.seed)
-    needs_data = method.needs_calibration or recipe.act_static
+    recipe = method.recipe  # with the method's defaults filled in, so the saved recipe is explicit
+    needs_data = method.requires_calibration()
     calibration = prepare_calibration(calibration_data, tokenizer, recipe) if needs_data else None
     if recipe.model is None:
         recipe.model = getattr(model, "fptquant_source", None)
+    calibration = calibration.to(next(model.parameters()).device) if calibration is not None else None
     method.apply(model, adapter, calibration)
     model.fptquant_recipe = recipe
     model.fptquant_method = method

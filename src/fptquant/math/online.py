@@ -1,0 +1,57 @@
+"""Online transforms: modules applied to activations at run time, whose inverse is merged offline.
+
+Each has ``matrix()`` returning the dense float64 equivalent ``T`` of ``x -> x T`` so the weight side
+can be merged exactly (``W <- W T^{-T}``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .hadamard import block_fwht, fwht, hadamard
+from .rotation import across_chunks, block_diagonal
+
+
+class OnlineHadamard(nn.Module):
+    """``x -> x H`` over the last dim (block-diagonal with ``block`` when given), via the fast transform."""
+
+    def __init__(self, size: int, block: int | None = None):
+        super().__init__()
+        self.size, self.block = size, block or size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.block == self.size:
+            return fwht(x.float()).to(x.dtype)
+        return block_fwht(x.float(), self.block).to(x.dtype)
+
+    def matrix(self) -> torch.Tensor:
+        return block_diagonal(hadamard(self.block), self.size // self.block)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, block={self.block}"
+
+
+class HeadMixing(nn.Module):
+    """``x -> x (M ⊗ I_d)``: mixes the heads of an ``(h·d)``-wide activation with an ``h×h`` matrix."""
+
+    def __init__(self, mix: torch.Tensor, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.register_buffer("mix", mix.float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mix.shape[0]
+        y = x.reshape(*x.shape[:-1], h, self.head_dim)
+        y = torch.einsum("...jd,ji->...id", y, self.mix.to(x.dtype))
+        return y.reshape(x.shape)
+
+    def matrix(self) -> torch.Tensor:
+        return across_chunks(self.mix.double(), self.head_dim)
+
+
+class QKHadamard(nn.Module):
+    """Hadamard on post-RoPE queries and keys per head: ``q kᵀ = (q H)(k H)ᵀ`` for orthogonal ``H``."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return fwht(query.float()).to(query.dtype), fwht(key.float()).to(key.dtype)

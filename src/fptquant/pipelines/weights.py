@@ -1,0 +1,103 @@
+"""Quantize the weights of every QuantLinear once the transforms are in place: RTN or GPTQ."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config.recipe import Recipe
+from ..errors import DataError
+from ..fakequant.linear import QuantLinear
+from ..fakequant.wrap import quant_linears
+from ..math.gptq import HessianAccumulator, gptq_quantize
+from ..math.quantization import Axis, fake_quantize, to_groups, weight_qparams
+from ..math.quantizer import QuantSpec, Quantizer
+from ..models.base import ModelAdapter
+from .sequential import capture_first_layer_inputs, run_layer
+
+# Linears that share an input are quantized together; later groups see earlier groups' quantized output.
+SEQUENTIAL_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
+
+
+def _disable_weight_quantizer(linear: QuantLinear) -> None:
+    linear.weight_quantizer = Quantizer(QuantSpec())
+
+
+@torch.no_grad()
+def rtn_quantize_linear(linear: QuantLinear, recipe: Recipe) -> None:
+    spec = recipe.weight_spec()
+    if spec.enabled:
+        w = linear.weight.data.float()
+        g = to_groups(w, spec.axis, spec.group_size)
+        scale, zero = weight_qparams(g, spec.bits, spec.symmetric, spec.clip_ratio, bool(recipe.weight_clip_search))
+        q = fake_quantize(g, scale, zero, spec.bits, spec.symmetric).reshape(w.shape)
+        linear.weight.data.copy_(q.to(linear.weight.dtype))
+    _disable_weight_quantizer(linear)
+
+
+@torch.no_grad()
+def gptq_quantize_linear(linear: QuantLinear, hessian: torch.Tensor, recipe: Recipe) -> None:
+    spec = recipe.weight_spec()
+    if spec.enabled:
+        q = gptq_quantize(
+            linear.weight.data, hessian, spec.bits, spec.symmetric,
+            group_size=spec.group_size if spec.axis is Axis.GROUP else None,
+            clip_search=bool(recipe.weight_clip_search), clip_ratio=spec.clip_ratio,
+            block_size=recipe.gptq_block_size, damp=recipe.gptq_damp,
+            act_order=recipe.gptq_act_order, static_groups=recipe.gptq_static_groups,
+        )
+        linear.weight.data.copy_(q)
+    _disable_weight_quantizer(linear)
+
+
+def quantize_weights(model: nn.Module, adapter: ModelAdapter, recipe: Recipe, calibration: torch.Tensor | None) -> None:
+    """Replace every decoder weight by its quantized value with the recipe's weight quantizer."""
+    if recipe.weight_quantizer == "gptq":
+        if calibration is None or len(calibration) == 0:
+            raise DataError("GPTQ needs calibration data")
+        gptq_weights(model, adapter, recipe, calibration)
+    else:
+        for _, linear in quant_linears(model):
+            rtn_quantize_linear(linear, recipe)
+
+
+@torch.no_grad()
+def gptq_weights(model: nn.Module, adapter: ModelAdapter, recipe: Recipe, calibration: torch.Tensor) -> None:
+    """Sequential GPTQ: Hessians from the (transformed, activation-quantized) inputs each linear really sees."""
+    inputs = capture_first_layer_inputs(model, adapter, calibration)
+    for layer in tqdm(adapter.layers(), desc="GPTQ", unit="layer"):
+        for group in SEQUENTIAL_GROUPS:
+            linears = {role: adapter.linear(layer, role) for role in group}
+            stats = {role: HessianAccumulator(lin.in_features, lin.weight.device) for role, lin in linears.items()}
+            hooks = [
+                lin.input_quantizer.register_forward_hook(lambda m, a, out, s=stats[role]: s.add(out))
+                for role, lin in linears.items()
+            ]
+            try:
+                run_layer(layer, inputs)
+            finally:
+                for h in hooks:
+                    h.remove()
+            for role, lin in linears.items():
+                gptq_quantize_linear(lin, stats[role].H, recipe)
+        inputs.hidden = run_layer(layer, inputs)
+
+
+def saved_weight_state(model: nn.Module, recipe: Recipe) -> dict[str, torch.Tensor]:
+    """GPTQ weights depend on the calibration data, so they are saved; RTN weights are recomputed on load."""
+    if recipe.weight_quantizer != "gptq":
+        return {}
+    return {f"{name}.weight": lin.weight.detach().cpu().clone() for name, lin in quant_linears(model)}
+
+
+@torch.no_grad()
+def restore_weights(model: nn.Module, recipe: Recipe, state: dict[str, torch.Tensor]) -> None:
+    """Put back saved GPTQ weights (removing them from ``state``) or redo RTN on the loaded weights."""
+    for name, linear in quant_linears(model):
+        if recipe.weight_quantizer == "gptq":
+            saved = state.pop(f"{name}.weight")
+            linear.weight.data.copy_(saved.to(linear.weight.device, linear.weight.dtype))
+            _disable_weight_quantizer(linear)
+        else:
+            rtn_quantize_linear(linear, recipe)

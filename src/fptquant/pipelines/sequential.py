@@ -55,10 +55,20 @@ def capture_first_layer_inputs(model: nn.Module, adapter: ModelAdapter, windows:
     return LayerInputs([h for h, _ in store], kwargs)
 
 
+class StopForward(Exception):
+    """Raised from a hook once everything needed from a layer's forward has been seen."""
+
+
 @torch.no_grad()
-def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
+def run_layer(layer: nn.Module, inputs: LayerInputs, batch_size: int = 8) -> list[torch.Tensor]:
+    """The layer's outputs, running ``batch_size`` windows at a time (a StopForward ends a batch early)."""
     outputs = []
-    for h in inputs.hidden:
-        out = layer(h, **inputs.kwargs)
-        outputs.append(out[0] if isinstance(out, tuple) else out)
+    for start in range(0, len(inputs.hidden), batch_size):
+        batch = torch.cat(inputs.hidden[start : start + batch_size])
+        try:
+            out = layer(batch, **inputs.kwargs)
+        except StopForward:
+            continue
+        out = out[0] if isinstance(out, tuple) else out
+        outputs.extend(out.split(1))
     return outputs

@@ -14,7 +14,7 @@ from ..math.gptq import HessianAccumulator, gptq_quantize
 from ..math.quantization import Axis, fake_quantize, to_groups, weight_qparams
 from ..math.quantizer import QuantSpec, Quantizer
 from ..models.base import ModelAdapter
-from .sequential import capture_first_layer_inputs, run_layer
+from .sequential import StopForward, capture_first_layer_inputs, run_layer
 
 # Linears that share an input are quantized together; later groups see earlier groups' quantized output.
 SEQUENTIAL_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
@@ -68,19 +68,22 @@ def gptq_weights(model: nn.Module, adapter: ModelAdapter, recipe: Recipe, calibr
     inputs = capture_first_layer_inputs(model, adapter, calibration)
     for layer in tqdm(adapter.layers(), desc="GPTQ", unit="layer"):
         for group in SEQUENTIAL_GROUPS:
-            linears = {role: adapter.linear(layer, role) for role in group}
-            stats = {role: HessianAccumulator(lin.in_features, lin.weight.device) for role, lin in linears.items()}
-            hooks = [
-                lin.input_quantizer.register_forward_hook(lambda m, a, out, s=stats[role]: s.add(out))
-                for role, lin in linears.items()
-            ]
+            linears = [adapter.linear(layer, role) for role in group]
+            # Linears of a group read the same input: one Hessian serves them all, and the forward can
+            # stop as soon as the first of them has seen its input.
+            stats = HessianAccumulator(linears[0].in_features, linears[0].weight.device)
+
+            def collect(module, args, out, stats=stats):
+                stats.add(out)
+                raise StopForward
+
+            hook = linears[0].input_quantizer.register_forward_hook(collect)
             try:
                 run_layer(layer, inputs)
             finally:
-                for h in hooks:
-                    h.remove()
-            for role, lin in linears.items():
-                gptq_quantize_linear(lin, stats[role].H, recipe)
+                hook.remove()
+            for lin in linears:
+                gptq_quantize_linear(lin, stats.H, recipe)
         inputs.hidden = run_layer(layer, inputs)
 
 

@@ -53,3 +53,19 @@ def test_rtn_w8a8_is_close_and_w4a4kv4_breaks_the_model(smollm2, windows):
     nll8, nll4 = sum(window_nll(w8, windows)), sum(window_nll(w4, windows))
     assert fp < nll8 < fp + 0.1 * len(windows)  # less than ~10% perplexity increase per window
     assert nll4 > fp + 2.0 * len(windows)  # naive 4-bit activations: perplexity up by more than e^2
+
+
+def test_all_quarot_rotations_are_exact_on_the_real_model(smollm2, windows):
+    """R1 (with norm folding and untying), R2, head mixing (9 heads: random orthogonal), R3 and R4 together."""
+    from fptquant.fakequant.wrap import quantize_model_structure
+    from fptquant.methods.quarot import apply_rotations
+
+    model = copy.deepcopy(smollm2[0])
+    adapter = fptquant.get_adapter(model)
+    with torch.no_grad():
+        before = model(input_ids=windows[:1, :256]).logits
+        quantize_model_structure(model, adapter, fptquant.Recipe(bits="w16a16kv16"))
+        apply_rotations(model, adapter, seed=0, rotate_qk=True)
+        after = model(input_ids=windows[:1, :256]).logits
+    assert not adapter.embeddings_tied()
+    assert (after - before).abs().max() <= 1e-4

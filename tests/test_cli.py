@@ -28,24 +28,67 @@ def test_methods_lists_methods_and_architectures():
 
 def test_quantize_save_and_eval_reproduce_the_same_perplexity(tiny_model_dir, text_file, tmp_path):
     out, report = tmp_path / "rtn", tmp_path / "q.json"
-    result = run("quantize", *small_eval(tiny_model_dir, text_file), "--bits", "w4a8kv4", "--act-static",
-                 "--calib-data", text_file, "--calib-samples", "4", "--calib-seqlen", "32", "--out", out,
-                 "--json", report)
+    result = run(
+        "quantize",
+        *small_eval(tiny_model_dir, text_file),
+        "--bits",
+        "w4a8kv4",
+        "--act-static",
+        "--calib-data",
+        text_file,
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "32",
+        "--out",
+        out,
+        "--json",
+        report,
+    )
     assert result.exit_code == 0, result.output
     assert "full precision" in result.output and "W4A8KV4" in result.output
     saved = json.loads(report.read_text())
     assert saved["perplexity"] != saved["fp_perplexity"]
     reloaded = tmp_path / "eval.json"
-    result = run("eval", "--quantized", out, "--data", text_file, "--seqlen", "32", "--max-windows", "3",
-                 "--device", "cpu", "--json", reloaded)
+    result = run(
+        "eval",
+        "--quantized",
+        out,
+        "--data",
+        text_file,
+        "--seqlen",
+        "32",
+        "--max-windows",
+        "3",
+        "--device",
+        "cpu",
+        "--json",
+        reloaded,
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(reloaded.read_text())["perplexity"] == saved["perplexity"]
 
 
 def test_eval_full_precision_matches_quantize_baseline(tiny_model_dir, text_file, tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    assert run("eval", "--model", tiny_model_dir, "--data", text_file, "--seqlen", "32", "--max-windows", "3",
-               "--device", "cpu", "--json", a).exit_code == 0
+    assert (
+        run(
+            "eval",
+            "--model",
+            tiny_model_dir,
+            "--data",
+            text_file,
+            "--seqlen",
+            "32",
+            "--max-windows",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+            a,
+        ).exit_code
+        == 0
+    )
     assert run("quantize", *small_eval(tiny_model_dir, text_file), "--json", b).exit_code == 0
     assert json.loads(a.read_text())["perplexity"] == json.loads(b.read_text())["fp_perplexity"]
 
@@ -73,8 +116,15 @@ def bad_inputs(tiny_model_dir, text_file, tmp_path):
     nonempty = tmp_path / "taken"
     nonempty.mkdir()
     (nonempty / "precious.txt").write_text("keep me")
-    return dict(model=tiny_model_dir, text=text_file, gpt2=gpt2, corrupt=corrupt, truncated=truncated,
-                empty=empty, nonempty=nonempty)
+    return dict(
+        model=tiny_model_dir,
+        text=text_file,
+        gpt2=gpt2,
+        corrupt=corrupt,
+        truncated=truncated,
+        empty=empty,
+        nonempty=nonempty,
+    )
 
 
 CASES = {
@@ -86,8 +136,21 @@ CASES = {
     "bad bits": (["quantize", "--model", "{model}", "--bits", "w3a5kv9", "--device", "cpu"], "bad bits spec"),
     "bad bits word": (["quantize", "--model", "{model}", "--bits", "int4", "--device", "cpu"], "bad bits spec"),
     "non-empty out": (["quantize", "--model", "{model}", "--out", "{nonempty}", "--device", "cpu"], "not empty"),
-    "empty calibration": (["quantize", "--model", "{model}", "--act-static", "--calib-data", "{empty}",
-                           "--eval-data", "{text}", "--device", "cpu"], "empty"),
+    "empty calibration": (
+        [
+            "quantize",
+            "--model",
+            "{model}",
+            "--act-static",
+            "--calib-data",
+            "{empty}",
+            "--eval-data",
+            "{text}",
+            "--device",
+            "cpu",
+        ],
+        "empty",
+    ),
     "zero windows": (["eval", "--model", "{model}", "--max-windows", "0"], "max-windows"),
     "missing eval text": (["eval", "--model", "{model}", "--data", "nope.txt"], "text file not found"),
     "unknown method": (["quantize", "--model", "{model}", "--method", "magic"], "unknown method 'magic'"),

@@ -11,8 +11,15 @@ from fptquant.math.quantization import Axis
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("w4a4kv4", (4, 4, 4)), ("W4A8KV4", (4, 8, 4)), ("w4a8kv8", (4, 8, 8)), ("w4a16", (4, 16, 16)),
-     ("w8a8", (8, 8, 16)), ("w2a16kv2", (2, 16, 2)), ("w16a16kv16", (16, 16, 16))],
+    [
+        ("w4a4kv4", (4, 4, 4)),
+        ("W4A8KV4", (4, 8, 4)),
+        ("w4a8kv8", (4, 8, 8)),
+        ("w4a16", (4, 16, 16)),
+        ("w8a8", (8, 8, 16)),
+        ("w2a16kv2", (2, 16, 2)),
+        ("w16a16kv16", (16, 16, 16)),
+    ],
 )
 def test_parse_bits(text, expected):
     b = parse_bits(text)

@@ -98,8 +98,9 @@ def test_attention_quantizes_post_rope_keys_and_values(monkeypatch, tokens):
     monkeypatch.setitem(kv_attention.AttentionInterface._global_mapping, kv_attention.BASE_IMPLEMENTATION, spy)
     hidden = {}
     layer0 = model.model.layers[0]
-    handle = layer0.self_attn.register_forward_pre_hook(lambda m, a, kw: hidden.update(x=kw["hidden_states"],
-                                                        pe=kw["position_embeddings"]), with_kwargs=True)
+    handle = layer0.self_attn.register_forward_pre_hook(
+        lambda m, a, kw: hidden.update(x=kw["hidden_states"], pe=kw["position_embeddings"]), with_kwargs=True
+    )
     logits(model, tokens)
     handle.remove()
     attn = layer0.self_attn

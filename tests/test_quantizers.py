@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fptquant.math.quantization import Axis, fake_quantize, int_range, minmax_qparams, quantize_to_int, to_groups
-from fptquant.math.quantizer import QuantSpec, Quantizer
+from fptquant.math.quantizer import Quantizer, QuantSpec
 
 FEATURES, GROUP = 36, 12
 
@@ -71,7 +71,9 @@ def test_dynamic_matches_float64_reference(axis, symmetric, bits):
     torch.testing.assert_close(got, want.view_as(x), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("axis,symmetric", list(itertools.product([Axis.TENSOR, Axis.GROUP, Axis.COLUMN], [True, False])))
+@pytest.mark.parametrize(
+    "axis,symmetric", list(itertools.product([Axis.TENSOR, Axis.GROUP, Axis.COLUMN], [True, False]))
+)
 def test_static_calibrated_matches_float64_reference(axis, symmetric):
     calib = [random_input(seed) for seed in range(3)]
     spec = QuantSpec(bits=4, symmetric=symmetric, axis=axis, group_size=GROUP, dynamic=False)
@@ -84,7 +86,7 @@ def test_static_calibrated_matches_float64_reference(axis, symmetric):
     got = q(x)
     stacked = torch.cat([c.reshape(-1, FEATURES) for c in calib])
     want = torch.empty_like(x).flatten()
-    for unit_x, unit_c in zip(reference_static_units(x, axis), reference_static_units(stacked, axis)):
+    for unit_x, unit_c in zip(reference_static_units(x, axis), reference_static_units(stacked, axis), strict=True):
         c = stacked.flatten()[unit_c]
         want[unit_x] = reference_fake_quant(x.flatten()[unit_x], c.min().item(), c.max().item(), 4, symmetric)
     torch.testing.assert_close(got, want.view_as(x), rtol=0, atol=1e-6)

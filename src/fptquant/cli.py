@@ -101,22 +101,37 @@ def _write_json(path: Path | None, payload: dict) -> None:
 @_user_errors
 def quantize(
     model: Model = "smollm2-135m",
-    method: Annotated[str | None, typer.Option(help="Quantization method (see `fptquant methods`) [default: rtn].")] = None,
-    bits: Annotated[str | None, typer.Option(help="Bit setting, e.g. w4a4kv4, w4a8kv8, w4a16, w8a8 [default: w4a4kv4].")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Quantization method (see `fptquant methods`) [default: rtn].")
+    ] = None,
+    bits: Annotated[
+        str | None, typer.Option(help="Bit setting, e.g. w4a4kv4, w4a8kv8, w4a16, w8a8 [default: w4a4kv4].")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Directory to save the recipe and learned state.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow writing into a non-empty --out directory.")] = False,
-    recipe_file: Annotated[Path | None, typer.Option("--recipe", help="JSON recipe; --method/--bits override it.")] = None,
+    recipe_file: Annotated[
+        Path | None, typer.Option("--recipe", help="JSON recipe; --method/--bits override it.")
+    ] = None,
     calib_data: Annotated[str, typer.Option(help="Calibration text: wikitext2-valid or a file.")] = "wikitext2-valid",
     calib_samples: Annotated[int, typer.Option(min=1, help="Calibration windows.")] = 128,
     calib_seqlen: Annotated[int, typer.Option(min=2, help="Calibration window length.")] = 2048,
     weights: Annotated[str | None, typer.Option(help="Weight quantizer: rtn or gptq (default: the method's).")] = None,
-    weight_clip_search: Annotated[bool | None, typer.Option(
-        "--weight-clip-search/--no-weight-clip-search", help="Grid-search weight clip ratios (default: the method's).")] = None,
-    weight_group_size: Annotated[int | None, typer.Option(help="Per-group weight scales (default per channel).")] = None,
+    weight_clip_search: Annotated[
+        bool | None,
+        typer.Option(
+            "--weight-clip-search/--no-weight-clip-search",
+            help="Grid-search weight clip ratios (default: the method's).",
+        ),
+    ] = None,
+    weight_group_size: Annotated[
+        int | None, typer.Option(help="Per-group weight scales (default per channel).")
+    ] = None,
     act_static: Annotated[bool, typer.Option(help="Static (calibrated) activation scales.")] = False,
     act_clip: Annotated[float | None, typer.Option(help="Activation clip ratio (default: the method's).")] = None,
     kv_clip: Annotated[float | None, typer.Option(help="KV-cache clip ratio (default: the method's).")] = None,
-    method_arg: Annotated[list[str] | None, typer.Option(help="Method option KEY=VALUE (repeatable), e.g. alpha=0.5.")] = None,
+    method_arg: Annotated[
+        list[str] | None, typer.Option(help="Method option KEY=VALUE (repeatable), e.g. alpha=0.5.")
+    ] = None,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Report perplexity after quantizing.")] = True,
     compare: Annotated[bool, typer.Option(help="Also evaluate the full-precision model first.")] = True,
     eval_data: EvalData = "wikitext2-test",
@@ -140,10 +155,14 @@ def quantize(
     if bits is not None:
         parse_bits(bits)
     base.update({k: v for k, v in dict(method=method, bits=bits).items() if v is not None})
-    base.update(model=model, calib_samples=calib_samples, calib_seqlen=calib_seqlen,
-                seed=seed, act_static=act_static)
-    overrides = dict(weight_quantizer=weights, weight_clip_search=weight_clip_search,
-                     weight_group_size=weight_group_size, act_clip_ratio=act_clip, kv_clip_ratio=kv_clip)
+    base.update(model=model, calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed, act_static=act_static)
+    overrides = dict(
+        weight_quantizer=weights,
+        weight_clip_search=weight_clip_search,
+        weight_group_size=weight_group_size,
+        act_clip_ratio=act_clip,
+        kv_clip_ratio=kv_clip,
+    )
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["method_args"] = {**base.get("method_args", {}), **_parse_method_args(method_arg or [])}
     recipe = Recipe.from_dict(base)
@@ -181,7 +200,10 @@ def quantize(
 @app.command("eval")
 @_user_errors
 def evaluate_cmd(
-    model: Annotated[str | None, typer.Option(help="Model to evaluate (default smollm2-135m; with --quantized, overrides the recorded one).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model to evaluate (default smollm2-135m; with --quantized, overrides the recorded one)."),
+    ] = None,
     quantized: Annotated[Path | None, typer.Option(help="Directory written by `fptquant quantize --out`.")] = None,
     data: EvalData = "wikitext2-test",
     max_windows: MaxWindows = None,
@@ -206,9 +228,19 @@ def evaluate_cmd(
         name, label = "full precision", "-"
     result = perplexity(net, tokenizer, text, seqlen, max_windows, batch_size, desc=name)
     _print_table([(name, label, f"{result.perplexity:.2f}")], result.windows, seqlen)
-    _write_json(json_out, {"model": model, "quantized": str(quantized) if quantized else None, "device": dev,
-                           "dtype": dtype, "perplexity": result.perplexity, "windows": result.windows,
-                           "seqlen": seqlen, "window_nll": result.window_nll})
+    _write_json(
+        json_out,
+        {
+            "model": model,
+            "quantized": str(quantized) if quantized else None,
+            "device": dev,
+            "dtype": dtype,
+            "perplexity": result.perplexity,
+            "windows": result.windows,
+            "seqlen": seqlen,
+            "window_nll": result.window_nll,
+        },
+    )
 
 
 @app.command()

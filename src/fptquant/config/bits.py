@@ -38,7 +38,7 @@ def parse_bits(spec: str) -> BitsSpec:
             f"bad bits spec {spec!r}: expected w<bits>a<bits>[kv<bits>], e.g. w4a4kv4, w4a8kv8, w4a16, w8a8"
         )
     values = [int(g) if g is not None else 16 for g in m.groups()]
-    for name, b in zip(("weight", "activation", "kv-cache"), values):
+    for name, b in zip(("weight", "activation", "kv-cache"), values, strict=True):
         if b not in SUPPORTED_BITS:
             raise ConfigError(f"bad bits spec {spec!r}: {name} bit-width {b} is not one of {SUPPORTED_BITS}")
     return BitsSpec(*values)

@@ -51,7 +51,9 @@ class Recipe:
     def __post_init__(self):
         self.bits = str(parse_bits(self.bits))
         if self.weight_quantizer is not None and self.weight_quantizer not in WEIGHT_QUANTIZERS:
-            raise ConfigError(f"unknown weight quantizer {self.weight_quantizer!r}; choose {', '.join(WEIGHT_QUANTIZERS)}")
+            raise ConfigError(
+                f"unknown weight quantizer {self.weight_quantizer!r}; choose {', '.join(WEIGHT_QUANTIZERS)}"
+            )
         for name in ("weight_clip_ratio", "act_clip_ratio", "kv_clip_ratio"):
             value = getattr(self, name)
             if value is not None and not 0.0 < value <= 1.0:
@@ -62,7 +64,8 @@ class Recipe:
             raise ConfigError("calib_samples and calib_seqlen must be positive")
         if self.version > RECIPE_VERSION:
             raise ConfigError(
-                f"recipe version {self.version} is newer than this fptquant understands ({RECIPE_VERSION}); upgrade fptquant"
+                f"recipe version {self.version} is newer than this fptquant understands "
+                f"({RECIPE_VERSION}); upgrade fptquant"
             )
 
     def resolved(self, method_defaults: dict[str, Any]) -> Recipe:

@@ -39,9 +39,9 @@ def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, des
     for start in range(0, len(windows), batch_size):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits
-        loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="none"
-        ).view(len(batch), -1)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="none").view(
+            len(batch), -1
+        )
         per_window = loss.mean(dim=1).double().cpu().tolist()
         if not all(math.isfinite(v) for v in per_window):
             raise FloatingPointError(f"non-finite loss in windows {start}..{start + len(batch) - 1}")

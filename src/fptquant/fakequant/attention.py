@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from ..math.quantizer import QuantSpec, Quantizer
+from ..math.quantizer import Quantizer, QuantSpec
 
 ATTN_IMPLEMENTATION = "fptquant"
 BASE_IMPLEMENTATION = "sdpa"

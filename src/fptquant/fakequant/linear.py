@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..math.quantizer import QuantSpec, Quantizer
+from ..math.quantizer import Quantizer, QuantSpec
 
 
 class QuantLinear(nn.Linear):

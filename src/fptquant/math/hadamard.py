@@ -67,7 +67,7 @@ class _GaloisField:
         return not any(g)
 
     def sub(self, a: int, b: int) -> int:
-        return self._number([(x - y) % self.p for x, y in zip(self._digits(a), self._digits(b))])
+        return self._number([(x - y) % self.p for x, y in zip(self._digits(a), self._digits(b), strict=True)])
 
     def mul(self, a: int, b: int) -> int:
         if self.k == 1:
@@ -112,7 +112,7 @@ def _paley(order: int) -> torch.Tensor | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_factor(n: int) -> int | None:
     """The smallest k with n = k·2^m and a known construction of H_k (k = 1 for powers of two)."""
     m = (n & -n).bit_length() - 1

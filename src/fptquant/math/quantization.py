@@ -111,9 +111,7 @@ def minmax_qparams(
     return scale, zero
 
 
-def fake_quantize(
-    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool
-) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
     """Quantize-dequantize. Gradients: straight-through for ``x`` inside the grid, LSQ-style for ``scale``."""
     qmin, qmax = int_range(bits, symmetric)
     q = torch.clamp(round_ste(x / scale) + zero, qmin, qmax)

@@ -104,7 +104,8 @@ class Quantizer(nn.Module):
         kind = "dynamic" if s.dynamic else "static"
         sym = "sym" if s.symmetric else "asym"
         grp = f"({s.group_size})" if s.axis is Axis.GROUP else ""
-        return f"int{s.bits} {sym} {s.axis.value}{grp} {kind} clip={s.clip_ratio}{' learnable' if s.learnable_clip else ''}"
+        learnable = " learnable" if s.learnable_clip else ""
+        return f"int{s.bits} {sym} {s.axis.value}{grp} {kind} clip={s.clip_ratio}{learnable}"
 
     def _clip_factors(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         ratio = self.spec.clip_ratio

@@ -21,15 +21,19 @@ SMOOTHED = (("input_norm", ("q", "k", "v")), ("post_attention_norm", ("gate", "u
 
 
 @torch.no_grad()
-def input_abs_max(model: nn.Module, adapter: ModelAdapter, windows: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+def input_abs_max(
+    model: nn.Module, adapter: ModelAdapter, windows: torch.Tensor
+) -> dict[tuple[int, str], torch.Tensor]:
     """Per-channel max |x| of the inputs of the first linear after each norm, over the calibration windows."""
     stats: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
     for i, layer in enumerate(adapter.layers()):
         for norm_name, roles in SMOOTHED:
+
             def hook(module, args, key=(i, norm_name)):
                 amax = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
                 stats[key] = torch.maximum(stats[key], amax) if key in stats else amax
+
             hooks.append(adapter.linear(layer, roles[0]).register_forward_pre_hook(hook))
     try:
         run_windows(model, windows, desc="SmoothQuant statistics")

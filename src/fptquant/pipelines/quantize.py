@@ -26,7 +26,9 @@ def prepare_calibration(data: torch.Tensor | str | None, tokenizer, recipe: Reci
     """Calibration windows ``(n, seqlen)`` from token windows, a text file or the bundled validation split."""
     if isinstance(data, torch.Tensor):
         if data.ndim != 2 or data.numel() == 0:
-            raise DataError(f"calibration windows must be a non-empty (n, seqlen) tensor, got shape {tuple(data.shape)}")
+            raise DataError(
+                f"calibration windows must be a non-empty (n, seqlen) tensor, got shape {tuple(data.shape)}"
+            )
         return data.long()
     if tokenizer is None:
         raise DataError("a tokenizer is needed to turn calibration text into windows")

@@ -17,8 +17,10 @@ def fold_norms(adapter: ModelAdapter) -> None:
     """
     adapter.untie_embeddings()
     for layer in adapter.layers():
-        for norm, roles in ((adapter.input_norm(layer), ("q", "k", "v")),
-                            (adapter.post_attention_norm(layer), ("gate", "up"))):
+        for norm, roles in (
+            (adapter.input_norm(layer), ("q", "k", "v")),
+            (adapter.post_attention_norm(layer), ("gate", "up")),
+        ):
             for role in roles:
                 scale_input_channels(adapter.linear(layer, role).weight, norm.weight)
             norm.weight.fill_(1.0)

@@ -12,7 +12,7 @@ from ..fakequant.linear import QuantLinear
 from ..fakequant.wrap import quant_linears
 from ..math.gptq import HessianAccumulator, gptq_quantize
 from ..math.quantization import Axis, fake_quantize, to_groups, weight_qparams
-from ..math.quantizer import QuantSpec, Quantizer
+from ..math.quantizer import Quantizer, QuantSpec
 from ..models.base import ModelAdapter
 from .sequential import StopForward, capture_first_layer_inputs, run_layer
 
@@ -41,11 +41,17 @@ def gptq_quantize_linear(linear: QuantLinear, hessian: torch.Tensor, recipe: Rec
     spec = recipe.weight_spec()
     if spec.enabled:
         q = gptq_quantize(
-            linear.weight.data, hessian, spec.bits, spec.symmetric,
+            linear.weight.data,
+            hessian,
+            spec.bits,
+            spec.symmetric,
             group_size=spec.group_size if spec.axis is Axis.GROUP else None,
-            clip_search=bool(recipe.weight_clip_search), clip_ratio=spec.clip_ratio,
-            block_size=recipe.gptq_block_size, damp=recipe.gptq_damp,
-            act_order=recipe.gptq_act_order, static_groups=recipe.gptq_static_groups,
+            clip_search=bool(recipe.weight_clip_search),
+            clip_ratio=spec.clip_ratio,
+            block_size=recipe.gptq_block_size,
+            damp=recipe.gptq_damp,
+            act_order=recipe.gptq_act_order,
+            static_groups=recipe.gptq_static_groups,
         )
         linear.weight.data.copy_(q)
     _disable_weight_quantizer(linear)

@@ -16,8 +16,11 @@ def run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
+SMALL = ["--seqlen", "32", "--max-windows", "3", "--device", "cpu"]
+
+
 def small_eval(model_dir, text_file):
-    return ["--model", model_dir, "--eval-data", text_file, "--seqlen", "32", "--max-windows", "3", "--device", "cpu"]
+    return ["--model", model_dir, "--eval-data", text_file, *SMALL]
 
 
 def test_methods_lists_methods_and_architectures():
@@ -50,45 +53,14 @@ def test_quantize_save_and_eval_reproduce_the_same_perplexity(tiny_model_dir, te
     saved = json.loads(report.read_text())
     assert saved["perplexity"] != saved["fp_perplexity"]
     reloaded = tmp_path / "eval.json"
-    result = run(
-        "eval",
-        "--quantized",
-        out,
-        "--data",
-        text_file,
-        "--seqlen",
-        "32",
-        "--max-windows",
-        "3",
-        "--device",
-        "cpu",
-        "--json",
-        reloaded,
-    )
+    result = run("eval", "--quantized", out, "--data", text_file, *SMALL, "--json", reloaded)
     assert result.exit_code == 0, result.output
     assert json.loads(reloaded.read_text())["perplexity"] == saved["perplexity"]
 
 
 def test_eval_full_precision_matches_quantize_baseline(tiny_model_dir, text_file, tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    assert (
-        run(
-            "eval",
-            "--model",
-            tiny_model_dir,
-            "--data",
-            text_file,
-            "--seqlen",
-            "32",
-            "--max-windows",
-            "3",
-            "--device",
-            "cpu",
-            "--json",
-            a,
-        ).exit_code
-        == 0
-    )
+    assert run("eval", "--model", tiny_model_dir, "--data", text_file, *SMALL, "--json", a).exit_code == 0
     assert run("quantize", *small_eval(tiny_model_dir, text_file), "--json", b).exit_code == 0
     assert json.loads(a.read_text())["perplexity"] == json.loads(b.read_text())["fp_perplexity"]
 

@@ -44,18 +44,30 @@ def online_hadamard_for(n: int) -> OnlineHadamard:
     return OnlineHadamard(n, block)
 
 
-def apply_rotations(model: nn.Module, adapter: ModelAdapter, seed: int, rotate_qk: bool, residual=None) -> None:
+def hadamard_or_fallback_r2(adapter: ModelAdapter, gen: torch.Generator) -> torch.Tensor:
+    return orthogonal_or_fallback(adapter.head_dim, gen, "R2 (head dim)", randomize=False)
+
+
+def apply_rotations(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    seed: int,
+    rotate_qk: bool,
+    residual: torch.Tensor | None = None,
+    values: list[torch.Tensor] | None = None,
+) -> None:
     """Insert QuaRot's R1-R4 into a model whose decoder linears are already QuantLinears.
 
-    ``residual`` overrides R1 (SpinQuant passes its learned rotation).
+    ``residual`` (R1) and ``values`` (one R2 per layer) override the Hadamard defaults; SpinQuant
+    passes identities to train on top, then its learned rotations to restore.
     """
     gen = torch.Generator().manual_seed(seed)
     fold_norms(adapter)
     r1 = residual if residual is not None else orthogonal_or_fallback(adapter.hidden_size, gen, "R1 (hidden size)")
     rotate_residual(adapter, r1)
     head_mix = orthogonal_or_fallback(adapter.num_heads, gen, "the heads before o_proj", randomize=False)
-    for layer in adapter.layers():
-        r2 = orthogonal_or_fallback(adapter.head_dim, gen, "R2 (head dim)", randomize=False)
+    for i, layer in enumerate(adapter.layers()):
+        r2 = values[i] if values is not None else hadamard_or_fallback_r2(adapter, gen)
         transform_values(adapter, layer, [r2] * adapter.num_kv_heads)
         o_proj = adapter.linear(layer, "o")
         o_proj.input_transform = HeadMixing(head_mix, adapter.head_dim).to(o_proj.weight.device)

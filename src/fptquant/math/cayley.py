@@ -1,0 +1,36 @@
+"""Orthogonal matrices parametrised on the Stiefel manifold by the Cayley map.
+
+``R = (I - A/2)^{-1} (I + A/2) R0`` with ``A`` skew-symmetric. ``A = 0`` gives exactly the initial
+rotation ``R0``; every ``A`` gives an orthogonal ``R`` (``I - A/2`` is never singular for skew ``A``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def cayley(skew: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(skew.shape[0], dtype=skew.dtype, device=skew.device)
+    return torch.linalg.solve(eye - skew / 2, eye + skew / 2)
+
+
+class CayleyRotation(nn.Module):
+    """A trainable orthogonal matrix starting at ``init``; call it to get the matrix."""
+
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.register_buffer("base", init.float().contiguous())
+        self.weight = nn.Parameter(torch.zeros_like(self.base))  # only the strict upper triangle is used
+
+    def _skew(self, dtype: torch.dtype) -> torch.Tensor:
+        upper = torch.triu(self.weight.to(dtype), diagonal=1)
+        return upper - upper.t()
+
+    def forward(self) -> torch.Tensor:
+        return cayley(self._skew(torch.float32)) @ self.base
+
+    @torch.no_grad()
+    def matrix64(self) -> torch.Tensor:
+        """The current rotation computed in float64 (for exact merging)."""
+        return cayley(self._skew(torch.float64)) @ self.base.double()

@@ -18,3 +18,7 @@ q quarot-gptq_w4a16      --method quarot --weights gptq --bits w4a16
 [[ -d "$OUT/quarot-gptq" ]] && python3 -m fptquant eval --quantized "$OUT/quarot-gptq" --model "$M" --device cuda --batch-size 8 \
   --json "$OUT/quarot-gptq_reloaded.json" 2>&1 | grep -E "^[a-z].*W[0-9]"
 rm -rf "$OUT/quarot-gptq"
+q spinquant-gptq_w4a4kv4 --method spinquant --weights gptq --bits w4a4kv4 --out "$OUT/spinquant-gptq"
+[[ -d "$OUT/spinquant-gptq" ]] && python3 -m fptquant eval --quantized "$OUT/spinquant-gptq" --model "$M" --device cuda \
+  --batch-size 8 --json "$OUT/spinquant-gptq_reloaded.json" 2>&1 | grep -E "^[a-z].*W[0-9]"
+rm -rf "$OUT/spinquant-gptq"

@@ -105,14 +105,20 @@ class SpinQuant(Method):
         quantize_model_structure(model, adapter, recipe)
         eye = torch.eye(adapter.head_dim, dtype=torch.float64)
         apply_rotations(
-            model, adapter, self.recipe.seed, rotate_qk=recipe.bit_spec.kv_cache < 16,
-            residual=torch.eye(adapter.hidden_size, dtype=torch.float64), values=[eye] * len(adapter.layers()),
+            model,
+            adapter,
+            self.recipe.seed,
+            rotate_qk=recipe.bit_spec.kv_cache < 16,
+            residual=torch.eye(adapter.hidden_size, dtype=torch.float64),
+            values=[eye] * len(adapter.layers()),
         )
 
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
         args = self.recipe.method_args
         bits = self.recipe.bit_spec
-        training_bits = f"w16a{bits.activations}kv{bits.kv_cache}" if self.recipe.weight_quantizer == "gptq" else str(bits)
+        # GPTQ follows, so rotations are learned without weight quantization (W16AxKVy), as the paper does.
+        gptq = self.recipe.weight_quantizer == "gptq"
+        training_bits = f"w16a{bits.activations}kv{bits.kv_cache}" if gptq else str(bits)
         self._fixed_parts(model, adapter, Recipe.from_dict({**self.recipe.to_dict(), "bits": training_bits}))
         gen = torch.Generator().manual_seed(self.recipe.seed)
         device = adapter.embeddings().weight.device
@@ -126,8 +132,14 @@ class SpinQuant(Method):
         touched = attach_trainable_rotations(adapter, r1, r2s)
         try:
             train_next_token(
-                model, params, calibration, steps=int(args.get("steps", 100)), lr=float(args.get("lr", 0.05)),
-                batch_size=int(args.get("batch_size", 8)), seed=self.recipe.seed, desc="SpinQuant rotations",
+                model,
+                params,
+                calibration,
+                steps=int(args.get("steps", 100)),
+                lr=float(args.get("lr", 0.05)),
+                batch_size=int(args.get("batch_size", 8)),
+                seed=self.recipe.seed,
+                desc="SpinQuant rotations",
                 max_step=float(args.get("max_step", 1.0)),
             )
         finally:

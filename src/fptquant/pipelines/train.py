@@ -28,6 +28,7 @@ def train_next_token(
     seed: int = 0,
     desc: str = "training",
     max_step: float | None = None,
+    micro_batch: int = 2,
 ) -> list[float]:
     """``steps`` optimizer steps on batches drawn (seeded, cycling) from ``windows``, cosine lr to 0.
 
@@ -45,17 +46,20 @@ def train_next_token(
             order, cursor = torch.randperm(len(windows), generator=gen), 0
         batch = windows[order[cursor : cursor + batch_size]].to(device)
         cursor += batch_size
-        loss = next_token_loss(model, batch)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for chunk in batch.split(micro_batch):  # gradient accumulation bounds activation memory
+            part = next_token_loss(model, chunk) * (len(chunk) / len(batch))
+            part.backward()
+            loss += part.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss} at step {step}")
         if max_step is not None:
             current = sched.get_last_lr()[0]
             for p in params:
                 torch.nn.utils.clip_grad_norm_([p], max_norm=max_step / max(current, 1e-12))
         opt.step()
         sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
     return losses

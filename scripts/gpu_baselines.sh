@@ -7,7 +7,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 M=${FPTQ_GGUF:?run source .stage/common/setup.sh first}
 ROWS=${ROWS:-all}  # e.g. ROWS="gptq_w4a4kv4 quarot-gptq_w4a16" to run only those rows
 q() { name=$1; shift; [[ $ROWS == all || " $ROWS " == *" $name "* ]] || return 0; /usr/bin/time -f "$name wall %e s" python3 -m fptquant quantize --model "$M" --no-compare \
-        --device cuda --batch-size 8 --json "$OUT/$name.json" "$@" 2>&1 | grep -E "perplexity|^[a-z].*W[0-9]|wall|error|Error|Hadamard" ; }
+        --device cuda --batch-size 8 --json "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/$name.log" | grep -E "perplexity|^[a-z].*W[0-9]|wall|error|Error|Hadamard" ; }
 q rtn_w4a4kv4            --method rtn --bits w4a4kv4
 q smoothquant_w4a4kv4    --method smoothquant --bits w4a4kv4
 q gptq_w4a4kv4           --method gptq --bits w4a4kv4

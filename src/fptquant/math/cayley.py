@@ -6,6 +6,8 @@ rotation ``R0``; every ``A`` gives an orthogonal ``R`` (``I - A/2`` is never sin
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -22,13 +24,29 @@ class CayleyRotation(nn.Module):
         super().__init__()
         self.register_buffer("base", init.float().contiguous())
         self.weight = nn.Parameter(torch.zeros_like(self.base))  # only the strict upper triangle is used
+        self._cached: torch.Tensor | None = None
+        self._caching = False
 
     def _skew(self, dtype: torch.dtype) -> torch.Tensor:
         upper = torch.triu(self.weight.to(dtype), diagonal=1)
         return upper - upper.t()
 
     def forward(self) -> torch.Tensor:
-        return cayley(self._skew(torch.float32)) @ self.base
+        if self._caching and self._cached is not None:
+            return self._cached
+        matrix = cayley(self._skew(torch.float32)) @ self.base
+        if self._caching:
+            self._cached = matrix
+        return matrix
+
+    @contextlib.contextmanager
+    def cached(self):
+        """Compute the matrix once for every use inside the block (one solve per forward, not per weight)."""
+        self._caching, self._cached = True, None
+        try:
+            yield
+        finally:
+            self._caching, self._cached = False, None
 
     @torch.no_grad()
     def matrix64(self) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -29,6 +30,7 @@ def train_next_token(
     desc: str = "training",
     max_step: float | None = None,
     micro_batch: int = 2,
+    context=contextlib.nullcontext,
 ) -> list[float]:
     """``steps`` optimizer steps on batches drawn (seeded, cycling) from ``windows``, cosine lr to 0.
 
@@ -49,8 +51,9 @@ def train_next_token(
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for chunk in batch.split(micro_batch):  # gradient accumulation bounds activation memory
-            part = next_token_loss(model, chunk) * (len(chunk) / len(batch))
-            part.backward()
+            with context():  # e.g. compute shared parametrized matrices once per forward/backward
+                part = next_token_loss(model, chunk) * (len(chunk) / len(batch))
+                part.backward()
             loss += part.item()
         if not math.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss} at step {step}")

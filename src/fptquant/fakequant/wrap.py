@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from torch import nn
 
 from ..config.recipe import Recipe
+from ..math.quantizer import Quantizer
 from ..models.base import LINEAR_ROLES, ModelAdapter
 from .attention import AttentionQuantizers, register
 from .linear import QuantLinear
@@ -44,8 +45,6 @@ def quant_linears(model: nn.Module) -> Iterator[tuple[str, QuantLinear]]:
 
 def set_observing(model: nn.Module, observing: bool) -> None:
     """Switch every static quantizer into (or out of) range-observation mode."""
-    from ..math.quantizer import Quantizer
-
     for module in model.modules():
         if isinstance(module, Quantizer) and module.spec.enabled and not module.spec.dynamic:
             if observing:

@@ -14,7 +14,6 @@ convention of QuaRot and FlatQuant); asymmetric grids are ``[0, 2^b-1]`` with an
 from __future__ import annotations
 
 import enum
-import math
 
 import torch
 
@@ -142,17 +141,6 @@ def dynamic_fake_quantize(
     xmax = g.amax(dim=1, keepdim=True) * clip_ratio
     scale, zero = minmax_qparams(xmin, xmax, bits, symmetric)
     return from_groups(fake_quantize(g, scale, zero, bits, symmetric), axis, x.shape)
-
-
-def lp_error(x: torch.Tensor, x_hat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """Mean ``|x - x_hat|^p``: the objective of L_p-optimal range setting."""
-    return (x - x_hat).abs().pow(p).mean()
-
-
-def sigmoid_inverse(p: float) -> float:
-    """Logit whose sigmoid is ``p``; used to initialise learnable clipping at a given ratio."""
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
 
 
 @torch.no_grad()

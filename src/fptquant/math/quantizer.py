@@ -19,7 +19,6 @@ from .quantization import (
     from_groups,
     minmax_qparams,
     num_static_units,
-    sigmoid_inverse,
     static_view,
     to_groups,
 )
@@ -91,11 +90,6 @@ class Quantizer(nn.Module):
             self.register_buffer("running_min", torch.full((units, 1), float("inf")))
             self.register_buffer("running_max", torch.full((units, 1), float("-inf")))
             self.register_buffer("calibrated", torch.tensor(False))
-
-    @classmethod
-    def with_clip_logit(cls, spec: QuantSpec, **kwargs) -> Quantizer:
-        """Learnable clipping initialised at the spec's fixed clip ratio instead of the default logit."""
-        return cls(spec.with_(clip_init=sigmoid_inverse(spec.clip_ratio), clip_ratio=1.0), **kwargs)
 
     def extra_repr(self) -> str:
         s = self.spec

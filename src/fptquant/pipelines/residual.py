@@ -51,16 +51,8 @@ def transform_values(adapter: ModelAdapter, layer: nn.Module, per_kv_head: list[
     v, o = adapter.linear(layer, "v"), adapter.linear(layer, "o")
     d, groups = adapter.head_dim, adapter.num_heads // adapter.num_kv_heads
     for h, m in enumerate(per_kv_head):
-        rows = slice(h * d, (h + 1) * d)
-        bias = v.bias[rows] if v.bias is not None else None
-        w = v.weight[rows]
-        merge_output_transform(w, bias, m)
-        v.weight[rows] = w
-        if bias is not None:
-            v.bias[rows] = bias
+        rows = slice(h * d, (h + 1) * d)  # views: the merges write through into the parameters
+        merge_output_transform(v.weight[rows], v.bias[rows] if v.bias is not None else None, m)
         inv_t = torch.linalg.inv(m.double()).t()
         for q in range(h * groups, (h + 1) * groups):
-            cols = slice(q * d, (q + 1) * d)
-            block = o.weight[:, cols].clone()
-            merge_input_transform(block, inv_t)
-            o.weight[:, cols] = block
+            merge_input_transform(o.weight[:, q * d : (q + 1) * d], inv_t)

@@ -137,3 +137,21 @@ def test_bad_input_gives_one_line_error(case, bad_inputs):
     result = run(*[a.format(**bad_inputs) for a in args])
     assert_one_line_error(result, pattern)
     assert (bad_inputs["nonempty"] / "precious.txt").read_text() == "keep me"
+
+
+def test_load_in_bfloat16_and_quantize(tiny_model_dir):
+    import torch
+
+    import fptquant
+
+    model, _ = fptquant.load_model(str(tiny_model_dir), dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    tokens = torch.randint(0, 90, (1, 12))
+    with torch.no_grad():
+        before = model(input_ids=tokens).logits
+        fptquant.quantize(model, fptquant.Recipe(bits="w16a16kv16"))
+        assert torch.equal(model(input_ids=tokens).logits, before)
+        model, _ = fptquant.load_model(str(tiny_model_dir), dtype="bfloat16", device="cpu")
+        fptquant.quantize(model, fptquant.Recipe(method="quarot", bits="w4a4kv4"))
+        after = model(input_ids=tokens).logits
+    assert after.dtype == torch.bfloat16 and torch.isfinite(after).all() and not torch.equal(after, before)

@@ -22,7 +22,8 @@ class CayleyRotation(nn.Module):
 
     def __init__(self, init: torch.Tensor):
         super().__init__()
-        self.register_buffer("base", init.float().contiguous())
+        # float64 so that matrix64() is orthogonal to machine precision; forward casts to the compute dtype
+        self.register_buffer("base", init.double().contiguous())
         self.weight = nn.Parameter(torch.zeros_like(self.base))  # only the strict upper triangle is used
         self._cached: torch.Tensor | None = None
         self._caching = False
@@ -34,7 +35,8 @@ class CayleyRotation(nn.Module):
     def forward(self) -> torch.Tensor:
         if self._caching and self._cached is not None:
             return self._cached
-        matrix = cayley(self._skew(torch.float32)) @ self.base
+        dtype = self.weight.dtype
+        matrix = cayley(self._skew(dtype)) @ self.base.to(dtype)
         if self._caching:
             self._cached = matrix
         return matrix

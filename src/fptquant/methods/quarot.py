@@ -84,7 +84,7 @@ def apply_rotations(
 @register_method
 class QuaRot(Method):
     name = "quarot"
-    summary = "Hadamard rotations R1-R4 (QuaRot), then RTN or GPTQ (--weight-quantizer gptq) weights"
+    summary = "Hadamard rotations R1-R4 (QuaRot), then RTN or GPTQ (--weights gptq) weights"
     defaults = {"act_clip_ratio": 0.9, "kv_clip_ratio": 0.95, "weight_clip_search": True}
 
     def _transform(self, model: nn.Module, adapter: ModelAdapter) -> None:

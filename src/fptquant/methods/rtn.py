@@ -32,7 +32,7 @@ class PlainMethod(Method):
 @register_method
 class RTN(PlainMethod):
     name = "rtn"
-    summary = "no transform; per-channel weights (RTN, or GPTQ with --weight-quantizer gptq), per-token activations"
+    summary = "no transform; per-channel weights (RTN, or GPTQ with --weights gptq), per-token activations"
 
 
 @register_method

@@ -57,7 +57,7 @@ def apply_smoothing(adapter: ModelAdapter, scales: dict[str, torch.Tensor]) -> N
 @register_method
 class SmoothQuant(Method):
     name = "smoothquant"
-    summary = "per-channel activation-to-weight scale migration (alpha = method_args.alpha, default 0.5)"
+    summary = "per-channel activation-to-weight scale migration (--method-arg alpha=0.5 by default)"
     needs_calibration = True
 
     def _scales(self, model, adapter, calibration) -> dict[str, torch.Tensor]:

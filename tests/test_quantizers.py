@@ -27,13 +27,10 @@ def reference_units(x: torch.Tensor, axis: Axis) -> list[torch.Tensor]:
 
 
 def reference_static_units(x: torch.Tensor, axis: Axis) -> list[torch.Tensor]:
-    """For static scales: elements sharing a scale across *all* tokens (per tensor/column/group position)."""
-    tokens = x.reshape(-1, FEATURES).shape[0]
-    idx = torch.arange(x.numel()).reshape(tokens, FEATURES)
-    if axis is Axis.TENSOR:
-        return [idx.flatten()]
-    if axis is Axis.COLUMN:
-        return [idx[:, c] for c in range(FEATURES)]
+    """For static scales: a group position shares one scale across *all* tokens (tensor/column as dynamic)."""
+    if axis is not Axis.GROUP:
+        return reference_units(x, axis)
+    idx = torch.arange(x.numel()).reshape(-1, FEATURES)
     return [idx[:, g * GROUP : (g + 1) * GROUP].flatten() for g in range(FEATURES // GROUP)]
 
 

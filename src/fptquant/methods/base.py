@@ -12,6 +12,8 @@ from ..config.recipe import Recipe
 from ..errors import ConfigError
 from ..math.quantizer import Quantizer
 from ..models.base import ModelAdapter
+from ..pipelines.calibration import calibrate_static_ranges
+from ..pipelines.weights import quantize_weights, restore_weights, saved_weight_state
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -42,7 +44,19 @@ class Method(ABC):
     def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None: ...
 
     def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return quantizer_state(model)
+        return {**quantizer_state(model), **saved_weight_state(model, self.recipe)}
+
+    def quantize_weights_and_ranges(
+        self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None
+    ) -> None:
+        """The common last step of ``apply``: the recipe's weight quantizer, then static activation ranges."""
+        quantize_weights(model, adapter, self.recipe, calibration)
+        calibrate_static_ranges(model, calibration)
+
+    def restore_weights_and_ranges(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """The common last step of ``restore``: saved (GPTQ) or recomputed (RTN) weights, then quantizer state."""
+        restore_weights(model, self.recipe, state)
+        load_quantizer_state(model, state)
 
 
 def register_method(cls: type[Method]) -> type[Method]:

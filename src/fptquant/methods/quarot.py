@@ -19,10 +19,8 @@ from ..math.hadamard import hadamard, hadamard_exists, largest_power_of_two_fact
 from ..math.online import HeadMixing, OnlineHadamard, QKHadamard
 from ..math.rotation import merge_input_transform
 from ..models.base import ModelAdapter
-from ..pipelines.calibration import calibrate_static_ranges
 from ..pipelines.residual import fold_norms, rotate_residual, transform_values
-from ..pipelines.weights import quantize_weights, restore_weights, saved_weight_state
-from .base import Method, load_quantizer_state, register_method
+from .base import Method, register_method
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +91,8 @@ class QuaRot(Method):
 
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
         self._transform(model, adapter)
-        quantize_weights(model, adapter, self.recipe, calibration)
-        calibrate_static_ranges(model, calibration)
+        self.quantize_weights_and_ranges(model, adapter, calibration)
 
     def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None:
         self._transform(model, adapter)
-        restore_weights(model, self.recipe, state)
-        load_quantizer_state(model, state)
-
-    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {**super().saved_state(model), **saved_weight_state(model, self.recipe)}
+        self.restore_weights_and_ranges(model, state)

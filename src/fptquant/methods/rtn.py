@@ -7,9 +7,7 @@ from torch import nn
 
 from ..fakequant.wrap import quantize_model_structure
 from ..models.base import ModelAdapter
-from ..pipelines.calibration import calibrate_static_ranges
-from ..pipelines.weights import quantize_weights, restore_weights, saved_weight_state
-from .base import Method, load_quantizer_state, register_method
+from .base import Method, register_method
 
 
 class PlainMethod(Method):
@@ -17,16 +15,11 @@ class PlainMethod(Method):
 
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
         quantize_model_structure(model, adapter, self.recipe)
-        quantize_weights(model, adapter, self.recipe, calibration)
-        calibrate_static_ranges(model, calibration)
+        self.quantize_weights_and_ranges(model, adapter, calibration)
 
     def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None:
         quantize_model_structure(model, adapter, self.recipe)
-        restore_weights(model, self.recipe, state)
-        load_quantizer_state(model, state)
-
-    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {**super().saved_state(model), **saved_weight_state(model, self.recipe)}
+        self.restore_weights_and_ranges(model, state)
 
 
 @register_method

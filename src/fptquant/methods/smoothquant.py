@@ -13,9 +13,8 @@ from torch import nn
 from ..fakequant.wrap import quantize_model_structure
 from ..math.rotation import scale_input_channels
 from ..models.base import ModelAdapter
-from ..pipelines.calibration import calibrate_static_ranges, run_windows
-from ..pipelines.weights import quantize_weights, restore_weights, saved_weight_state
-from .base import Method, load_quantizer_state, register_method
+from ..pipelines.calibration import run_windows
+from .base import Method, register_method
 
 SMOOTHED = (("input_norm", ("q", "k", "v")), ("post_attention_norm", ("gate", "up")))
 
@@ -75,15 +74,13 @@ class SmoothQuant(Method):
         self.scales = self._scales(model, adapter, calibration)
         apply_smoothing(adapter, self.scales)
         quantize_model_structure(model, adapter, self.recipe)
-        quantize_weights(model, adapter, self.recipe, calibration)
-        calibrate_static_ranges(model, calibration)
+        self.quantize_weights_and_ranges(model, adapter, calibration)
 
     def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None:
         self.scales = {k: state.pop(k) for k in list(state) if k.startswith("smoothquant.")}
         apply_smoothing(adapter, self.scales)
         quantize_model_structure(model, adapter, self.recipe)
-        restore_weights(model, self.recipe, state)
-        load_quantizer_state(model, state)
+        self.restore_weights_and_ranges(model, state)
 
     def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {**super().saved_state(model), **saved_weight_state(model, self.recipe), **self.scales}
+        return {**super().saved_state(model), **self.scales}

@@ -25,11 +25,9 @@ from ..fakequant.wrap import quantize_model_structure
 from ..math.cayley import CayleyRotation
 from ..math.rotation import block_diagonal
 from ..models.base import ModelAdapter
-from ..pipelines.calibration import calibrate_static_ranges
 from ..pipelines.residual import rotate_residual, transform_values
 from ..pipelines.train import train_next_token
-from ..pipelines.weights import quantize_weights, restore_weights, saved_weight_state
-from .base import Method, load_quantizer_state, register_method
+from .base import Method, register_method
 from .quarot import apply_rotations, hadamard_or_fallback_r2, orthogonal_or_fallback
 
 
@@ -159,8 +157,7 @@ class SpinQuant(Method):
         self.learned.update({f"spinquant.r2.{i}": r.matrix64().cpu() for i, r in enumerate(r2s)})
         self._merge(adapter)
         quantize_model_structure(model, adapter, self.recipe)
-        quantize_weights(model, adapter, self.recipe, calibration)
-        calibrate_static_ranges(model, calibration)
+        self.quantize_weights_and_ranges(model, adapter, calibration)
 
     def _merge(self, adapter: ModelAdapter) -> None:
         r2s = [self.learned[f"spinquant.r2.{i}"] for i in range(len(adapter.layers()))]
@@ -170,8 +167,7 @@ class SpinQuant(Method):
         self.learned = {k: state.pop(k).double() for k in list(state) if k.startswith("spinquant.")}
         self._fixed_parts(model, adapter, self.recipe)
         self._merge(adapter)
-        restore_weights(model, self.recipe, state)
-        load_quantizer_state(model, state)
+        self.restore_weights_and_ranges(model, state)
 
     def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {**super().saved_state(model), **saved_weight_state(model, self.recipe), **self.learned}
+        return {**super().saved_state(model), **self.learned}

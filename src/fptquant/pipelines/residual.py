@@ -34,8 +34,7 @@ def rotate_residual(adapter: ModelAdapter, rotation: torch.Tensor) -> None:
     """Rotate the residual stream by the orthogonal ``rotation`` (needs folded norms, untied embeddings)."""
     if adapter.embeddings_tied():
         raise ValueError("rotate_residual needs untied embeddings; call fold_norms first")
-    emb = adapter.embeddings().weight
-    emb.copy_((emb.double() @ rotation.double().to(emb.device)).to(emb.dtype))
+    merge_input_transform(adapter.embeddings().weight, rotation)  # rows of E are token vectors: E <- E Q
     for layer in adapter.layers():
         for role in ("q", "k", "v", "gate", "up"):
             merge_input_transform(adapter.linear(layer, role).weight, rotation)

@@ -23,3 +23,7 @@ class DataError(FptquantError):
 
 class OutputExistsError(FptquantError):
     """The output directory exists and is not empty."""
+
+
+class TrainingError(FptquantError):
+    """Calibration or training diverged (NaN/Inf loss or parameters, an ill-conditioned transform)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 from torch import nn
@@ -51,3 +52,17 @@ def set_observing(model: nn.Module, observing: bool) -> None:
                 module.observing = True
             else:
                 module.finish_observing()
+
+
+@contextlib.contextmanager
+def quantizers_bypassed(module: nn.Module):
+    """Every quantizer inside ``module`` passes its input through unchanged within the block."""
+    quantizers = [m for m in module.modules() if isinstance(m, Quantizer)]
+    previous = [q.bypass for q in quantizers]
+    for q in quantizers:
+        q.bypass = True
+    try:
+        yield
+    finally:
+        for q, b in zip(quantizers, previous, strict=True):
+            q.bypass = b

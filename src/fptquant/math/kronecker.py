@@ -2,7 +2,11 @@
 
 A token vector of size ``n = n1·n2`` is viewed as an ``n1×n2`` matrix ``X`` (row-major); then
 ``x (P1 ⊗ P2) = vec(P1ᵀ X P2)``. Each factor is parametrised as ``P = U diag(σ) Vᵀ`` with orthogonal
-``U``, ``V`` (Cayley), so ``P^{-T} = U diag(1/σ) Vᵀ`` is available in closed form.
+``U``, ``V`` (Cayley), so ``P^{-T} = U diag(1/σ) Vᵀ`` is available in closed form; or, as FlatQuant's
+``--direct_inv``, as a plain matrix whose inverse is computed in float64 at every use.
+
+Matrices are built outside autocast, in float32 (float64 for merging): a half-precision ``P`` and
+``P^{-T}`` would not cancel, and mixed-precision training must only round the activations.
 """
 
 from __future__ import annotations
@@ -36,18 +40,33 @@ def kron_apply(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Ten
     return (p1.t().to(x.dtype) @ view @ p2.to(x.dtype)).reshape(x.shape)
 
 
+FACTOR_KINDS = ("svd", "inverse")
+
+
+def no_autocast(device: torch.device):
+    """Full-precision matrix math inside an autocast region (for transform matrices and weight sides)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 class SVDFactor(nn.Module):
     """``P = U diag(σ) Vᵀ`` with Cayley-orthogonal ``U``, ``V`` (random orthogonal init) and ``σ = 1``."""
 
     def __init__(self, n: int, generator: torch.Generator | None = None):
         super().__init__()
+        self.n = n
         self.u = CayleyRotation(random_orthogonal(n, generator))
         self.v = CayleyRotation(random_orthogonal(n, generator))
         self.sigma = nn.Parameter(torch.ones(n))
 
     def forward(self, inverse_transpose: bool = False) -> torch.Tensor:
-        s = 1.0 / self.sigma if inverse_transpose else self.sigma
-        return (self.u() * s[None, :]) @ self.v().t()
+        with no_autocast(self.sigma.device):
+            u, v = self.u(), self.v()
+            sigma = self.sigma.to(u.dtype)  # 1/σ in the factors' precision, so P and P^{-T} cancel
+            s = 1.0 / sigma if inverse_transpose else sigma
+            return (u * s[None, :]) @ v.t()
+
+    def rotations(self) -> list[CayleyRotation]:
+        return [self.u, self.v]
 
     @torch.no_grad()
     def matrix64(self, inverse_transpose: bool = False) -> torch.Tensor:
@@ -55,32 +74,100 @@ class SVDFactor(nn.Module):
         return (self.u.matrix64() * s[None, :]) @ self.v.matrix64().t()
 
 
+class InverseFactor(nn.Module):
+    """A free matrix (random orthogonal init) whose inverse-transpose is ``inv(P)ᵀ`` in float64."""
+
+    def __init__(self, n: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.n = n
+        self.matrix = nn.Parameter(random_orthogonal(n, generator).float())
+
+    def forward(self, inverse_transpose: bool = False) -> torch.Tensor:
+        if not inverse_transpose:
+            return self.matrix
+        return torch.linalg.inv(self.matrix.double()).t().to(self.matrix.dtype)
+
+    def rotations(self) -> list[CayleyRotation]:
+        return []
+
+    @torch.no_grad()
+    def matrix64(self, inverse_transpose: bool = False) -> torch.Tensor:
+        m = self.matrix.double()
+        return torch.linalg.inv(m).t() if inverse_transpose else m
+
+
+def make_factor(n: int, kind: str = "svd", generator: torch.Generator | None = None) -> nn.Module:
+    """A learnable invertible ``n×n`` matrix: ``svd`` (closed-form inverse) or ``inverse`` (float64 inverse)."""
+    if kind == "svd":
+        return SVDFactor(n, generator)
+    if kind == "inverse":
+        return InverseFactor(n, generator)
+    raise ValueError(f"unknown factor kind {kind!r}; choose one of {FACTOR_KINDS}")
+
+
 class KroneckerTransform(nn.Module):
     """A learnable ``x -> (x ⊙ c)(P1 ⊗ P2)`` over ``n`` features, with its weight-side counterpart.
 
-    ``forward`` is the online activation side; :meth:`weight_side` gives ``diag(1/c)·(P1 ⊗ P2)^{-T}``
-    densely in float64, to merge into the weights of the linears that read the transformed input.
+    ``forward`` is the online activation side; :meth:`apply_to_weight` is the differentiable weight
+    side ``W diag(1/c) (P1 ⊗ P2)^{-T}`` used in training, and :meth:`weight_side` the same map as a
+    dense float64 matrix for the final merge. ``factors=False`` keeps only the diagonal (no ``P``).
     """
 
-    def __init__(self, n: int, diagonal: bool = True, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n: int,
+        diagonal: bool = True,
+        generator: torch.Generator | None = None,
+        factors: bool = True,
+        kind: str = "svd",
+    ):
         super().__init__()
+        if not (diagonal or factors):
+            raise ValueError("a KroneckerTransform needs the diagonal, the factors or both")
         self.n = n
         self.n1, self.n2 = decompose_dim(n)
-        self.p1, self.p2 = SVDFactor(self.n1, generator), SVDFactor(self.n2, generator)
+        self.p1 = make_factor(self.n1, kind, generator) if factors else None
+        self.p2 = make_factor(self.n2, kind, generator) if factors else None
         self.diag = nn.Parameter(torch.ones(n)) if diagonal else None
+
+    def rotations(self) -> list[CayleyRotation]:
+        return [r for p in (self.p1, self.p2) if p is not None for r in p.rotations()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.diag is not None:
             x = x * self.diag.to(x.dtype)
+        if self.p1 is None:
+            return x
         return kron_apply(x, self.p1(), self.p2())
+
+    def apply_to_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``W diag(1/c) (P1 ⊗ P2)^{-T}`` for a weight whose input features this transform feeds."""
+        with no_autocast(weight.device):
+            w = weight.to(torch.promote_types(weight.dtype, torch.float32))
+            if self.diag is not None:
+                w = w / self.diag.to(w.dtype)
+            if self.p1 is not None:
+                w = kron_apply(w, self.p1(inverse_transpose=True), self.p2(inverse_transpose=True))
+            return w.to(weight.dtype)
+
+    @torch.no_grad()
+    def online_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(P1, P2)`` in float64: what stays online once ``c`` is folded away (None without factors)."""
+        if self.p1 is None:
+            return None
+        return self.p1.matrix64(), self.p2.matrix64()
 
     @torch.no_grad()
     def weight_side(self) -> torch.Tensor:
         """``M`` with ``W <- W M`` preserving the layer: ``M = diag(1/c) (P1 ⊗ P2)^{-T}``."""
-        m = torch.kron(self.p1.matrix64(inverse_transpose=True), self.p2.matrix64(inverse_transpose=True))
+        device = next(self.parameters()).device
+        if self.p1 is None:
+            m = torch.eye(self.n, dtype=torch.float64, device=device)
+        else:
+            m = torch.kron(self.p1.matrix64(inverse_transpose=True), self.p2.matrix64(inverse_transpose=True))
         if self.diag is not None:
             m = m / self.diag.double()[:, None]
         return m
 
     def extra_repr(self) -> str:
-        return f"n={self.n} ({self.n1}x{self.n2}), diagonal={self.diag is not None}"
+        return f"n={self.n} ({self.n1}x{self.n2}), diagonal={self.diag is not None}, factors={self.p1 is not None}"

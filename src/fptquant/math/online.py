@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .hadamard import block_fwht, fwht, hadamard
+from .kronecker import kron_apply
 from .rotation import across_chunks, block_diagonal
 
 
@@ -38,7 +39,7 @@ class HeadMixing(nn.Module):
     def __init__(self, mix: torch.Tensor, head_dim: int):
         super().__init__()
         self.head_dim = head_dim
-        self.register_buffer("mix", mix.float().contiguous())
+        self.register_buffer("mix", mix.double().contiguous())  # float64: exact for float64 models too
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mix.shape[0]
@@ -55,3 +56,34 @@ class QKHadamard(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return fwht(query.float()).to(query.dtype), fwht(key.float()).to(key.dtype)
+
+
+class OnlineKronecker(nn.Module):
+    """``x -> x (P1 ⊗ P2)`` with fixed factors (FlatQuant's deploy-time online transform)."""
+
+    def __init__(self, p1: torch.Tensor, p2: torch.Tensor):
+        super().__init__()
+        self.register_buffer("p1", p1.double().contiguous())  # cast to the activation dtype at use
+        self.register_buffer("p2", p2.double().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kron_apply(x, self.p1, self.p2)
+
+    def matrix(self) -> torch.Tensor:
+        return torch.kron(self.p1.double(), self.p2.double())
+
+    def extra_repr(self) -> str:
+        return f"{self.p1.shape[0]}x{self.p2.shape[0]}"
+
+
+class QKTransform(nn.Module):
+    """Post-RoPE ``k -> k P`` and ``q -> q P^{-T}`` per head, so ``q kᵀ`` is unchanged (FlatQuant P_h)."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__()
+        m = matrix.double()
+        self.register_buffer("key_side", m.contiguous())
+        self.register_buffer("query_side", torch.linalg.inv(m).t().contiguous())
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return query @ self.query_side.to(query.dtype), key @ self.key_side.to(key.dtype)

@@ -77,6 +77,7 @@ class Quantizer(nn.Module):
         self.spec = spec
         self.features = features
         self.observing = False
+        self.bypass = False  # pass-through without changing the spec (full-precision reference passes)
         if spec.enabled and spec.learnable_clip:
             init = torch.full((clip_units, 1), float(spec.clip_init))
             self.clip_max_logit = nn.Parameter(init.clone())
@@ -109,7 +110,7 @@ class Quantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        if not s.enabled:
+        if not s.enabled or self.bypass:
             return x
         if s.dynamic:
             return self._dynamic(x)
@@ -130,6 +131,22 @@ class Quantizer(nn.Module):
         xmax = g.amax(dim=1, keepdim=True) * hi
         scale, zero = minmax_qparams(xmin, xmax, s.bits, s.symmetric)
         return from_groups(fake_quantize(g, scale, zero, s.bits, s.symmetric), s.axis, x.shape)
+
+    def learnable_clip_parameters(self) -> list[nn.Parameter]:
+        if not (self.spec.enabled and self.spec.learnable_clip):
+            return []
+        return [self.clip_max_logit, self.clip_min_logit]
+
+    @torch.no_grad()
+    def clamp_to_clip(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` clamped to the (learned) clip range of each unit: bakes LWC into a weight before GPTQ."""
+        s = self.spec
+        if not s.enabled or not s.dynamic:
+            return x
+        g = to_groups(x, s.axis, s.group_size)
+        lo, hi = self._clip_factors()
+        xmin, xmax = g.amin(dim=1, keepdim=True) * lo, g.amax(dim=1, keepdim=True) * hi
+        return from_groups(torch.minimum(torch.maximum(g, xmin), xmax), s.axis, x.shape)
 
     def _static(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec

@@ -1,0 +1,219 @@
+"""FlatQuant (Sun et al., 2024): learnable Kronecker affine transforms + learnable clipping, layer-wise.
+
+``apply``: fake-quantized structure -> per layer: build the transforms, SmoothQuant-style init of the
+diagonals, layer-wise calibration with LWC/LAC, merge into the deploy form -> RTN with the learned
+weight clip (exactly what training saw) or GPTQ on the clip-clamped weights. The learned state is
+saved, so ``restore`` rebuilds the deploy model without calibrating again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import nn
+
+from ...config.recipe import Recipe
+from ...errors import ConfigError
+from ...fakequant.wrap import quant_linears, quantize_model_structure, quantizers_bypassed
+from ...math.quantizer import Quantizer, QuantSpec
+from ...models.base import ModelAdapter
+from ...pipelines.checkpoints import CheckpointStore, fingerprint
+from ...pipelines.layerwise import LayerRecipe, calibrate_layerwise
+from ...pipelines.weights import gptq_weights, restore_weights, saved_weight_state
+from ..base import Method, register_method
+from .options import FlatQuantOptions
+from .transforms import LayerTransforms, TransformOptions, attach_live, deploy, detach_live
+
+log = logging.getLogger(__name__)
+PREFIX = "flatquant.layers"
+# Which transform feeds which linears (for the SmoothQuant-style init of its diagonal).
+DIAGONAL_READERS = (("attn_in", ("q", "k", "v")), ("mlp_in", ("gate", "up")), ("down_in", ("down",)))
+
+
+def enable_learnable_clipping(adapter: ModelAdapter, layer: nn.Module, recipe: Recipe) -> None:
+    """LWC (one clip pair per weight row) and LAC (one pair per activation / KV quantizer)."""
+    wspec, aspec = recipe.weight_spec(), recipe.activation_spec()
+    for linear in adapter.linears(layer).values():
+        linear.set_quantizers(wspec.with_(learnable_clip=True), aspec.with_(learnable_clip=True))
+    kv = adapter.attention(layer).fptquant_kv
+    spec = recipe.kv_spec(adapter.head_dim).with_(learnable_clip=True)
+    device = next(kv.parameters(), adapter.linear(layer, "q").weight).device
+    kv.k_quantizer = Quantizer(spec, kv.k_quantizer.features).to(device)
+    kv.v_quantizer = Quantizer(spec, kv.v_quantizer.features).to(device)
+
+
+def _clip_parameters(layer: nn.Module) -> dict[str, nn.Parameter]:
+    return {
+        f"{name}.{attr}": getattr(q, attr)
+        for name, q in layer.named_modules()
+        if isinstance(q, Quantizer) and q.learnable_clip_parameters()
+        for attr in ("clip_max_logit", "clip_min_logit")
+    }
+
+
+class FlatQuantLayers(LayerRecipe):
+    def __init__(self, adapter: ModelAdapter, recipe: Recipe, options: FlatQuantOptions):
+        self.adapter, self.recipe, self.options = adapter, recipe, options
+        self.transform_options = TransformOptions(
+            transforms=options.transforms,
+            diag=options.diag,
+            factor=options.factor,
+            rotate_qk=recipe.bit_spec.kv_cache < 16,
+        )
+        self.transforms: dict[int, LayerTransforms] = {}
+
+    def build(self, index: int, layer: nn.Module) -> None:
+        gen = torch.Generator().manual_seed(self.recipe.seed * 100003 + index)
+        device = self.adapter.linear(layer, "q").weight.device
+        self.transforms[index] = LayerTransforms(self.adapter, self.transform_options, gen).to(device)
+        if self.options.clip:
+            enable_learnable_clipping(self.adapter, layer, self.recipe)
+
+    @torch.no_grad()
+    def initialize(self, index: int, layer: nn.Module, inputs: torch.Tensor, kwargs: dict) -> None:
+        """``c = max|W|^(1-α) / max|X|^α`` per input channel (FlatQuant's ``sq_style`` init)."""
+        t = self.transforms[index]
+        readers = [(getattr(t, name), roles) for name, roles in DIAGONAL_READERS]
+        readers = [(tr, roles) for tr, roles in readers if tr is not None and tr.diag is not None]
+        if not readers:
+            return
+        xmax, hooks = {}, []
+        for tr, roles in readers:
+            def record(module, args, key=id(tr)):
+                m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+                xmax[key] = torch.maximum(xmax[key], m) if key in xmax else m
+            hooks.append(self.adapter.linear(layer, roles[0]).register_forward_pre_hook(record))
+        device = self.adapter.linear(layer, "q").weight.device
+        try:
+            with quantizers_bypassed(layer):
+                for start in range(0, len(inputs), 8):
+                    layer(inputs[start : start + 8].to(device), **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        alpha = self.options.diag_alpha
+        for tr, roles in readers:
+            wmax = torch.cat([self.adapter.linear(layer, r).weight.abs() for r in roles]).amax(0).float()
+            tr.diag.copy_((wmax.pow(1 - alpha) / xmax[id(tr)].clamp(min=1e-5).pow(alpha)).clamp(min=1e-5))
+
+    def attach(self, index: int, layer: nn.Module) -> None:
+        attach_live(self.adapter, layer, self.transforms[index])
+
+    def detach(self, index: int, layer: nn.Module) -> None:
+        detach_live(self.adapter, layer)
+
+    def param_groups(self, index: int, layer: nn.Module) -> list[dict]:
+        groups = [
+            {"params": list(self.transforms[index].parameters()), "lr_key": "lr"},
+            {"params": list(_clip_parameters(layer).values()), "lr_key": "clip_lr"},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def step_context(self, index: int):
+        stack = contextlib.ExitStack()
+        for rotation in self.transforms[index].rotations():
+            stack.enter_context(rotation.cached())  # one Cayley solve per step, not one per use
+        return stack
+
+    def state(self, index: int, layer: nn.Module) -> dict[str, torch.Tensor]:
+        state = {f"t.{k}": v for k, v in self.transforms[index].state_dict().items()}
+        state.update({f"clip.{k}": v for k, v in _clip_parameters(layer).items()})
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    @torch.no_grad()
+    def load_state(self, index: int, layer: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        t = self.transforms[index]
+        expected = set(self.state(index, layer))
+        if set(state) != expected:
+            diff = sorted(set(state) ^ expected)[:3]
+            raise ConfigError(f"saved FlatQuant state of layer {index} does not match this model/recipe ({diff})")
+        t.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("t.")})
+        for key, param in _clip_parameters(layer).items():
+            param.copy_(state[f"clip.{key}"])
+
+    def deploy(self, index: int, layer: nn.Module) -> None:
+        deploy(self.adapter, layer, self.transforms[index])
+
+
+@register_method
+class FlatQuant(Method):
+    name = "flatquant"
+    summary = "learnable Kronecker affine transforms + LWC/LAC, trained layer-wise (15 epochs); RTN or GPTQ"
+    needs_calibration = True
+    defaults = {"act_clip_ratio": 1.0, "kv_clip_ratio": 1.0, "weight_clip_search": False}
+
+    def __init__(self, recipe: Recipe):
+        super().__init__(recipe)
+        if self.recipe.act_static:
+            raise ConfigError("FlatQuant quantizes activations per token (dynamic); --act-static is not supported")
+        self.options = FlatQuantOptions.from_method_args(self.recipe.method_args)
+        self.learned: dict[str, torch.Tensor] = {}
+        self.losses: list[float] = []
+
+    def _store(self, model: nn.Module, calibration: torch.Tensor) -> CheckpointStore | None:
+        if not self.options.resume:
+            return None
+        r = self.recipe
+        settings = {
+            "method": self.name,
+            "bits": r.bits,
+            "weight": r.weight_spec().to_dict(),
+            "act": r.activation_spec().to_dict(),
+            "kv": r.kv_spec(1).to_dict(),
+            "seed": r.seed,
+            "options": self.options.fingerprint_dict(),
+        }
+        key = fingerprint(model, settings, calibration)
+        description = {"model": getattr(model, "fptquant_source", None), **settings}
+        if self.options.checkpoint_dir:
+            store = CheckpointStore(self.options.checkpoint_dir, key, description)
+        else:
+            store = CheckpointStore.default(self.name, key, description)
+        done = store.completed()
+        if done:
+            log.warning("FlatQuant: resuming, %d calibrated layer(s) found in %s", len(done), store.root)
+        return store
+
+    def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
+        quantize_model_structure(model, adapter, self.recipe)
+        layers = FlatQuantLayers(adapter, self.recipe, self.options)
+        settings = self.options.layerwise(self.recipe.seed)
+        store = self._store(model, calibration)
+        self.losses = calibrate_layerwise(model, adapter, calibration, layers, settings, store, "FlatQuant")
+        self.learned = {
+            f"{PREFIX}.{i}.{k}": v for i, layer in enumerate(adapter.layers()) for k, v in layers.state(i, layer).items()
+        }
+        self._quantize_weights(model, adapter, calibration)
+
+    @torch.no_grad()
+    def _quantize_weights(self, model: nn.Module, adapter: ModelAdapter, calibration) -> None:
+        if self.recipe.weight_quantizer == "gptq":
+            for _, linear in quant_linears(model):  # bake the learned weight clip, then GPTQ
+                linear.weight.copy_(linear.weight_quantizer.clamp_to_clip(linear.weight))
+            gptq_weights(model, adapter, self.recipe, calibration)
+            return
+        for _, linear in quant_linears(model):  # RTN with the learned per-row clip: what training saw
+            linear.weight.copy_(linear.weight_quantizer(linear.weight))
+            linear.weight_quantizer = Quantizer(QuantSpec())
+
+    def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None:
+        quantize_model_structure(model, adapter, self.recipe)
+        layers = FlatQuantLayers(adapter, self.recipe, self.options)
+        self.learned = {k: state.pop(k) for k in list(state) if k.startswith(PREFIX + ".")}
+        for i, layer in enumerate(adapter.layers()):
+            prefix = f"{PREFIX}.{i}."
+            layers.build(i, layer)
+            layers.load_state(i, layer, {k[len(prefix) :]: v for k, v in self.learned.items() if k.startswith(prefix)})
+            layers.deploy(i, layer)
+        if self.recipe.weight_quantizer == "gptq":
+            restore_weights(model, self.recipe, state)
+        else:
+            self._quantize_weights(model, adapter, None)
+        if state:
+            raise ConfigError(f"unexpected entries in the saved FlatQuant state: {sorted(state)[:3]}")
+
+    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {**self.learned, **saved_weight_state(model, self.recipe)}
+

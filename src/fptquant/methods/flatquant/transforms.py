@@ -1,0 +1,197 @@
+"""FlatQuant's per-layer transforms, in their live (training) form and merged into a deploy form.
+
+Per decoder layer (FlatQuant §3.2; SmolLM2 sizes in brackets):
+
+* ``attn_in``  P_a ⊗ with diagonal c_a on the q/k/v input [24⊗24]; c_a is folded into the input norm.
+* ``heads``    P_o (h×h) mixing heads on the o_proj input [9×9], online.
+* ``values``   P_v (d_h×d_h) on each KV head's values, merged into v_proj; o_proj gets kron(P_o, P_v)^{-T}.
+* ``qk``       P_h (d_h×d_h) on post-RoPE keys (queries get P_h^{-T}); only when the KV cache is quantized.
+* ``mlp_in``   P_ug with c_ug on the gate/up input [24⊗24]; c_ug is folded into the post-attention norm.
+* ``down_in``  P_d with c_d on the down_proj input [32⊗48]; c_d is folded into up_proj's rows.
+
+In training the weights are torch parametrizations of their transforms (``W -> W diag(1/c) P^{-T}``
+computed in float32 on every forward); the deploy form merges in float64 and keeps ``P_a``, ``P_o``,
+``P_h``, ``P_ug`` and ``P_d`` as fixed online modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ...math.kronecker import KroneckerTransform, kron_apply, make_factor, no_autocast
+from ...math.online import HeadMixing, OnlineKronecker, QKTransform
+from ...math.rotation import across_chunks, merge_input_transform, merge_output_transform
+from ...models.base import ModelAdapter
+from ...pipelines.residual import transform_values
+
+
+@dataclass(frozen=True)
+class TransformOptions:
+    transforms: bool = True  # LT: learnable affine matrices
+    diag: bool = True  # PS: per-channel scaling vectors
+    factor: str = "svd"  # "svd" (closed-form inverse) or "inverse" (float64 inverse)
+    rotate_qk: bool = True  # P_h, only useful when the KV cache is quantized
+
+
+def _eye(n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.eye(n, dtype=like.dtype, device=like.device)
+
+
+class LayerTransforms(nn.Module):
+    def __init__(self, adapter: ModelAdapter, options: TransformOptions, generator: torch.Generator):
+        super().__init__()
+        d, dff, h, dh = adapter.hidden_size, adapter.intermediate_size, adapter.num_heads, adapter.head_dim
+        lt, kind = options.transforms, options.factor
+
+        def kron(n):
+            if not (lt or options.diag):
+                return None
+            return KroneckerTransform(n, options.diag, generator, factors=lt, kind=kind)
+
+        self.attn_in, self.mlp_in, self.down_in = kron(d), kron(d), kron(dff)
+        self.heads = make_factor(h, kind, generator) if lt else None
+        self.values = make_factor(dh, kind, generator) if lt else None
+        self.qk = make_factor(dh, kind, generator) if lt and options.rotate_qk else None
+        self.head_dim = dh
+
+    def rotations(self) -> list:
+        return [r for m in self.modules() if m is not self and hasattr(m, "rotations") for r in m.rotations()]
+
+
+# --- live form: parametrizations and online modules that keep gradients -------------------------------
+
+
+class _InputSide(nn.Module):
+    def __init__(self, transform: KroneckerTransform):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.transform.apply_to_weight(weight)
+
+
+class _ValueRows(nn.Module):
+    """Each KV head's output ``v_h -> v_h P_v``: ``W_h -> P_vᵀ W_h`` (``bias=True``: ``b_h -> b_h P_v``)."""
+
+    def __init__(self, factor: nn.Module, head_dim: int, bias: bool = False):
+        super().__init__()
+        self.factor, self.head_dim, self.bias = factor, head_dim, bias
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        with no_autocast(t.device):
+            x = t.to(torch.promote_types(t.dtype, torch.float32))
+            p = self.factor().to(x.dtype)
+            if self.bias:
+                return (x.reshape(-1, self.head_dim) @ p).reshape(t.shape).to(t.dtype)
+            out = torch.einsum("ji,hjk->hik", p, x.reshape(-1, self.head_dim, t.shape[-1]))
+            return out.reshape(t.shape).to(t.dtype)
+
+
+class _OProjInput(nn.Module):
+    """o_proj's weight side ``W_o (P_o ⊗ P_v)^{-T}`` (either factor may be absent)."""
+
+    def __init__(self, heads: nn.Module, values: nn.Module):
+        super().__init__()
+        self.heads, self.values = heads, values
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        with no_autocast(w.device):
+            x = w.to(torch.promote_types(w.dtype, torch.float32))
+            out = kron_apply(x, self.heads(inverse_transpose=True), self.values(inverse_transpose=True))
+            return out.to(w.dtype)
+
+
+class _LiveHeadMixing(nn.Module):
+    def __init__(self, heads: nn.Module, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.heads()
+        return kron_apply(x, p, _eye(self.head_dim, p))
+
+
+class _LiveQK(nn.Module):
+    def __init__(self, factor: nn.Module):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, query, key):
+        return query @ self.factor(inverse_transpose=True).to(query.dtype), key @ self.factor().to(key.dtype)
+
+
+def _parametrize(module: nn.Module, name: str, p: nn.Module) -> None:
+    if getattr(module, name, None) is not None:
+        parametrize.register_parametrization(module, name, p, unsafe=True)
+
+
+def attach_live(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> None:
+    """Insert the transforms into the layer's forward, keeping the function (up to float rounding)."""
+    lin = adapter.linears(layer)
+    for transform, roles in ((t.attn_in, ("q", "k", "v")), (t.mlp_in, ("gate", "up")), (t.down_in, ("down",))):
+        if transform is not None:
+            for role in roles:
+                lin[role].input_transform = transform
+                _parametrize(lin[role], "weight", _InputSide(transform))
+    if t.values is not None:
+        _parametrize(lin["v"], "weight", _ValueRows(t.values, t.head_dim))
+        _parametrize(lin["v"], "bias", _ValueRows(t.values, t.head_dim, bias=True))
+        _parametrize(lin["o"], "weight", _OProjInput(t.heads, t.values))
+        lin["o"].input_transform = _LiveHeadMixing(t.heads, t.head_dim)
+    if t.qk is not None:
+        adapter.attention(layer).fptquant_kv.qk_transform = _LiveQK(t.qk)
+
+
+def detach_live(adapter: ModelAdapter, layer: nn.Module) -> None:
+    """Remove the live transforms, restoring the layer's original weights and forward."""
+    for linear in adapter.linears(layer).values():
+        for name in ("weight", "bias"):
+            if parametrize.is_parametrized(linear, name):
+                parametrize.remove_parametrizations(linear, name, leave_parametrized=False)
+        linear.input_transform = None
+    adapter.attention(layer).fptquant_kv.qk_transform = None
+
+
+# --- deploy form: float64 merges, fixed online modules -----------------------------------------------
+
+
+@torch.no_grad()
+def _merge_norm_side(norm: nn.Module, linears: list[nn.Module], transform: KroneckerTransform) -> None:
+    m = transform.weight_side()
+    for linear in linears:
+        merge_input_transform(linear.weight, m)
+    if transform.diag is not None:
+        norm.weight.copy_((norm.weight.double() * transform.diag.double()).to(norm.weight.dtype))
+    factors = transform.online_factors()
+    if factors is not None:
+        online = OnlineKronecker(*factors).to(linears[0].weight.device)  # one module, shared by the readers
+        for linear in linears:
+            linear.input_transform = online
+
+
+@torch.no_grad()
+def deploy(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> None:
+    """Merge every mergeable part into the weights in float64; leave P_a, P_o, P_h, P_ug, P_d online."""
+    lin = adapter.linears(layer)
+    if t.attn_in is not None:
+        _merge_norm_side(adapter.input_norm(layer), [lin["q"], lin["k"], lin["v"]], t.attn_in)
+    if t.mlp_in is not None:
+        _merge_norm_side(adapter.post_attention_norm(layer), [lin["gate"], lin["up"]], t.mlp_in)
+    if t.down_in is not None:
+        merge_input_transform(lin["down"].weight, t.down_in.weight_side())
+        if t.down_in.diag is not None:  # (silu(g) ⊙ u) ⊙ c = silu(g) ⊙ (u ⊙ c): c_d goes into up's rows
+            merge_output_transform(lin["up"].weight, lin["up"].bias, torch.diag(t.down_in.diag.double()))
+        factors = t.down_in.online_factors()
+        if factors is not None:
+            lin["down"].input_transform = OnlineKronecker(*factors).to(lin["down"].weight.device)
+    if t.values is not None:
+        transform_values(adapter, layer, [t.values.matrix64()] * adapter.num_kv_heads)
+        p_o = t.heads.matrix64()
+        merge_input_transform(lin["o"].weight, across_chunks(t.heads.matrix64(inverse_transpose=True), t.head_dim))
+        lin["o"].input_transform = HeadMixing(p_o, t.head_dim).to(lin["o"].weight.device)
+    if t.qk is not None:
+        adapter.attention(layer).fptquant_kv.qk_transform = QKTransform(t.qk.matrix64()).to(lin["q"].weight.device)

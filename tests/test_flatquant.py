@@ -1,0 +1,190 @@
+"""FlatQuant: exact transforms (the maintainers' debugging recipe), calibration, save/reload, divergence, resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_tiny_model
+
+import fptquant
+from fptquant.errors import ConfigError, TrainingError
+from fptquant.fakequant.wrap import quantize_model_structure, quantizers_bypassed
+from fptquant.math.kronecker import InverseFactor, SVDFactor
+from fptquant.methods.flatquant import FlatQuantLayers, FlatQuantOptions
+from fptquant.methods.flatquant.method import _clip_parameters
+from fptquant.methods.flatquant.transforms import attach_live, detach_live
+from fptquant.models import get_adapter
+
+FAST = {"epochs": 2, "batch_size": 2, "resume": False}
+
+
+def logits(model, tokens):
+    with torch.no_grad():
+        return model(input_ids=tokens, use_cache=False).logits
+
+
+@torch.no_grad()
+def randomize(module: torch.nn.Module, seed: int = 0) -> None:
+    """Move every transform and clip parameter away from its init (as calibration would)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if name.endswith(("sigma", "diag")):
+            p.copy_(torch.empty(p.shape).uniform_(0.5, 2.0, generator=g))
+        elif name.endswith("logit"):
+            p.copy_(torch.empty(p.shape).uniform_(0.5, 3.0, generator=g))
+        else:
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def built_layers(model, bits="w4a4kv4", **args):
+    adapter = get_adapter(model)
+    recipe = fptquant.Recipe(method="flatquant", bits=bits, method_args=args)
+    quantize_model_structure(model, adapter, recipe)
+    layers = FlatQuantLayers(adapter, recipe, FlatQuantOptions.from_method_args(args))
+    for i, layer in enumerate(adapter.layers()):
+        layers.build(i, layer)
+        randomize(layers.transforms[i], seed=i)
+        with torch.no_grad():
+            for p in _clip_parameters(layer).values():
+                p.uniform_(0.5, 3.0)
+    return adapter, layers
+
+
+@pytest.mark.parametrize("factor", ["svd", "inverse"])
+def test_factor_inverse_transpose_matches_linalg_inv(factor):
+    f = (SVDFactor if factor == "svd" else InverseFactor)(24, torch.Generator().manual_seed(0))
+    randomize(f)
+    reference = torch.linalg.inv(f.matrix64()).t()
+    torch.testing.assert_close(f.matrix64(inverse_transpose=True), reference, rtol=0, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(f(inverse_transpose=True).double(), reference, rtol=0, atol=1e-6)
+    assert (f.matrix64() - torch.eye(24, dtype=torch.float64)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("factor", ["svd", "inverse"])
+def test_live_transforms_with_quantization_off_keep_the_logits(arch, factor, tokens):
+    reference = make_tiny_model(arch)
+    model = copy.deepcopy(reference)
+    adapter, layers = built_layers(model, factor=factor)
+    for i, layer in enumerate(adapter.layers()):
+        attach_live(adapter, layer, layers.transforms[i])
+    with quantizers_bypassed(model):
+        out = logits(model, tokens)
+    assert (out - logits(reference, tokens)).abs().max() <= 1e-4
+    with torch.no_grad():  # the transforms really act: the first q_proj sees a different input
+        t = layers.transforms[0].attn_in
+        x = torch.randn(3, adapter.hidden_size)
+        assert (t(x) - x).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_deploy_form_equals_live_form(arch, tokens):
+    """Quantization off: equal to float32 rounding; on (float64): equal, weights baked by RTN with the LWC."""
+    reference = make_tiny_model(arch)
+    for quantized, dtype, tol in ((False, torch.float32, 1e-4), (True, torch.float64, 1e-8)):
+        live = copy.deepcopy(reference).to(dtype)
+        adapter, layers = built_layers(live)
+        deployed = copy.deepcopy(live)
+        dep_adapter = get_adapter(deployed)
+        for i, layer in enumerate(adapter.layers()):
+            attach_live(adapter, layer, layers.transforms[i])
+        dep_layers = FlatQuantLayers(dep_adapter, layers.recipe, layers.options)
+        for i, layer in enumerate(dep_adapter.layers()):
+            dep_layers.transforms[i] = copy.deepcopy(layers.transforms[i])
+            dep_layers.deploy(i, layer)
+        if quantized:
+            method = fptquant.methods.get_method("flatquant")(layers.recipe)
+            method._quantize_weights(deployed, dep_adapter, None)
+            a, b = logits(live, tokens), logits(deployed, tokens)
+            assert (a - logits(reference.to(dtype), tokens)).abs().max() > 1e-3  # quantization is on
+        else:
+            with quantizers_bypassed(live), quantizers_bypassed(deployed):
+                a, b = logits(live, tokens), logits(deployed, tokens)
+            assert (a - logits(reference, tokens)).abs().max() <= 1e-4
+        assert (a - b).abs().max() <= tol, (quantized, (a - b).abs().max())
+        for i, layer in enumerate(adapter.layers()):
+            detach_live(adapter, layer)
+        with quantizers_bypassed(live):  # detaching restores the original weights exactly
+            torch.testing.assert_close(logits(live, tokens), logits(reference.to(dtype), tokens), rtol=0, atol=0)
+
+
+def test_calibration_learns_and_the_saved_result_reloads_exactly(tmp_path, tokens):
+    model = make_tiny_model("qwen2")
+    calibration = torch.randint(0, 128, (6, 32), generator=torch.Generator().manual_seed(3))
+    recipe = fptquant.Recipe(method="flatquant", model="tiny", method_args={**FAST, "epochs": 4})
+    fptquant.quantize(model, recipe, calibration)
+    method = model.fptquant_method
+    assert len(method.losses) == 2 and all(torch.isfinite(torch.tensor(method.losses)))
+    moved = method.learned["flatquant.layers.0.t.attn_in.p1.u.weight"]
+    assert moved.abs().max() > 1e-4  # training moved the Cayley parameters away from zero
+    fptquant.save_quantized(model, tmp_path / "q")
+    fresh = make_tiny_model("qwen2")
+    from safetensors.torch import load_file
+
+    restored = fptquant.methods.get_method("flatquant")(fptquant.Recipe.load(tmp_path / "q" / "recipe.json"))
+    restored.restore(fresh, get_adapter(fresh), load_file(tmp_path / "q" / "fptquant_state.safetensors"))
+    torch.testing.assert_close(logits(fresh, tokens), logits(model, tokens), rtol=0, atol=0)
+
+
+def test_calibration_reduces_the_layer_error_against_its_initialisation():
+    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(4))
+    errors = {}
+    for epochs in (0, 6):
+        model = make_tiny_model("llama")
+        recipe = fptquant.Recipe(method="flatquant", bits="w4a4kv4", method_args={**FAST, "epochs": epochs})
+        reference = make_tiny_model("llama")
+        fptquant.quantize(model, recipe, calibration)
+        errors[epochs] = (logits(model, calibration) - logits(reference, calibration)).pow(2).mean().item()
+    assert errors[6] < errors[0]
+
+
+def test_gptq_variant_runs_and_reloads(tmp_path, tokens):
+    model = make_tiny_model("llama")
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(5))
+    recipe = fptquant.Recipe(method="flatquant", weight_quantizer="gptq", model="tiny", method_args=FAST)
+    fptquant.quantize(model, recipe, calibration)
+    fptquant.save_quantized(model, tmp_path / "q")
+    fresh = make_tiny_model("llama")
+    from safetensors.torch import load_file
+
+    restored = fptquant.methods.get_method("flatquant")(fptquant.Recipe.load(tmp_path / "q" / "recipe.json"))
+    restored.restore(fresh, get_adapter(fresh), load_file(tmp_path / "q" / "fptquant_state.safetensors"))
+    torch.testing.assert_close(logits(fresh, tokens), logits(model, tokens), rtol=0, atol=0)
+
+
+def test_nan_stops_calibration_naming_the_layer_and_a_rerun_resumes(tmp_path, caplog):
+    calibration = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(6))
+    args = {"epochs": 1, "batch_size": 2, "checkpoint_dir": str(tmp_path / "ckpt")}
+    recipe = fptquant.Recipe(method="flatquant", method_args=args)
+    model = make_tiny_model("llama")
+    adapter = get_adapter(model)
+    def nan_while_training(module, args, out):  # the layer, not a linear: quantize() replaces the linears
+        if not torch.is_grad_enabled():
+            return out
+        return (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
+
+    poison = adapter.layers()[1].register_forward_hook(nan_while_training)
+    with pytest.raises(TrainingError, match="layer 1 at step 1"):
+        fptquant.quantize(model, recipe, calibration)
+    poison.remove()
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("layer_*")) == ["layer_000.safetensors"]
+    fresh = make_tiny_model("llama")
+    with caplog.at_level("WARNING"):
+        fptquant.quantize(fresh, recipe, calibration)
+    assert "1 calibrated layer(s) found" in caplog.text
+    assert len(fresh.fptquant_method.losses) == 1  # only layer 1 was trained again
+    assert len(list((tmp_path / "ckpt").glob("layer_*"))) == 2
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="unknown flatquant option"):
+        FlatQuantOptions.from_method_args({"epoch": 3})
+    with pytest.raises(ConfigError, match="factor"):
+        FlatQuantOptions.from_method_args({"factor": "qr"})
+    with pytest.raises(ConfigError, match="true or false"):
+        FlatQuantOptions.from_method_args({"clip": "maybe"})
+    with pytest.raises(ConfigError, match="dynamic"):
+        fptquant.methods.get_method("flatquant")(fptquant.Recipe(method="flatquant", act_static=True))

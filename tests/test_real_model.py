@@ -69,3 +69,34 @@ def test_all_quarot_rotations_are_exact_on_the_real_model(smollm2, windows):
         after = model(input_ids=windows[:1, :256]).logits
     assert not adapter.embeddings_tied()
     assert (after - before).abs().max() <= 1e-4
+
+
+def test_flatquant_transforms_are_exact_on_the_real_model(smollm2, windows):
+    """The FlatQuant #19 recipe on SmolLM2 (24⊗24, 32⊗48, 9×9, 64×64): random transforms inserted live with
+    quantization off keep the logits; the float64-merged deploy form equals the live form."""
+    import sys
+
+    from fptquant.fakequant.wrap import quantizers_bypassed
+    from fptquant.methods.flatquant.transforms import attach_live, deploy
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_flatquant import built_layers
+
+    reference = smollm2[0]
+    tokens = windows[:1, :256]
+    with torch.no_grad():
+        before = reference(input_ids=tokens).logits
+    live = copy.deepcopy(reference)
+    adapter, layers = built_layers(live)
+    deployed = copy.deepcopy(live)
+    for i, layer in enumerate(adapter.layers()):
+        attach_live(adapter, layer, layers.transforms[i])
+    dep_adapter = fptquant.get_adapter(deployed)
+    for i, layer in enumerate(dep_adapter.layers()):
+        deploy(dep_adapter, layer, layers.transforms[i])
+    with torch.no_grad(), quantizers_bypassed(live), quantizers_bypassed(deployed):
+        a, b = live(input_ids=tokens).logits, deployed(input_ids=tokens).logits
+    scale = before.abs().max()
+    assert (a - before).abs().max() <= 2e-5 * scale, (a - before).abs().max()
+    assert (b - before).abs().max() <= 2e-5 * scale, (b - before).abs().max()
+    assert layers.transforms[0].attn_in.n1 == 24 and layers.transforms[0].down_in.n2 == 48

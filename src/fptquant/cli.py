@@ -180,12 +180,24 @@ def quantize(
         fp = perplexity(net, tokenizer, eval_text, seqlen, max_windows, batch_size, desc="full precision")
         rows.append(("full precision", "-", f"{fp.perplexity:.2f}"))
         results["fp_perplexity"] = fp.perplexity
+    import torch
+
+    cuda = dev.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.time()
     run_quantize(net, recipe, calib_data, tokenizer)
     recipe = net.fptquant_recipe
     elapsed = time.time() - start
     results["quantize_seconds"] = elapsed
-    typer.echo(f"quantized with {_label(recipe)} {recipe.bit_spec.label} in {elapsed:.1f}s", err=True)
+    results["method_stats"] = net.fptquant_method.stats
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else ""
+    if cuda:
+        results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    typer.echo(f"quantized with {_label(recipe)} {recipe.bit_spec.label} in {elapsed:.1f}s{peak}", err=True)
+    for key, value in net.fptquant_method.stats.items():
+        if not isinstance(value, list):
+            typer.echo(f"  {key}: {value:.1f}" if isinstance(value, float) else f"  {key}: {value}", err=True)
     if out is not None:
         save_quantized(net, out, overwrite=overwrite)
         typer.echo(f"saved to {out}", err=True)

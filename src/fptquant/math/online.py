@@ -1,7 +1,8 @@
 """Online transforms: modules applied to activations at run time, whose inverse is merged offline.
 
 Each has ``matrix()`` returning the dense float64 equivalent ``T`` of ``x -> x T`` so the weight side
-can be merged exactly (``W <- W T^{-T}``).
+can be merged exactly (``W <- W T^{-T}``). Learned matrices are stored in ``dtype`` (float32 for
+float32/16-bit models) and the merge inverts exactly the stored matrix, so both sides agree.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ class OnlineHadamard(nn.Module):
 class HeadMixing(nn.Module):
     """``x -> x (M ⊗ I_d)``: mixes the heads of an ``(h·d)``-wide activation with an ``h×h`` matrix."""
 
-    def __init__(self, mix: torch.Tensor, head_dim: int):
+    def __init__(self, mix: torch.Tensor, head_dim: int, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.head_dim = head_dim
-        self.register_buffer("mix", mix.double().contiguous())  # float64: exact for float64 models too
+        self.register_buffer("mix", mix.to(dtype).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mix.shape[0]
@@ -61,16 +62,20 @@ class QKHadamard(nn.Module):
 class OnlineKronecker(nn.Module):
     """``x -> x (P1 ⊗ P2)`` with fixed factors (FlatQuant's deploy-time online transform)."""
 
-    def __init__(self, p1: torch.Tensor, p2: torch.Tensor):
+    def __init__(self, p1: torch.Tensor, p2: torch.Tensor, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.register_buffer("p1", p1.double().contiguous())  # cast to the activation dtype at use
-        self.register_buffer("p2", p2.double().contiguous())
+        self.register_buffer("p1", p1.to(dtype).contiguous())
+        self.register_buffer("p2", p2.to(dtype).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kron_apply(x, self.p1, self.p2)
 
     def matrix(self) -> torch.Tensor:
         return torch.kron(self.p1.double(), self.p2.double())
+
+    def inverse_transpose(self) -> torch.Tensor:
+        """``(P1 ⊗ P2)^{-T}`` of the stored factors, in float64, from the small inverses."""
+        return torch.kron(torch.linalg.inv(self.p1.double()).t(), torch.linalg.inv(self.p2.double()).t())
 
     def extra_repr(self) -> str:
         return f"{self.p1.shape[0]}x{self.p2.shape[0]}"
@@ -79,11 +84,11 @@ class OnlineKronecker(nn.Module):
 class QKTransform(nn.Module):
     """Post-RoPE ``k -> k P`` and ``q -> q P^{-T}`` per head, so ``q kᵀ`` is unchanged (FlatQuant P_h)."""
 
-    def __init__(self, matrix: torch.Tensor):
+    def __init__(self, matrix: torch.Tensor, dtype: torch.dtype = torch.float32):
         super().__init__()
-        m = matrix.double()
-        self.register_buffer("key_side", m.contiguous())
-        self.register_buffer("query_side", torch.linalg.inv(m).t().contiguous())
+        key_side = matrix.to(dtype)
+        self.register_buffer("key_side", key_side.contiguous())
+        self.register_buffer("query_side", torch.linalg.inv(key_side.double()).t().to(dtype).contiguous())
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return query @ self.query_side.to(query.dtype), key @ self.key_side.to(key.dtype)

@@ -33,6 +33,7 @@ class Method(ABC):
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe.resolved(self.defaults)
+        self.stats: dict[str, Any] = {}  # what a run measured about itself (times, losses), for reports
 
     def requires_calibration(self) -> bool:
         return self.needs_calibration or self.recipe.act_static or self.recipe.weight_quantizer == "gptq"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import torch
 from torch import nn
@@ -181,7 +182,14 @@ class FlatQuant(Method):
         layers = FlatQuantLayers(adapter, self.recipe, self.options)
         settings = self.options.layerwise(self.recipe.seed)
         store = self._store(model, calibration)
+        resumed = len(store.completed()) if store is not None else 0
+        start = time.perf_counter()
         self.losses = calibrate_layerwise(model, adapter, calibration, layers, settings, store, "FlatQuant")
+        self.stats.update(
+            calibration_seconds=time.perf_counter() - start,
+            resumed_layers=resumed,
+            final_layer_losses=self.losses,
+        )
         self.learned = {
             f"{PREFIX}.{i}.{k}": v for i, layer in enumerate(adapter.layers()) for k, v in layers.state(i, layer).items()
         }

@@ -159,18 +159,31 @@ def detach_live(adapter: ModelAdapter, layer: nn.Module) -> None:
 # --- deploy form: float64 merges, fixed online modules -----------------------------------------------
 
 
+def _compute_dtype(linear: nn.Module) -> torch.dtype:
+    return torch.promote_types(linear.weight.dtype, torch.float32)
+
+
 @torch.no_grad()
-def _merge_norm_side(norm: nn.Module, linears: list[nn.Module], transform: KroneckerTransform) -> None:
-    m = transform.weight_side()
+def _merge_input_side(linears: list[nn.Module], transform: KroneckerTransform) -> None:
+    """``W <- W diag(1/c) P^{-T}`` with ``P`` exactly as the (shared) online module stores it."""
+    factors = transform.online_factors()
+    online = None
+    if factors is not None:
+        online = OnlineKronecker(*factors, dtype=_compute_dtype(linears[0])).to(linears[0].weight.device)
+        m = online.inverse_transpose()
+    else:
+        m = torch.eye(transform.n, dtype=torch.float64, device=linears[0].weight.device)
+    if transform.diag is not None:
+        m = m / transform.diag.double()[:, None]
     for linear in linears:
         merge_input_transform(linear.weight, m)
+        linear.input_transform = online
+
+
+@torch.no_grad()
+def _fold_into_norm(norm: nn.Module, transform: KroneckerTransform) -> None:
     if transform.diag is not None:
         norm.weight.copy_((norm.weight.double() * transform.diag.double()).to(norm.weight.dtype))
-    factors = transform.online_factors()
-    if factors is not None:
-        online = OnlineKronecker(*factors).to(linears[0].weight.device)  # one module, shared by the readers
-        for linear in linears:
-            linear.input_transform = online
 
 
 @torch.no_grad()
@@ -178,20 +191,20 @@ def deploy(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> None:
     """Merge every mergeable part into the weights in float64; leave P_a, P_o, P_h, P_ug, P_d online."""
     lin = adapter.linears(layer)
     if t.attn_in is not None:
-        _merge_norm_side(adapter.input_norm(layer), [lin["q"], lin["k"], lin["v"]], t.attn_in)
+        _fold_into_norm(adapter.input_norm(layer), t.attn_in)
+        _merge_input_side([lin["q"], lin["k"], lin["v"]], t.attn_in)
     if t.mlp_in is not None:
-        _merge_norm_side(adapter.post_attention_norm(layer), [lin["gate"], lin["up"]], t.mlp_in)
+        _fold_into_norm(adapter.post_attention_norm(layer), t.mlp_in)
+        _merge_input_side([lin["gate"], lin["up"]], t.mlp_in)
     if t.down_in is not None:
-        merge_input_transform(lin["down"].weight, t.down_in.weight_side())
         if t.down_in.diag is not None:  # (silu(g) ⊙ u) ⊙ c = silu(g) ⊙ (u ⊙ c): c_d goes into up's rows
             merge_output_transform(lin["up"].weight, lin["up"].bias, torch.diag(t.down_in.diag.double()))
-        factors = t.down_in.online_factors()
-        if factors is not None:
-            lin["down"].input_transform = OnlineKronecker(*factors).to(lin["down"].weight.device)
+        _merge_input_side([lin["down"]], t.down_in)
+    dtype, device = _compute_dtype(lin["q"]), lin["q"].weight.device
     if t.values is not None:
         transform_values(adapter, layer, [t.values.matrix64()] * adapter.num_kv_heads)
-        p_o = t.heads.matrix64()
-        merge_input_transform(lin["o"].weight, across_chunks(t.heads.matrix64(inverse_transpose=True), t.head_dim))
-        lin["o"].input_transform = HeadMixing(p_o, t.head_dim).to(lin["o"].weight.device)
+        mixing = HeadMixing(t.heads.matrix64(), t.head_dim, dtype=dtype).to(device)
+        merge_input_transform(lin["o"].weight, across_chunks(torch.linalg.inv(mixing.mix.double()).t(), t.head_dim))
+        lin["o"].input_transform = mixing
     if t.qk is not None:
-        adapter.attention(layer).fptquant_kv.qk_transform = QKTransform(t.qk.matrix64()).to(lin["q"].weight.device)
+        adapter.attention(layer).fptquant_kv.qk_transform = QKTransform(t.qk.matrix64(), dtype=dtype).to(device)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # FlatQuant acceptance run (issue 5) on the GPU machine, after `source .stage/common/setup.sh`.
 # Each `q` line is the exact command of one docs/RESULTS.md row. JSON results and logs go to $OUT.
-# Layer checkpoints go to $FPTQUANT_CACHE (here under $OUT, so they come back and can be carried in):
+# Layer checkpoints go to $FPTQUANT_CACHE and come back as $OUT/fqcache.tar (untar into .fqcache to resume):
 # the GPTQ rows reuse the calibration of the RTN row with the same bits.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-export FPTQUANT_CACHE=${FPTQUANT_CACHE:-$OUT/cache}
+export FPTQUANT_CACHE=${FPTQUANT_CACHE:-$HOME/fqcache}
+trap 'tar -C "$FPTQUANT_CACHE" -cf "$OUT/fqcache.tar" . 2>/dev/null' EXIT  # layer checkpoints come back
 M=${FPTQ_GGUF:?run source .stage/common/setup.sh first}
 ROWS=${ROWS:-all}
 q() { name=$1; shift; [[ $ROWS == all || " $ROWS " == *" $name "* ]] || return 0

@@ -14,7 +14,9 @@ from torch import nn
 
 def cayley(skew: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(skew.shape[0], dtype=skew.dtype, device=skew.device)
-    return torch.linalg.solve(eye - skew / 2, eye + skew / 2)
+    # solve_ex: no error check, hence no GPU synchronisation (I - A/2 is never singular for skew A;
+    # NaN parameters surface as NaN losses, which the training loops catch)
+    return torch.linalg.solve_ex(eye - skew / 2, eye + skew / 2)[0]
 
 
 class CayleyRotation(nn.Module):

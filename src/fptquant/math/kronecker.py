@@ -85,7 +85,7 @@ class InverseFactor(nn.Module):
     def forward(self, inverse_transpose: bool = False) -> torch.Tensor:
         if not inverse_transpose:
             return self.matrix
-        return torch.linalg.inv(self.matrix.double()).t().to(self.matrix.dtype)
+        return torch.linalg.inv_ex(self.matrix.double())[0].t().to(self.matrix.dtype)  # _ex: no GPU sync
 
     def rotations(self) -> list[CayleyRotation]:
         return []

@@ -122,8 +122,7 @@ def train_layer(
     step, loss_mean = 0, float("nan")
     for epoch in range(s.epochs):
         total = torch.zeros((), device=device)
-        for idx in torch.randperm(len(inputs), generator=gen).split(s.batch_size):
-            idx = idx.to(inputs.device)
+        for idx in torch.randperm(len(inputs), generator=gen).to(inputs.device).split(s.batch_size):
             x = inputs[idx].to(device, non_blocking=True)
             y = targets[idx].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp), recipe.step_context(index):

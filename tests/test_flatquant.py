@@ -105,7 +105,7 @@ def test_deploy_form_equals_live_form(arch, tokens):
                 a, b = logits(live, tokens), logits(deployed, tokens)
             assert (a - logits(reference, tokens)).abs().max() <= 1e-4
         assert (a - b).abs().max() <= tol, (quantized, (a - b).abs().max())
-        for i, layer in enumerate(adapter.layers()):
+        for layer in adapter.layers():
             detach_live(adapter, layer)
         with quantizers_bypassed(live):  # detaching restores the original weights exactly
             torch.testing.assert_close(logits(live, tokens), logits(reference.to(dtype), tokens), rtol=0, atol=0)
@@ -161,6 +161,7 @@ def test_nan_stops_calibration_naming_the_layer_and_a_rerun_resumes(tmp_path, ca
     recipe = fptquant.Recipe(method="flatquant", method_args=args)
     model = make_tiny_model("llama")
     adapter = get_adapter(model)
+
     def nan_while_training(module, args, out):  # the layer, not a linear: quantize() replaces the linears
         if not torch.is_grad_enabled():
             return out

@@ -56,3 +56,11 @@ class CayleyRotation(nn.Module):
     def matrix64(self) -> torch.Tensor:
         """The current rotation computed in float64 (for exact merging)."""
         return cayley(self._skew(torch.float64)) @ self.base.double()
+
+
+def cached_all(rotations: list[CayleyRotation]) -> contextlib.ExitStack:
+    """:meth:`CayleyRotation.cached` for many rotations at once (one solve per rotation per step)."""
+    stack = contextlib.ExitStack()
+    for rotation in rotations:
+        stack.enter_context(rotation.cached())
+    return stack

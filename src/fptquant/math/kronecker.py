@@ -158,10 +158,16 @@ class KroneckerTransform(nn.Module):
         return self.p1.matrix64(), self.p2.matrix64()
 
     @torch.no_grad()
-    def weight_side(self) -> torch.Tensor:
-        """``M`` with ``W <- W M`` preserving the layer: ``M = diag(1/c) (P1 ⊗ P2)^{-T}``."""
+    def weight_side(self, factors_inverse_transpose: torch.Tensor | None = None) -> torch.Tensor:
+        """``M`` with ``W <- W M`` preserving the layer: ``M = diag(1/c) (P1 ⊗ P2)^{-T}`` in float64.
+
+        ``factors_inverse_transpose`` replaces ``(P1 ⊗ P2)^{-T}``, e.g. the exact inverse of factors
+        stored rounded to a compute dtype, so the merge cancels what is really applied online.
+        """
         device = next(self.parameters()).device
-        if self.p1 is None:
+        if factors_inverse_transpose is not None:
+            m = factors_inverse_transpose.double()
+        elif self.p1 is None:
             m = torch.eye(self.n, dtype=torch.float64, device=device)
         else:
             m = torch.kron(self.p1.matrix64(inverse_transpose=True), self.p2.matrix64(inverse_transpose=True))

@@ -14,15 +14,13 @@ The paper's lr of 1.5 diverged on SmolLM2-135M (calibration loss 4.2 -> 8.7-12 w
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config.recipe import Recipe
 from ..fakequant.wrap import quantize_model_structure
-from ..math.cayley import CayleyRotation
+from ..math.cayley import CayleyRotation, cached_all
 from ..math.rotation import block_diagonal
 from ..models.base import ModelAdapter
 from ..pipelines.residual import rotate_residual, transform_values
@@ -87,14 +85,6 @@ def detach_rotations(modules: list[nn.Module]) -> None:
                 parametrize.remove_parametrizations(module, name, leave_parametrized=False)
 
 
-@contextlib.contextmanager
-def _all_cached(rotations: list[CayleyRotation]):
-    with contextlib.ExitStack() as stack:
-        for r in rotations:
-            stack.enter_context(r.cached())
-        yield
-
-
 def merge_learned(adapter: ModelAdapter, r1: torch.Tensor, r2s: list[torch.Tensor]) -> None:
     rotate_residual(adapter, r1)
     for layer, r2 in zip(adapter.layers(), r2s, strict=True):
@@ -149,7 +139,7 @@ class SpinQuant(Method):
                 seed=self.recipe.seed,
                 desc="SpinQuant rotations",
                 max_step=float(args.get("max_step", 1.0)),
-                context=lambda: _all_cached([r1, *r2s]),
+                context=lambda: cached_all([r1, *r2s]),
             )
         finally:
             detach_rotations(touched)

@@ -48,8 +48,8 @@ class LayerRecipe(ABC):
     def build(self, index: int, layer: nn.Module) -> None:
         """Create the layer's trainable parts (not yet attached to the forward)."""
 
-    def initialize(self, index: int, layer: nn.Module, inputs: torch.Tensor, kwargs: dict) -> None:
-        """Data-dependent initialisation from the layer's full-precision inputs (optional)."""
+    def initialize(self, index: int, layer: nn.Module, inputs: torch.Tensor, kwargs: dict) -> None:  # noqa: B027
+        """Data-dependent initialisation from the layer's full-precision inputs (optional; none by default)."""
 
     @abstractmethod
     def attach(self, index: int, layer: nn.Module) -> None: ...

@@ -8,7 +8,6 @@ saved, so ``restore`` rebuilds the deploy model without calibrating again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 
@@ -18,6 +17,7 @@ from torch import nn
 from ...config.recipe import Recipe
 from ...errors import ConfigError
 from ...fakequant.wrap import quant_linears, quantize_model_structure, quantizers_bypassed
+from ...math.cayley import cached_all
 from ...math.quantizer import Quantizer, QuantSpec
 from ...models.base import ModelAdapter
 from ...pipelines.checkpoints import CheckpointStore, fingerprint
@@ -81,10 +81,12 @@ class FlatQuantLayers(LayerRecipe):
         if not readers:
             return
         xmax, hooks = {}, []
-        for tr, roles in readers:
-            def record(module, args, key=id(tr)):
+        for key, (_, roles) in enumerate(readers):
+
+            def record(module, args, key=key):
                 m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
                 xmax[key] = torch.maximum(xmax[key], m) if key in xmax else m
+
             hooks.append(self.adapter.linear(layer, roles[0]).register_forward_pre_hook(record))
         device = self.adapter.linear(layer, "q").weight.device
         try:
@@ -95,9 +97,9 @@ class FlatQuantLayers(LayerRecipe):
             for h in hooks:
                 h.remove()
         alpha = self.options.diag_alpha
-        for tr, roles in readers:
+        for key, (tr, roles) in enumerate(readers):
             wmax = torch.cat([self.adapter.linear(layer, r).weight.abs() for r in roles]).amax(0).float()
-            tr.diag.copy_((wmax.pow(1 - alpha) / xmax[id(tr)].clamp(min=1e-5).pow(alpha)).clamp(min=1e-5))
+            tr.diag.copy_((wmax.pow(1 - alpha) / xmax[key].clamp(min=1e-5).pow(alpha)).clamp(min=1e-5))
 
     def attach(self, index: int, layer: nn.Module) -> None:
         attach_live(self.adapter, layer, self.transforms[index])
@@ -113,20 +115,20 @@ class FlatQuantLayers(LayerRecipe):
         return [g for g in groups if g["params"]]
 
     def step_context(self, index: int):
-        stack = contextlib.ExitStack()
-        for rotation in self.transforms[index].rotations():
-            stack.enter_context(rotation.cached())  # one Cayley solve per step, not one per use
-        return stack
+        return cached_all(self.transforms[index].rotations())  # one Cayley solve per step, not one per use
 
-    def state(self, index: int, layer: nn.Module) -> dict[str, torch.Tensor]:
+    def _live_state(self, index: int, layer: nn.Module) -> dict[str, torch.Tensor]:
         state = {f"t.{k}": v for k, v in self.transforms[index].state_dict().items()}
         state.update({f"clip.{k}": v for k, v in _clip_parameters(layer).items()})
-        return {k: v.detach().cpu().clone() for k, v in state.items()}
+        return state
+
+    def state(self, index: int, layer: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self._live_state(index, layer).items()}
 
     @torch.no_grad()
     def load_state(self, index: int, layer: nn.Module, state: dict[str, torch.Tensor]) -> None:
         t = self.transforms[index]
-        expected = set(self.state(index, layer))
+        expected = set(self._live_state(index, layer))
         if set(state) != expected:
             diff = sorted(set(state) ^ expected)[:3]
             raise ConfigError(f"saved FlatQuant state of layer {index} does not match this model/recipe ({diff})")
@@ -169,13 +171,8 @@ class FlatQuant(Method):
         key = fingerprint(model, settings, calibration)
         description = {"model": getattr(model, "fptquant_source", None), **settings}
         if self.options.checkpoint_dir:
-            store = CheckpointStore(self.options.checkpoint_dir, key, description)
-        else:
-            store = CheckpointStore.default(self.name, key, description)
-        done = store.completed()
-        if done:
-            log.warning("FlatQuant: resuming, %d calibrated layer(s) found in %s", len(done), store.root)
-        return store
+            return CheckpointStore(self.options.checkpoint_dir, key, description)
+        return CheckpointStore.default(self.name, key, description)
 
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
         quantize_model_structure(model, adapter, self.recipe)
@@ -183,6 +180,8 @@ class FlatQuant(Method):
         settings = self.options.layerwise(self.recipe.seed)
         store = self._store(model, calibration)
         resumed = len(store.completed()) if store is not None else 0
+        if resumed:
+            log.warning("FlatQuant: resuming, %d calibrated layer(s) found in %s", resumed, store.root)
         start = time.perf_counter()
         self.losses = calibrate_layerwise(model, adapter, calibration, layers, settings, store, "FlatQuant")
         self.stats.update(
@@ -191,7 +190,9 @@ class FlatQuant(Method):
             final_layer_losses=self.losses,
         )
         self.learned = {
-            f"{PREFIX}.{i}.{k}": v for i, layer in enumerate(adapter.layers()) for k, v in layers.state(i, layer).items()
+            f"{PREFIX}.{i}.{k}": v
+            for i, layer in enumerate(adapter.layers())
+            for k, v in layers.state(i, layer).items()
         }
         self._quantize_weights(model, adapter, calibration)
 
@@ -224,4 +225,3 @@ class FlatQuant(Method):
 
     def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {**self.learned, **saved_weight_state(model, self.recipe)}
-

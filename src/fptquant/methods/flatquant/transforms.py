@@ -170,11 +170,7 @@ def _merge_input_side(linears: list[nn.Module], transform: KroneckerTransform) -
     online = None
     if factors is not None:
         online = OnlineKronecker(*factors, dtype=_compute_dtype(linears[0])).to(linears[0].weight.device)
-        m = online.inverse_transpose()
-    else:
-        m = torch.eye(transform.n, dtype=torch.float64, device=linears[0].weight.device)
-    if transform.diag is not None:
-        m = m / transform.diag.double()[:, None]
+    m = transform.weight_side(online.inverse_transpose() if online is not None else None)
     for linear in linears:
         merge_input_transform(linear.weight, m)
         linear.input_transform = online

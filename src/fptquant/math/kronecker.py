@@ -49,14 +49,24 @@ def no_autocast(device: torch.device):
 
 
 class SVDFactor(nn.Module):
-    """``P = U diag(σ) Vᵀ`` with Cayley-orthogonal ``U``, ``V`` (random orthogonal init) and ``σ = 1``."""
+    """``P = U diag(σ) Vᵀ`` with Cayley-orthogonal ``U``, ``V`` and ``σ = 1``.
 
-    def __init__(self, n: int, generator: torch.Generator | None = None):
+    ``U`` and ``V`` start as random orthogonal matrices (FlatQuant), or as the identity with
+    ``identity=True`` (FPTQuant's value transform, which starts as the identity map).
+    """
+
+    def __init__(self, n: int, generator: torch.Generator | None = None, identity: bool = False):
         super().__init__()
         self.n = n
-        self.u = CayleyRotation(random_orthogonal(n, generator))
-        self.v = CayleyRotation(random_orthogonal(n, generator))
+        init = (lambda: torch.eye(n, dtype=torch.float64)) if identity else (lambda: random_orthogonal(n, generator))
+        self.u = CayleyRotation(init())
+        self.v = CayleyRotation(init())
         self.sigma = nn.Parameter(torch.ones(n))
+
+    def condition_number(self) -> torch.Tensor:
+        """``max|σ| / min|σ|`` (a tensor, so checking it needs no GPU synchronisation until read)."""
+        s = self.sigma.detach().abs()
+        return s.max() / s.min().clamp(min=1e-30)
 
     def forward(self, inverse_transpose: bool = False) -> torch.Tensor:
         with no_autocast(self.sigma.device):

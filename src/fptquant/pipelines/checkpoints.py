@@ -57,10 +57,12 @@ class CheckpointStore:
     def default(cls, method: str, key: str, description: dict) -> CheckpointStore:
         return cls(cache_dir() / "calibration" / f"{method}-{key}", key, description)
 
-    def _path(self, index: int) -> Path:
-        return self.root / f"layer_{index:03d}.safetensors"
+    def _path(self, index: int | str) -> Path:
+        """A layer's checkpoint (int) or a named one (str, e.g. a whole-model stage)."""
+        name = f"layer_{index:03d}" if isinstance(index, int) else index
+        return self.root / f"{name}.safetensors"
 
-    def load(self, index: int) -> dict[str, torch.Tensor] | None:
+    def load(self, index: int | str) -> dict[str, torch.Tensor] | None:
         path = self._path(index)
         if not path.is_file():
             return None
@@ -70,7 +72,7 @@ class CheckpointStore:
             log.warning("ignoring unreadable checkpoint %s (%s); the layer is trained again", path, e)
             return None
 
-    def save(self, index: int, state: dict[str, torch.Tensor]) -> None:
+    def save(self, index: int | str, state: dict[str, torch.Tensor]) -> None:
         tmp = self._path(index).with_suffix(".tmp")
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
         os.replace(tmp, self._path(index))

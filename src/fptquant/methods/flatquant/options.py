@@ -6,10 +6,11 @@ The released code's argparse defaults differ from what its scripts and the paper
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 
+from ...config.options import options_from_args
 from ...errors import ConfigError
 from ...math.kronecker import FACTOR_KINDS
 from ...pipelines.layerwise import LayerwiseSettings
@@ -50,22 +51,7 @@ class FlatQuantOptions:
 
     @classmethod
     def from_method_args(cls, args: dict) -> FlatQuantOptions:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(args) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown flatquant option(s) {unknown}; known: {', '.join(known)}")
-        values = {}
-        for key, value in args.items():
-            default = getattr(cls, key)
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"flatquant option {key} must be true or false, got {value!r}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                try:
-                    value = type(default)(value)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"flatquant option {key} must be a number, got {value!r}") from None
-            values[key] = value
-        return cls(**values)
+        return options_from_args(cls, args, "flatquant")
 
     def layerwise(self, seed: int) -> LayerwiseSettings:
         return LayerwiseSettings(

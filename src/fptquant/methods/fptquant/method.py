@@ -1,0 +1,210 @@
+"""FPTQuant (van Breugel et al., 2025): function-preserving transforms, a local L4 stage, then
+end-to-end student–teacher training of the transforms and the (static) activation scales.
+
+Pipeline: fold the norms (untying the embeddings), put T_d online before down_proj and S_n into
+every layer (with static activations), attach T_r/T_k/T_v/T_u live, run the local stage,
+initialise static scales by L_p (p = 2) error, train end to end, then merge every mergeable
+transform into the weights in float64 and quantize the weights (RTN, or GPTQ after W16 training).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ...config.recipe import Recipe
+from ...errors import ConfigError
+from ...fakequant.residual_scaling import enable_residual_scaling
+from ...fakequant.wrap import quant_linears, quantize_model_structure
+from ...math.cayley import cached_all
+from ...math.hadamard import largest_power_of_two_factor
+from ...math.online import OnlineHadamard
+from ...math.quantization import Axis
+from ...math.quantizer import Quantizer
+from ...models.base import ModelAdapter, model_device
+from ...pipelines.checkpoints import CheckpointStore, fingerprint
+from ...pipelines.distill import StepCheckpoint, train_end_to_end
+from ...pipelines.residual import fold_norms
+from ...pipelines.static_ranges import init_static_ranges_lp, static_quantizers
+from ...pipelines.weights import quantize_weights, restore_weights
+from ..base import Method, load_quantizer_state, quantizer_state, register_method
+from ..quarot import online_hadamard_for, orthogonal_or_fallback
+from .live import attach, detach, merge
+from .local import optimize_local
+from .options import FPTQuantOptions
+from .transforms import FPTTransforms
+
+log = logging.getLogger(__name__)
+PREFIX = "fptquant.transforms."
+
+
+@register_method
+class FPTQuant(Method):
+    name = "fptquant"
+    summary = "FPTQuant: pre-RoPE/value/MLP/residual transforms + S_n, local L4 then end-to-end (JSD) training"
+    needs_calibration = True
+
+    def __init__(self, recipe: Recipe):
+        super().__init__(recipe)
+        self.options = FPTQuantOptions.from_method_args(self.recipe.method_args)
+        self.transforms: FPTTransforms | None = None
+
+    # --- structure --------------------------------------------------------------------------
+    def _prerope(self, adapter: ModelAdapter) -> bool:
+        has_qk_norm = adapter.qk_norms(adapter.layers()[0]) is not None
+        if self.options.prerope and has_qk_norm:
+            raise ConfigError(
+                f"{adapter.name} normalises q and k per head before RoPE, so the pre-RoPE transform T_k is not "
+                "function-preserving there; drop --method-arg prerope=true"
+            )
+        if self.options.prerope is None and has_qk_norm:
+            log.info("FPTQuant: pre-RoPE transform off (q/k norms before RoPE make it non-mergeable)")
+        return bool(self.options.prerope if self.options.prerope is not None else not has_qk_norm)
+
+    def _residual_scaling(self) -> bool:
+        o = self.options.residual_scaling
+        return self.recipe.act_static if o is None else o
+
+    def _structure(self, model: nn.Module, adapter: ModelAdapter, recipe: Recipe) -> None:
+        """Quantizers as ``recipe`` says, static ones per channel when asked (keeps nothing learned)."""
+        quantize_model_structure(model, adapter, recipe)
+        if recipe.act_static and self.options.static_granularity == "channel":
+            for _, linear in quant_linears(model):
+                spec = linear.input_quantizer.spec.with_(axis=Axis.COLUMN)
+                linear.input_quantizer = Quantizer(spec, linear.in_features).to(linear.weight.device)
+
+    def _build(self, model: nn.Module, adapter: ModelAdapter, recipe: Recipe) -> FPTTransforms:
+        """Quantizers, folded norms, online T_d and S_n, and identity-initialised learnable transforms."""
+        self._structure(model, adapter, recipe)
+        fold_norms(adapter)
+        d_ff, o = adapter.intermediate_size, self.options
+        down = None
+        if o.down_rotation == "block":
+            down = OnlineHadamard(d_ff, largest_power_of_two_factor(d_ff))
+        elif o.down_rotation == "full":
+            down = online_hadamard_for(d_ff)
+        for layer in adapter.layers():
+            adapter.linear(layer, "down").input_transform = down
+        if self._residual_scaling():
+            enable_residual_scaling(adapter)
+        gen = torch.Generator().manual_seed(self.recipe.seed)
+        init = orthogonal_or_fallback(adapter.hidden_size, gen, "T_r (hidden size)") if o.residual else None
+        device = adapter.embeddings().weight.device
+        return FPTTransforms(adapter, init, self._prerope(adapter), o.values, o.up_scale, down).to(device)
+
+    def _training_recipe(self) -> Recipe:
+        # GPTQ follows, so the transforms are trained with full-precision weights (as SpinQuant does).
+        if self.recipe.weight_quantizer != "gptq":
+            return self.recipe
+        bits = self.recipe.bit_spec
+        training_bits = f"w16a{bits.activations}" + (f"kv{bits.kv_cache}" if bits.kv_cache < 16 else "")
+        return Recipe.from_dict({**self.recipe.to_dict(), "bits": training_bits})
+
+    # --- training ---------------------------------------------------------------------------
+    def _store(self, model: nn.Module, calibration: torch.Tensor) -> CheckpointStore | None:
+        if not self.options.resume:
+            return None
+        settings = {"method": self.name, "recipe": self.recipe.to_dict(), "options": self.options.fingerprint_dict()}
+        settings["recipe"].pop("method_args")
+        key = fingerprint(model, settings, calibration)
+        description = {"model": getattr(model, "fptquant_source", None), **settings}
+        if self.options.checkpoint_dir:
+            return CheckpointStore(self.options.checkpoint_dir, key, description)
+        return CheckpointStore.default(self.name, key, description)
+
+    def _e2e_windows(self, calibration: torch.Tensor) -> torch.Tensor:
+        n = self.options.e2e_seqlen
+        if n is None or n >= calibration.shape[1]:
+            return calibration
+        usable = calibration[:, : calibration.shape[1] // n * n]
+        return usable.reshape(-1, n)
+
+    def _check(self) -> str | None:
+        cond = self.transforms.max_value_condition()
+        if cond is not None and float(cond) > self.options.max_condition:
+            return f"a value transform T_v's condition number reached {float(cond):.3g} (> max_condition)"
+        return None
+
+    def _train(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor) -> None:
+        o, t = self.options, self.transforms
+        store = self._store(model, calibration)
+        local = store.load("local") if store is not None else None
+        start = time.perf_counter()
+        if local is not None:
+            t.load_state_dict({k: v.to(model_device(model)) for k, v in local.items()})
+            log.warning("FPTQuant: local stage loaded from %s", store.root)
+        else:
+            self.stats["local_losses"] = optimize_local(adapter, t, o.local_steps, o.local_lr, o.local_p)
+            if store is not None:
+                store.save("local", t.state_dict())
+        self.stats["local_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.no_grad(), cached_all(t.rotations()), parametrize.cached():
+            init_static_ranges_lp(model, calibration[: o.range_windows], p=o.range_p)
+        self.stats["range_seconds"] = time.perf_counter() - start
+        rotation = [t.residual.weight] if t.residual is not None else []
+        others = [p for name, p in t.named_parameters() if not name.startswith("residual.")]
+        scales = [q.scale for q in static_quantizers(model)]
+        for p in rotation + others + scales:
+            p.requires_grad_(True)
+        groups = [
+            g
+            for g in (
+                {"params": others, "lr": o.lr},
+                {"params": rotation, "lr": o.rotation_lr},
+                {"params": scales, "lr": o.scale_lr},
+            )
+            if g["params"]
+        ]
+        start = time.perf_counter()
+        checkpoint = StepCheckpoint(store.root, "e2e") if store is not None else None
+        self.stats["e2e_losses"] = train_end_to_end(
+            model,
+            groups,
+            self._e2e_windows(calibration),
+            o.distill(self.recipe.seed),
+            context=lambda: cached_all(t.rotations()),
+            check=self._check,
+            checkpoint=checkpoint,
+            desc="FPTQuant end-to-end",
+        )
+        self.stats["e2e_seconds"] = time.perf_counter() - start
+
+    def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.transforms = self._build(model, adapter, self._training_recipe())
+        attach(adapter, self.transforms)
+        try:
+            self._train(model, adapter, calibration)
+        finally:
+            detach(adapter)
+        for p in self.transforms.parameters():
+            p.requires_grad_(False)
+        self._finish(model, adapter, calibration, None)
+
+    def _finish(self, model, adapter, calibration, state: dict[str, torch.Tensor] | None) -> None:
+        """Merge (float64), then the final weights and the learned (or saved) activation scales."""
+        merge(adapter, self.transforms)
+        learned = quantizer_state(model) if state is None else state
+        self._structure(model, adapter, self.recipe)
+        expected = quantizer_state(model)
+        load_quantizer_state(model, {k: v for k, v in learned.items() if k in expected})  # before GPTQ reads them
+        if state is None:
+            quantize_weights(model, adapter, self.recipe, calibration)
+        else:
+            restore_weights(model, self.recipe, state)
+
+    def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None:
+        self.transforms = self._build(model, adapter, self.recipe)
+        saved = {k[len(PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(PREFIX)}
+        self.transforms.load_state_dict({k: v.to(model_device(model)) for k, v in saved.items()})
+        self._finish(model, adapter, None, state)
+
+    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        own = {PREFIX + k: v.detach().cpu() for k, v in self.transforms.state_dict().items()}
+        return {**super().saved_state(model), **own}

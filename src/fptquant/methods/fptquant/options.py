@@ -1,0 +1,93 @@
+"""FPTQuant's options (``--method-arg KEY=VALUE``).
+
+The local stage follows AIMET's ``LocalTransformOptimizer`` (L4 norm of the merged weights, AdamW lr
+1e-2, 200 iterations). The paper's end-to-end hyper-parameters are not public; the defaults here
+and the reasons for them are in docs/FPTQUANT.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ...config.options import options_from_args
+from ...errors import ConfigError
+from ...pipelines.distill import LOSSES, DistillSettings
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+DOWN_ROTATIONS = ("block", "full", "none")
+GRANULARITIES = ("tensor", "channel")
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class FPTQuantOptions:
+    # transforms
+    residual: bool = True  # T_r: residual rotation, Hadamard init, Cayley-trained
+    prerope: bool | None = None  # T_k: None = on, except for models with q/k norms (not mergeable there)
+    values: bool = True  # T_v
+    up_scale: bool = True  # T_u
+    residual_scaling: bool | None = None  # S_n: None = on with static activations (a no-op for per-token ones)
+    down_rotation: str = "block"  # T_d: block-diagonal Hadamard (largest power-of-two block), full, none
+    # local stage (data-free)
+    local_steps: int = 200
+    local_lr: float = 1e-2
+    local_p: float = 4.0
+    # static activation scales
+    static_granularity: str = "tensor"
+    range_p: float = 2.0
+    range_windows: int = 16
+    # end-to-end stage
+    e2e_steps: int = 256
+    batch_size: int = 4
+    micro_batch: int = 1
+    lr: float = 1e-3  # T_k, T_v, T_u
+    rotation_lr: float = 1e-4  # T_r (its Cayley generator has d² entries: AdamW moves each by ~lr per step)
+    scale_lr: float = 1e-3  # static activation scales (LSQ)
+    loss: str = "jsd"
+    temperature: float = 1.0
+    e2e_seqlen: int | None = None  # None: the recipe's calibration length
+    amp: bool = True
+    amp_dtype: str = "bfloat16"
+    gradient_checkpointing: bool = True
+    max_condition: float = 1e4  # stop when a T_v's condition number exceeds this
+    checkpoint_every: int = 50
+    checkpoint_dir: str | None = None
+    resume: bool = True
+
+    def __post_init__(self):
+        choices = {
+            "down_rotation": DOWN_ROTATIONS,
+            "static_granularity": GRANULARITIES,
+            "loss": LOSSES,
+            "amp_dtype": tuple(AMP_DTYPES),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"fptquant option {key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if min(self.local_steps, self.e2e_steps, self.range_windows - 1) < 0 or min(self.batch_size, self.micro_batch) < 1:
+            raise ConfigError("fptquant needs local_steps, e2e_steps >= 0, range_windows, batch_size, micro_batch >= 1")
+        if min(self.local_lr, self.lr, self.rotation_lr, self.scale_lr, self.temperature, self.max_condition) <= 0:
+            raise ConfigError("fptquant learning rates, temperature and max_condition must be positive")
+
+    @classmethod
+    def from_method_args(cls, args: dict) -> FPTQuantOptions:
+        return options_from_args(cls, args, "fptquant")
+
+    def distill(self, seed: int) -> DistillSettings:
+        return DistillSettings(
+            steps=self.e2e_steps,
+            batch_size=self.batch_size,
+            micro_batch=self.micro_batch,
+            loss=self.loss,
+            temperature=self.temperature,
+            amp=self.amp,
+            amp_dtype=AMP_DTYPES[self.amp_dtype],
+            gradient_checkpointing=self.gradient_checkpointing,
+            checkpoint_every=self.checkpoint_every,
+            seed=seed,
+        )
+
+    def fingerprint_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_FINGERPRINT}

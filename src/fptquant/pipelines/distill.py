@@ -1,0 +1,157 @@
+"""End-to-end student–teacher training of a quantized model's transforms and quantizer scales.
+
+The teacher is the same model with every quantizer bypassed: the transforms preserve the function,
+so that *is* the full-precision model, and no second copy is kept in memory. The student is the
+quantized forward. The loss compares their next-token distributions (Jensen–Shannon divergence by
+default; KL(teacher || student) and plain next-token cross-entropy as options). Training
+checkpoints every few steps so that a rerun resumes, and a NaN/Inf loss or a failed health check
+stops it with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import TrainingError
+from ..fakequant.wrap import quantizers_bypassed
+from ..models.base import model_device
+
+LOSSES = ("jsd", "kl", "ce")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, labels=None, temperature=1.0):
+    """Mean per-token divergence between ``(…, vocab)`` logits (``labels`` for ``ce``)."""
+    if kind == "ce":
+        return F.cross_entropy(student[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+    ls = F.log_softmax(student.float() / temperature, dim=-1)
+    lt = F.log_softmax(teacher.float() / temperature, dim=-1)
+    if kind == "kl":
+        return (lt.exp() * (lt - ls)).sum(-1).mean()
+    if kind == "jsd":
+        lm = torch.logaddexp(ls, lt) - math.log(2.0)
+        return 0.5 * ((ls.exp() * (ls - lm)).sum(-1) + (lt.exp() * (lt - lm)).sum(-1)).mean()
+    raise ValueError(f"unknown distillation loss {kind!r}; choose one of {LOSSES}")
+
+
+@dataclass
+class DistillSettings:
+    steps: int = 256
+    batch_size: int = 4
+    micro_batch: int = 1
+    loss: str = "jsd"
+    temperature: float = 1.0
+    weight_decay: float = 0.0
+    amp: bool = True
+    amp_dtype: torch.dtype = torch.bfloat16
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+class StepCheckpoint:
+    """The latest training state in one directory: parameters, optimizer and scheduler, written atomically."""
+
+    def __init__(self, root: Path, name: str):
+        self.path = Path(root) / f"{name}.pt"
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
+def train_end_to_end(
+    model: nn.Module,
+    groups: list[dict],
+    windows: torch.Tensor,
+    s: DistillSettings,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    check: Callable[[], str | None] = lambda: None,
+    checkpoint: StepCheckpoint | None = None,
+    desc: str = "end-to-end",
+) -> list[float]:
+    """``s.steps`` AdamW steps over seeded batches of ``windows``; returns the loss of every step run.
+
+    ``groups`` are AdamW parameter groups (each with its ``lr``); every lr follows a cosine to 0.
+    ``context`` wraps each micro-batch (e.g. caching shared matrices); ``check`` returns an error
+    message when the parameters became unusable (e.g. an exploding condition number).
+    """
+    if s.loss not in LOSSES:
+        raise ValueError(f"unknown distillation loss {s.loss!r}; choose one of {LOSSES}")
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
+    gen = torch.Generator().manual_seed(s.seed)
+    order = [torch.randperm(len(windows), generator=gen) for _ in range(math.ceil(s.steps * s.batch_size / len(windows)) + 1)]
+    order = torch.cat(order)
+    start, losses = 0, []
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        with torch.no_grad():
+            for p, value in zip(params, saved["params"], strict=True):
+                p.copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start, losses = int(saved["step"]), list(saved["losses"])
+    device = model_device(model)
+    amp = s.amp and device.type == "cuda"
+    if s.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    bar = tqdm(range(start, s.steps), desc=desc, unit="step", initial=start, total=s.steps)
+    try:
+        for step in bar:
+            batch = windows[order[step * s.batch_size : (step + 1) * s.batch_size]].to(device)
+            loss = 0.0
+            for chunk in batch.split(s.micro_batch):
+                with context(), torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp):
+                    with torch.no_grad(), quantizers_bypassed(model):
+                        teacher = None if s.loss == "ce" else model(input_ids=chunk, use_cache=False).logits
+                    student = model(input_ids=chunk, use_cache=False).logits
+                    part = distillation_loss(student, teacher, s.loss, chunk, s.temperature) * (len(chunk) / len(batch))
+                    part.backward()
+                loss += part.item()
+            problem = None if math.isfinite(loss) else f"the loss became {loss}"
+            problem = problem or check()
+            if problem:
+                where = f" in {checkpoint.path}" if checkpoint is not None and checkpoint.path.is_file() else ""
+                raise TrainingError(
+                    f"{desc} training stopped at step {step + 1}: {problem}; the last good checkpoint is kept{where} "
+                    "(lower the learning rate, or try --method-arg amp=false)"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            done = step + 1
+            if checkpoint is not None and (done % s.checkpoint_every == 0 or done == s.steps):
+                checkpoint.save(
+                    {
+                        "params": [p.detach().cpu() for p in params],
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": done,
+                        "losses": losses,
+                    }
+                )
+    finally:
+        model.eval()
+        if s.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
+            model.gradient_checkpointing_disable()
+    return losses

@@ -100,3 +100,33 @@ def test_flatquant_transforms_are_exact_on_the_real_model(smollm2, windows):
     assert (a - before).abs().max() <= 2e-5 * scale, (a - before).abs().max()
     assert (b - before).abs().max() <= 2e-5 * scale, (b - before).abs().max()
     assert layers.transforms[0].attn_in.n1 == 24 and layers.transforms[0].down_in.n2 == 48
+
+
+def test_fptquant_transforms_are_exact_on_the_real_model(smollm2, windows):
+    """Every FPTQuant transform (T_r Hadamard-576, T_k over 3 KV heads × 32 pairs, T_v 3×64×64, T_u 1536,
+    T_d block-512 Hadamard, S_n) with random parameters and quantization off keeps SmolLM2's logits;
+    the float64 merge equals the live model."""
+    import sys
+
+    from fptquant.methods.fptquant.live import attach, detach, merge
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_fptquant import built
+
+    reference = smollm2[0]
+    tokens = windows[:1, :256]
+    with torch.no_grad():
+        before = reference(input_ids=tokens).logits
+    model = copy.deepcopy(reference)
+    adapter, transforms = built(model, residual_scaling=True)
+    attach(adapter, transforms)
+    with torch.no_grad():
+        live = model(input_ids=tokens).logits
+    detach(adapter)
+    merge(adapter, transforms)
+    with torch.no_grad():
+        merged = model(input_ids=tokens).logits
+    scale = before.abs().max()
+    assert (live - before).abs().max() <= 2e-5 * scale, (live - before).abs().max()
+    assert (merged - before).abs().max() <= 2e-5 * scale, (merged - before).abs().max()
+    assert transforms.down_online.block == 512 and transforms.layers[0].key_angle.shape == (3, 32)

@@ -75,6 +75,18 @@ class StepCheckpoint:
         os.replace(tmp, self.path)
 
 
+def _checkpointing(model: nn.Module, on: bool) -> None:
+    """Activation (gradient) checkpointing of the decoder layers; transformers renamed the method in 5.x."""
+    verb = "enable" if on else "disable"
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, f"activation_checkpointing_{verb}"):
+        fn = getattr(model, f"activation_checkpointing_{verb}")
+        fn(activation_checkpointing_kwargs=kwargs) if on else fn()
+    elif hasattr(model, f"gradient_checkpointing_{verb}"):
+        fn = getattr(model, f"gradient_checkpointing_{verb}")
+        fn(gradient_checkpointing_kwargs=kwargs) if on else fn()
+
+
 def train_end_to_end(
     model: nn.Module,
     groups: list[dict],
@@ -97,7 +109,9 @@ def train_end_to_end(
     optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
     gen = torch.Generator().manual_seed(s.seed)
-    order = [torch.randperm(len(windows), generator=gen) for _ in range(math.ceil(s.steps * s.batch_size / len(windows)) + 1)]
+    order = [
+        torch.randperm(len(windows), generator=gen) for _ in range(math.ceil(s.steps * s.batch_size / len(windows)) + 1)
+    ]
     order = torch.cat(order)
     start, losses = 0, []
     saved = checkpoint.load() if checkpoint is not None else None
@@ -110,8 +124,8 @@ def train_end_to_end(
         start, losses = int(saved["step"]), list(saved["losses"])
     device = model_device(model)
     amp = s.amp and device.type == "cuda"
-    if s.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if s.gradient_checkpointing:
+        _checkpointing(model, True)
     model.train()
     bar = tqdm(range(start, s.steps), desc=desc, unit="step", initial=start, total=s.steps)
     try:
@@ -152,6 +166,6 @@ def train_end_to_end(
                 )
     finally:
         model.eval()
-        if s.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
-            model.gradient_checkpointing_disable()
+        if s.gradient_checkpointing:
+            _checkpointing(model, False)
     return losses

@@ -18,7 +18,12 @@ from ...pipelines.distill import LOSSES, DistillSettings
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
-NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every")
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset")
+# A CPU-sized run (a few minutes on 2 cores for SmolLM2): every stage runs, briefly.
+PRESETS = {
+    "full": {},
+    "quick": {"local_steps": 20, "e2e_steps": 8, "batch_size": 1, "e2e_seqlen": 256, "range_windows": 2},
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class FPTQuantOptions:
     checkpoint_every: int = 50
     checkpoint_dir: str | None = None
     resume: bool = True
+    preset: str = "full"  # "quick": the CPU-sized values of PRESETS (explicit options still win)
 
     def __post_init__(self):
         choices = {
@@ -62,18 +68,30 @@ class FPTQuantOptions:
             "static_granularity": GRANULARITIES,
             "loss": LOSSES,
             "amp_dtype": tuple(AMP_DTYPES),
+            "preset": tuple(PRESETS),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"fptquant option {key} must be one of {allowed}, got {getattr(self, key)!r}")
-        if min(self.local_steps, self.e2e_steps, self.range_windows - 1) < 0 or min(self.batch_size, self.micro_batch) < 1:
+        if (
+            min(self.local_steps, self.e2e_steps, self.range_windows - 1) < 0
+            or min(self.batch_size, self.micro_batch) < 1
+        ):
             raise ConfigError("fptquant needs local_steps, e2e_steps >= 0, range_windows, batch_size, micro_batch >= 1")
+        for key in ("prerope", "residual_scaling"):
+            if getattr(self, key) not in (None, True, False):
+                raise ConfigError(f"fptquant option {key} must be true or false, got {getattr(self, key)!r}")
+        if self.e2e_seqlen is not None and (not isinstance(self.e2e_seqlen, int) or self.e2e_seqlen < 2):
+            raise ConfigError(f"fptquant option e2e_seqlen must be an integer >= 2, got {self.e2e_seqlen!r}")
         if min(self.local_lr, self.lr, self.rotation_lr, self.scale_lr, self.temperature, self.max_condition) <= 0:
             raise ConfigError("fptquant learning rates, temperature and max_condition must be positive")
 
     @classmethod
     def from_method_args(cls, args: dict) -> FPTQuantOptions:
-        return options_from_args(cls, args, "fptquant")
+        preset = args.get("preset", "full")
+        if preset not in PRESETS:
+            raise ConfigError(f"fptquant option preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        return options_from_args(cls, {**PRESETS[preset], **args}, "fptquant")
 
     def distill(self, seed: int) -> DistillSettings:
         return DistillSettings(

@@ -1,0 +1,243 @@
+"""FPTQuant: exact transforms (each alone and all together), RoPE commutation, S_n, merge, training, reload."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import make_tiny_model
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+import fptquant
+from fptquant.errors import ConfigError, TrainingError
+from fptquant.math.prerope import pair_transform, rope_rotation
+from fptquant.math.quantizer import Quantizer, QuantSpec
+from fptquant.methods.fptquant import FPTQuant
+from fptquant.methods.fptquant.live import attach, detach, merge
+from fptquant.models import get_adapter
+from fptquant.pipelines.distill import distillation_loss
+from fptquant.pipelines.static_ranges import init_static_ranges_lp
+
+GQA = dict(num_attention_heads=6, num_key_value_heads=2, head_dim=12)  # 3 query heads per KV head, odd sizes
+ALL_OFF = dict(
+    residual=False, prerope=False, values=False, up_scale=False, residual_scaling=False, down_rotation="none"
+)
+FAST = dict(local_steps=3, e2e_steps=2, batch_size=2, range_windows=2, resume=False)
+
+
+def logits(model, tokens):
+    with torch.no_grad():
+        return model(input_ids=tokens, use_cache=False).logits
+
+
+def built(model, bits="w16a16", act_static=False, **args):
+    """Transforms built on ``model`` with random, non-trivial parameters (not attached yet)."""
+    method = FPTQuant(fptquant.Recipe(method="fptquant", bits=bits, act_static=act_static, method_args=args))
+    adapter = get_adapter(model)
+    transforms = method._build(model, adapter, method.recipe)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in transforms.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return adapter, transforms
+
+
+@pytest.mark.parametrize("position", [0, 1, 17, 2047])
+def test_prerope_transform_commutes_with_rope_and_keeps_scores(position):
+    g = torch.Generator().manual_seed(position)
+    d, pairs = 64, 32
+    scale, angle = (
+        torch.rand(pairs, generator=g, dtype=torch.float64) + 0.5,
+        torch.randn(pairs, generator=g, dtype=torch.float64),
+    )
+    t_k, t_q = pair_transform(scale, angle, d), pair_transform(scale, angle, d, inverse_transpose=True)
+    rope = rope_rotation(torch.tensor([position]), 1e5, d, d)[0]
+    torch.testing.assert_close(rope @ t_k, t_k @ rope, rtol=0, atol=1e-12)
+    torch.testing.assert_close(t_q, torch.linalg.inv(t_k).t(), rtol=0, atol=1e-12)
+    # HF's own RoPE (rotate-half pairing), then the score between a query at `position` and a key at 5
+    q, k = (
+        torch.randn(1, 1, 1, d, generator=g, dtype=torch.float64),
+        torch.randn(1, 1, 1, d, generator=g, dtype=torch.float64),
+    )
+
+    def hf_rope(x, pos):
+        inv = 1.0 / 1e5 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+        emb = torch.cat([pos * inv, pos * inv])[None, None, :]
+        return apply_rotary_pos_emb(x, x, emb.cos(), emb.sin(), unsqueeze_dim=1)[0]
+
+    plain = (hf_rope(q, position) * hf_rope(k, 5)).sum()
+    moved = (hf_rope(q @ t_q.t(), position) * hf_rope(k @ t_k.t(), 5)).sum()
+    torch.testing.assert_close(moved, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hf_rope(k @ t_k.t(), position), hf_rope(k, position) @ t_k.t(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "only", ["residual", "prerope", "values", "up_scale", "residual_scaling", "down_rotation", "all"]
+)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_each_transform_alone_and_all_together_is_exact(arch, only, tokens):
+    model = make_tiny_model(arch, **GQA)
+    reference = logits(model, tokens)
+    args = {} if only == "all" else {**ALL_OFF, only: "block" if only == "down_rotation" else True}
+    if only == "all":
+        args["residual_scaling"] = True
+    adapter, transforms = built(model, **args)
+    attach(adapter, transforms)
+    live = logits(model, tokens)
+    scale = reference.abs().max()
+    torch.testing.assert_close(live, reference, rtol=0, atol=1e-4 * scale)
+    detach(adapter)
+    merge(adapter, transforms)  # the deploy model equals the live one (and the original)
+    torch.testing.assert_close(logits(model, tokens), live, rtol=0, atol=1e-4 * scale)
+
+
+def test_residual_scaling_on_off_equal_and_detach_restores_bits(tokens):
+    model = make_tiny_model("llama", **GQA)
+    on, off = copy.deepcopy(model), copy.deepcopy(model)
+    built(on, **{**ALL_OFF, "residual_scaling": True})
+    built(off, **ALL_OFF)
+    torch.testing.assert_close(logits(on, tokens), logits(off, tokens), rtol=0, atol=1e-5)
+    adapter, transforms = built(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attach(adapter, transforms)
+    detach(adapter)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_merged_equals_live_with_quantization_on(tokens):
+    """Float64 model, quantizers on: the merged deploy model reproduces the live transformed one."""
+    model = make_tiny_model("llama", **GQA).double()
+    adapter, transforms = built(model, bits="w16a4kv4")
+    transforms.double()
+    attach(adapter, transforms)
+    live = logits(model, tokens)
+    detach(adapter)
+    merge(adapter, transforms)
+    torch.testing.assert_close(logits(model, tokens), live, rtol=0, atol=1e-8)
+
+
+def test_prerope_refused_with_qk_norm_and_off_by_default():
+    model = make_tiny_model("qwen3", **GQA)
+    with pytest.raises(ConfigError, match="pre-RoPE"):
+        built(model, prerope=True)
+    _, transforms = built(make_tiny_model("qwen3", **GQA))
+    assert transforms.layers[0].key_angle is None
+
+
+@pytest.mark.parametrize("static", [True, False])
+@pytest.mark.parametrize("weights", ["rtn", "gptq"])
+def test_quantize_save_reload_gives_identical_logits(static, weights, tmp_path, tokens):
+    model = make_tiny_model("llama", **GQA)
+    reference = logits(model, tokens)
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    recipe = fptquant.Recipe(
+        method="fptquant", bits="w4a4kv4", act_static=static, weight_quantizer=weights, method_args=FAST
+    )
+    fptquant.quantize(model, recipe, calibration_data=calibration)
+    quantized = logits(model, tokens)
+    assert 0 < (quantized - reference).abs().max() < reference.abs().max()
+    fptquant.save_quantized(model, tmp_path / "q")
+    fresh = make_tiny_model("llama", **GQA)
+    from safetensors.torch import load_file
+
+    from fptquant.methods import get_method
+
+    saved = fptquant.Recipe.load(tmp_path / "q" / "recipe.json")
+    get_method("fptquant")(saved).restore(
+        fresh, get_adapter(fresh), load_file(tmp_path / "q" / "fptquant_state.safetensors")
+    )
+    torch.testing.assert_close(logits(fresh, tokens), quantized, rtol=0, atol=0)
+
+
+def test_end_to_end_training_lowers_the_divergence():
+    model = make_tiny_model("llama", **GQA)
+    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    args = {**FAST, "e2e_steps": 12, "lr": 1e-2, "scale_lr": 1e-2}
+    method = fptquant.quantize(
+        model,
+        fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args),
+        calibration_data=calibration,
+    ).fptquant_method
+    losses = method.stats["e2e_losses"]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_divergence_stops_with_clear_error_and_resume_from_checkpoint(tmp_path, monkeypatch):
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    args = {
+        **FAST,
+        "e2e_steps": 4,
+        "micro_batch": 2,
+        "checkpoint_every": 1,
+        "resume": True,
+        "checkpoint_dir": str(tmp_path / "ck"),
+    }
+    recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", method_args=args)
+    import fptquant.pipelines.distill as distill
+
+    real = distill.distillation_loss
+    calls = {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        value = real(*a, **k)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(distill, "distillation_loss", failing)
+    with pytest.raises(TrainingError, match="step 3.*last good checkpoint"):
+        fptquant.quantize(make_tiny_model("llama", **GQA), recipe, calibration_data=calibration)
+    assert (tmp_path / "ck" / "e2e.pt").is_file() and (tmp_path / "ck" / "local.safetensors").is_file()
+    monkeypatch.setattr(distill, "distillation_loss", real)
+    method = fptquant.quantize(make_tiny_model("llama", **GQA), recipe, calibration_data=calibration).fptquant_method
+    assert "local_losses" not in method.stats  # loaded, not retrained
+    assert len(method.stats["e2e_losses"]) == 4  # 2 from the checkpoint, 2 new
+
+
+def test_exploding_value_condition_number_stops_training():
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    args = {**FAST, "max_condition": 1.0 + 1e-9, "local_steps": 5}
+    with pytest.raises(TrainingError, match="condition number"):
+        fptquant.quantize(
+            make_tiny_model("llama", **GQA),
+            fptquant.Recipe(method="fptquant", bits="w4a4kv4", method_args=args),
+            calibration_data=calibration,
+        )
+
+
+def test_lp_range_init_beats_minmax_on_heavy_tails():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4096, generator=g)
+    x[0, 0] = 40.0  # one outlier: min-max wastes the grid, the L2-optimal range clips it
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = Quantizer(QuantSpec(bits=4, dynamic=False, axis="tensor"), 4096)
+
+        def forward(self, input_ids, use_cache=False):
+            return self.q(input_ids)
+
+    m = Holder()
+    init_static_ranges_lp(m, x[None])
+    lp_err = (m.q(x) - x).pow(2).sum()
+    m.q.set_range(x.min(), x.max())
+    minmax_err = (m.q(x) - x).pow(2).sum()
+    assert lp_err < 0.5 * minmax_err
+
+
+def test_distillation_losses():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    assert distillation_loss(a, a, "jsd") < 1e-7 and distillation_loss(a, a, "kl") < 1e-7
+    torch.testing.assert_close(distillation_loss(a, b, "jsd"), distillation_loss(b, a, "jsd"))
+    assert 0 < distillation_loss(a, b, "jsd") <= math.log(2)
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="unknown fptquant option"):
+        FPTQuant(fptquant.Recipe(method="fptquant", method_args={"lr_typo": 1}))
+    with pytest.raises(ConfigError, match="loss"):
+        FPTQuant(fptquant.Recipe(method="fptquant", method_args={"loss": "mse"}))

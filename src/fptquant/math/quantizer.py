@@ -78,6 +78,7 @@ class Quantizer(nn.Module):
         self.features = features
         self.observing = False
         self.bypass = False  # pass-through without changing the spec (full-precision reference passes)
+        self._known_calibrated = False
         if spec.enabled and spec.learnable_clip:
             init = torch.full((clip_units, 1), float(spec.clip_init))
             self.clip_max_logit = nn.Parameter(init.clone())
@@ -117,9 +118,15 @@ class Quantizer(nn.Module):
         if self.observing:
             self._observe(x)
             return x
-        if not bool(self.calibrated):
-            raise RuntimeError("static quantizer used before calibration; run calibration first")
+        if not self._known_calibrated:  # read the buffer once, not on every call (a GPU synchronisation)
+            if not bool(self.calibrated):
+                raise RuntimeError("static quantizer used before calibration; run calibration first")
+            self._known_calibrated = True
         return self._static(x)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._known_calibrated = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec

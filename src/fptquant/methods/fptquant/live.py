@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...math.cayley import cached_all
 from ...math.kronecker import no_autocast
 from ...models.base import LINEAR_ROLES, ModelAdapter
 from .transforms import FPTTransforms, transformed
@@ -66,3 +69,16 @@ def weight_lp_loss(adapter: ModelAdapter, p: float) -> torch.Tensor:
         for role in LINEAR_ROLES
     ]
     return torch.stack(terms).sum()
+
+
+@contextlib.contextmanager
+def computed_once(adapter: ModelAdapter, transforms: FPTTransforms):
+    """Every transformed tensor computed once, up front, and reused inside the block.
+
+    Computing them before the forward also keeps them out of activation-checkpointed regions, so a
+    layer's recomputation in the backward pass finds the same tensors instead of redoing the math.
+    """
+    with cached_all(transforms.rotations()), parametrize.cached():
+        for module, name, _, _ in _targets(adapter):
+            getattr(module, name)
+        yield

@@ -14,13 +14,11 @@ import time
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ...config.recipe import Recipe
 from ...errors import ConfigError
 from ...fakequant.residual_scaling import enable_residual_scaling
 from ...fakequant.wrap import quant_linears, quantize_model_structure
-from ...math.cayley import cached_all
 from ...math.hadamard import largest_power_of_two_factor
 from ...math.online import OnlineHadamard
 from ...math.quantization import Axis
@@ -33,7 +31,7 @@ from ...pipelines.static_ranges import init_static_ranges_lp, static_quantizers
 from ...pipelines.weights import quantize_weights, restore_weights
 from ..base import Method, load_quantizer_state, quantizer_state, register_method
 from ..quarot import online_hadamard_for, orthogonal_or_fallback
-from .live import attach, detach, merge
+from .live import attach, computed_once, detach, merge
 from .local import optimize_local
 from .options import FPTQuantOptions
 from .transforms import FPTTransforms
@@ -143,7 +141,7 @@ class FPTQuant(Method):
                 store.save("local", t.state_dict())
         self.stats["local_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-        with torch.no_grad(), cached_all(t.rotations()), parametrize.cached():
+        with torch.no_grad(), computed_once(adapter, t):
             init_static_ranges_lp(model, calibration[: o.range_windows], p=o.range_p)
         self.stats["range_seconds"] = time.perf_counter() - start
         rotation = [t.residual.weight] if t.residual is not None else []
@@ -167,7 +165,7 @@ class FPTQuant(Method):
             groups,
             self._e2e_windows(calibration),
             o.distill(self.recipe.seed),
-            context=lambda: cached_all(t.rotations()),
+            context=lambda: computed_once(adapter, t),
             check=self._check,
             checkpoint=checkpoint,
             desc="FPTQuant end-to-end",

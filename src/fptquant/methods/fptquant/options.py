@@ -22,7 +22,14 @@ NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset")
 # A CPU-sized run (a few minutes on 2 cores for SmolLM2): every stage runs, briefly.
 PRESETS = {
     "full": {},
-    "quick": {"local_steps": 20, "e2e_steps": 8, "batch_size": 1, "e2e_seqlen": 256, "range_windows": 2},
+    "quick": {
+        "local_steps": 20,
+        "e2e_steps": 8,
+        "batch_size": 1,
+        "micro_batch": 1,
+        "e2e_seqlen": 256,
+        "range_windows": 2,
+    },
 }
 
 
@@ -46,7 +53,7 @@ class FPTQuantOptions:
     # end-to-end stage
     e2e_steps: int = 256
     batch_size: int = 4
-    micro_batch: int = 1
+    micro_batch: int = 4  # one forward per step: the transformed weights are computed once per forward
     lr: float = 1e-3  # T_k, T_v, T_u
     rotation_lr: float = 1e-4  # T_r (its Cayley generator has d² entries: AdamW moves each by ~lr per step)
     scale_lr: float = 1e-3  # static activation scales (LSQ)

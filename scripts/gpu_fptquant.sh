@@ -17,7 +17,10 @@ reload() { name=$1; [[ -d "$OUT/$name" ]] || return 0
     --json "$OUT/${name}_reloaded.json" 2>&1 | grep -E "^[a-z].*W[0-9]|rror"; rm -rf "$OUT/$name"; }
 q fptquant-static_w4a4kv4   --method fptquant --bits w4a4kv4 --act-static --out "$OUT/fptquant-static"
 reload fptquant-static
-q fptquant-dynamic_w4a4kv4  --method fptquant --bits w4a4kv4
+q fptquant-dynamic_w4a4kv4  --method fptquant --bits w4a4kv4 --method-arg e2e_steps=128
+q fptquant-gptq-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --act-static --method-arg e2e_steps=128 \
+  --out "$OUT/fptquant-gptq-static"
+reload fptquant-gptq-static
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the full recipe without each transform.

@@ -21,8 +21,8 @@ q fptquant-dynamic_w4a4kv4  --method fptquant --bits w4a4kv4 --method-arg e2e_st
 q fptquant-gptq-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --act-static --method-arg e2e_steps=128 \
   --out "$OUT/fptquant-gptq-static"
 reload fptquant-gptq-static
-q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static
-q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static
+q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
+q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the full recipe without each transform.
 q fptquant-ablation-local_only --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=0
 for t in prerope values up_scale residual_scaling; do

@@ -1,20 +1,9 @@
 #!/usr/bin/env bash
 # FPTQuant acceptance run (issue 6) on the GPU machine, after `source .stage/common/setup.sh`.
 # Each `q` line is the exact command of one docs/RESULTS.md row; ROWS="name ..." picks rows.
-# JSON results and logs go to $OUT; local/e2e checkpoints go to $FPTQUANT_CACHE (returned as a tar).
+# JSON results and logs go to $OUT; local/e2e checkpoints go to $FPTQUANT_CACHE (a rerun on the same machine resumes).
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-export FPTQUANT_CACHE=${FPTQUANT_CACHE:-$HOME/fqcache}
-M=${FPTQ_GGUF:?run source .stage/common/setup.sh first}
-ROWS=${ROWS:-all}
-q() { name=$1; shift; [[ $ROWS == all || " $ROWS " == *" $name "* ]] || return 0
-  /usr/bin/time -f "$name wall %e s" python3 -m fptquant quantize --model "$M" --no-compare --device cuda --batch-size 8 \
-    --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
-  grep -E "perplexity|^[a-z].*W[0-9]|wall|error|Error|peak|seconds" "$OUT/$name.log" | tr '\r' '\n' | tail -6; }
-reload() { name=$1; [[ -d "$OUT/$name" ]] || return 0
-  python3 -m fptquant eval --quantized "$OUT/$name" --model "$M" --device cuda --batch-size 8 \
-    --json "$OUT/${name}_reloaded.json" 2>&1 | grep -E "^[a-z].*W[0-9]|rror"; rm -rf "$OUT/$name"; }
+source "$(dirname "$0")/gpu_rows.sh"
 q fptquant-static_w4a4kv4   --method fptquant --bits w4a4kv4 --act-static --out "$OUT/fptquant-static"
 reload fptquant-static
 q fptquant-dynamic_w4a4kv4  --method fptquant --bits w4a4kv4 --method-arg e2e_steps=128

@@ -1,0 +1,15 @@
+# Sourced by the scripts/gpu_*.sh acceptance scripts: `q NAME ARGS...` runs one results row
+# (`fptquant quantize` on $M, JSON and log to $OUT) unless ROWS names others; `reload NAME` evaluates
+# a model the row saved under $OUT/NAME, then deletes it.
+OUT=${OUT:-out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export FPTQUANT_CACHE=${FPTQUANT_CACHE:-$HOME/fqcache}
+M=${FPTQ_GGUF:?run source .stage/common/setup.sh first}
+ROWS=${ROWS:-all}
+q() { name=$1; shift; [[ $ROWS == all || " $ROWS " == *" $name "* ]] || return 0
+  /usr/bin/time -f "$name wall %e s" python3 -m fptquant quantize --model "$M" --no-compare --device cuda --batch-size 8 \
+    --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
+  grep -E "perplexity|^[a-z].*W[0-9]|wall|error|Error|peak|seconds|calibration time" "$OUT/$name.log" | tr '\r' '\n' | tail -6; }
+reload() { name=$1; [[ -d "$OUT/$name" ]] || return 0
+  python3 -m fptquant eval --quantized "$OUT/$name" --model "$M" --device cuda --batch-size 8 \
+    --json "$OUT/${name}_reloaded.json" 2>&1 | grep -E "^[a-z].*W[0-9]|rror"; rm -rf "$OUT/$name"; }

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import TypeVar
 
+import torch
+
 from ..errors import ConfigError
 
 T = TypeVar("T")
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # autocast dtypes a method may train in
 
 
 def _coerce(method: str, key: str, default, value):

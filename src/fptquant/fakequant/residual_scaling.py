@@ -66,13 +66,3 @@ def enable_residual_scaling(adapter: ModelAdapter) -> None:
             _BlockScaling(adapter.post_attention_norm(layer), adapter.linear(layer, "down")),
         ]
         layer.__dict__[ATTRIBUTE] = blocks  # plain attribute: not a submodule, not in the state dict
-
-
-def disable_residual_scaling(adapter: ModelAdapter) -> None:
-    for layer in adapter.layers():
-        for block in layer.__dict__.pop(ATTRIBUTE, None) or []:
-            block.remove()
-
-
-def residual_scaling_enabled(adapter: ModelAdapter) -> bool:
-    return any(getattr(layer, ATTRIBUTE, None) is not None for layer in adapter.layers())

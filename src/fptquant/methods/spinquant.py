@@ -14,6 +14,8 @@ The paper's lr of 1.5 diverged on SmolLM2-135M (calibration loss 4.2 -> 8.7-12 w
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -116,7 +118,7 @@ class SpinQuant(Method):
         bits = self.recipe.bit_spec
         # GPTQ follows, so rotations are learned without weight quantization (W16AxKVy), as the paper does.
         gptq = self.recipe.weight_quantizer == "gptq"
-        training_bits = f"w16a{bits.activations}kv{bits.kv_cache}" if gptq else str(bits)
+        training_bits = str(replace(bits, weights=16) if gptq else bits)
         self._fixed_parts(model, adapter, Recipe.from_dict({**self.recipe.to_dict(), "bits": training_bits}))
         gen = torch.Generator().manual_seed(self.recipe.seed)
         device = adapter.embeddings().weight.device

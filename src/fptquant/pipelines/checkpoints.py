@@ -57,6 +57,17 @@ class CheckpointStore:
     def default(cls, method: str, key: str, description: dict) -> CheckpointStore:
         return cls(cache_dir() / "calibration" / f"{method}-{key}", key, description)
 
+    @classmethod
+    def for_run(
+        cls, method: str, model: torch.nn.Module, settings: dict, windows: torch.Tensor | None, directory: str | None
+    ) -> CheckpointStore:
+        """The store of one training run: ``directory`` if given, else the cache, keyed by its fingerprint."""
+        key = fingerprint(model, settings, windows)
+        description = {"model": getattr(model, "fptquant_source", None), **settings}
+        if directory:
+            return cls(directory, key, description)
+        return cls.default(method, key, description)
+
     def _path(self, index: int | str) -> Path:
         """A layer's checkpoint (int) or a named one (str, e.g. a whole-model stage)."""
         name = f"layer_{index:03d}" if isinstance(index, int) else index

@@ -50,13 +50,12 @@ def init_static_ranges_lp(
         return
     if windows is None or len(windows) == 0:
         raise DataError("static activation quantizers need calibration data")
-    lo = {q: torch.tensor(float("inf")) for q in quantizers}
-    hi = {q: torch.tensor(float("-inf")) for q in quantizers}
+    lo, hi = {}, {}
 
     def observe(q, x):
         u = _units(q, x)
-        lo[q] = torch.minimum(lo[q].to(u.device), u.amin(1))
-        hi[q] = torch.maximum(hi[q].to(u.device), u.amax(1))
+        lo[q] = torch.minimum(lo[q], u.amin(1)) if q in lo else u.amin(1)
+        hi[q] = torch.maximum(hi[q], u.amax(1)) if q in hi else u.amax(1)
 
     with quantizers_bypassed(model), _hooks(quantizers, observe):
         run_windows(model, windows, desc="static ranges: min/max")

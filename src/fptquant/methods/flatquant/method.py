@@ -20,7 +20,7 @@ from ...fakequant.wrap import quant_linears, quantize_model_structure, quantizer
 from ...math.cayley import cached_all
 from ...math.quantizer import Quantizer, QuantSpec
 from ...models.base import ModelAdapter
-from ...pipelines.checkpoints import CheckpointStore, fingerprint
+from ...pipelines.checkpoints import CheckpointStore
 from ...pipelines.layerwise import LayerRecipe, calibrate_layerwise
 from ...pipelines.weights import gptq_weights, restore_weights, saved_weight_state
 from ..base import Method, register_method
@@ -168,11 +168,7 @@ class FlatQuant(Method):
             "seed": r.seed,
             "options": self.options.fingerprint_dict(),
         }
-        key = fingerprint(model, settings, calibration)
-        description = {"model": getattr(model, "fptquant_source", None), **settings}
-        if self.options.checkpoint_dir:
-            return CheckpointStore(self.options.checkpoint_dir, key, description)
-        return CheckpointStore.default(self.name, key, description)
+        return CheckpointStore.for_run(self.name, model, settings, calibration, self.options.checkpoint_dir)
 
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:
         quantize_model_structure(model, adapter, self.recipe)

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-
-from ...config.options import options_from_args
+from ...config.options import AMP_DTYPES, options_from_args
 from ...errors import ConfigError
 from ...math.kronecker import FACTOR_KINDS
 from ...pipelines.layerwise import LayerwiseSettings
 
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # Options that only change how the result is stored, not what calibration learns.
 NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "offload")
 

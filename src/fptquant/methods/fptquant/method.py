@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from ...math.online import OnlineHadamard
 from ...math.quantization import Axis
 from ...math.quantizer import Quantizer
 from ...models.base import ModelAdapter, model_device
-from ...pipelines.checkpoints import CheckpointStore, fingerprint
+from ...pipelines.checkpoints import CheckpointStore
 from ...pipelines.distill import StepCheckpoint, train_end_to_end
 from ...pipelines.residual import fold_norms
 from ...pipelines.static_ranges import init_static_ranges_lp, static_quantizers
@@ -98,9 +99,7 @@ class FPTQuant(Method):
         # GPTQ follows, so the transforms are trained with full-precision weights (as SpinQuant does).
         if self.recipe.weight_quantizer != "gptq":
             return self.recipe
-        bits = self.recipe.bit_spec
-        training_bits = f"w16a{bits.activations}" + (f"kv{bits.kv_cache}" if bits.kv_cache < 16 else "")
-        return Recipe.from_dict({**self.recipe.to_dict(), "bits": training_bits})
+        return Recipe.from_dict({**self.recipe.to_dict(), "bits": str(replace(self.recipe.bit_spec, weights=16))})
 
     # --- training ---------------------------------------------------------------------------
     def _store(self, model: nn.Module, calibration: torch.Tensor) -> CheckpointStore | None:
@@ -108,11 +107,7 @@ class FPTQuant(Method):
             return None
         settings = {"method": self.name, "recipe": self.recipe.to_dict(), "options": self.options.fingerprint_dict()}
         settings["recipe"].pop("method_args")
-        key = fingerprint(model, settings, calibration)
-        description = {"model": getattr(model, "fptquant_source", None), **settings}
-        if self.options.checkpoint_dir:
-            return CheckpointStore(self.options.checkpoint_dir, key, description)
-        return CheckpointStore.default(self.name, key, description)
+        return CheckpointStore.for_run(self.name, model, settings, calibration, self.options.checkpoint_dir)
 
     def _e2e_windows(self, calibration: torch.Tensor) -> torch.Tensor:
         n = self.options.e2e_seqlen

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-
-from ...config.options import options_from_args
+from ...config.options import AMP_DTYPES, options_from_args
 from ...errors import ConfigError
 from ...pipelines.distill import LOSSES, DistillSettings
 
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
 NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset")

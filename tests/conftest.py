@@ -67,10 +67,10 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     chars = [chr(c) for c in range(32, 127)] + ["\n"]
-    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}, "</s>": len(chars) + 1}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
 
 
 @pytest.fixture(scope="session")

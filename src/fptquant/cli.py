@@ -311,9 +311,7 @@ def tasks_cmd(
             docs, _ = check_file(task, roots[0] / task.filename)
             where = f"{roots[0] / task.filename} ({docs} docs)"
         paper = "yes" if name in PAPER_TASKS else "-"
-        typer.echo(
-            f"{name:<16}{task.split:<12}{task.docs:>6}  {task.metric:<9}{paper:<7}{task.license:<16}{where}"
-        )
+        typer.echo(f"{name:<16}{task.split:<12}{task.docs:>6}  {task.metric:<9}{paper:<7}{task.license:<16}{where}")
 
 
 @app.command()

@@ -1,0 +1,74 @@
+"""Per-token INT4 quantization kernel vs device copy bandwidth (issue 8, acceptance 4, plain quantize).
+
+    python3 benchmarks/bench_quantize.py [--json FILE]
+
+Checks the Triton codes and scales bit-exact against the PyTorch reference for every shape, then times,
+in the same run: a bf16 device copy of the input (read + write), the Triton kernel (bf16 in, int8 codes
+and fp32 scales out) and the PyTorch reference. Bandwidth = bytes read + written / median time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from timing import gpu_state, rotations, time_us
+
+from fptquant.kernels import quantize_per_token, quantize_per_token_reference
+
+SHAPES_K = [4096, 14336, 576, 1536, 8192, 28672]
+SHAPES_M = [2048, 8192, 32768]
+
+
+def gbps(timing: dict, nbytes: int) -> float:
+    return nbytes / (timing["median_us"] * 1e3)
+
+
+def measure(m: int, k: int) -> dict:
+    n = rotations(m * k * 3)
+    xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
+    ys = [torch.empty_like(x) for x in xs]
+    q, s = quantize_per_token(xs[0], backend="triton")
+    qr, sr = quantize_per_token_reference(xs[0])
+    copy = time_us(lambda i: ys[i].copy_(xs[i]), n)
+    kern = time_us(lambda i: quantize_per_token(xs[i], backend="triton"), n)
+    ref = time_us(lambda i: quantize_per_token_reference(xs[i]), n, samples=5)
+    moved = m * k * 2 + m * k + m * 4
+    row = {"M": m, "K": k, "exact": bool(torch.equal(q, qr) and torch.equal(s, sr))}
+    row.update(copy_GBps=gbps(copy, 4 * m * k), triton_GBps=gbps(kern, moved), torch_ref_GBps=gbps(ref, moved))
+    row.update(fraction_of_copy=row["triton_GBps"] / row["copy_GBps"], copy=copy, triton=kern, torch_ref=ref)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    print(gpu_state())
+    print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, cuda {torch.version.cuda}")
+    print(f"{'M':>6} {'K':>6} {'copy GB/s':>10} {'triton GB/s':>12} {'of copy':>8} {'torch ref GB/s':>15} exact")
+    rows = []
+    for m in SHAPES_M:
+        for k in SHAPES_K:
+            if m * k * 2 > 2 << 30:
+                continue
+            r = measure(m, k)
+            rows.append(r)
+            print(f"{m:>6} {k:>6} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>12.0f} "
+                  f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_ref_GBps']:>15.0f} {r['exact']}")  # fmt: skip
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gpu": gpu_state(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    ok = all(r["exact"] for r in rows)
+    print("all exact" if ok else "MISMATCH against the reference")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

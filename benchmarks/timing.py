@@ -1,0 +1,52 @@
+"""Timing protocol shared by the benchmarks (../shared/docs/kernels.md §4).
+
+CUDA events; ≥ 5 warm-ups; the median, min and max of ≥ 25 samples; each sample repeats the call
+until it lasts ≥ 0.2 ms; a queued ``torch.cuda._sleep`` keeps host launch gaps out of GPU time; the
+callable receives a rotating buffer index so caches see ≥ 256 MB of distinct data.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+from collections.abc import Callable
+
+import torch
+
+
+def rotations(bytes_per_set: int, minimum: int = 256 << 20) -> int:
+    return max(1, -(-minimum // max(bytes_per_set, 1)))
+
+
+def time_us(fn: Callable[[int], object], buffers: int, warmup: int = 5, samples: int = 25) -> dict:
+    for i in range(warmup):
+        fn(i % buffers)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn(0)
+    end.record()
+    torch.cuda.synchronize()
+    reps = max(1, int(0.2e3 / max(start.elapsed_time(end) * 1e3, 1e-3)) + 1)
+    times, call = [], 0
+    for _ in range(samples):
+        torch.cuda._sleep(20_000)
+        start.record()
+        for _ in range(reps):
+            fn(call % buffers)
+            call += 1
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    return {"median_us": statistics.median(times), "min_us": min(times), "max_us": max(times), "reps": reps}
+
+
+def gpu_state() -> str:
+    query = "name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "nvidia-smi unavailable"

@@ -1,0 +1,10 @@
+"""Kernels: Triton code with a pure-PyTorch reference of identical numerics, chosen by one switch.
+
+``FPTQUANT_KERNELS=torch|triton|auto`` (default ``auto``: Triton on CUDA tensors, PyTorch otherwise;
+``TRITON_INTERPRET=1`` runs the Triton kernels on the CPU for tests).
+"""
+
+from .backend import backend_for, triton_available
+from .quantize import quantize_per_token, quantize_per_token_reference
+
+__all__ = ["backend_for", "quantize_per_token", "quantize_per_token_reference", "triton_available"]

@@ -1,0 +1,38 @@
+"""The one switch between Triton kernels and their PyTorch references."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ..errors import ConfigError
+
+CHOICES = ("auto", "torch", "triton")
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def backend_for(x: torch.Tensor, requested: str | None = None) -> str:
+    """``"triton"`` or ``"torch"`` for a kernel call on ``x``."""
+    choice = requested or os.environ.get("FPTQUANT_KERNELS", "auto")
+    if choice not in CHOICES:
+        raise ConfigError(f"kernel backend must be one of {', '.join(CHOICES)}, got {choice!r}")
+    runnable = triton_available() and (x.is_cuda or interpreting())
+    if choice == "triton" and not runnable:
+        raise ConfigError("the triton kernel backend needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
+    if choice == "auto":
+        return "triton" if runnable else "torch"
+    return choice

@@ -1,0 +1,50 @@
+"""Per-token symmetric INT4 activation quantization: codes in int8 (one value a byte) plus fp32 scales.
+
+Numerics (shared by the kernel and its reference, so tests are bit-exact):
+``amax = max(max|x_row| * clip, 7 * eps)``; ``scale = amax / 7``; ``q = clamp(rint(x * (7 / amax)), -8, 7)``
+with round-half-to-even. One IEEE division per row, a multiplication per element: exact division per
+element would make the kernel ALU-bound (docs: ../shared/docs/kernels.md). With a static scale ``s``
+the same formula runs with ``amax = 7 s``. Against the fake quantizer (``round(x / scale)``) codes may
+differ by one where ``x * (7/amax)`` and ``x / scale`` round to opposite sides of a .5 tie.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..math.quantization import SCALE_EPS
+from .backend import backend_for
+
+QMAX, QMIN = 7, -8
+
+
+def _rint(y: torch.Tensor) -> torch.Tensor:
+    return torch.round(y)  # half to even, like the kernel's helper
+
+
+def quantize_per_token_reference(
+    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes int8 (M, K), scales float32 (M, 1))`` for the rows of ``x`` (any leading shape)."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    if static_scale is None:
+        amax = rows.abs().amax(dim=1, keepdim=True) * clip_ratio
+        amax = torch.clamp(amax, min=QMAX * SCALE_EPS)
+    else:
+        amax = torch.full((rows.shape[0], 1), QMAX * float(static_scale), dtype=torch.float32, device=x.device)
+    inv = QMAX / amax
+    codes = torch.clamp(_rint(rows * inv), QMIN, QMAX).to(torch.int8)
+    return codes.reshape(x.shape), (amax / QMAX).reshape(*x.shape[:-1], 1)
+
+
+def quantize_per_token(
+    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`quantize_per_token_reference`, on the backend the switch picks."""
+    if backend_for(x, backend) == "torch":
+        return quantize_per_token_reference(x, clip_ratio, static_scale)
+    from .triton_quantize import quantize_rows
+
+    rows = x.reshape(-1, x.shape[-1])
+    codes, scales = quantize_rows(rows.contiguous(), clip_ratio, static_scale)
+    return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

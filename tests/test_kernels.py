@@ -1,0 +1,73 @@
+"""Kernels against their references: bit-exact on the integer codes, and against float64 / fake quant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fptquant.errors import ConfigError  # noqa: E402
+from fptquant.kernels import backend_for, quantize_per_token, quantize_per_token_reference  # noqa: E402
+from fptquant.math.quantization import Axis, dynamic_fake_quantize  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Odd sizes on purpose: SmolLM2's hidden 576 (= 9 heads of 64) and MLP 1536, and K not a power of two.
+SHAPES = [(7, 576), (5, 1536), (3, 64 * 9), (2, 5000), (2, 20000)]  # 20000: the two-pass path
+
+
+def rows(m: int, k: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.rand(m, 1, generator=g).add(0.1) * 3
+    x[:, :: max(1, k // 7)] *= 8  # outlier channels
+    return x.to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("m,k", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_bit_exact_against_reference(m, k, dtype):
+    x = rows(m, k, dtype)
+    assert x.abs().amax() > 0
+    for kwargs in ({}, {"clip_ratio": 0.9}, {"static_scale": 0.37}):
+        q, s = quantize_per_token(x, backend="triton", **kwargs)
+        qr, sr = quantize_per_token_reference(x, **kwargs)
+        assert q.dtype == torch.int8 and q.shape == x.shape and s.shape == (m, 1)
+        assert torch.equal(q, qr), kwargs
+        assert torch.equal(s, sr), kwargs
+        assert int(q.min()) >= -8 and int(q.max()) <= 7
+
+
+def test_quantize_rounds_half_to_even():
+    x = torch.tensor([[7.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.49, -6.5, 100.0]], device=DEVICE)
+    q, s = quantize_per_token(x, backend="triton", static_scale=1.0)  # 7 / amax = 1: codes are rint(x)
+    assert q.tolist() == [[7, 0, 2, 2, 0, -2, -2, 3, -6, 7]]
+    assert torch.equal(q, quantize_per_token_reference(x, static_scale=1.0)[0])
+
+
+@pytest.mark.parametrize("m,k", SHAPES)
+def test_quantize_against_float64_and_fake_quant(m, k):
+    """Codes within ±1 of exact float64 rounding on at most 0.1% of entries; dequantized ≈ fake quant."""
+    x = rows(m, k, seed=3)
+    q, s = quantize_per_token(x, backend="triton")
+    x64 = x.double()
+    amax = x64.abs().amax(1, keepdim=True)
+    exact = torch.clamp(torch.round(x64 / (amax / 7)), -8, 7)
+    diff = (q.double() - exact).abs()
+    assert diff.max() <= 1 and (diff > 0).double().mean() <= 1e-3
+    torch.testing.assert_close(s.double(), amax / 7, rtol=1e-6, atol=0)
+    fake = dynamic_fake_quantize(x, 4, True, Axis.ROW)
+    mismatch = ((q.float() * s) - fake).abs() > 1e-6 * x.abs().amax()
+    assert mismatch.double().mean() <= 1e-3
+
+
+def test_backend_switch(monkeypatch):
+    x = torch.ones(2, 8)
+    assert backend_for(x, "torch") == "torch"
+    with pytest.raises(ConfigError, match="kernel backend must be one of"):
+        backend_for(x, "cutlass")
+    monkeypatch.setenv("FPTQUANT_KERNELS", "torch")
+    assert backend_for(x) == "torch"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not x.is_cuda:
+        with pytest.raises(ConfigError, match="needs triton and a CUDA tensor"):
+            backend_for(x, "triton")

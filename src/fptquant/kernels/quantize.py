@@ -32,7 +32,7 @@ def quantize_per_token_reference(
         amax = torch.clamp(amax, min=QMAX * SCALE_EPS)
     else:
         amax = torch.full((rows.shape[0], 1), QMAX * float(static_scale), dtype=torch.float32, device=x.device)
-    inv = QMAX / amax
+    inv = torch.full_like(amax, float(QMAX)) / amax  # one IEEE division (``7 / t`` would be reciprocal(t) * 7)
     codes = torch.clamp(_rint(rows * inv), QMIN, QMAX).to(torch.int8)
     return codes.reshape(x.shape), (amax / QMAX).reshape(*x.shape[:-1], 1)
 

@@ -34,7 +34,8 @@ def quantize_per_token_reference(
         amax = torch.full((rows.shape[0], 1), QMAX * float(static_scale), dtype=torch.float32, device=x.device)
     inv = torch.full_like(amax, float(QMAX)) / amax  # one IEEE division (``7 / t`` would be reciprocal(t) * 7)
     codes = torch.clamp(_rint(rows * inv), QMIN, QMAX).to(torch.int8)
-    return codes.reshape(x.shape), (amax / QMAX).reshape(*x.shape[:-1], 1)
+    scale = amax / torch.full_like(amax, float(QMAX))  # on CUDA, ``t / 7`` is t * (1/7): not the kernel's division
+    return codes.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 
 
 def quantize_per_token(

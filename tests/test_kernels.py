@@ -71,3 +71,48 @@ def test_backend_switch(monkeypatch):
     if not x.is_cuda:
         with pytest.raises(ConfigError, match="needs triton and a CUDA tensor"):
             backend_for(x, "triton")
+
+
+def close_codes(q: torch.Tensor, ref: torch.Tensor) -> None:
+    diff = (q.int() - ref.int()).abs()
+    assert int(diff.max()) <= 1 and (diff > 0).double().mean() <= 1e-3
+
+
+@pytest.mark.parametrize("k,n1,n2", [(576, 24, 24), (1536, 32, 48), (4096, 64, 64)])
+def test_kronecker_transform_quantize(k, n1, n2):
+    """FlatQuant's online ``P1ᵀ X P2`` + quantize (24×24 and 32×48 are SmolLM2's and Qwen's sizes)."""
+    from fptquant.kernels.transform_quantize import transform_quantize, transform_quantize_reference
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(k)
+    p1 = (random_orthogonal(n1, g) * torch.rand(n1, generator=g).add(0.5)).float().to(DEVICE)
+    p2 = random_orthogonal(n2, g).float().to(DEVICE)
+    x = rows(5, k, torch.bfloat16, seed=k)
+    for kwargs in ({}, {"clip_ratio": 0.9}, {"static_scale": 0.2}):
+        q, s = transform_quantize(x, p1, p2, backend="triton", **kwargs)
+        qr, sr = transform_quantize_reference(x, p1, p2, **kwargs)
+        close_codes(q, qr)
+        torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+
+
+def test_block_hadamard_quantize_matches_the_online_hadamard():
+    """Blocks of H_16 ⊗ H_32 = H_512 reproduce FPTQuant's / QuaRot's online block Hadamard before down_proj."""
+    from fptquant.kernels.transform_quantize import transform_quantize
+    from fptquant.math.hadamard import hadamard
+    from fptquant.math.online import OnlineHadamard
+
+    h16, h32 = hadamard(16).float(), hadamard(32).float()
+    torch.testing.assert_close(torch.kron(h16, h32), hadamard(512).float())
+    x = rows(4, 1536, seed=9)
+    q, s = transform_quantize(x, h16.to(DEVICE), h32.to(DEVICE), backend="triton")
+    online = OnlineHadamard(1536, 512).to(DEVICE)
+    qr, sr = quantize_per_token_reference(online(x))
+    close_codes(q, qr)
+    torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+
+
+def test_transform_quantize_rejects_bad_factors():
+    from fptquant.kernels.transform_quantize import transform_quantize
+
+    with pytest.raises(ConfigError, match="not a multiple"):
+        transform_quantize(torch.ones(2, 100), torch.eye(3), torch.eye(7), backend="torch")

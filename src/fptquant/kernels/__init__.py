@@ -6,5 +6,13 @@
 
 from .backend import backend_for, triton_available
 from .quantize import quantize_per_token, quantize_per_token_reference
+from .transform_quantize import transform_quantize, transform_quantize_reference
 
-__all__ = ["backend_for", "quantize_per_token", "quantize_per_token_reference", "triton_available"]
+__all__ = [
+    "backend_for",
+    "quantize_per_token",
+    "quantize_per_token_reference",
+    "transform_quantize",
+    "transform_quantize_reference",
+    "triton_available",
+]

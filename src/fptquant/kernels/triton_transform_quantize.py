@@ -34,18 +34,16 @@ def _kron_quantize_kernel(
     b = tl.arange(0, N2P)
     p1t = tl.load(p1t_ptr + a[:, None] * N1P + a[None, :])  # padded on the host
     p2 = tl.load(p2_ptr + b[:, None] * N2P + b[None, :])
+    amax = tl.zeros((1,), tl.float32)  # a 1-element vector keeps the loop-carried type fixed
     if STATIC:
-        amax = static_amax + 0.0
+        amax += static_amax
     else:
-        amax = 0.0
         for j in range(0, nb):
             amax = tl.maximum(amax, tl.max(tl.abs(_block(x_row, p1t, p2, j, n1, n2, N1P, N2P))))
         amax = tl.maximum(amax * clip, eps_amax)
-    inv = tl.math.div_rn(7.0 + tl.zeros((1,), tl.float32), amax + tl.zeros((1,), tl.float32))
-    tl.store(
-        s_ptr + row + tl.arange(0, 1),
-        tl.math.div_rn(amax + tl.zeros((1,), tl.float32), 7.0 + tl.zeros((1,), tl.float32)),
-    )
+    seven = tl.full((1,), 7.0, tl.float32)
+    inv = tl.math.div_rn(seven, amax)
+    tl.store(s_ptr + row + tl.arange(0, 1), tl.math.div_rn(amax, seven))
     r = tl.arange(0, N1P)[:, None]
     c = tl.arange(0, N2P)[None, :]
     for j in range(0, nb):

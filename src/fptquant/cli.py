@@ -246,8 +246,10 @@ def evaluate_cmd(
     _check_windows(max_windows)
     if tasks is not None:
         from .evaluation.zeroshot.data import locate
+        from .evaluation.zeroshot.harness import require_lm_eval
         from .evaluation.zeroshot.tasks import resolve_tasks
 
+        require_lm_eval()
         locate(resolve_tasks(tasks), data_dir=data_dir, fetch=fetch)  # fail before loading the model
     else:
         text = read_text(data)

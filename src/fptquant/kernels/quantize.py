@@ -1,4 +1,6 @@
-"""Per-token symmetric INT4 activation quantization: codes in int8 (one value a byte) plus fp32 scales.
+"""Per-token symmetric INT4 activation quantization: codes one value a byte plus fp32 scales.
+
+Codes come as int8, or as float8 e4m3 (every value in -8..7 is exact there) for the FP8-route GEMM.
 
 Numerics (shared by the kernel and its reference, so tests are bit-exact):
 ``amax = max(max|x_row| * clip, 7 * eps)``; ``scale = amax / 7``; ``q = clamp(rint(x * (7 / amax)), -8, 7)``
@@ -13,9 +15,16 @@ from __future__ import annotations
 import torch
 
 from ..math.quantization import SCALE_EPS
+from ..errors import ConfigError
 from .backend import backend_for
 
 QMAX, QMIN = 7, -8
+CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)
+
+
+def check_codes_dtype(dtype: torch.dtype) -> None:
+    if dtype not in CODE_DTYPES:
+        raise ConfigError(f"activation codes are stored as int8 or float8_e4m3fn, not {dtype}")
 
 
 def _rint(y: torch.Tensor) -> torch.Tensor:
@@ -23,9 +32,10 @@ def _rint(y: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_per_token_reference(
-    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None
+    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None, codes_dtype=torch.int8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes int8 (M, K), scales float32 (M, 1))`` for the rows of ``x`` (any leading shape)."""
+    """``(codes (..., K), scales float32 (..., 1))`` for the rows of ``x``; codes int8 or float8_e4m3fn."""
+    check_codes_dtype(codes_dtype)
     rows = x.reshape(-1, x.shape[-1]).float()
     if static_scale is None:
         amax = rows.abs().amax(dim=1, keepdim=True) * clip_ratio
@@ -33,19 +43,24 @@ def quantize_per_token_reference(
     else:
         amax = torch.full((rows.shape[0], 1), QMAX * float(static_scale), dtype=torch.float32, device=x.device)
     inv = torch.full_like(amax, float(QMAX)) / amax  # one IEEE division (``7 / t`` would be reciprocal(t) * 7)
-    codes = torch.clamp(_rint(rows * inv), QMIN, QMAX).to(torch.int8)
+    codes = torch.clamp(_rint(rows * inv), QMIN, QMAX).to(codes_dtype)
     scale = amax / torch.full_like(amax, float(QMAX))  # on CUDA, ``t / 7`` is t * (1/7): not the kernel's division
     return codes.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 
 
 def quantize_per_token(
-    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None, backend: str | None = None
+    x: torch.Tensor,
+    clip_ratio: float = 1.0,
+    static_scale: float | None = None,
+    backend: str | None = None,
+    codes_dtype=torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`quantize_per_token_reference`, on the backend the switch picks."""
+    check_codes_dtype(codes_dtype)
     if backend_for(x, backend) == "torch":
-        return quantize_per_token_reference(x, clip_ratio, static_scale)
+        return quantize_per_token_reference(x, clip_ratio, static_scale, codes_dtype)
     from .triton_quantize import quantize_rows
 
     rows = x.reshape(-1, x.shape[-1])
-    codes, scales = quantize_rows(rows.contiguous(), clip_ratio, static_scale)
+    codes, scales = quantize_rows(rows.contiguous(), clip_ratio, static_scale, codes_dtype)
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

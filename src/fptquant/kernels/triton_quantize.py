@@ -46,7 +46,7 @@ def _quantize_rows_kernel(
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + rows, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=row_ok)
         q = tl.minimum(tl.maximum(_rint(x * inv[:, None], INTERPRET), -8.0), 7.0)
-        tl.store(q_row + cols[None, :], q.to(tl.int8), mask=mask)
+        tl.store(q_row + cols[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
     else:  # two passes over K: amax, then codes (the second read mostly hits L2)
         if STATIC:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32) + static_amax
@@ -63,15 +63,15 @@ def _quantize_rows_kernel(
             mask = row_ok[:, None] & (k + cols[None, :] < K)
             x = tl.load(x_row + k + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             q = tl.minimum(tl.maximum(_rint(x * inv[:, None], INTERPRET), -8.0), 7.0)
-            tl.store(q_row + k + cols[None, :], q.to(tl.int8), mask=mask)
+            tl.store(q_row + k + cols[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
 def quantize_rows(
-    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None
+    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None, codes_dtype=torch.int8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     assert QMAX == 7 and QMIN == -8
     M, K = x.shape
-    codes = torch.empty((M, K), dtype=torch.int8, device=x.device)
+    codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
     scales = torch.empty((M,), dtype=torch.float32, device=x.device)
     whole = triton.next_power_of_2(K)
     block_k = whole if whole <= 16384 else 4096

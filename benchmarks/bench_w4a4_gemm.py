@@ -1,0 +1,186 @@
+"""W4A4 GEMM and whole W4A4 linear vs BF16 cuBLAS, same run (issue 8, acceptance 1–3).
+
+    python3 benchmarks/bench_w4a4_gemm.py [--json FILE] [--m 1,16,2048,8192] [--shapes 8b,70b] [--sweep]
+
+For every layer shape (K, N) and token count M, in one run:
+- correctness: integer sums exact (unit scales, float32 out) against float64, and the bf16 output with
+  scales and bias within 1e-2 relative of the float64 reference; at the first shape also the
+  all-non-negative K=14336 case that catches inexact FP8 accumulation;
+- times (CUDA events, medians, rotated buffers): BF16 ``F.linear`` (cuBLAS), FP8 ``torch._scaled_mm``
+  with tensor-wise scales (the exact-FP8 ceiling), our GEMM (FP8 route; the heuristic config, and with
+  ``--sweep`` the best of a candidate list), and the whole linear: bf16 activations → per-token
+  quantize (e4m3 codes) → GEMM → bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from dataclasses import asdict, replace
+
+import torch
+import torch.nn.functional as F
+from timing import gpu_state, rotations, time_us
+
+from fptquant.kernels import quantize_per_token
+from fptquant.kernels.triton_w4a4_matmul import GemmConfig, pick_config
+from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference
+from fptquant.math.packing import pack_int4
+
+SHAPES = {
+    "8b": {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)},
+    "70b": {"qkv": (8192, 10240), "o": (8192, 8192), "gate_up": (8192, 57344), "down": (28672, 8192)},
+}
+PREFILL_SWEEP = [
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=3),
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=4),
+    GemmConfig(128, 256, 64, num_warps=8, num_stages=4),
+    GemmConfig(128, 128, 128, num_warps=8, num_stages=4),
+    GemmConfig(128, 128, 128, num_warps=4, num_stages=4),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=3),
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, magic_unpack=False),
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, swap=True),
+]
+DECODE_SWEEP = [
+    GemmConfig(16, 64, 256, swap=True, num_warps=4, num_stages=4),
+    GemmConfig(16, 128, 256, swap=True, num_warps=4, num_stages=4),
+    GemmConfig(16, 64, 512, swap=True, num_warps=4, num_stages=3),
+    GemmConfig(16, 128, 128, swap=True, num_warps=4, num_stages=6),
+    GemmConfig(16, 64, 256, swap=True, num_warps=4, num_stages=4, magic_unpack=False),
+    GemmConfig(16, 32, 256, swap=False, num_warps=4, num_stages=4),
+]
+
+
+def random_problem(m: int, n: int, k: int, gen: torch.Generator):
+    a = torch.randint(-8, 8, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+    sa = torch.rand(m, 1, generator=gen) * 0.1 + 0.01
+    sw = torch.rand(n, generator=gen) * 0.1 + 0.01
+    bias = torch.randn(n, generator=gen)
+    return [t.cuda() for t in (a, w, sa, sw, bias)]
+
+
+def check(m: int, n: int, k: int, cfg: GemmConfig, non_negative: bool = False) -> dict:
+    gen = torch.Generator().manual_seed(m * 7 + n + k)
+    a, w, sa, sw, bias = random_problem(m, n, k, gen)
+    if non_negative:
+        a, w = a.abs().clamp(max=7), w.abs().clamp(max=7)
+    packed, codes = pack_int4(w), a.to(torch.float8_e4m3fn)
+    ones_m, ones_n = torch.ones(m, 1, device="cuda"), torch.ones(n, device="cuda")
+    acc = w4a4_matmul(codes, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
+    exact = (a.double() @ w.double().T).float()
+    out = w4a4_matmul(codes, sa, packed, sw, bias, torch.bfloat16, backend="triton", config=cfg).float()
+    ref = w4a4_matmul_reference(codes, sa, packed, sw, bias, torch.float64)
+    rel = ((out.double() - ref).abs() / ref.abs().clamp(min=1e-3)).max().item()
+    int_codes = w4a4_matmul(a, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
+    return {
+        "integer_exact_fp8": bool(torch.equal(acc, exact)),
+        "integer_exact_int8": bool(torch.equal(int_codes, exact)),
+        "bf16_max_rel_err": rel,
+        "ok": bool(torch.equal(acc, exact) and torch.equal(int_codes, exact) and rel <= 1e-2),
+    }
+
+
+def measure(m: int, k: int, n: int, sweep: bool) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    bufs = rotations(n * k * 2)
+    w_bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(bufs)]
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    bf16 = time_us(lambda i: F.linear(x, w_bf16[i]), bufs)
+    del w_bf16
+    fp8_bufs = rotations(n * k)
+    w8 = [torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn) for _ in range(fp8_bufs)]
+    x8 = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
+    one = torch.ones((), device="cuda")
+    row = {"M": m, "K": k, "N": n, "bf16": bf16}
+    if m >= 16:
+        row["fp8_scaled_mm"] = time_us(
+            lambda i: torch._scaled_mm(x8, w8[i].T, one, one, out_dtype=torch.bfloat16), fp8_bufs
+        )
+    del w8
+    q_bufs = rotations(n * k // 2)
+    packs = [pack_int4(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)).cuda() for _ in range(q_bufs)]
+    sw = torch.rand(n, device="cuda") * 0.01
+    codes, sa = quantize_per_token(x, codes_dtype=torch.float8_e4m3fn, backend="triton")
+    heuristic = pick_config(m, n, k)
+    candidates = [heuristic] + ((DECODE_SWEEP if m <= 64 else PREFILL_SWEEP) if sweep else [])
+    if m <= 64:
+        candidates = [replace(c, block_m=max(16, min(64, 1 << (m - 1).bit_length()))) for c in candidates]
+    results = []
+    for cfg in candidates:
+        try:
+            t = time_us(lambda i, c=cfg: w4a4_matmul(codes, sa, packs[i], sw, None, config=c, backend="triton"), q_bufs)
+            results.append({"config": asdict(cfg), "time": t})
+        except Exception as e:  # a config the compiler rejects must not end the sweep
+            results.append({"config": asdict(cfg), "error": f"{type(e).__name__}: {str(e)[:300]}"})
+    timed = [r for r in results if "time" in r]
+    best = min(timed, key=lambda r: r["time"]["median_us"]) if timed else None
+    row.update(heuristic=results[0], best=best, sweep=results if sweep else None)
+    if best:
+        cfg = GemmConfig(**best["config"])
+        row["check"] = check(min(m, 2048), n, k, cfg)
+
+        def whole(i: int, c=cfg):
+            q, s = quantize_per_token(x, codes_dtype=torch.float8_e4m3fn, backend="triton")
+            return w4a4_matmul(q, s, packs[i], sw, None, config=c, backend="triton")
+
+        row["whole_linear"] = time_us(whole, q_bufs)
+        row["quantize"] = time_us(lambda i: quantize_per_token(x, codes_dtype=torch.float8_e4m3fn), 1)
+        base = bf16["median_us"]
+        row["gemm_speedup"] = base / best["time"]["median_us"]
+        row["whole_speedup"] = base / row["whole_linear"]["median_us"]
+        if "fp8_scaled_mm" in row:
+            row["fp8_ceiling_speedup"] = base / row["fp8_scaled_mm"]["median_us"]
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--m", default="1,16,2048,8192")
+    parser.add_argument("--shapes", default="8b")
+    parser.add_argument("--layers", default=None, help="comma list of layer names (default all)")
+    parser.add_argument("--sweep", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    print(gpu_state())
+    print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, cuda {torch.version.cuda}")
+    report = {"gpu": gpu_state(), "torch": torch.__version__, "triton": __import__("triton").__version__}
+    long_k = check(256, 256, 14336, GemmConfig(), non_negative=True)
+    print(f"all-non-negative K=14336: {long_k}")
+    report["non_negative_long_k"] = long_k
+    rows = []
+    print(f"{'model':>5} {'layer':>8} {'M':>6} {'bf16 us':>9} {'w4a4 us':>9} {'gemm x':>7} {'whole x':>8} {'fp8 x':>6} ok")
+    for model in args.shapes.split(","):
+        for layer, (k, n) in SHAPES[model].items():
+            if args.layers and layer not in args.layers.split(","):
+                continue
+            for m in [int(v) for v in args.m.split(",")]:
+                try:
+                    r = measure(m, k, n, args.sweep)
+                except Exception:
+                    traceback.print_exc()
+                    r = {"M": m, "K": k, "N": n, "error": traceback.format_exc()[-600:]}
+                r.update(model=model, layer=layer)
+                rows.append(r)
+                if "gemm_speedup" in r:
+                    print(f"{model:>5} {layer:>8} {m:>6} {r['bf16']['median_us']:>9.1f} "
+                          f"{r['best']['time']['median_us']:>9.1f} {r['gemm_speedup']:>6.2f}x "
+                          f"{r['whole_speedup']:>7.2f}x {r.get('fp8_ceiling_speedup', float('nan')):>5.2f}x "
+                          f"{r['check']['ok']}", flush=True)  # fmt: skip
+                torch.cuda.empty_cache()
+    report["rows"] = rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    ok = long_k["ok"] and all(r.get("check", {}).get("ok") for r in rows)
+    print("all checks passed" if ok else "CHECK FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

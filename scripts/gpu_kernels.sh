@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue 8 on the GPU machine: every kernel compiled and checked (the kernel tests on CUDA), then the
+# benchmarks. Needs no model or data staging. Writes JSON to $OUT (default ./out).
+#   STEPS="tests gemm gemm70 tq quant" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src:$PWD/benchmarks
+STEPS=${STEPS:-"tests gemm gemm70 tq"}
+for step in $STEPS; do
+  echo "=== $step ($(date +%T))"
+  case $step in
+    tests) if python3 -c "import pytest" 2>/dev/null; then
+             timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_w4a4_gemm.py 2>&1 | tail -25
+           else echo "pytest missing on this machine"; fi ;;
+    gemm) timeout 420 python3 benchmarks/bench_w4a4_gemm.py --sweep --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b.json" ;;
+    gemm70) timeout 200 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_70b.json" ;;
+    tq) timeout 200 python3 benchmarks/bench_transform_quantize.py --json "$OUT/transform_quantize.json" ;;
+    quant) timeout 200 python3 benchmarks/bench_quantize.py --json "$OUT/quantize.json" ;;
+  esac
+done

@@ -1,0 +1,165 @@
+"""Triton kernel of :mod:`.w4a4_matmul`.
+
+Weights stay packed in memory and are unpacked in registers, tile by tile, to the dot's 8-bit type.
+Two orientations: ``out = a · wᵀ`` (prefill), or with ``swap`` ``outᵀ = w · aᵀ`` so that the weight
+fills the MMA's 64-row side when M is tiny (decode). ``split_k > 1`` lets several programs share one
+output tile along K, summing float32 partials with atomics (decode with few output tiles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+SM_COUNT_GUESS = 132  # H100 SXM; only steers split-K, never correctness
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int = 128
+    block_n: int = 256
+    block_k: int = 128
+    split_k: int = 1
+    swap: bool = False
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+    magic_unpack: bool = True
+
+
+@triton.jit
+def _unpack(packed, R: tl.constexpr, C: tl.constexpr, MAGIC: tl.constexpr, FP8: tl.constexpr):
+    """``(R, C/2)`` uint8 → ``(R, C)`` codes, low nibble first, as e4m3 (FP8) or int8.
+
+    MAGIC builds each value as an fp16 bit pattern ``0x6400 | (v + 8)`` = 1024 + v + 8 (xor 8 turns a
+    two's complement nibble into offset binary) and subtracts 1032: two integer ops and one half-precision
+    subtraction instead of an int→float conversion, which runs at a quarter of the ALU rate."""
+    if MAGIC:
+        u = (packed ^ 0x88).to(tl.int16)
+        lo = ((u & 0xF) | 0x6400).to(tl.float16, bitcast=True) - 1032.0
+        hi = ((u >> 4) | 0x6400).to(tl.float16, bitcast=True) - 1032.0
+    else:
+        s = packed.to(tl.int8, bitcast=True)
+        lo = (s << 4) >> 4  # arithmetic shifts sign-extend the nibble
+        hi = s >> 4
+        if FP8:
+            lo = lo.to(tl.float16)
+            hi = hi.to(tl.float16)
+    w = tl.reshape(tl.join(lo, hi), (R, C))
+    if FP8:
+        return w.to(tl.float8e4nv)
+    return w.to(tl.int8)
+
+
+@triton.jit
+def _w4a4_kernel(
+    a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, MAGIC: tl.constexpr,
+    EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    grid_m = tl.cdiv(M, BM)
+    grid_n = tl.cdiv(N, BN)
+    group = pid // (GROUP_M * grid_n)  # grouped order: neighbouring programs share weight tiles in L2
+    first_m = group * GROUP_M
+    rows_in_group = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * grid_n)) % rows_in_group
+    pid_n = (pid % (GROUP_M * grid_n)) // rows_in_group
+
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    rkh = tl.arange(0, BK // 2)
+    a_ptrs = a_ptr + (rm % M)[:, None].to(tl.int64) * stride_am + rk[None, :]  # wrapped rows: no row masks
+    w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + rkh[None, :]
+    if SWAP:
+        acc = tl.zeros((BN, BM), dtype=tl.float32 if FP8 else tl.int32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32 if FP8 else tl.int32)
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
+    for k in range(k_start, k_end, BK):
+        if EVEN_K:
+            a = tl.load(a_ptrs + k)
+            wp = tl.load(w_ptrs + k // 2)
+        else:  # zero activations past K make whatever the weight tail unpacks to harmless
+            a = tl.load(a_ptrs + k, mask=(k + rk < k_end)[None, :], other=0.0)
+            wp = tl.load(w_ptrs + k // 2, mask=(k + 2 * rkh < k_end)[None, :], other=0)
+        w = _unpack(wp, BN, BK, MAGIC, FP8)
+        if FP8:  # promote to float32 after every BK products: Hopper's fp8 accumulator is not exact
+            if SWAP:
+                acc = tl.dot(w, tl.trans(a), acc, max_num_imprecise_acc=BK)
+            else:
+                acc = tl.dot(a, tl.trans(w), acc, max_num_imprecise_acc=BK)
+        else:
+            if SWAP:
+                acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+
+    sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    if SWAP:
+        out = acc.to(tl.float32) * sa[None, :] * sw[:, None]
+        offs = rm[None, :].to(tl.int64) * stride_om + rn[:, None]
+        mask = (rm < M)[None, :] & (rn < N)[:, None]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[:, None] * (split == 0)
+    else:
+        out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
+        offs = rm[:, None].to(tl.int64) * stride_om + rn[None, :]
+        mask = (rm < M)[:, None] & (rn < N)[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :] * (split == 0)
+    if SPLIT > 1:
+        tl.atomic_add(out_ptr + offs, out, mask=mask, sem="relaxed")
+    else:
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def pick_config(m: int, n: int, k: int) -> GemmConfig:
+    """A first heuristic; benchmarks/bench_w4a4_gemm.py sweeps the alternatives on the GPU."""
+    if m <= 64:
+        block_m = max(16, triton.next_power_of_2(m))
+        block_n, block_k = 64, 256
+        tiles = triton.cdiv(n, block_n)
+        split = max(1, min(k // block_k, triton.cdiv(2 * SM_COUNT_GUESS, tiles)))
+        return GemmConfig(block_m, block_n, block_k, split, swap=True, num_warps=4, num_stages=4)
+    if m <= 1024:
+        return GemmConfig(64, 128, 128, num_warps=4, num_stages=4)
+    return GemmConfig()
+
+
+def matmul(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: GemmConfig | None = None,
+) -> torch.Tensor:
+    m, k = codes.shape
+    n = packed.shape[0]
+    cfg = config or pick_config(m, n, k)
+    split = max(1, min(cfg.split_k, triton.cdiv(k, cfg.block_k)))
+    k_per_split = triton.cdiv(triton.cdiv(k, split), cfg.block_k) * cfg.block_k
+    split = triton.cdiv(k, k_per_split)
+    fp8 = codes.dtype == torch.float8_e4m3fn
+    if split > 1:
+        out = torch.zeros((m, n), dtype=torch.float32, device=codes.device)
+    else:
+        out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+    _w4a4_kernel[grid](
+        codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, m, n, k,
+        codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
+        HAS_BIAS=bias is not None, SPLIT=split, SWAP=cfg.swap, FP8=fp8, MAGIC=cfg.magic_unpack,
+        EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k, BM=cfg.block_m, BN=cfg.block_n,
+        BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out.to(out_dtype) if split > 1 else out

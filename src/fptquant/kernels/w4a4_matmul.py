@@ -1,0 +1,71 @@
+"""W4A4 GEMM: INT4 activation codes × packed INT4 weights on 8-bit tensor cores, scales in the epilogue.
+
+``out[m, n] = (Σ_k a[m, k] · w[n, k]) · s_tok[m] · s_ch[n] (+ bias[n])``, rounded once to ``out_dtype``.
+
+- ``a``: activation codes in -8..7, one a byte (``float8_e4m3fn`` for the FP8 route, ``int8`` for the
+  exact INT8 route), as :func:`fptquant.kernels.quantize_per_token` writes them.
+- ``w``: weight codes packed two a byte along K (:func:`fptquant.math.packing.pack_int4`), ``(N, K/2)``.
+- Scales in float32: per token ``(M, 1)``, per output channel ``(N,)``.
+
+The integer sum is exact on both routes (the FP8 route promotes the tensor cores' partial sums to
+float32 every ``block_k`` products; float32 holds every sum up to ``64·K < 2^24``). The reference
+computes it in float64, then applies the same float32 epilogue ``(acc · s_tok) · s_ch + bias``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..math.packing import unpack_int4
+from .backend import backend_for
+from .quantize import check_codes_dtype
+
+
+def _check(codes: torch.Tensor, act_scale: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor) -> None:
+    check_codes_dtype(codes.dtype)
+    if codes.dim() != 2 or packed.dim() != 2:
+        raise ConfigError(f"w4a4 matmul takes 2-D codes and weights, got {tuple(codes.shape)}, {tuple(packed.shape)}")
+    if packed.dtype != torch.uint8:
+        raise ConfigError(f"packed int4 weights are uint8, got {packed.dtype}")
+    (m, k), (n, half) = codes.shape, packed.shape
+    if k != 2 * half:
+        raise ConfigError(f"activations have K={k} but the packed weights hold K={2 * half}")
+    if act_scale.shape != (m, 1) or weight_scale.shape != (n,):
+        raise ConfigError(f"scales must be ({m}, 1) and ({n},), got {tuple(act_scale.shape)}, {tuple(weight_scale.shape)}")
+
+
+def w4a4_matmul_reference(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    _check(codes, act_scale, packed, weight_scale)
+    acc = (codes.double() @ unpack_int4(packed).double().T).float()
+    out = acc * act_scale.float() * weight_scale.float()[None, :]
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def w4a4_matmul(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+    config=None,
+) -> torch.Tensor:
+    """Like :func:`w4a4_matmul_reference`, on the backend the switch picks (``config``: a Triton
+    :class:`~fptquant.kernels.triton_w4a4_matmul.GemmConfig`, else a heuristic picks one)."""
+    if backend_for(codes, backend) == "torch":
+        return w4a4_matmul_reference(codes, act_scale, packed, weight_scale, bias, out_dtype)
+    _check(codes, act_scale, packed, weight_scale)
+    from .triton_w4a4_matmul import matmul
+
+    return matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)

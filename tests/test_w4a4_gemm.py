@@ -1,0 +1,85 @@
+"""W4A4 GEMM kernel against float64: integer sums bit-exact, scaled bf16 output within tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fptquant.errors import ConfigError  # noqa: E402
+from fptquant.kernels.triton_w4a4_matmul import GemmConfig  # noqa: E402
+from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
+from fptquant.math.packing import pack_int4  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Small tiles keep the interpreter fast; swap + split-K is the decode layout, the others prefill.
+CONFIGS = {
+    "prefill": GemmConfig(32, 32, 64, num_warps=4),
+    "prefill_shift_unpack": GemmConfig(32, 64, 128, num_warps=4, magic_unpack=False),
+    "decode_swap_split": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4),
+}
+# SmolLM2's 576 = 9 heads of 64 and 1536 (neither a multiple of 128), a 3-row decode, a tall thin one.
+SHAPES = [(37, 96, 576), (3, 80, 1536), (1, 48, 9 * 64), (70, 40, 256)]
+
+
+def problem(m, n, k, seed=0, non_negative=False):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(-8, 8, (m, k), generator=g, dtype=torch.int8)
+    w = torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8)
+    if non_negative:
+        a, w = a.abs().clamp(max=7), w.abs().clamp(max=7)
+    assert a.abs().sum() > 0 and w.abs().sum() > 0
+    sa = torch.rand(m, 1, generator=g) * 0.1 + 0.01
+    sw = torch.rand(n, generator=g) * 0.1 + 0.01
+    bias = torch.randn(n, generator=g)
+    return [t.to(DEVICE) for t in (a, w, sa, sw, bias)]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("codes_dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "fp8"])
+def test_integer_sums_exact_and_scaled_output_close(name, m, n, k, codes_dtype):
+    a, w, sa, sw, bias = problem(m, n, k, seed=m + n + k)
+    codes, packed, cfg = a.to(codes_dtype), pack_int4(w), CONFIGS[name]
+    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    acc = w4a4_matmul(codes, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
+    assert torch.equal(acc.double(), a.double() @ w.double().T)
+    out = w4a4_matmul(codes, sa, packed, sw, bias, torch.bfloat16, backend="triton", config=cfg)
+    exact = (a.double() @ w.double().T) * sa.double() * sw.double() + bias.double()
+    # bf16 output: one rounding (2^-8 relative) on top of float32 epilogue / split-K ordering noise
+    torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-5)
+    ref = w4a4_matmul_reference(codes, sa, packed, sw, bias, torch.bfloat16)
+    torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+
+
+def test_long_k_all_non_negative_is_exact():
+    """Sums up to 49·K: where an inexact FP8 accumulator loses low bits (kernels.md §1 B)."""
+    m, n, k = 16, 32, 4096
+    a, w, *_ = problem(m, n, k, seed=5, non_negative=True)
+    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    cfg = GemmConfig(16, 32, 256, num_warps=4)
+    acc = w4a4_matmul(a.to(torch.float8_e4m3fn), ones_m, pack_int4(w), ones_n, None, torch.float32,
+                      backend="triton", config=cfg)  # fmt: skip
+    exact = a.double() @ w.double().T
+    assert exact.min() > 2**15
+    assert torch.equal(acc.double(), exact)
+
+
+def test_torch_backend_is_the_reference():
+    a, w, sa, sw, bias = problem(5, 24, 64)
+    out = w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="torch")
+    assert torch.equal(out, w4a4_matmul_reference(a, sa, pack_int4(w), sw, bias))
+
+
+def test_bad_inputs_are_named():
+    a, w, sa, sw, _ = problem(4, 8, 32)
+    packed = pack_int4(w)
+    with pytest.raises(ConfigError, match="K=32 but the packed weights hold K=16"):
+        w4a4_matmul(a, sa, packed[:, :8], sw, backend="torch")
+    with pytest.raises(ConfigError, match="int8 or float8_e4m3fn"):
+        w4a4_matmul(a.float(), sa, packed, sw, backend="torch")
+    with pytest.raises(ConfigError, match="packed int4 weights are uint8"):
+        w4a4_matmul(a, sa, packed.to(torch.int8), sw, backend="torch")
+    with pytest.raises(ConfigError, match="scales must be"):
+        w4a4_matmul(a, sa[:2], packed, sw, backend="torch")

@@ -31,7 +31,7 @@ class GemmConfig:
 
 
 @triton.jit
-def _unpack(packed, R: tl.constexpr, C: tl.constexpr, MAGIC: tl.constexpr, FP8: tl.constexpr):
+def _unpack(packed, R: tl.constexpr, C: tl.constexpr, MAGIC: tl.constexpr, FP8: tl.constexpr, DOT_TY: tl.constexpr):
     """``(R, C/2)`` uint8 → ``(R, C)`` codes, low nibble first, as e4m3 (FP8) or int8.
 
     MAGIC builds each value as an fp16 bit pattern ``0x6400 | (v + 8)`` = 1024 + v + 8 (xor 8 turns a
@@ -48,17 +48,14 @@ def _unpack(packed, R: tl.constexpr, C: tl.constexpr, MAGIC: tl.constexpr, FP8: 
         if FP8:
             lo = lo.to(tl.float16)
             hi = hi.to(tl.float16)
-    w = tl.reshape(tl.join(lo, hi), (R, C))
-    if FP8:
-        return w.to(tl.float8e4nv)
-    return w.to(tl.int8)
+    return tl.reshape(tl.join(lo, hi), (R, C)).to(DOT_TY)
 
 
 @triton.jit
 def _w4a4_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, MAGIC: tl.constexpr,
-    EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_TY: tl.constexpr, ACC_TY: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -77,9 +74,9 @@ def _w4a4_kernel(
     a_ptrs = a_ptr + (rm % M)[:, None].to(tl.int64) * stride_am + rk[None, :]  # wrapped rows: no row masks
     w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + rkh[None, :]
     if SWAP:
-        acc = tl.zeros((BN, BM), dtype=tl.float32 if FP8 else tl.int32)
+        acc = tl.zeros((BN, BM), dtype=ACC_TY)
     else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32 if FP8 else tl.int32)
+        acc = tl.zeros((BM, BN), dtype=ACC_TY)
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
     for k in range(k_start, k_end, BK):
@@ -89,7 +86,7 @@ def _w4a4_kernel(
         else:  # zero activations past K make whatever the weight tail unpacks to harmless
             a = tl.load(a_ptrs + k, mask=(k + rk < k_end)[None, :], other=0.0)
             wp = tl.load(w_ptrs + k // 2, mask=(k + 2 * rkh < k_end)[None, :], other=0)
-        w = _unpack(wp, BN, BK, MAGIC, FP8)
+        w = _unpack(wp, BN, BK, MAGIC, FP8, DOT_TY)
         if FP8:  # promote to float32 after every BK products: Hopper's fp8 accumulator is not exact
             if SWAP:
                 acc = tl.dot(w, tl.trans(a), acc, max_num_imprecise_acc=BK)
@@ -159,6 +156,7 @@ def matmul(
         codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, m, n, k,
         codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, SWAP=cfg.swap, FP8=fp8, MAGIC=cfg.magic_unpack,
+        DOT_TY=tl.float8e4nv if fp8 else tl.int8, ACC_TY=tl.float32 if fp8 else tl.int32,
         EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k, BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

@@ -50,7 +50,15 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str) -> dict:
     kern = time_us(lambda i: transform_quantize(xs[i], p1, p2, backend="triton"), n)
     ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2), n, samples=5)
     moved = m * k * 2 + m * k + m * 4
-    row = {"M": m, "K": k, "n1": n1, "n2": n2, "kind": kind, "ok": bool(ok), "codes_off_by_one": diff.gt(0).sum().item()}
+    row = {
+        "M": m,
+        "K": k,
+        "n1": n1,
+        "n2": n2,
+        "kind": kind,
+        "ok": bool(ok),
+        "codes_off_by_one": diff.gt(0).sum().item(),
+    }
     row.update(copy_GBps=4 * m * k / (copy["median_us"] * 1e3), triton_GBps=moved / (kern["median_us"] * 1e3))
     row.update(torch_GBps=moved / (ref["median_us"] * 1e3), copy=copy, triton=kern, torch_ref=ref)
     row["fraction_of_copy"] = row["triton_GBps"] / row["copy_GBps"]
@@ -66,7 +74,8 @@ def main() -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     print(gpu_state())
-    print(f"{'M':>6} {'K':>6} {'n1xn2':>8} {'kind':>8} {'copy GB/s':>10} {'fused GB/s':>11} {'of copy':>8} {'torch GB/s':>11} ok")
+    head = f"{'M':>6} {'K':>6} {'n1xn2':>8} {'kind':>8} {'copy GB/s':>10} {'fused GB/s':>11} {'of copy':>8}"
+    print(head + f" {'torch GB/s':>11} ok")
     rows = []
     for m in [int(v) for v in args.m.split(",")]:
         for k, n1, n2, kind in CASES:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from timing import gpu_state, rotations, time_us
 
 from fptquant.kernels import quantize_per_token
-from fptquant.kernels.triton_w4a4_matmul import GemmConfig, pick_config
+from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference
 from fptquant.math.packing import pack_int4
 
@@ -34,23 +34,58 @@ SHAPES = {
     "70b": {"qkv": (8192, 10240), "o": (8192, 8192), "gate_up": (8192, 57344), "down": (28672, 8192)},
 }
 PREFILL_SWEEP = [
-    GemmConfig(128, 256, 128, num_warps=8, num_stages=3),
-    GemmConfig(128, 256, 128, num_warps=8, num_stages=4),
-    GemmConfig(128, 256, 64, num_warps=8, num_stages=4),
-    GemmConfig(128, 128, 128, num_warps=8, num_stages=4),
-    GemmConfig(128, 128, 128, num_warps=4, num_stages=4),
     GemmConfig(256, 128, 128, num_warps=8, num_stages=3),
-    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, magic_unpack=False),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=4),
+    GemmConfig(256, 128, 256, num_warps=8, num_stages=2),
+    GemmConfig(256, 128, 64, num_warps=8, num_stages=4),
+    GemmConfig(128, 128, 128, num_warps=4, num_stages=4),
     GemmConfig(128, 256, 128, num_warps=8, num_stages=3, swap=True),
+    GemmConfig(128, 128, 128, num_warps=4, num_stages=4, swap=True),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=3, magic_unpack=False),
 ]
 DECODE_SWEEP = [
     GemmConfig(16, 64, 256, swap=True, num_warps=4, num_stages=4),
-    GemmConfig(16, 128, 256, swap=True, num_warps=4, num_stages=4),
     GemmConfig(16, 64, 512, swap=True, num_warps=4, num_stages=3),
-    GemmConfig(16, 128, 128, swap=True, num_warps=4, num_stages=6),
-    GemmConfig(16, 64, 256, swap=True, num_warps=4, num_stages=4, magic_unpack=False),
-    GemmConfig(16, 32, 256, swap=False, num_warps=4, num_stages=4),
+    GemmConfig(16, 32, 512, swap=True, num_warps=4, num_stages=3),
+    GemmConfig(16, 64, 256, 4, swap=True, num_warps=4, num_stages=4),
+    GemmConfig(16, 128, 512, 2, swap=True, num_warps=4, num_stages=3),
+    GemmConfig(16, 32, 256, 2, swap=True, num_warps=4, num_stages=4),
+    GemmConfig(16, 32, 256, num_warps=4, num_stages=4),
+    GemmConfig(16, 64, 512, num_warps=4, num_stages=3),
 ]
+
+
+def variants(m: int, k: int, n: int) -> list[dict]:
+    """Where the time goes: the same tile with the weights one byte a code (no unpacking), with and
+    without FP8 promotion, and the INT8 route, against the production path."""
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8).cuda()
+    x = torch.randint(-8, 8, (m, k), generator=gen, dtype=torch.int8).cuda()
+    sa, sw = torch.ones(m, 1, device="cuda"), torch.ones(n, device="cuda")
+    packed, w8, x8 = pack_int4(w), w.to(torch.float8_e4m3fn), x.to(torch.float8_e4m3fn)
+    base = GemmConfig(256, 128, 128, num_warps=8, num_stages=3)
+    cases = {
+        "fp8 weights one byte, no promotion (inexact)": (x8, w8, replace(base, promote=0)),
+        "fp8 weights one byte, promotion every 128": (x8, w8, base),
+        "fp8 packed int4, no promotion (inexact)": (x8, packed, replace(base, promote=0)),
+        "fp8 packed int4, promotion every 128 (production)": (x8, packed, base),
+        "fp8 packed int4, BK 256, promotion every 256": (x8, packed, replace(base, block_k=256, num_stages=2)),
+        "int8 weights one byte": (x, w, base),
+        "int8 packed int4": (x, packed, base),
+        "int8 packed int4, 128x256 tile": (x, packed, GemmConfig(128, 256, 128, num_warps=8, num_stages=3)),
+    }
+    exact = (x.double() @ w.double().T).float()
+    out = []
+    for name, (a, b, cfg) in cases.items():
+        try:
+            res = matmul(a, sa, b, sw, None, torch.float32, cfg)
+            t = time_us(lambda i, a=a, b=b, c=cfg: matmul(a, sa, b, sw, None, torch.bfloat16, c), 1)
+            out.append({"variant": name, "time": t, "exact": bool(torch.equal(res, exact))})
+        except Exception as e:
+            out.append({"variant": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+        print(f"  {name:<52} {out[-1].get('time', {}).get('median_us', float('nan')):>9.1f} us "
+              f"exact={out[-1].get('exact')}", flush=True)  # fmt: skip
+    return out
 
 
 def random_problem(m: int, n: int, k: int, gen: torch.Generator):
@@ -88,8 +123,8 @@ def measure(m: int, k: int, n: int, sweep: bool) -> dict:
     bufs = rotations(n * k * 2)
     w_bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(bufs)]
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    bf16 = time_us(lambda i: F.linear(x, w_bf16[i]), bufs)
-    del w_bf16
+    graph = m <= 64  # µs-scale calls: replay CUDA graphs so Python launch cost stays out
+    bf16 = time_us(lambda i: F.linear(x, w_bf16[i]), bufs, graph=graph)
     fp8_bufs = rotations(n * k)
     w8 = [torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn) for _ in range(fp8_bufs)]
     x8 = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
@@ -99,7 +134,6 @@ def measure(m: int, k: int, n: int, sweep: bool) -> dict:
         row["fp8_scaled_mm"] = time_us(
             lambda i: torch._scaled_mm(x8, w8[i].T, one, one, out_dtype=torch.bfloat16), fp8_bufs
         )
-    del w8
     q_bufs = rotations(n * k // 2)
     packs = [pack_int4(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)).cuda() for _ in range(q_bufs)]
     sw = torch.rand(n, device="cuda") * 0.01
@@ -111,7 +145,11 @@ def measure(m: int, k: int, n: int, sweep: bool) -> dict:
     results = []
     for cfg in candidates:
         try:
-            t = time_us(lambda i, c=cfg: w4a4_matmul(codes, sa, packs[i], sw, None, config=c, backend="triton"), q_bufs)
+            t = time_us(
+                lambda i, c=cfg: w4a4_matmul(codes, sa, packs[i], sw, None, config=c, backend="triton"),
+                q_bufs,
+                graph=graph,
+            )
             results.append({"config": asdict(cfg), "time": t})
         except Exception as e:  # a config the compiler rejects must not end the sweep
             results.append({"config": asdict(cfg), "error": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -126,8 +164,8 @@ def measure(m: int, k: int, n: int, sweep: bool) -> dict:
             q, s = quantize_per_token(x, codes_dtype=torch.float8_e4m3fn, backend="triton")
             return w4a4_matmul(q, s, packs[i], sw, None, config=c, backend="triton")
 
-        row["whole_linear"] = time_us(whole, q_bufs)
-        row["quantize"] = time_us(lambda i: quantize_per_token(x, codes_dtype=torch.float8_e4m3fn), 1)
+        row["whole_linear"] = time_us(whole, q_bufs, graph=graph)
+        row["quantize"] = time_us(lambda i: quantize_per_token(x, codes_dtype=torch.float8_e4m3fn), 1, graph=graph)
         base = bf16["median_us"]
         row["gemm_speedup"] = base / best["time"]["median_us"]
         row["whole_speedup"] = base / row["whole_linear"]["median_us"]
@@ -143,6 +181,7 @@ def main() -> int:
     parser.add_argument("--shapes", default="8b")
     parser.add_argument("--layers", default=None, help="comma list of layer names (default all)")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="gate_up M=8192: where the time goes")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -153,8 +192,13 @@ def main() -> int:
     long_k = check(256, 256, 14336, GemmConfig(), non_negative=True)
     print(f"all-non-negative K=14336: {long_k}")
     report["non_negative_long_k"] = long_k
+    if args.variants:
+        print("variants, 8B gate_up, M=8192 (256x128x128 tile unless named):")
+        report["variants"] = variants(8192, *SHAPES["8b"]["gate_up"])
     rows = []
-    print(f"{'model':>5} {'layer':>8} {'M':>6} {'bf16 us':>9} {'w4a4 us':>9} {'gemm x':>7} {'whole x':>8} {'fp8 x':>6} ok")
+    print(
+        f"{'model':>5} {'layer':>8} {'M':>6} {'bf16 us':>9} {'w4a4 us':>9} {'gemm x':>7} {'whole x':>8} {'fp8 x':>6} ok"
+    )
     for model in args.shapes.split(","):
         for layer, (k, n) in SHAPES[model].items():
             if args.layers and layer not in args.layers.split(","):
@@ -171,7 +215,8 @@ def main() -> int:
                     print(f"{model:>5} {layer:>8} {m:>6} {r['bf16']['median_us']:>9.1f} "
                           f"{r['best']['time']['median_us']:>9.1f} {r['gemm_speedup']:>6.2f}x "
                           f"{r['whole_speedup']:>7.2f}x {r.get('fp8_ceiling_speedup', float('nan')):>5.2f}x "
-                          f"{r['check']['ok']}", flush=True)  # fmt: skip
+                          f"{r['check']['ok']}  quant {r['quantize']['median_us']:.1f} us, "
+                          f"best {tuple(r['best']['config'].values())[:6]}", flush=True)  # fmt: skip
                 torch.cuda.empty_cache()
     report["rows"] = rows
     if args.json:

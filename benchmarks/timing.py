@@ -1,8 +1,10 @@
 """Timing protocol shared by the benchmarks (../shared/docs/kernels.md §4).
 
 CUDA events; ≥ 5 warm-ups; the median, min and max of ≥ 25 samples; each sample repeats the call
-until it lasts ≥ 0.2 ms; a queued ``torch.cuda._sleep`` keeps host launch gaps out of GPU time; the
-callable receives a rotating buffer index so caches see ≥ 256 MB of distinct data.
+until it lasts ≥ 0.2 ms; the callable receives a rotating buffer index so caches see ≥ 256 MB of
+distinct data. Host launch gaps stay out of GPU time either through a queued ``torch.cuda._sleep``
+(enough for calls of tens of µs) or, with ``graph=True``, by replaying the repeats as one CUDA graph
+(needed for µs-scale decode calls, whose Python launch cost exceeds their GPU time).
 """
 
 from __future__ import annotations
@@ -18,7 +20,49 @@ def rotations(bytes_per_set: int, minimum: int = 256 << 20) -> int:
     return max(1, -(-minimum // max(bytes_per_set, 1)))
 
 
-def time_us(fn: Callable[[int], object], buffers: int, warmup: int = 5, samples: int = 25) -> dict:
+def _graph_of(fn: Callable[[int], object], calls: int, buffers: int) -> torch.cuda.CUDAGraph:
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i % buffers)
+    return graph
+
+
+def time_graph_us(fn: Callable[[int], object], buffers: int, warmup: int = 5, samples: int = 25) -> dict:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and autotune outside the capture
+        for i in range(warmup):
+            fn(i % buffers)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    probe = _graph_of(fn, 1, buffers)
+    probe.replay()
+    start.record()
+    probe.replay()
+    end.record()
+    torch.cuda.synchronize()
+    reps = min(1000, max(1, int(0.2e3 / max(start.elapsed_time(end) * 1e3, 1e-3)) + 1))
+    del probe
+    graph = _graph_of(fn, reps, buffers)
+    for _ in range(3):
+        graph.replay()
+    times = []
+    for _ in range(samples):
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    del graph
+    return {"median_us": statistics.median(times), "min_us": min(times), "max_us": max(times), "reps": reps,
+            "graph": True}  # fmt: skip
+
+
+def time_us(fn: Callable[[int], object], buffers: int, warmup: int = 5, samples: int = 25, graph: bool = False) -> dict:
+    if graph:
+        return time_graph_us(fn, buffers, warmup, samples)
     for i in range(warmup):
         fn(i % buffers)
     torch.cuda.synchronize()

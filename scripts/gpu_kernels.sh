@@ -13,7 +13,7 @@ for step in $STEPS; do
     tests) if python3 -c "import pytest" 2>/dev/null; then
              timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_w4a4_gemm.py 2>&1 | tail -25
            else echo "pytest missing on this machine"; fi ;;
-    gemm) timeout 420 python3 benchmarks/bench_w4a4_gemm.py --sweep --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b.json" ;;
+    gemm) timeout 480 python3 benchmarks/bench_w4a4_gemm.py --sweep --variants --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b.json" ;;
     gemm70) timeout 200 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_70b.json" ;;
     tq) timeout 200 python3 benchmarks/bench_transform_quantize.py --json "$OUT/transform_quantize.json" ;;
     quant) timeout 200 python3 benchmarks/bench_quantize.py --json "$OUT/quantize.json" ;;

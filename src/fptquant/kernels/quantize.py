@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..math.quantization import SCALE_EPS
 from ..errors import ConfigError
+from ..math.quantization import SCALE_EPS
 from .backend import backend_for
 
 QMAX, QMIN = 7, -8

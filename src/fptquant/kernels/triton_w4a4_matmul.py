@@ -28,6 +28,7 @@ class GemmConfig:
     num_warps: int = 8
     num_stages: int = 3
     magic_unpack: bool = True
+    promote: int | None = None  # FP8: products per exact float32 promotion (None: block_k; 0: never, inexact)
 
 
 @triton.jit
@@ -55,7 +56,8 @@ def _unpack(packed, R: tl.constexpr, C: tl.constexpr, MAGIC: tl.constexpr, FP8: 
 def _w4a4_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, MAGIC: tl.constexpr,
-    DOT_TY: tl.constexpr, ACC_TY: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_TY: tl.constexpr, ACC_TY: tl.constexpr, PACKED: tl.constexpr, PROMOTE: tl.constexpr,
+    EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -70,9 +72,9 @@ def _w4a4_kernel(
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
-    rkh = tl.arange(0, BK // 2)
+    rkw = tl.arange(0, BK // 2 if PACKED else BK)
     a_ptrs = a_ptr + (rm % M)[:, None].to(tl.int64) * stride_am + rk[None, :]  # wrapped rows: no row masks
-    w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + rkh[None, :]
+    w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + rkw[None, :]
     if SWAP:
         acc = tl.zeros((BN, BM), dtype=ACC_TY)
     else:
@@ -80,18 +82,27 @@ def _w4a4_kernel(
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
     for k in range(k_start, k_end, BK):
+        kw = k // 2 if PACKED else k
         if EVEN_K:
             a = tl.load(a_ptrs + k)
-            wp = tl.load(w_ptrs + k // 2)
+            wp = tl.load(w_ptrs + kw)
         else:  # zero activations past K make whatever the weight tail unpacks to harmless
             a = tl.load(a_ptrs + k, mask=(k + rk < k_end)[None, :], other=0.0)
-            wp = tl.load(w_ptrs + k // 2, mask=(k + 2 * rkh < k_end)[None, :], other=0)
-        w = _unpack(wp, BN, BK, MAGIC, FP8, DOT_TY)
-        if FP8:  # promote to float32 after every BK products: Hopper's fp8 accumulator is not exact
+            wp = tl.load(w_ptrs + kw, mask=(kw + rkw < (k_end // 2 if PACKED else k_end))[None, :], other=0)
+        if PACKED:
+            w = _unpack(wp, BN, BK, MAGIC, FP8, DOT_TY)
+        else:
+            w = wp
+        if FP8 and PROMOTE > 0:  # Hopper's fp8 accumulator is inexact: promote to float32 every PROMOTE products
             if SWAP:
-                acc = tl.dot(w, tl.trans(a), acc, max_num_imprecise_acc=BK)
+                acc = tl.dot(w, tl.trans(a), acc, max_num_imprecise_acc=PROMOTE)
             else:
-                acc = tl.dot(a, tl.trans(w), acc, max_num_imprecise_acc=BK)
+                acc = tl.dot(a, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE)
+        elif FP8:
+            if SWAP:
+                acc = tl.dot(w, tl.trans(a), acc)
+            else:
+                acc = tl.dot(a, tl.trans(w), acc)
         else:
             if SWAP:
                 acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
@@ -147,6 +158,8 @@ def matmul(
     k_per_split = triton.cdiv(triton.cdiv(k, split), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)
     fp8 = codes.dtype == torch.float8_e4m3fn
+    packed_weights = packed.dtype == torch.uint8  # else one code a byte, in the codes' dtype (a benchmark ceiling)
+    promote = cfg.block_k if cfg.promote is None else cfg.promote
     if split > 1:
         out = torch.zeros((m, n), dtype=torch.float32, device=codes.device)
     else:
@@ -156,7 +169,8 @@ def matmul(
         codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, m, n, k,
         codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, SWAP=cfg.swap, FP8=fp8, MAGIC=cfg.magic_unpack,
-        DOT_TY=tl.float8e4nv if fp8 else tl.int8, ACC_TY=tl.float32 if fp8 else tl.int32,
+        DOT_TY=tl.float8e4nv if fp8 else tl.int8, ACC_TY=tl.float32 if fp8 else tl.int32, PACKED=packed_weights,
+        PROMOTE=promote,
         EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k, BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

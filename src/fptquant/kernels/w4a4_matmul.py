@@ -32,7 +32,9 @@ def _check(codes: torch.Tensor, act_scale: torch.Tensor, packed: torch.Tensor, w
     if k != 2 * half:
         raise ConfigError(f"activations have K={k} but the packed weights hold K={2 * half}")
     if act_scale.shape != (m, 1) or weight_scale.shape != (n,):
-        raise ConfigError(f"scales must be ({m}, 1) and ({n},), got {tuple(act_scale.shape)}, {tuple(weight_scale.shape)}")
+        raise ConfigError(
+            f"scales must be ({m}, 1) and ({n},), got {tuple(act_scale.shape)}, {tuple(weight_scale.shape)}"
+        )
 
 
 def w4a4_matmul_reference(

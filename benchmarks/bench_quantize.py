@@ -26,17 +26,18 @@ def gbps(timing: dict, nbytes: int) -> float:
     return nbytes / (timing["median_us"] * 1e3)
 
 
-def measure(m: int, k: int) -> dict:
+def measure(m: int, k: int, codes_dtype: torch.dtype) -> dict:
     n = rotations(m * k * 3)
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
     ys = [torch.empty_like(x) for x in xs]
-    q, s = quantize_per_token(xs[0], backend="triton")
-    qr, sr = quantize_per_token_reference(xs[0])
+    q, s = quantize_per_token(xs[0], backend="triton", codes_dtype=codes_dtype)
+    qr, sr = quantize_per_token_reference(xs[0], codes_dtype=codes_dtype)
     copy = time_us(lambda i: ys[i].copy_(xs[i]), n)
-    kern = time_us(lambda i: quantize_per_token(xs[i], backend="triton"), n)
-    ref = time_us(lambda i: quantize_per_token_reference(xs[i]), n, samples=5)
+    kern = time_us(lambda i: quantize_per_token(xs[i], backend="triton", codes_dtype=codes_dtype), n)
+    ref = time_us(lambda i: quantize_per_token_reference(xs[i], codes_dtype=codes_dtype), n, samples=5)
     moved = m * k * 2 + m * k + m * 4
-    row = {"M": m, "K": k, "exact": bool(torch.equal(q, qr) and torch.equal(s, sr))}
+    exact = torch.equal(q.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(s, sr)
+    row = {"M": m, "K": k, "codes": str(codes_dtype).replace("torch.", ""), "exact": bool(exact)}
     row.update(copy_GBps=gbps(copy, 4 * m * k), triton_GBps=gbps(kern, moved), torch_ref_GBps=gbps(ref, moved))
     row.update(fraction_of_copy=row["triton_GBps"] / row["copy_GBps"], copy=copy, triton=kern, torch_ref=ref)
     return row
@@ -51,17 +52,17 @@ def main() -> int:
         return 2
     print(gpu_state())
     print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, cuda {torch.version.cuda}")
-    print(f"{'M':>6} {'K':>6} {'copy GB/s':>10} {'triton GB/s':>12} {'of copy':>8} {'torch ref GB/s':>15} exact")
+    head = f"{'codes':>13} {'M':>6} {'K':>6} {'copy GB/s':>10} {'triton GB/s':>12} {'of copy':>8}"
+    print(head + f" {'torch ref GB/s':>15} exact")
     rows = []
-    for m in SHAPES_M:
-        for k in SHAPES_K:
-            if m * k * 2 > 2 << 30:
-                continue
-            r = measure(m, k)
-            rows.append(r)
-            print(f"{m:>6} {k:>6} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>12.0f} "
-                  f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_ref_GBps']:>15.0f} {r['exact']}")  # fmt: skip
-            torch.cuda.empty_cache()
+    cases = [(torch.int8, m, k) for m in SHAPES_M for k in SHAPES_K if m * k * 2 <= 2 << 30]
+    cases += [(torch.float8_e4m3fn, 8192, k) for k in (4096, 14336)]
+    for codes_dtype, m, k in cases:
+        r = measure(m, k, codes_dtype)
+        rows.append(r)
+        print(f"{r['codes']:>13} {m:>6} {k:>6} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>12.0f} "
+              f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_ref_GBps']:>15.0f} {r['exact']}")  # fmt: skip
+        torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": gpu_state(), "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -35,23 +35,24 @@ SHAPES = {
 }
 PREFILL_SWEEP = [
     GemmConfig(256, 128, 128, num_warps=8, num_stages=3),
-    GemmConfig(256, 128, 128, num_warps=8, num_stages=4),
-    GemmConfig(256, 128, 256, num_warps=8, num_stages=2),
-    GemmConfig(256, 128, 64, num_warps=8, num_stages=4),
-    GemmConfig(128, 128, 128, num_warps=4, num_stages=4),
-    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, swap=True),
-    GemmConfig(128, 128, 128, num_warps=4, num_stages=4, swap=True),
-    GemmConfig(256, 128, 128, num_warps=8, num_stages=3, magic_unpack=False),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=3, swap=True),
+    GemmConfig(128, 128, 128, num_warps=8, num_stages=4, swap=True),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True),
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, unpack_first=True),
+    GemmConfig(128, 128, 256, num_warps=8, num_stages=3, unpack_first=True),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=4, unpack_first=True),
 ]
 DECODE_SWEEP = [
-    GemmConfig(16, 64, 256, swap=True, num_warps=4, num_stages=4),
     GemmConfig(16, 64, 512, swap=True, num_warps=4, num_stages=3),
-    GemmConfig(16, 32, 512, swap=True, num_warps=4, num_stages=3),
+    GemmConfig(16, 64, 512, swap=True, num_warps=4, num_stages=5),
+    GemmConfig(16, 128, 512, swap=True, num_warps=8, num_stages=4),
+    GemmConfig(16, 128, 256, swap=True, num_warps=4, num_stages=6),
+    GemmConfig(16, 256, 256, swap=True, num_warps=8, num_stages=4),
     GemmConfig(16, 64, 256, 4, swap=True, num_warps=4, num_stages=4),
-    GemmConfig(16, 128, 512, 2, swap=True, num_warps=4, num_stages=3),
-    GemmConfig(16, 32, 256, 2, swap=True, num_warps=4, num_stages=4),
+    GemmConfig(16, 64, 512, 2, swap=True, num_warps=4, num_stages=4),
+    GemmConfig(16, 128, 512, 2, swap=True, num_warps=8, num_stages=4),
     GemmConfig(16, 32, 256, num_warps=4, num_stages=4),
-    GemmConfig(16, 64, 512, num_warps=4, num_stages=3),
+    GemmConfig(16, 64, 1024, swap=True, num_warps=4, num_stages=3),
 ]
 
 
@@ -69,10 +70,13 @@ def variants(m: int, k: int, n: int) -> list[dict]:
         "fp8 weights one byte, promotion every 128": (x8, w8, base),
         "fp8 packed int4, no promotion (inexact)": (x8, packed, replace(base, promote=0)),
         "fp8 packed int4, promotion every 128 (production)": (x8, packed, base),
-        "fp8 packed int4, BK 256, promotion every 256": (x8, packed, replace(base, block_k=256, num_stages=2)),
+        "fp8 one byte, 128x128x256 tile, promotion every 256": (x8, w8, GemmConfig(128, 128, 256, num_stages=3)),
+        "fp8 one byte, 128x256x128 tile, promotion every 128": (x8, w8, GemmConfig(128, 256, 128, num_stages=3)),
+        "fp8 unpack pass + one-byte GEMM (promotion every 128)": (x8, packed, replace(base, unpack_first=True)),
+        "fp8 packed int4, swap (weights as the A operand)": (x8, packed, replace(base, swap=True)),
         "int8 weights one byte": (x, w, base),
         "int8 packed int4": (x, packed, base),
-        "int8 packed int4, 128x256 tile": (x, packed, GemmConfig(128, 256, 128, num_warps=8, num_stages=3)),
+        "int8 unpack pass + one-byte GEMM": (x, packed, replace(base, unpack_first=True)),
     }
     exact = (x.double() @ w.double().T).float()
     out = []

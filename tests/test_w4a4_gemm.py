@@ -18,6 +18,7 @@ CONFIGS = {
     "prefill": GemmConfig(32, 32, 64, num_warps=4),
     "prefill_shift_unpack": GemmConfig(32, 64, 128, num_warps=4, magic_unpack=False),
     "decode_swap_split": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4),
+    "unpack_first": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True),
 }
 # SmolLM2's 576 = 9 heads of 64 and 1536 (neither a multiple of 128), a 3-row decode, a tall thin one.
 SHAPES = [(37, 96, 576), (3, 80, 1536), (1, 48, 9 * 64), (70, 40, 256)]
@@ -64,6 +65,16 @@ def test_long_k_all_non_negative_is_exact():
     exact = a.double() @ w.double().T
     assert exact.min() > 2**15
     assert torch.equal(acc.double(), exact)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "fp8"])
+def test_unpack_weights_kernel(dtype):
+    from fptquant.kernels.triton_w4a4_matmul import unpack_weights
+    from fptquant.math.packing import unpack_int4
+
+    _, w, *_ = problem(3, 50, 4100)  # 102500 bytes: a partial last block
+    out = unpack_weights(pack_int4(w), dtype)
+    assert out.dtype == dtype and torch.equal(out.float(), unpack_int4(pack_int4(w)).float())
 
 
 def test_torch_backend_is_the_reference():

@@ -3,9 +3,14 @@
 ``y = x (I_nb ⊗ P1 ⊗ P2)`` along each row (``K = nb·n1·n2``), then the per-token quantizer of
 :mod:`.quantize` on ``y``. This covers FlatQuant's ``P1ᵀ X P2`` (``nb = 1``, e.g. 24×24 or 32×48) and a
 block Hadamard with blocks of ``n1·n2`` (Sylvester ``H_{n1·n2} = H_{n1} ⊗ H_{n2}``, the same ``P`` in
-every block: QuaRot's / FPTQuant's online ``T_d``). The reference is :func:`fptquant.math.kronecker.kron_apply`
-in float32 followed by :func:`.quantize.quantize_per_token_reference`; the kernel sums in another order,
-so codes may differ by one where a value lies within rounding of a .5 tie.
+every block: QuaRot's / FPTQuant's online ``T_d``).
+
+Numerics (the kernel and this reference share them; they run on fp16 tensor cores):
+each row is first scaled by the power of two ``2^-e`` with ``max|x| = m·2^e``, ``m ∈ [0.5, 1)``
+(exact, and keeps fp16 far from overflow whatever the activations' range), rounded to fp16; then
+``Z = fp16(Xn · fp16(P2))`` and ``Y = (fp16(P1)ᵀ · Z) · 2^e`` with float32 accumulation. Against
+float32 transforms the codes move by one on a fraction of a percent of entries (fp16 keeps 11 bits);
+against this reference only where float32 summation order flips an fp16 rounding of ``Z``.
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..math.kronecker import kron_apply
 from .backend import backend_for
-from .quantize import quantize_per_token_reference
+from .quantize import check_codes_dtype, quantize_per_token_reference
 
 
 def _check(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> int:
@@ -27,13 +31,32 @@ def _check(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> int:
     return k // (n1 * n2)
 
 
+def row_exponent_scale(rows: torch.Tensor) -> torch.Tensor:
+    """``2^-e`` per row with ``max|row| = m·2^e``, ``m ∈ [0.5, 1)`` (1 for an all-zero row)."""
+    _, e = torch.frexp(rows.abs().amax(dim=-1, keepdim=True))
+    return torch.ldexp(torch.ones_like(rows[..., :1]), -e)
+
+
+def kron_apply_fp16(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int) -> torch.Tensor:
+    """``x (I_nb ⊗ P1 ⊗ P2)`` in float32 by the numerics above (rows of ``x`` along the last dim)."""
+    rows = x.float()
+    scale = row_exponent_scale(rows)
+    xn = (rows * scale).half().float().reshape(*x.shape[:-1], nb, p1.shape[0], p2.shape[0])
+    z = (xn @ p2.half().float()).half().float()
+    y = p1.half().float().t() @ z
+    return y.reshape(x.shape) / scale
+
+
 def transform_quantize_reference(
-    x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None
+    x: torch.Tensor,
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    clip_ratio: float = 1.0,
+    static_scale: float | None = None,
+    codes_dtype=torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     nb = _check(x, p1, p2)
-    blocks = x.float().reshape(*x.shape[:-1], nb, p1.shape[0] * p2.shape[0])
-    y = kron_apply(blocks, p1.float(), p2.float()).reshape(x.shape)
-    return quantize_per_token_reference(y, clip_ratio, static_scale)
+    return quantize_per_token_reference(kron_apply_fp16(x, p1, p2, nb), clip_ratio, static_scale, codes_dtype)
 
 
 def transform_quantize(
@@ -43,13 +66,15 @@ def transform_quantize(
     clip_ratio: float = 1.0,
     static_scale: float | None = None,
     backend: str | None = None,
+    codes_dtype=torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes int8, scales float32 (..., 1))`` of ``x (I ⊗ P1 ⊗ P2)``, on the backend the switch picks."""
+    """``(codes, scales float32 (..., 1))`` of ``x (I ⊗ P1 ⊗ P2)``, on the backend the switch picks."""
     nb = _check(x, p1, p2)
+    check_codes_dtype(codes_dtype)
     if backend_for(x, backend) == "torch":
-        return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale)
+        return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale, codes_dtype)
     from .triton_transform_quantize import kron_quantize_rows
 
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    codes, scales = kron_quantize_rows(rows, p1, p2, nb, clip_ratio, static_scale)
+    codes, scales = kron_quantize_rows(rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype)
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

@@ -46,7 +46,7 @@ def _quantize_rows_kernel(
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + rows, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=row_ok)
         q = tl.minimum(tl.maximum(_rint(x * inv[:, None], INTERPRET), -8.0), 7.0)
-        tl.store(q_row + cols[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(q_row + cols[None, :], q.to(tl.float16).to(q_ptr.dtype.element_ty), mask=mask)
     else:  # two passes over K: amax, then codes (the second read mostly hits L2)
         if STATIC:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32) + static_amax
@@ -63,7 +63,7 @@ def _quantize_rows_kernel(
             mask = row_ok[:, None] & (k + cols[None, :] < K)
             x = tl.load(x_row + k + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             q = tl.minimum(tl.maximum(_rint(x * inv[:, None], INTERPRET), -8.0), 7.0)
-            tl.store(q_row + k + cols[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
+            tl.store(q_row + k + cols[None, :], q.to(tl.float16).to(q_ptr.dtype.element_ty), mask=mask)
 
 
 def quantize_rows(

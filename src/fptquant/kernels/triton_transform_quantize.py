@@ -1,5 +1,9 @@
-"""Triton kernel of :mod:`.transform_quantize`: one program per token; pass 1 transforms every block and
-takes the row's amax, pass 2 transforms again (cheaper than a scratch round trip) and writes the codes."""
+"""Triton kernel of :mod:`.transform_quantize`: one pass, ``T`` tokens a program, whole rows in registers.
+
+The ``T·nb`` blocks of ``n1×n2`` (each padded to powers of two) go through two batched fp16 tensor-core
+dots: ``[T·nb·n1, n2] · P2``, then, after a permute, ``P1ᵀ · [n1, T·nb·n2]``. Rows too long for one
+program's registers (over 16384 padded elements) are refused.
+"""
 
 from __future__ import annotations
 
@@ -7,69 +11,92 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import ConfigError
 from ..math.quantization import SCALE_EPS
 from .backend import interpreting
 from .quantize import QMAX
 from .triton_quantize import _rint
 
-
-@triton.jit
-def _block(x_ptr, p1t, p2, j, n1, n2, N1P: tl.constexpr, N2P: tl.constexpr):
-    """``P1ᵀ X_j P2`` for the j-th ``n1×n2`` block of the row (zero-padded to N1P×N2P)."""
-    r = tl.arange(0, N1P)[:, None]
-    c = tl.arange(0, N2P)[None, :]
-    x = tl.load(x_ptr + j * n1 * n2 + r * n2 + c, mask=(r < n1) & (c < n2), other=0.0).to(tl.float32)
-    return tl.dot(p1t, tl.dot(x, p2, input_precision="ieee"), input_precision="ieee")
+MAX_ROW = 16384
 
 
 @triton.jit
 def _kron_quantize_kernel(
-    x_ptr, p1t_ptr, p2_ptr, q_ptr, s_ptr, n1, n2, nb, stride_x, stride_q, clip, static_amax, eps_amax,
-    STATIC: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr, INTERPRET: tl.constexpr,
+    x_ptr, p1t_ptr, p2_ptr, q_ptr, s_ptr, M, n1, n2, nb, stride_x, stride_q, clip, static_amax, eps_amax,
+    STATIC: tl.constexpr, T: tl.constexpr, NB: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
+    UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_x
-    q_row = q_ptr + row * stride_q
-    a = tl.arange(0, N1P)
-    b = tl.arange(0, N2P)
-    p1t = tl.load(p1t_ptr + a[:, None] * N1P + a[None, :])  # padded on the host
-    p2 = tl.load(p2_ptr + b[:, None] * N2P + b[None, :])
-    amax = tl.zeros((1,), tl.float32)  # a 1-element vector keeps the loop-carried type fixed
-    if STATIC:
-        amax += static_amax
+    tok = tl.program_id(0) * T + tl.arange(0, T)
+    t4 = tok[:, None, None, None]
+    b4 = tl.arange(0, NB)[None, :, None, None]
+    r4 = tl.arange(0, N1)[None, None, :, None]
+    c4 = tl.arange(0, N2)[None, None, None, :]
+    col = b4 * (n1 * n2) + r4 * n2 + c4
+    mask = (t4 < M) & (b4 < nb) & (r4 < n1) & (c4 < n2)
+    x = tl.load(x_ptr + t4.to(tl.int64) * stride_x + col, mask=mask, other=0.0).to(tl.float32)
+
+    # per-token power-of-two prescale 2^-e (max|x| = m·2^e, m in [0.5, 1)), from the fp32 exponent bits
+    xmax = tl.max(tl.reshape(tl.abs(x), (T, NB * N1 * N2)), axis=1)
+    biased = (xmax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.where(xmax > 0, biased - 126, 0)
+    scale = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
+    xn = (x * scale[:, None, None, None]).to(tl.float16)
+
+    p2 = tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + tl.arange(0, N2)[None, :])
+    p1t = tl.load(p1t_ptr + tl.arange(0, N1)[:, None] * N1 + tl.arange(0, N1)[None, :])
+    if UPCAST:  # the interpreter's half-precision dot is unreliable; fp16 values are exact in fp32
+        z = tl.dot(tl.reshape(xn, (T * NB * N1, N2)).to(tl.float32), p2.to(tl.float32), input_precision="ieee")
     else:
-        for j in range(0, nb):
-            amax = tl.maximum(amax, tl.max(tl.abs(_block(x_row, p1t, p2, j, n1, n2, N1P, N2P))))
-        amax = tl.maximum(amax * clip, eps_amax)
-    seven = tl.full((1,), 7.0, tl.float32)
-    inv = tl.math.div_rn(seven, amax)
-    tl.store(s_ptr + row + tl.arange(0, 1), tl.math.div_rn(amax, seven))
-    r = tl.arange(0, N1P)[:, None]
-    c = tl.arange(0, N2P)[None, :]
-    for j in range(0, nb):
-        y = _block(x_row, p1t, p2, j, n1, n2, N1P, N2P)
-        q = tl.minimum(tl.maximum(_rint(y * tl.reshape(inv, (1, 1)), INTERPRET), -8.0), 7.0)
-        tl.store(q_row + j * n1 * n2 + r * n2 + c, q.to(tl.int8), mask=(r < n1) & (c < n2))
+        z = tl.dot(tl.reshape(xn, (T * NB * N1, N2)), p2)
+    z = tl.permute(tl.reshape(z.to(tl.float16), (T * NB, N1, N2)), (1, 0, 2))
+    if UPCAST:
+        y = tl.dot(p1t.to(tl.float32), tl.reshape(z, (N1, T * NB * N2)).to(tl.float32), input_precision="ieee")
+    else:
+        y = tl.dot(p1t, tl.reshape(z, (N1, T * NB * N2)))
+    y = tl.reshape(tl.permute(tl.reshape(y, (N1, T * NB, N2)), (1, 0, 2)), (T, NB * N1 * N2))
+    y = y * unscale[:, None]
+
+    if STATIC:
+        amax = tl.zeros((T,), dtype=tl.float32) + static_amax
+    else:
+        amax = tl.maximum(tl.max(tl.abs(y), axis=1) * clip, eps_amax)
+    inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
+    tl.store(s_ptr + tok, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok < M)
+    q = tl.minimum(tl.maximum(_rint(y * inv[:, None], INTERPRET), -8.0), 7.0)
+    q = tl.reshape(q.to(tl.float16).to(q_ptr.dtype.element_ty), (T, NB, N1, N2))  # exact: |q| <= 8
+    tl.store(q_ptr + t4.to(tl.int64) * stride_q + col, q, mask=mask)
 
 
 def _padded(p: torch.Tensor, size: int) -> torch.Tensor:
-    out = torch.zeros(size, size, dtype=torch.float32, device=p.device)
-    out[: p.shape[0], : p.shape[1]] = p
+    out = torch.zeros(size, size, dtype=torch.float16, device=p.device)
+    out[: p.shape[0], : p.shape[1]] = p.half()
     return out
 
 
 def kron_quantize_rows(
-    x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int, clip_ratio: float, static_scale: float | None
+    x: torch.Tensor,
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    nb: int,
+    clip_ratio: float,
+    static_scale: float | None,
+    codes_dtype=torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     n1, n2 = p1.shape[0], p2.shape[0]
     n1p, n2p = max(16, triton.next_power_of_2(n1)), max(16, triton.next_power_of_2(n2))
-    codes = torch.empty((M, K), dtype=torch.int8, device=x.device)
+    nbp = triton.next_power_of_2(nb)
+    row = nbp * n1p * n2p
+    if row > MAX_ROW:
+        raise ConfigError(f"fused transform+quantize holds a row in registers: padded size {row} > {MAX_ROW}")
+    tokens = max(1, min(16, 8192 // row, triton.next_power_of_2(M)))
+    codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
     scales = torch.empty((M,), dtype=torch.float32, device=x.device)
-    _kron_quantize_kernel[(M,)](
-        x, _padded(p1.t().float(), n1p).contiguous(), _padded(p2.float(), n2p).contiguous(), codes, scales,
-        n1, n2, nb, x.stride(0), codes.stride(0), float(clip_ratio), QMAX * float(static_scale or 0.0),
-        QMAX * SCALE_EPS, STATIC=static_scale is not None, N1P=n1p, N2P=n2p, INTERPRET=interpreting(),
-        num_warps=4,
+    _kron_quantize_kernel[(triton.cdiv(M, tokens),)](
+        x, _padded(p1.t(), n1p).contiguous(), _padded(p2, n2p).contiguous(), codes, scales, M, n1, n2, nb,
+        x.stride(0), codes.stride(0), float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
+        STATIC=static_scale is not None, T=tokens, NB=nbp, N1=n1p, N2=n2p, UPCAST=interpreting(),
+        INTERPRET=interpreting(), num_warps=8 if tokens * row >= 8192 else 4,
     )  # fmt: skip
     return codes, scales[:, None]

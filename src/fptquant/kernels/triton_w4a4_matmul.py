@@ -29,6 +29,7 @@ class GemmConfig:
     num_stages: int = 3
     magic_unpack: bool = True
     promote: int | None = None  # FP8: products per exact float32 promotion (None: block_k; 0: never, inexact)
+    unpack_first: bool = False  # prefill: unpack the weights to one byte a code in a scratch pass, then GEMM
 
 
 @triton.jit
@@ -50,6 +51,24 @@ def _unpack(packed, R: tl.constexpr, C: tl.constexpr, MAGIC: tl.constexpr, FP8: 
             lo = lo.to(tl.float16)
             hi = hi.to(tl.float16)
     return tl.reshape(tl.join(lo, hi), (R, C)).to(DOT_TY)
+
+
+@triton.jit
+def _unpack_kernel(packed_ptr, out_ptr, n_bytes, BLOCK: tl.constexpr, DOT_TY: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b = tl.load(packed_ptr + offs, mask=offs < n_bytes, other=0)
+    codes = _unpack(tl.reshape(b, (1, BLOCK)), 1, 2 * BLOCK, True, True, DOT_TY)
+    out = 2 * tl.program_id(0) * BLOCK + tl.arange(0, 2 * BLOCK)
+    tl.store(out_ptr + out, tl.reshape(codes, (2 * BLOCK,)), mask=out < 2 * n_bytes)
+
+
+def unpack_weights(packed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, K/2)`` packed int4 → ``(N, K)`` codes one a byte (e4m3 or int8), on the GPU."""
+    out = torch.empty((packed.shape[0], packed.shape[1] * 2), dtype=dtype, device=packed.device)
+    block = 2048
+    dot_ty = tl.float8e4nv if dtype == torch.float8_e4m3fn else tl.int8
+    _unpack_kernel[(triton.cdiv(packed.numel(), block),)](packed, out, packed.numel(), BLOCK=block, DOT_TY=dot_ty)
+    return out
 
 
 @triton.jit
@@ -158,7 +177,9 @@ def matmul(
     k_per_split = triton.cdiv(triton.cdiv(k, split), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)
     fp8 = codes.dtype == torch.float8_e4m3fn
-    packed_weights = packed.dtype == torch.uint8  # else one code a byte, in the codes' dtype (a benchmark ceiling)
+    if cfg.unpack_first and packed.dtype == torch.uint8:
+        packed = unpack_weights(packed.contiguous(), codes.dtype)
+    packed_weights = packed.dtype == torch.uint8  # else one code a byte, in the codes' dtype
     promote = cfg.block_k if cfg.promote is None else cfg.promote
     if split > 1:
         out = torch.zeros((m, n), dtype=torch.float32, device=codes.device)

@@ -14,8 +14,6 @@ import torch
 import triton
 import triton.language as tl
 
-SM_COUNT_GUESS = 132  # H100 SXM; only steers split-K, never correctness
-
 
 @dataclass(frozen=True)
 class GemmConfig:
@@ -149,16 +147,16 @@ def _w4a4_kernel(
 
 
 def pick_config(m: int, n: int, k: int) -> GemmConfig:
-    """A first heuristic; benchmarks/bench_w4a4_gemm.py sweeps the alternatives on the GPU."""
+    """The best configs of the H100 sweep (docs/RESULTS.md, W4A4 GEMM): decode streams the weights with
+    the weight rows on the MMA's 64-row side, split in two along K when N leaves SMs idle; prefill unpacks
+    the weights once, then runs the one-byte GEMM (unpacking in the main loop doubled its time)."""
     if m <= 64:
         block_m = max(16, triton.next_power_of_2(m))
-        block_n, block_k = 64, 256
-        tiles = triton.cdiv(n, block_n)
-        split = max(1, min(k // block_k, triton.cdiv(2 * SM_COUNT_GUESS, tiles)))
-        return GemmConfig(block_m, block_n, block_k, split, swap=True, num_warps=4, num_stages=4)
+        split = 2 if n <= 4096 and k >= 2048 else 1
+        return GemmConfig(block_m, 64, 512, split, swap=True, num_warps=4, num_stages=4 if split > 1 else 3)
     if m <= 1024:
-        return GemmConfig(64, 128, 128, num_warps=4, num_stages=4)
-    return GemmConfig()
+        return GemmConfig(64, 128, 128, num_warps=4, num_stages=4, unpack_first=True)
+    return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True)
 
 
 def matmul(

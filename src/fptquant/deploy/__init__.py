@@ -1,0 +1,70 @@
+"""Real W4A4 deployment: export a quantized model to a packed INT4 checkpoint, load it back, run it.
+
+from fptquant.deploy import save_packed, load
+save_packed(quantized_model, tokenizer, "out/")      # converts the model in place (to_deploy)
+model, tokenizer = load("out/", device="cuda")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import prepare_output, quantization_config, read_config, read_state, write_state
+from .export import attention_manifest, to_deploy
+from .loading import build_model
+
+__all__ = ["load", "save_packed", "to_deploy"]
+
+
+def _state_without_tied(model: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
+    state = model.state_dict()
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = out_emb is not None and out_emb.weight is in_emb.weight
+    if tied:
+        name = next(n for n, m in model.named_modules() if m is out_emb)
+        state.pop(f"{name}.weight")
+    return state, tied
+
+
+def save_packed(
+    model: nn.Module, tokenizer, out_dir: str | Path, overwrite: bool = False, max_shard_size: str | int = "2GB"
+) -> Path:
+    """Write ``model`` (quantized by :func:`fptquant.quantize`, or already deployed) as a packed checkpoint.
+
+    Returns the directory. Refuses a non-empty directory unless ``overwrite``.
+    """
+    out = Path(out_dir)
+    manifest = getattr(model, "fptquant_deploy_manifest", None)
+    if manifest is None:
+        manifest = to_deploy(model)
+        model.fptquant_deploy_manifest = manifest
+    prepare_output(out, overwrite)
+    state, tied = _state_without_tied(model)
+    recipe = model.fptquant_recipe
+    config = model.config.to_dict()
+    config["tie_word_embeddings"] = tied
+    config["quantization_config"] = quantization_config(recipe.method, recipe.bits, manifest, attention_manifest(model))
+    write_state(state, out, max_shard_size)
+    import json
+
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def load(directory: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
+    """``(model, tokenizer)`` from a packed checkpoint; the tokenizer is ``None`` if none was saved."""
+    directory = Path(directory)
+    config = read_config(directory)
+    state = read_state(directory)
+    model = build_model(config, state, dtype).to(device).eval()
+    tokenizer = None
+    if (directory / "tokenizer_config.json").is_file() or (directory / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    return model, tokenizer

@@ -1,0 +1,111 @@
+"""The packed checkpoint on disk (docs/FORMAT.md): a Hugging Face-like directory.
+
+``config.json`` is the model's transformers config plus ``quantization_config`` (``quant_method:
+"fptquant"``, format version, bits, and the manifest that rebuilds every quantized module);
+``model*.safetensors`` (sharded, with ``model.safetensors.index.json`` when more than one) hold the
+packed weights, scales, online transform matrices, quantizer parameters and every other tensor;
+the tokenizer files sit beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .. import __version__
+from ..errors import ConfigError, ModelLoadError, OutputExistsError
+
+FORMAT_NAME = "fptquant-packed"
+FORMAT_VERSION = 1
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def quantization_config(method: str, bits: str, modules: dict, attention: dict) -> dict:
+    return {
+        "quant_method": "fptquant",
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "fptquant_version": __version__,
+        "method": method,
+        "bits": bits,
+        "weights": {"bits": 4, "symmetric": True, "granularity": "per_channel", "packing": "int4_low_nibble_first"},
+        "modules": modules,
+        "attention": attention,
+    }
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_state(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "2GB") -> list[str]:
+    """Shard ``state`` into safetensors files (written to temporary names, then renamed)."""
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)  # fmt: skip
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    for filename, names in split.filename_to_tensors.items():
+        tmp = out / (filename + ".tmp")
+        save_file({n: state[n].detach().cpu().contiguous() for n in names}, tmp, metadata=meta)
+        os.replace(tmp, out / filename)
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values()), **meta},
+                 "weight_map": split.tensor_to_filename}  # fmt: skip
+        (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return sorted(split.filename_to_tensors)
+
+
+def read_config(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise ModelLoadError(f"checkpoint directory not found: {directory}")
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{directory} has no config.json: not a packed fptquant checkpoint")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
+    qc = config.get("quantization_config") or {}
+    if qc.get("quant_method") != "fptquant" or qc.get("format") != FORMAT_NAME:
+        raise ModelLoadError(f"{directory} is not a packed fptquant checkpoint (quantization_config names "
+                             f"{qc.get('quant_method')!r}/{qc.get('format')!r})")  # fmt: skip
+    version = qc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"{directory} has checkpoint format version {version}; this fptquant ({__version__}) reads version "
+            f"{FORMAT_VERSION} only: {'upgrade fptquant' if isinstance(version, int) and version > 1 else 're-export'}"
+        )
+    return config
+
+
+def read_state(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint; a missing or truncated shard is named in the error."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / SINGLE_FILE).is_file():
+        files = [SINGLE_FILE]
+    else:
+        raise ModelLoadError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+    state = {}
+    for name in files:
+        path = directory / name
+        if not path.is_file():
+            raise ModelLoadError(f"checkpoint shard missing: {path} (listed in {INDEX_FILE})")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelLoadError(f"checkpoint shard {path} is unreadable (truncated or corrupt?): {e}") from None
+    return state

@@ -1,0 +1,81 @@
+"""Turn a quantized fake-quant model into its deploy form, in memory: every ``QuantLinear`` becomes a
+``QuantizedLinear`` on packed codes. The rest of the module tree (norms, embeddings, KV quantizers,
+online q/k transforms) is kept, so the deploy model runs the same function with real integer codes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..fakequant.linear import QuantLinear
+from ..math.grid import recover_symmetric_grid
+from ..math.packing import pack_int4
+from ..math.quantization import Axis
+from .modules import QuantizedLinear, describe_transform
+
+
+def _check_exportable(model: nn.Module) -> None:
+    if getattr(model, "fptquant_residual_scaling", None) or any(
+        hasattr(m, "fptquant_residual_scaling") for m in model.modules()
+    ):
+        raise ConfigError("FPTQuant's dynamic residual scaling (S_n) cannot be exported yet")
+    recipe = getattr(model, "fptquant_recipe", None)
+    if recipe is None:
+        raise ConfigError("this model was not quantized by fptquant.quantize; nothing to export")
+    wspec = recipe.weight_spec()
+    if wspec.bits != 4 or not wspec.symmetric or wspec.axis is not Axis.ROW:
+        kind = f"{wspec.bits}-bit {'symmetric' if wspec.symmetric else 'asymmetric'} per {wspec.axis.value}"
+        raise ConfigError(f"export packs symmetric per-channel 4-bit weights; this recipe's weights are {kind}")
+
+
+@torch.no_grad()
+def quantized_linear_from(name: str, linear: QuantLinear) -> QuantizedLinear:
+    aspec = linear.input_quantizer.spec
+    if aspec.enabled and not aspec.dynamic and aspec.axis is not Axis.TENSOR:
+        raise ConfigError(f"{name}: static activation scales must be per tensor to export, not {aspec.axis.value}")
+    codes, scales = recover_symmetric_grid(linear.weight, 4, name)
+    out = QuantizedLinear(linear.in_features, linear.out_features, linear.bias is not None, aspec)
+    out.qweight.copy_(pack_int4(codes))
+    out.weight_scale.copy_(scales)
+    if linear.bias is not None:
+        out.bias.copy_(linear.bias.float())
+    out.input_quantizer.load_state_dict(linear.input_quantizer.state_dict())
+    out.input_transform = linear.input_transform
+    describe_transform(out.input_transform)  # refuse what cannot be saved before anything is replaced
+    return out.to(linear.weight.device)
+
+
+def to_deploy(model: nn.Module) -> dict[str, dict]:
+    """Replace every ``QuantLinear`` of ``model`` in place; return the per-module manifest."""
+    _check_exportable(model)
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    if not targets:
+        raise ConfigError("the model has no quantized linear layers to export")
+    built = {name: quantized_linear_from(name, lin) for name, lin in targets}  # all checks before any change
+    manifest = {}
+    for name, q in built.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, q)
+        manifest[name] = {
+            "in_features": q.in_features,
+            "out_features": q.out_features,
+            "bias": q.bias is not None,
+            "activation": q.input_quantizer.spec.to_dict(),
+            "transform": describe_transform(q.input_transform),
+        }
+    return manifest
+
+
+def attention_manifest(model: nn.Module) -> dict[str, dict]:
+    out = {}
+    for name, module in model.named_modules():
+        kv = getattr(module, "fptquant_kv", None)
+        if kv is not None:
+            out[name] = {
+                "k": kv.k_quantizer.spec.to_dict(),
+                "v": kv.v_quantizer.spec.to_dict(),
+                "features": kv.k_quantizer.features,
+                "qk_transform": describe_transform(kv.qk_transform),
+            }
+    return out

@@ -1,0 +1,74 @@
+"""Rebuild the deploy model from a checkpoint's config and tensors (no reference model needed)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ..errors import ModelLoadError
+from ..fakequant.attention import AttentionQuantizers, register
+from ..math.quantizer import QuantSpec
+from ..models.loading import parse_dtype
+from .modules import QuantizedLinear, build_transform
+
+
+def _hf_config(config: dict):
+    fields = {k: v for k, v in config.items() if k != "quantization_config"}
+    model_type = fields.pop("model_type", None)
+    if model_type is None:
+        raise ModelLoadError("config.json names no model_type")
+    try:
+        return AutoConfig.for_model(model_type, **fields)
+    except (KeyError, ValueError) as e:
+        raise ModelLoadError(f"config.json: unknown or invalid model_type {model_type!r} ({e})") from None
+
+
+def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.Module:
+    qc = config["quantization_config"]
+    hf = _hf_config(config)
+    torch_dtype = parse_dtype(dtype) if dtype is not None else parse_dtype(str(hf.dtype or "float32").split(".")[-1])
+    model = AutoModelForCausalLM.from_config(hf, dtype=torch_dtype)
+    for name, entry in qc["modules"].items():
+        q = QuantizedLinear(
+            entry["in_features"], entry["out_features"], entry["bias"], QuantSpec(**entry["activation"])
+        )
+        q.input_transform = build_transform(entry["transform"])
+        parent, _, child = name.rpartition(".")
+        try:
+            setattr(model.get_submodule(parent), child, q)
+        except AttributeError:
+            raise ModelLoadError(f"checkpoint module {name} does not exist in a {hf.model_type} model") from None
+    for name, entry in qc["attention"].items():
+        kv = AttentionQuantizers(1, entry["features"], QuantSpec(**entry["k"]), QuantSpec(**entry["v"]))
+        kv.qk_transform = build_transform(entry["qk_transform"])
+        model.get_submodule(name).fptquant_kv = kv
+    if qc["attention"]:
+        model.set_attn_implementation(register())
+    _load_state(model, state, tied=bool(config.get("tie_word_embeddings")))
+    model.fptquant_deploy_manifest = qc["modules"]
+    model.fptquant_quantization_config = qc
+    return model
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], tied: bool) -> None:
+    expected = model.state_dict()
+    if tied:
+        out_emb = model.get_output_embeddings()
+        name = next(n for n, m in model.named_modules() if m is out_emb)
+        expected.pop(f"{name}.weight", None)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"checkpoint tensors do not match the model: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ModelLoadError(
+                f"checkpoint tensor {key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    if tied:
+        model.tie_weights()

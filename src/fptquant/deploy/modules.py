@@ -1,0 +1,107 @@
+"""Deploy-time modules: ``QuantizedLinear`` on packed INT4 weights, and the online transforms it may run.
+
+A ``QuantizedLinear`` computes ``y = dequant(Q_a(T(x)) · Q_w)`` with real integer codes: the input
+(after its online transform ``T``) is quantized per token (dynamic) or with a fixed scale (static) by
+:func:`fptquant.kernels.quantize_per_token`, then multiplied by the packed weights in
+:func:`fptquant.kernels.w4a4_matmul` (Triton on CUDA, the float64 PyTorch reference elsewhere: the
+``FPTQUANT_KERNELS`` switch). Learned asymmetric clipping (two clip factors) has no kernel yet: such
+inputs are quantized in PyTorch with the fake quantizer's formula.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..kernels import quantize_per_token
+from ..kernels.w4a4_matmul import w4a4_matmul
+from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
+from ..math.packing import unpack_int4
+from ..math.quantizer import Quantizer, QuantSpec
+
+
+def describe_transform(module: nn.Module | None) -> dict | None:
+    """A JSON description from which :func:`build_transform` rebuilds ``module`` (buffers come from the state)."""
+    if module is None:
+        return None
+    if isinstance(module, OnlineHadamard):
+        return {"kind": "hadamard", "size": module.size, "block": module.block}
+    if isinstance(module, OnlineKronecker):
+        return {"kind": "kronecker", "n1": module.p1.shape[0], "n2": module.p2.shape[0], "dtype": str(module.p1.dtype)}
+    if isinstance(module, HeadMixing):
+        return {"kind": "head_mixing", "heads": module.mix.shape[0], "head_dim": module.head_dim,
+                "dtype": str(module.mix.dtype)}  # fmt: skip
+    if isinstance(module, QKHadamard):
+        return {"kind": "qk_hadamard"}
+    if isinstance(module, QKTransform):
+        return {"kind": "qk_transform", "head_dim": module.key_side.shape[0], "dtype": str(module.key_side.dtype)}
+    raise ConfigError(f"online transform {type(module).__name__} cannot be exported yet")
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name.replace("torch.", ""))
+
+
+def build_transform(desc: dict | None) -> nn.Module | None:
+    if desc is None:
+        return None
+    kind = desc.get("kind")
+    if kind == "hadamard":
+        return OnlineHadamard(desc["size"], desc["block"])
+    if kind == "kronecker":
+        return OnlineKronecker(torch.eye(desc["n1"]), torch.eye(desc["n2"]), dtype=_dtype(desc["dtype"]))
+    if kind == "head_mixing":
+        return HeadMixing(torch.eye(desc["heads"]), desc["head_dim"], dtype=_dtype(desc["dtype"]))
+    if kind == "qk_hadamard":
+        return QKHadamard()
+    if kind == "qk_transform":
+        return QKTransform(torch.eye(desc["head_dim"], dtype=torch.float64), dtype=_dtype(desc["dtype"]))
+    raise ConfigError(f"unknown online transform kind {kind!r} in the checkpoint")
+
+
+class QuantizedLinear(nn.Module):
+    """Packed INT4 weights ``(N, K/2)`` uint8 with float32 per-channel scales, plus the input side."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, act_spec: QuantSpec):
+        super().__init__()
+        if in_features % 2:
+            raise ConfigError(f"packed int4 weights need an even input size, got {in_features}")
+        if act_spec.enabled and (act_spec.bits != 4 or not act_spec.symmetric or act_spec.group_size):
+            raise ConfigError(f"real kernels take symmetric per-token or per-tensor 4-bit activations, not {act_spec}")
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.input_transform: nn.Module | None = None
+        self.input_quantizer = Quantizer(act_spec, in_features)
+
+    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, spec = self.input_quantizer, self.input_quantizer.spec
+        if not spec.dynamic:
+            return quantize_per_token(x, static_scale=float(q.scale.abs().clamp(min=1e-8)))
+        lo, hi = q._clip_factors()
+        if not spec.learnable_clip or torch.equal(torch.as_tensor(lo), torch.as_tensor(hi)):
+            ratio = float(torch.as_tensor(hi).reshape(-1)[0]) if spec.learnable_clip else spec.clip_ratio
+            return quantize_per_token(x, clip_ratio=ratio)
+        amax = torch.maximum(-x.amin(-1, keepdim=True) * lo, x.amax(-1, keepdim=True) * hi).float()
+        scale = torch.clamp(amax, min=7 * 1e-8) / 7
+        return torch.clamp(torch.round(x.float() / scale), -8, 7).to(torch.int8), scale
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return unpack_int4(self.qweight).float() * self.weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transform is not None:
+            x = self.input_transform(x)
+        rows = x.reshape(-1, self.in_features)
+        if not self.input_quantizer.spec.enabled:  # weight-only (W4A16)
+            y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        codes, scales = self._quantize_input(rows)
+        bias = self.bias.float() if self.bias is not None else None
+        y = w4a4_matmul(codes, scales.float(), self.qweight, self.weight_scale, bias, out_dtype=x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, w=int4 packed, a={self.input_quantizer.extra_repr()}"

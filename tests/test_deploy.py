@@ -1,0 +1,133 @@
+"""Packed INT4 checkpoints: export, save, reload (exact logits), closeness to fake quant, bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_model, make_tokenizer
+
+import fptquant
+from fptquant.deploy import load, save_packed
+from fptquant.deploy.modules import QuantizedLinear
+from fptquant.errors import ConfigError, ModelLoadError, OutputExistsError
+from fptquant.math.grid import recover_symmetric_grid
+
+
+def logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def quantized(arch: str, method: str, weights: str = "rtn", bits: str = "w4a4kv4", **overrides):
+    model = make_tiny_model(arch, **overrides)
+    recipe = fptquant.Recipe(method=method, bits=bits, weight_quantizer=weights, model="tiny")
+    fptquant.quantize(model, recipe, torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0)))
+    return model
+
+
+CASES = [("llama", "rtn", "rtn"), ("qwen2", "quarot", "gptq"), ("mistral", "rtn", "gptq")]
+
+
+@pytest.mark.parametrize("arch,method,weights", CASES)
+def test_round_trip_logits_exact(arch, method, weights, tmp_path, tokens):
+    model = quantized(arch, method, weights, intermediate_size=96)
+    fake = logits(model, tokens)
+    save_packed(model, make_tokenizer(), tmp_path / "ckpt")
+    assert any(isinstance(m, QuantizedLinear) for m in model.modules())
+    deployed = logits(model, tokens)  # the in-place deploy model: real integer codes
+    reloaded, tok = load(tmp_path / "ckpt")
+    assert tok is not None and tok.eos_token == "</s>"
+    assert torch.equal(logits(reloaded, tokens), deployed)
+    # real codes vs fake quant: same function up to rounding ties and summation order
+    assert (deployed - fake).abs().max() <= 2e-2 * fake.abs().max()
+    assert deployed.argmax(-1).eq(fake.argmax(-1)).double().mean() >= 0.9
+
+
+def test_checkpoint_layout_and_size(tmp_path):
+    model = quantized("llama", "rtn")
+    out = save_packed(model, None, tmp_path / "ckpt", max_shard_size=20_000)
+    config = json.loads((out / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "fptquant" and qc["format_version"] == 1 and qc["bits"] == "w4a4kv4"
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
+    lin = model.model.layers[0].mlp.down_proj
+    assert lin.qweight.dtype == torch.uint8 and lin.qweight.shape == (72, 50)
+    linear_bytes = sum(m.qweight.numel() + 4 * m.weight_scale.numel() for m in model.modules()
+                       if isinstance(m, QuantizedLinear))  # fmt: skip
+    params = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantizedLinear))
+    assert linear_bytes / params <= 0.5 + 4 / 72  # 4 bits + one fp32 scale per row of >= 72
+
+
+def test_grid_recovery_round_trips_and_refuses_off_grid():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(-8, 8, (6, 40), generator=g)
+    codes[:, 0] = 7
+    scales = torch.rand(6, generator=g) + 0.01
+    for dtype in (torch.float32, torch.bfloat16):
+        w = (codes.float() * scales[:, None]).to(dtype)
+        q, s = recover_symmetric_grid(w)
+        assert torch.equal(q.long(), codes)
+        exact = 0 if dtype == torch.float32 else 2**-7  # bf16: the weight and the recovered scale each rounded once
+        torch.testing.assert_close((q.float() * s[:, None]), w.float(), rtol=exact, atol=0)
+    with pytest.raises(ConfigError, match="not on a symmetric 4-bit"):
+        recover_symmetric_grid(torch.randn(3, 16, generator=g))
+
+
+def test_refuses_unexportable_models(tmp_path):
+    model = make_tiny_model("llama")
+    with pytest.raises(ConfigError, match="not quantized by fptquant"):
+        save_packed(model, None, tmp_path / "a")
+    grouped = make_tiny_model("llama", intermediate_size=96)
+    fptquant.quantize(grouped, fptquant.Recipe(bits="w4a4kv4", weight_group_size=24, model="tiny"))
+    with pytest.raises(ConfigError, match="symmetric per-channel 4-bit"):
+        save_packed(grouped, None, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    model = quantized("llama", "rtn")
+    out = save_packed(model, None, tmp_path / "ckpt", max_shard_size=20_000)
+    with pytest.raises(OutputExistsError, match="not empty"):
+        save_packed(model, None, out)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load(tmp_path / "nope")
+    config = json.loads((out / "config.json").read_text())
+
+    def broken(name, edit):
+        d = tmp_path / name
+        d.mkdir()
+        for f in out.iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+        edit(d)
+        return d
+
+    def newer(d):
+        c = dict(config, quantization_config={**config["quantization_config"], "format_version": 2})
+        (d / "config.json").write_text(json.dumps(c))
+
+    with pytest.raises(ConfigError, match="format version 2.*reads version 1 only: upgrade"):
+        load(broken("newer", newer))
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    with pytest.raises(ModelLoadError, match="shard missing"):
+        load(broken("missing", lambda d: (d / shards[1]).unlink()))
+
+    def truncate(d):
+        data = (d / shards[0]).read_bytes()
+        (d / shards[0]).write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(ModelLoadError, match="unreadable"):
+        load(broken("truncated", truncate))
+
+    def reshape(d):
+        c = json.loads((d / "config.json").read_text())
+        c["quantization_config"]["modules"]["model.layers.0.mlp.down_proj"]["out_features"] = 80
+        (d / "config.json").write_text(json.dumps(c))
+
+    with pytest.raises(ModelLoadError, match="down_proj.qweight has shape"):
+        load(broken("shape", reshape))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ModelLoadError, match="not a packed fptquant checkpoint"):
+        load(tmp_path / "plain")

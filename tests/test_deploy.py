@@ -131,3 +131,34 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ModelLoadError, match="not a packed fptquant checkpoint"):
         load(tmp_path / "plain")
+
+
+def test_cli_quantize_packed_eval_and_generate(tiny_model_dir, text_file, tmp_path):
+    """`quantize --packed` reports the real-kernel perplexity beside fake quant; `eval --quantized` on the
+    packed directory reproduces it; `generate` streams one prompt and batches several."""
+    from typer.testing import CliRunner
+
+    from fptquant.cli import app
+
+    def run(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    small = ["--seqlen", "32", "--max-windows", "3", "--device", "cpu"]
+    packed, report = tmp_path / "packed", tmp_path / "q.json"
+    result = run("quantize", "--model", tiny_model_dir, "--eval-data", text_file, *small, "--no-compare",
+                 "--packed", packed, "--json", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert abs(r["packed_perplexity"] - r["perplexity"]) <= 0.02 * r["perplexity"]
+    result = run("eval", "--quantized", packed, "--data", text_file, *small, "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e.json").read_text())["perplexity"] == pytest.approx(r["packed_perplexity"])
+    result = run("generate", packed, "--prompt", "the of", "--max-new-tokens", "5", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = run("generate", packed, "--prompt", "the", "--prompt", "and to in", "--max-new-tokens", "4",
+                 "--temperature", "0.8", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0 and "--- [1] and to in" in result.output
+    result = run("generate", packed, "--device", "cpu")
+    assert result.exit_code == 2 and "give --prompt" in result.output
+    result = run("generate", packed, "--prompt", "x", "--top-p", "0")
+    assert result.exit_code == 2 and "top_p" in result.output

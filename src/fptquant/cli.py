@@ -108,7 +108,14 @@ def quantize(
         str | None, typer.Option(help="Bit setting, e.g. w4a4kv4, w4a8kv8, w4a16, w8a8 [default: w4a4kv4].")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Directory to save the recipe and learned state.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Allow writing into a non-empty --out directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Allow writing into a non-empty --out/--packed directory.")] = False,
+    packed: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also export a packed INT4 checkpoint here (docs/FORMAT.md); with --eval, its "
+            "perplexity through the real kernels is reported too."
+        ),
+    ] = None,
     recipe_file: Annotated[
         Path | None, typer.Option("--recipe", help="JSON recipe; --method/--bits override it.")
     ] = None,
@@ -170,8 +177,9 @@ def quantize(
 
     if get_method(recipe.method)(recipe).requires_calibration():
         read_text(calib_data)  # fail now, not after minutes of evaluation, if the calibration text is unusable
-    if out is not None and out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
+    for target in (out, packed):
+        if target is not None and target.is_dir() and any(target.iterdir()) and not overwrite:
+            raise OutputExistsError(f"output directory {target} is not empty; pass --overwrite to replace its contents")
     eval_text = read_text(eval_data) if evaluate else None
     dev = _device(device)
     net, tokenizer = load_model(model, dtype=dtype, device=dev)
@@ -205,7 +213,17 @@ def quantize(
         q = perplexity(net, tokenizer, eval_text, seqlen, max_windows, batch_size, desc=recipe.method)
         rows.append((_label(recipe), recipe.bit_spec.label, f"{q.perplexity:.2f}"))
         results.update(perplexity=q.perplexity, windows=q.windows, seqlen=seqlen)
-        _print_table(rows, q.windows, seqlen)
+    if packed is not None:
+        from .deploy import save_packed
+
+        save_packed(net, tokenizer, packed, overwrite=overwrite)  # converts net to real INT4 codes in place
+        typer.echo(f"packed checkpoint written to {packed}", err=True)
+        if evaluate:
+            r = perplexity(net, tokenizer, eval_text, seqlen, max_windows, batch_size, desc="packed")
+            rows.append((f"{_label(recipe)} (packed, real kernels)", recipe.bit_spec.label, f"{r.perplexity:.2f}"))
+            results["packed_perplexity"] = r.perplexity
+    if evaluate:
+        _print_table(rows, results["windows"], seqlen)
     _write_json(json_out, results)
 
 
@@ -216,7 +234,9 @@ def evaluate_cmd(
         str | None,
         typer.Option(help="Model to evaluate (default smollm2-135m; with --quantized, overrides the recorded one)."),
     ] = None,
-    quantized: Annotated[Path | None, typer.Option(help="Directory written by `fptquant quantize --out`.")] = None,
+    quantized: Annotated[
+        Path | None, typer.Option(help="Directory written by `fptquant quantize --out` or `--packed`.")
+    ] = None,
     tasks: Annotated[
         str | None,
         typer.Option(help="Zero-shot lm-eval tasks instead of perplexity: `paper` (the six), `all`, or names."),
@@ -242,6 +262,8 @@ def evaluate_cmd(
     """Perplexity (WikiText-2 or a text file) or zero-shot accuracy (--tasks) of a full-precision or saved model."""
     from . import load_model, load_quantized, perplexity
     from .data.text import read_text
+    from .deploy import is_packed_checkpoint
+    from .deploy import load as load_packed
 
     _check_windows(max_windows)
     if tasks is not None:
@@ -254,7 +276,11 @@ def evaluate_cmd(
     else:
         text = read_text(data)
     dev = _device(device)
-    if quantized is not None:
+    if quantized is not None and is_packed_checkpoint(quantized):
+        net, tokenizer = load_packed(quantized, device=dev, dtype=dtype)
+        qc = net.fptquant_quantization_config
+        name, label = f"{qc['method']} (packed)", qc["bits"].upper()
+    elif quantized is not None:
         net, tokenizer, recipe = load_quantized(quantized, model=model, dtype=dtype, device=dev)
         name, label = _label(recipe), recipe.bit_spec.label
     else:
@@ -285,6 +311,42 @@ def evaluate_cmd(
             "window_nll": result.window_nll,
         },
     )
+
+
+@app.command("generate")
+@_user_errors
+def generate_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Packed checkpoint directory (`fptquant quantize --packed`).")],
+    prompt: Annotated[list[str] | None, typer.Option(help="Prompt (repeatable: several run as one batch).")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Batch mode: one prompt per line.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy; > 0 samples.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold (with --temperature > 0).")] = 1.0,
+    chat: Annotated[bool, typer.Option(help="Wrap prompts in the tokenizer's chat template, if it has one.")] = True,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
+    seed: Seed = 0,
+):
+    """Generate text with a packed quantized checkpoint: one prompt streams, several run as a batch."""
+    from .deploy import load as load_packed
+    from .deploy.generate import GenerationOptions, generate
+    from .errors import DataError
+
+    prompts = list(prompt or [])
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise DataError(f"prompt file not found: {prompt_file}")
+        prompts += [line for line in prompt_file.read_text().splitlines() if line.strip()]
+    options = GenerationOptions(max_new_tokens, temperature, top_p, seed, chat)
+    options.generate_kwargs()  # reject bad sampling settings before loading
+    if not prompts:
+        raise DataError("give --prompt TEXT or --prompt-file FILE")
+    net, tokenizer = load_packed(checkpoint, device=_device(device), dtype=dtype)
+    if len(prompts) == 1:
+        generate(net, tokenizer, prompts, options, stream=sys.stdout)
+        return
+    for i, text in enumerate(generate(net, tokenizer, prompts, options)):
+        typer.echo(f"--- [{i}] {prompts[i]}\n{text}")
 
 
 @app.command("tasks")

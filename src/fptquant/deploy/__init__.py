@@ -7,6 +7,7 @@ model, tokenizer = load("out/", device="cuda")
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -16,7 +17,18 @@ from .checkpoint import prepare_output, quantization_config, read_config, read_s
 from .export import attention_manifest, to_deploy
 from .loading import build_model
 
-__all__ = ["load", "save_packed", "to_deploy"]
+__all__ = ["is_packed_checkpoint", "load", "save_packed", "to_deploy"]
+
+
+def is_packed_checkpoint(directory: str | Path) -> bool:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        qc = json.loads(path.read_text()).get("quantization_config") or {}
+    except json.JSONDecodeError:
+        return False
+    return qc.get("quant_method") == "fptquant"
 
 
 def _state_without_tied(model: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
@@ -48,8 +60,6 @@ def save_packed(
     config["tie_word_embeddings"] = tied
     config["quantization_config"] = quantization_config(recipe.method, recipe.bits, manifest, attention_manifest(model))
     write_state(state, out, max_shard_size)
-    import json
-
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

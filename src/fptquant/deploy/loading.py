@@ -66,9 +66,8 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], tied: bool) ->
         )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ModelLoadError(
-                f"checkpoint tensor {key} has shape {tuple(tensor.shape)}, the model expects {tuple(expected[key].shape)}"
-            )
+            want = tuple(expected[key].shape)
+            raise ModelLoadError(f"checkpoint tensor {key} has shape {tuple(tensor.shape)}, the model expects {want}")
     model.load_state_dict(state, strict=False)
     if tied:
         model.tie_weights()

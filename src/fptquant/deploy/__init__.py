@@ -49,10 +49,7 @@ def save_packed(
     Returns the directory. Refuses a non-empty directory unless ``overwrite``.
     """
     out = Path(out_dir)
-    manifest = getattr(model, "fptquant_deploy_manifest", None)
-    if manifest is None:
-        manifest = to_deploy(model)
-        model.fptquant_deploy_manifest = manifest
+    manifest = getattr(model, "fptquant_deploy_manifest", None) or to_deploy(model)
     prepare_output(out, overwrite)
     state, tied = _state_without_tied(model)
     recipe = model.fptquant_recipe

@@ -64,6 +64,7 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
             "activation": q.input_quantizer.spec.to_dict(),
             "transform": describe_transform(q.input_transform),
         }
+    model.fptquant_deploy_manifest = manifest
     return manifest
 
 

@@ -1,0 +1,61 @@
+"""Where do a packed model and its fake-quant twin part on the GPU? Logits at the last prompt token and
+greedy continuations, with the Triton kernels and with the PyTorch reference backend (same process).
+
+    python3 scripts/deploy_diag.py --model M [--method quarot] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import torch
+
+import fptquant
+from fptquant.deploy import to_deploy
+from fptquant.deploy.generate import GenerationOptions, format_prompt, new_token_ids
+
+PROMPTS = ["What is the capital of France?", "Write a short poem about the sea."]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", default="quarot")
+    p.add_argument("--device", default="cuda")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    fake, tok = fptquant.load_model(a.model, dtype="float32", device=a.device)
+    fptquant.quantize(fake, fptquant.Recipe(method=a.method, bits="w4a4kv4", model=a.model), None, tok)
+    real = copy.deepcopy(fake)
+    real.fptquant_recipe = fake.fptquant_recipe
+    to_deploy(real)
+    opts = GenerationOptions(max_new_tokens=32)
+    fake_ids = new_token_ids(fake, tok, PROMPTS, opts)
+    for backend in ("triton", "torch"):
+        os.environ["FPTQUANT_KERNELS"] = backend
+        for prompt in PROMPTS:
+            ids = tok(format_prompt(tok, prompt, True), return_tensors="pt", add_special_tokens=False).input_ids
+            with torch.no_grad():
+                f = fake(ids.to(a.device)).logits[0, -1]
+                r = real(ids.to(a.device)).logits[0, -1]
+            print(f"{backend}: argmax fake {f.argmax().item()} real {r.argmax().item()}, "
+                  f"max |diff| {(f - r).abs().max().item():.3e} of {f.abs().max().item():.1f}")  # fmt: skip
+        real_ids = new_token_ids(real, tok, PROMPTS, opts)
+        same = [next((i for i, (x, y) in enumerate(zip(u, v, strict=False)) if x != y), len(u))
+                for u, v in zip(fake_ids, real_ids, strict=True)]  # fmt: skip
+        print(f"{backend}: common greedy prefix {same}")
+    x = torch.randn(7, 576, device=a.device)
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
+        lf, lr = fake.get_submodule(name), real.get_submodule(name)
+        xin = torch.randn(7, lf.in_features, device=a.device)
+        for backend in ("triton", "torch"):
+            os.environ["FPTQUANT_KERNELS"] = backend
+            with torch.no_grad():
+                print(f"{name} {backend}: max |fake - real| {(lf(xin) - lr(xin)).abs().max().item():.3e}")
+    del x
+
+
+if __name__ == "__main__":
+    main()

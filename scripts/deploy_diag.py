@@ -19,6 +19,53 @@ from fptquant.deploy.generate import GenerationOptions, format_prompt, new_token
 PROMPTS = ["What is the capital of France?", "Write a short poem about the sea."]
 
 
+def first_divergence(fake, real, tok, device) -> None:
+    """Hooks on every module: the first (in call order) whose output differs between the two models,
+    with whether its input already differed."""
+    records = {"fake": [], "real": []}
+
+    def hook(tag):
+        def fn(module, args, out):
+            x = args[0] if args and torch.is_tensor(args[0]) else None
+            y = out[0] if isinstance(out, tuple) else out
+            if torch.is_tensor(y):
+                records[tag].append(
+                    (module._diag_name, x.detach().clone() if x is not None else None, y.detach().clone())
+                )
+
+        return fn
+
+    handles = []
+    for tag, model in (("fake", fake), ("real", real)):
+        for name, module in model.named_modules():
+            module._diag_name = name
+            handles.append(module.register_forward_hook(hook(tag)))
+    ids = tok(format_prompt(tok, PROMPTS[0], True), return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+    with torch.no_grad():
+        fake(ids)
+        real(ids)
+    for h in handles:
+        h.remove()
+    real_calls: dict[str, list] = {}
+    for name, x, y in records["real"]:
+        real_calls.setdefault(name, []).append((x, y))
+    shown = 0
+    for name, xf, yf in records["fake"]:
+        if not real_calls.get(name):
+            continue
+        xr, yr = real_calls[name].pop(0)
+        if yf.shape != yr.shape:
+            continue
+        dy = (yf.float() - yr.float()).abs().max().item() / max(yf.float().abs().max().item(), 1e-9)
+        dx = None if xf is None or xr is None or xf.shape != xr.shape else (xf - xr).abs().max().item()
+        if dy > 1e-3:
+            print(f"diverges at {name}: rel out diff {dy:.3e}, input diff {dx}")
+            shown += 1
+            if shown >= 8:
+                break
+    print(f"first-divergence scan done ({len(records['fake'])} fake calls)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
@@ -46,6 +93,7 @@ def main() -> None:
         same = [next((i for i, (x, y) in enumerate(zip(u, v, strict=False)) if x != y), len(u))
                 for u, v in zip(fake_ids, real_ids, strict=True)]  # fmt: skip
         print(f"{backend}: common greedy prefix {same}")
+    first_divergence(fake, real, tok, a.device)
     x = torch.randn(7, 576, device=a.device)
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
         lf, lr = fake.get_submodule(name), real.get_submodule(name)

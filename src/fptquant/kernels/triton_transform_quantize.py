@@ -1,7 +1,8 @@
 """Triton kernel of :mod:`.transform_quantize`: one pass, ``T`` tokens a program, whole rows in registers.
 
-The ``T·nb`` blocks of ``n1×n2`` (each padded to powers of two) go through two batched fp16 tensor-core
-dots: ``[T·nb·n1, n2] · P2``, then, after a permute, ``P1ᵀ · [n1, T·nb·n2]``. Rows too long for one
+The ``T·nb`` blocks of ``n1×n2`` (each padded to powers of two) go through two batched (3-D) fp16
+tensor-core dots, ``Z_b = X_b P2`` then ``Y_b = P1ᵀ Z_b``. (A 2-D formulation with a permute between the
+dots gave wrong rows on the H100 under Triton 3.6 while passing in the interpreter.) Rows too long for one
 program's registers (over 16384 padded elements) are refused.
 """
 
@@ -43,19 +44,19 @@ def _kron_quantize_kernel(
     unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
     xn = (x * scale[:, None, None, None]).to(tl.float16)
 
+    # batched dots over the T·NB blocks: Z_b = Xn_b P2, Y_b = P1ᵀ Z_b (no permutes between them)
     p2 = tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + tl.arange(0, N2)[None, :])
     p1t = tl.load(p1t_ptr + tl.arange(0, N1)[:, None] * N1 + tl.arange(0, N1)[None, :])
+    p2b = tl.broadcast_to(p2[None, :, :], (T * NB, N2, N2))
+    p1tb = tl.broadcast_to(p1t[None, :, :], (T * NB, N1, N1))
+    xb = tl.reshape(xn, (T * NB, N1, N2))
     if UPCAST:  # the interpreter's half-precision dot is unreliable; fp16 values are exact in fp32
-        z = tl.dot(tl.reshape(xn, (T * NB * N1, N2)).to(tl.float32), p2.to(tl.float32), input_precision="ieee")
+        z = tl.dot(xb.to(tl.float32), p2b.to(tl.float32), input_precision="ieee").to(tl.float16)
+        y = tl.dot(p1tb.to(tl.float32), z.to(tl.float32), input_precision="ieee")
     else:
-        z = tl.dot(tl.reshape(xn, (T * NB * N1, N2)), p2)
-    z = tl.permute(tl.reshape(z.to(tl.float16), (T * NB, N1, N2)), (1, 0, 2))
-    if UPCAST:
-        y = tl.dot(p1t.to(tl.float32), tl.reshape(z, (N1, T * NB * N2)).to(tl.float32), input_precision="ieee")
-    else:
-        y = tl.dot(p1t, tl.reshape(z, (N1, T * NB * N2)))
-    y = tl.reshape(tl.permute(tl.reshape(y, (N1, T * NB, N2)), (1, 0, 2)), (T, NB * N1 * N2))
-    y = y * unscale[:, None]
+        z = tl.dot(xb, p2b).to(tl.float16)
+        y = tl.dot(p1tb, z)
+    y = tl.reshape(y, (T, NB * N1 * N2)) * unscale[:, None]
 
     if STATIC:
         amax = tl.zeros((T,), dtype=tl.float32) + static_amax

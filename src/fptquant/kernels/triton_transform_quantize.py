@@ -25,7 +25,7 @@ MAX_ROW = 16384
 def _kron_quantize_kernel(
     x_ptr, p1t_ptr, p2_ptr, q_ptr, s_ptr, M, n1, n2, nb, stride_x, stride_q, clip, static_amax, eps_amax,
     STATIC: tl.constexpr, T: tl.constexpr, NB: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
-    UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
+    UPCAST: tl.constexpr, INTERPRET: tl.constexpr, PRESCALE: tl.constexpr = True,
 ):  # fmt: skip
     tok = tl.program_id(0) * T + tl.arange(0, T)
     t4 = tok[:, None, None, None]
@@ -40,6 +40,8 @@ def _kron_quantize_kernel(
     xmax = tl.max(tl.reshape(tl.abs(x), (T, NB * N1 * N2)), axis=1)
     biased = (xmax.to(tl.int32, bitcast=True) >> 23) & 0xFF
     e = tl.where(xmax > 0, biased - 126, 0)
+    if not PRESCALE:  # debugging aid: no prescale (fp16 may overflow)
+        e = e * 0
     scale = ((127 - e) << 23).to(tl.float32, bitcast=True)
     unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
     xn = (x * scale[:, None, None, None]).to(tl.float16)
@@ -83,6 +85,8 @@ def kron_quantize_rows(
     clip_ratio: float,
     static_scale: float | None,
     codes_dtype=torch.int8,
+    tokens: int | None = None,
+    prescale: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     n1, n2 = p1.shape[0], p2.shape[0]
@@ -91,13 +95,13 @@ def kron_quantize_rows(
     row = nbp * n1p * n2p
     if row > MAX_ROW:
         raise ConfigError(f"fused transform+quantize holds a row in registers: padded size {row} > {MAX_ROW}")
-    tokens = max(1, min(16, 8192 // row, triton.next_power_of_2(M)))
+    tokens = tokens or max(1, min(16, 8192 // row, triton.next_power_of_2(M)))
     codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
     scales = torch.empty((M,), dtype=torch.float32, device=x.device)
     _kron_quantize_kernel[(triton.cdiv(M, tokens),)](
         x, _padded(p1.t(), n1p).contiguous(), _padded(p2, n2p).contiguous(), codes, scales, M, n1, n2, nb,
         x.stride(0), codes.stride(0), float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, T=tokens, NB=nbp, N1=n1p, N2=n2p, UPCAST=interpreting(),
-        INTERPRET=interpreting(), num_warps=8 if tokens * row >= 8192 else 4,
+        INTERPRET=interpreting(), PRESCALE=prescale, num_warps=8 if tokens * row >= 8192 else 4,
     )  # fmt: skip
     return codes, scales[:, None]

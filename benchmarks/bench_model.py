@@ -1,0 +1,134 @@
+"""Whole-model prefill and decode: packed W4A4KV4 (real kernels) vs the BF16 model, same run (issue 9).
+
+    python3 benchmarks/bench_model.py --shape 8b --layers 2 [--batches 1,8,64] [--json FILE]
+    python3 benchmarks/bench_model.py --model PATH_OR_ALIAS [...]          # e.g. SmolLM2's GGUF
+
+Random weights with LLaMA-3-8B layer shapes (``--layers`` decoder layers: the full 32 need more time
+than one GPU call) or a real model. Both variants run the same attention backend (SDPA through
+fptquant's attention function for the quantized model, which also fake-quantizes the KV cache).
+Prefill: the decoder (without lm_head) on ``batch × 2048`` tokens, CUDA events, median of 5.
+Decode: 256 steps of one token per sequence after a 2048-token prefill, eager Python loop, timed as a
+whole (host launch cost included: it is what a user sees without CUDA graphs). Peak memory per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+
+import torch
+from timing import gpu_state
+
+import fptquant
+from fptquant.deploy import to_deploy
+
+EIGHT_B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+               head_dim=128, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192)  # fmt: skip
+
+
+def build(args):
+    if args.model:
+        model, _ = fptquant.load_model(args.model, dtype="bfloat16", device="cuda")
+        return model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**EIGHT_B, num_hidden_layers=args.layers, dtype=torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.config._attn_implementation = "sdpa"
+    return model.eval()
+
+
+def events(fn, repeats: int = 5) -> float:
+    times = []
+    for i in range(repeats + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 2:
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def measure(model, batch: int, prompt: int, steps: int, vocab: int) -> dict:
+    ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    prefill_ms = events(lambda: model.model(input_ids=ids))
+    prefill_peak = torch.cuda.max_memory_allocated() / 2**30
+
+    def decode():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+
+    torch.cuda.reset_peak_memory_stats()
+    decode_ms = decode()
+    return {"batch": batch, "prefill_ms": prefill_ms, "prefill_tokens_per_s": batch * prompt / prefill_ms * 1e3,
+            "prefill_peak_gib": prefill_peak, "decode_ms_per_step": decode_ms / steps,
+            "decode_tokens_per_s": batch * steps / decode_ms * 1e3,
+            "decode_peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="8b")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--model", default=None)
+    p.add_argument("--batches", default="1,8,64")
+    p.add_argument("--prompt", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    print(gpu_state())
+    bf16 = build(a)
+    packed = copy.deepcopy(bf16)
+    fptquant.quantize(packed, fptquant.Recipe(method="rtn", bits="w4a4kv4", model="bench"))
+    to_deploy(packed)
+    weights = {
+        "bf16_gib": sum(t.numel() * t.element_size() for t in bf16.state_dict().values()) / 2**30,
+        "packed_gib": sum(t.numel() * t.element_size() for t in packed.state_dict().values()) / 2**30,
+    }
+    print(weights)
+    rows = []
+    vocab = bf16.config.vocab_size
+    for batch in [int(b) for b in a.batches.split(",")]:
+        for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):
+            try:
+                r = measure(model, batch, a.prompt, a.steps, vocab)
+            except torch.OutOfMemoryError as e:
+                r = {"batch": batch, "error": f"out of memory: {str(e)[:200]}"}
+            r["model"] = name
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            torch.cuda.empty_cache()
+    for batch in {r["batch"] for r in rows}:
+        base = next(r for r in rows if r["batch"] == batch and r["model"] == "bf16")
+        q = next(r for r in rows if r["batch"] == batch and r["model"] != "bf16")
+        if "error" not in base and "error" not in q:
+            print(f"batch {batch}: prefill {base['prefill_ms'] / q['prefill_ms']:.2f}x, "
+                  f"decode {base['decode_ms_per_step'] / q['decode_ms_per_step']:.2f}x vs BF16")  # fmt: skip
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"gpu": gpu_state(), "args": vars(a), "weights": weights, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

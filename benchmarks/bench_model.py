@@ -83,6 +83,31 @@ def measure(model, batch: int, prompt: int, steps: int, vocab: int) -> dict:
             "decode_peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
 
 
+CATEGORIES = (("gemm (w4a4)", ("_w4a4_kernel", "_unpack_kernel")), ("quantize", ("_quantize_rows",)),
+              ("attention", ("fmha", "flash", "attention", "sdpa", "efficient")),
+              ("bf16 gemm (cuBLAS)", ("gemm", "cutlass", "sm90_xmma", "nvjet")))  # fmt: skip
+
+
+@torch.no_grad()
+def breakdown(model, batch: int, prompt: int, vocab: int) -> dict:
+    """GPU time of one prefill by kernel category (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
+    model.model(input_ids=ids)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model.model(input_ids=ids)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+        name = event.key.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k.lower() in name for k in keys)), "other")
+        totals[cat] = totals.get(cat, 0.0) + us / 1e3
+    return totals
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8b")
@@ -92,6 +117,7 @@ def main() -> int:
     p.add_argument("--prompt", type=int, default=2048)
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--json", default=None)
+    p.add_argument("--profile-batch", type=int, default=8, help="batch of the per-part breakdown (0: none)")
     a = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -124,9 +150,16 @@ def main() -> int:
         if "error" not in base and "error" not in q:
             print(f"batch {batch}: prefill {base['prefill_ms'] / q['prefill_ms']:.2f}x, "
                   f"decode {base['decode_ms_per_step'] / q['decode_ms_per_step']:.2f}x vs BF16")  # fmt: skip
+    parts = {}
+    if a.profile_batch:
+        for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):
+            parts[name] = breakdown(model, a.profile_batch, a.prompt, vocab)
+            print(f"prefill batch {a.profile_batch} GPU ms by part, {name}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts[name].items())))  # fmt: skip
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"gpu": gpu_state(), "args": vars(a), "weights": weights, "rows": rows}, f, indent=1)
+            json.dump({"gpu": gpu_state(), "args": vars(a), "weights": weights, "rows": rows, "parts": parts}, f,
+                      indent=1)  # fmt: skip
     return 0
 
 

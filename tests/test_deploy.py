@@ -162,3 +162,26 @@ def test_cli_quantize_packed_eval_and_generate(tiny_model_dir, text_file, tmp_pa
     assert result.exit_code == 2 and "give --prompt" in result.output
     result = run("generate", packed, "--prompt", "x", "--top-p", "0")
     assert result.exit_code == 2 and "top_p" in result.output
+
+
+def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
+    """q/k/v and gate/up reuse one quantization of their common input; the logits are unchanged."""
+    from fptquant.deploy import modules, to_deploy
+
+    model = quantized("qwen2", "quarot", intermediate_size=96)
+    to_deploy(model)
+    layer = model.model.layers[0]
+    assert layer.self_attn.q_proj.shared_input is layer.self_attn.v_proj.shared_input is not None
+    assert layer.mlp.gate_proj.shared_input is layer.mlp.up_proj.shared_input is not None
+    assert layer.mlp.down_proj.shared_input is None
+    linked = logits(model, tokens)
+    calls = []
+    real = modules.QuantizedLinear._quantize_input
+    monkeypatch.setattr(modules.QuantizedLinear, "_quantize_input", lambda self, x: calls.append(1) or real(self, x))
+    logits(model, tokens)
+    assert len(calls) == 4 * len(model.model.layers)  # qkv, o, gate/up, down
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            m.shared_input = None
+    monkeypatch.setattr(modules.QuantizedLinear, "_quantize_input", real)
+    assert torch.equal(logits(model, tokens), linked)

@@ -12,7 +12,20 @@ from ..fakequant.linear import QuantLinear
 from ..math.grid import recover_symmetric_grid
 from ..math.packing import pack_int4
 from ..math.quantization import Axis
-from .modules import QuantizedLinear, describe_transform
+from .modules import QuantizedLinear, describe_transform, link_shared_inputs
+
+SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
+
+
+def link_siblings(model: nn.Module) -> int:
+    """Linears of one layer that read the same activation quantize it once (see ``SharedInput``)."""
+    from ..models import get_adapter
+
+    adapter = get_adapter(model)
+    groups = [
+        [adapter.linear(layer, role) for role in roles] for layer in adapter.layers() for roles in SHARED_INPUT_ROLES
+    ]
+    return link_shared_inputs(groups)
 
 
 def _check_exportable(model: nn.Module) -> None:
@@ -65,6 +78,7 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
             "transform": describe_transform(q.input_transform),
         }
     model.fptquant_deploy_manifest = manifest
+    link_siblings(model)
     return manifest
 
 

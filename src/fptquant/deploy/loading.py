@@ -10,6 +10,7 @@ from ..errors import ModelLoadError
 from ..fakequant.attention import AttentionQuantizers, register
 from ..math.quantizer import QuantSpec
 from ..models.loading import parse_dtype
+from .export import link_siblings
 from .modules import QuantizedLinear, build_transform
 
 
@@ -46,6 +47,7 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
     if qc["attention"]:
         model.set_attn_implementation(register())
     _load_state(model, state, tied=bool(config.get("tie_word_embeddings")))
+    link_siblings(model)
     model.fptquant_deploy_manifest = qc["modules"]
     model.fptquant_quantization_config = qc
     return model

@@ -60,6 +60,22 @@ def build_transform(desc: dict | None) -> nn.Module | None:
     raise ConfigError(f"unknown online transform kind {kind!r} in the checkpoint")
 
 
+class SharedInput:
+    """Linears that read the same activation with the same transform and quantizer (q/k/v, gate/up)
+    quantize it once: the first call keeps the codes keyed by the input tensor's identity (holding a
+    reference, so no other tensor can take that identity while the entry lives); the others reuse them."""
+
+    def __init__(self):
+        self.source: torch.Tensor | None = None
+        self.codes: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def lookup(self, x: torch.Tensor):
+        return self.codes if self.source is x else None
+
+    def store(self, x: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.source, self.codes = x, codes
+
+
 class QuantizedLinear(nn.Module):
     """Packed INT4 weights ``(N, K/2)`` uint8 with float32 per-channel scales, plus the input side."""
 
@@ -75,6 +91,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.input_transform: nn.Module | None = None
         self.input_quantizer = Quantizer(act_spec, in_features)
+        self.shared_input: SharedInput | None = None  # set by link_shared_inputs, not saved
 
     def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, spec = self.input_quantizer, self.input_quantizer.spec
@@ -92,16 +109,41 @@ class QuantizedLinear(nn.Module):
         return unpack_int4(self.qweight).float() * self.weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        source = x
         if self.input_transform is not None:
             x = self.input_transform(x)
         rows = x.reshape(-1, self.in_features)
         if not self.input_quantizer.spec.enabled:  # weight-only (W4A16)
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        codes, scales = self._quantize_input(rows)
+        cached = self.shared_input.lookup(source) if self.shared_input is not None else None
+        codes, scales = cached if cached is not None else self._quantize_input(rows)
+        if self.shared_input is not None and cached is None:
+            self.shared_input.store(source, (codes, scales))
         bias = self.bias.float() if self.bias is not None else None
         y = w4a4_matmul(codes, scales.float(), self.qweight, self.weight_scale, bias, out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, w=int4 packed, a={self.input_quantizer.extra_repr()}"
+
+
+def _same_input_side(a: QuantizedLinear, b: QuantizedLinear) -> bool:
+    if a.input_transform is not b.input_transform or a.input_quantizer.spec != b.input_quantizer.spec:
+        return False
+    sa, sb = a.input_quantizer.state_dict(), b.input_quantizer.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def link_shared_inputs(groups: list[list[nn.Module]]) -> int:
+    """Give each group of QuantizedLinears that provably quantize their input identically one
+    :class:`SharedInput`; returns how many groups were linked."""
+    linked = 0
+    for group in groups:
+        if len(group) > 1 and all(isinstance(m, QuantizedLinear) for m in group):
+            if all(_same_input_side(group[0], m) for m in group[1:]):
+                shared = SharedInput()
+                for m in group:
+                    m.shared_input = shared
+                linked += 1
+    return linked

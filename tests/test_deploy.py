@@ -185,3 +185,9 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
             m.shared_input = None
     monkeypatch.setattr(modules.QuantizedLinear, "_quantize_input", real)
     assert torch.equal(logits(model, tokens), linked)
+
+
+def test_group_size_that_does_not_tile_a_layer_is_named():
+    model = make_tiny_model("llama")  # MLP input 100
+    with pytest.raises(ConfigError, match="group size 24 does not divide the input size 100 of down_proj"):
+        fptquant.quantize(model, fptquant.Recipe(bits="w4a4kv4", weight_group_size=24, model="tiny"))

@@ -49,6 +49,7 @@ def quantize(
     """
     recipe = recipe or Recipe()
     adapter = get_adapter(model)
+    _check_group_size(adapter, recipe)
     method = get_method(recipe.method)(recipe)
     torch.manual_seed(recipe.seed)
     recipe = method.recipe  # with the method's defaults filled in, so the saved recipe is explicit
@@ -61,6 +62,19 @@ def quantize(
     model.fptquant_recipe = recipe
     model.fptquant_method = method
     return model
+
+
+def _check_group_size(adapter, recipe: Recipe) -> None:
+    """Per-group weight scales need groups that tile every linear's input; say which one does not."""
+    size = recipe.weight_spec().group_size
+    if not size:
+        return
+    for role, linear in adapter.linears(adapter.layers()[0]).items():
+        if linear.in_features % size:
+            raise ConfigError(
+                f"weight group size {size} does not divide the input size {linear.in_features} of {role}_proj; "
+                "choose a divisor of every layer's input size"
+            )
 
 
 def save_quantized(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:

@@ -87,6 +87,7 @@ def kron_quantize_rows(
     codes_dtype=torch.int8,
     tokens: int | None = None,
     prescale: bool = True,
+    upcast: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     n1, n2 = p1.shape[0], p2.shape[0]
@@ -101,7 +102,8 @@ def kron_quantize_rows(
     _kron_quantize_kernel[(triton.cdiv(M, tokens),)](
         x, _padded(p1.t(), n1p).contiguous(), _padded(p2, n2p).contiguous(), codes, scales, M, n1, n2, nb,
         x.stride(0), codes.stride(0), float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
-        STATIC=static_scale is not None, T=tokens, NB=nbp, N1=n1p, N2=n2p, UPCAST=interpreting(),
+        STATIC=static_scale is not None, T=tokens, NB=nbp, N1=n1p, N2=n2p,
+        UPCAST=interpreting() if upcast is None else upcast,
         INTERPRET=interpreting(), PRESCALE=prescale, num_warps=8 if tokens * row >= 8192 else 4,
     )  # fmt: skip
     return codes, scales[:, None]

@@ -5,7 +5,8 @@
 
 Random weights with LLaMA-3-8B layer shapes (``--layers`` decoder layers: the full 32 need more time
 than one GPU call) or a real model. Both variants run the same attention backend (SDPA through
-fptquant's attention function for the quantized model, which also fake-quantizes the KV cache).
+fptquant's attention function for the quantized model, which also fake-quantizes the KV cache), with
+SDPA's cuDNN backend off (its per-step host cost in decode; see main()).
 Prefill: the decoder (without lm_head) on ``batch × 2048`` tokens, CUDA events, median of 5.
 Decode: 256 steps of one token per sequence after a 2048-token prefill, eager Python loop, timed as a
 whole (host launch cost included: it is what a user sees without CUDA graphs). Peak memory per phase.
@@ -123,6 +124,9 @@ def main() -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     print(gpu_state())
+    # torch 2.11 picks cuDNN attention for SDPA decode on the H100, and rebuilds its plan on the host at
+    # every step as the KV length grows: 18 ms of CPU per call, which swamped every decode figure.
+    torch.backends.cuda.enable_cudnn_sdp(False)
     bf16 = build(a)
     packed = copy.deepcopy(bf16)
     fptquant.quantize(packed, fptquant.Recipe(method="rtn", bits="w4a4kv4", model="bench"))

@@ -8,8 +8,9 @@ than one GPU call) or a real model. Both variants run the same attention backend
 fptquant's attention function for the quantized model, which also fake-quantizes the KV cache), with
 SDPA's cuDNN backend off (its per-step host cost in decode; see main()).
 Prefill: the decoder (without lm_head) on ``batch × 2048`` tokens, CUDA events, median of 5.
-Decode: 256 steps of one token per sequence after a 2048-token prefill, eager Python loop, timed as a
-whole (host launch cost included: it is what a user sees without CUDA graphs). Peak memory per phase.
+Decode: 256 steps of one token per sequence after a 2048-token prefill and 8 warm-up steps, eager
+Python loop, timed as a whole (host launch cost included: it is what a user sees without CUDA graphs).
+Peak memory per phase.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def measure(model, batch: int, prompt: int, steps: int, vocab: int) -> dict:
     def decode():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(8):  # warm-up: kernels for the one-token shapes compile (Triton) or get tuned here
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(steps):

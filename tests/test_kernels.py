@@ -102,6 +102,25 @@ def test_kronecker_transform_quantize(k, n1, n2):
         torch.testing.assert_close(s, s32, rtol=2e-3, atol=0)
 
 
+@pytest.mark.parametrize("m,n1,n2,nb", [(256, 64, 64, 1), (37, 24, 24, 1), (9, 16, 32, 3)])
+def test_transform_quantize_writes_every_output(m, n1, n2, nb):
+    """Outputs prefilled with a sentinel: every code and scale is overwritten, and equals the reference
+    (a GPU run once left codes unwritten that a reused buffer happened to hold)."""
+    from fptquant.kernels.transform_quantize import transform_quantize_reference
+    from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(m)
+    p1, p2 = random_orthogonal(n1, g).float().to(DEVICE), random_orthogonal(n2, g).float().to(DEVICE)
+    x = rows(m, nb * n1 * n2, torch.bfloat16, seed=m)
+    codes = torch.full((m, x.shape[1]), 99, dtype=torch.int8, device=DEVICE)
+    scales = torch.full((m,), -1.0, device=DEVICE)
+    kron_quantize_rows(x, p1, p2, nb, 1.0, None, out=(codes, scales))
+    assert int((codes == 99).sum()) == 0 and bool((scales > 0).all())
+    qr, sr = transform_quantize_reference(x, p1, p2)
+    close_codes(codes, qr)
+
+
 def test_transform_quantize_keeps_fp16_in_range():
     """Activations far beyond fp16's range (1e6) and tiny ones (1e-6): the power-of-two prescale keeps
     the tensor-core path finite and equal to the reference."""

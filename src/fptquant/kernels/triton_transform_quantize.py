@@ -27,24 +27,24 @@ def _kron_quantize_kernel(
     STATIC: tl.constexpr, T: tl.constexpr, NB: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
     UPCAST: tl.constexpr, INTERPRET: tl.constexpr, PRESCALE: tl.constexpr = True,
 ):  # fmt: skip
+    # 2-D (token, padded position) offsets for the load and the store: the padded position j splits into
+    # (block, row, column) with shifts; no reshape touches the addresses
     tok = tl.program_id(0) * T + tl.arange(0, T)
-    t4 = tok[:, None, None, None]
-    b4 = tl.arange(0, NB)[None, :, None, None]
-    r4 = tl.arange(0, N1)[None, None, :, None]
-    c4 = tl.arange(0, N2)[None, None, None, :]
-    col = b4 * (n1 * n2) + r4 * n2 + c4
-    mask = (t4 < M) & (b4 < nb) & (r4 < n1) & (c4 < n2)
-    x = tl.load(x_ptr + t4.to(tl.int64) * stride_x + col, mask=mask, other=0.0).to(tl.float32)
+    j = tl.arange(0, NB * N1 * N2)
+    blk, r, c = j // (N1 * N2), (j // N2) % N1, j % N2
+    col = (blk * (n1 * n2) + r * n2 + c)[None, :]
+    mask = (tok < M)[:, None] & ((blk < nb) & (r < n1) & (c < n2))[None, :]
+    x = tl.load(x_ptr + tok[:, None].to(tl.int64) * stride_x + col, mask=mask, other=0.0).to(tl.float32)
 
     # per-token power-of-two prescale 2^-e (max|x| = m·2^e, m in [0.5, 1)), from the fp32 exponent bits
-    xmax = tl.max(tl.reshape(tl.abs(x), (T, NB * N1 * N2)), axis=1)
+    xmax = tl.max(tl.abs(x), axis=1)
     biased = (xmax.to(tl.int32, bitcast=True) >> 23) & 0xFF
     e = tl.where(xmax > 0, biased - 126, 0)
     if not PRESCALE:  # debugging aid: no prescale (fp16 may overflow)
         e = e * 0
     scale = ((127 - e) << 23).to(tl.float32, bitcast=True)
     unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
-    xn = (x * scale[:, None, None, None]).to(tl.float16)
+    xn = (x * scale[:, None]).to(tl.float16)
 
     # batched dots over the T·NB blocks: Z_b = Xn_b P2, Y_b = P1ᵀ Z_b (no permutes between them)
     p2 = tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + tl.arange(0, N2)[None, :])
@@ -67,8 +67,8 @@ def _kron_quantize_kernel(
     inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
     tl.store(s_ptr + tok, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok < M)
     q = tl.minimum(tl.maximum(_rint(y * inv[:, None], INTERPRET), -8.0), 7.0)
-    q = tl.reshape(q.to(tl.float16).to(q_ptr.dtype.element_ty), (T, NB, N1, N2))  # exact: |q| <= 8
-    tl.store(q_ptr + t4.to(tl.int64) * stride_q + col, q, mask=mask)
+    q = q.to(tl.float16).to(q_ptr.dtype.element_ty)  # exact: |q| <= 8
+    tl.store(q_ptr + tok[:, None].to(tl.int64) * stride_q + col, q, mask=mask)
 
 
 def _padded(p: torch.Tensor, size: int) -> torch.Tensor:
@@ -88,6 +88,7 @@ def kron_quantize_rows(
     tokens: int | None = None,
     prescale: bool = True,
     upcast: bool | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x.shape
     n1, n2 = p1.shape[0], p2.shape[0]
@@ -97,8 +98,11 @@ def kron_quantize_rows(
     if row > MAX_ROW:
         raise ConfigError(f"fused transform+quantize holds a row in registers: padded size {row} > {MAX_ROW}")
     tokens = tokens or max(1, min(16, 8192 // row, triton.next_power_of_2(M)))
-    codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
-    scales = torch.empty((M,), dtype=torch.float32, device=x.device)
+    if out is None:
+        codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
+        scales = torch.empty((M,), dtype=torch.float32, device=x.device)
+    else:  # preallocated (M, K) codes and (M,) scales, e.g. filled with a sentinel by a test
+        codes, scales = out
     _kron_quantize_kernel[(triton.cdiv(M, tokens),)](
         x, _padded(p1.t(), n1p).contiguous(), _padded(p2, n2p).contiguous(), codes, scales, M, n1, n2, nb,
         x.stride(0), codes.stride(0), float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,

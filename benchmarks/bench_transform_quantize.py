@@ -45,7 +45,9 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str) -> dict:
     qr, sr = transform_quantize_reference(xs[0], p1, p2)
     diff = (q.int() - qr.int()).abs()
     ok = int(diff.max()) <= 1 and (diff > 0).double().mean().item() <= 1e-3
-    ok = ok and torch.allclose(s, sr, rtol=1e-5, atol=0)
+    # a scale moves when summation order flips the fp16 rounding of a Z entry feeding the row's max
+    scale_rel = ((s - sr).abs() / sr).max().item()
+    ok = ok and scale_rel <= 2e-3
     copy = time_us(lambda i: ys[i].copy_(xs[i]), n)
     kern = time_us(lambda i: transform_quantize(xs[i], p1, p2, backend="triton"), n)
     ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2), n, samples=5)

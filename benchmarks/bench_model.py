@@ -22,7 +22,7 @@ import statistics
 import sys
 
 import torch
-from timing import gpu_state
+from timing import start_report
 
 import fptquant
 from fptquant.deploy import to_deploy
@@ -125,10 +125,9 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--profile-batch", type=int, default=8, help="batch of the per-part breakdown (0: none)")
     a = p.parse_args()
-    if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
+    env = start_report()
+    if env is None:
         return 2
-    print(gpu_state())
     # torch 2.11 picks cuDNN attention for SDPA decode on the H100, and rebuilds its plan on the host at
     # every step as the KV length grows: 18 ms of CPU per call, which swamped every decode figure.
     torch.backends.cuda.enable_cudnn_sdp(False)
@@ -167,7 +166,7 @@ def main() -> int:
                   + ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts[name].items())))  # fmt: skip
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"gpu": gpu_state(), "args": vars(a), "weights": weights, "rows": rows, "parts": parts}, f,
+            json.dump({**env, "args": vars(a), "weights": weights, "rows": rows, "parts": parts}, f,
                       indent=1)  # fmt: skip
     return 0
 

@@ -14,7 +14,7 @@ import json
 import sys
 
 import torch
-from timing import gpu_state, rotations, time_us
+from timing import rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token, quantize_per_token_reference
 
@@ -47,11 +47,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
+    env = start_report()
+    if env is None:
         return 2
-    print(gpu_state())
-    print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, cuda {torch.version.cuda}")
     head = f"{'codes':>13} {'M':>6} {'K':>6} {'copy GB/s':>10} {'triton GB/s':>12} {'of copy':>8}"
     print(head + f" {'torch ref GB/s':>15} exact")
     rows = []
@@ -65,7 +63,7 @@ def main() -> int:
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": gpu_state(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({**env, "rows": rows}, f, indent=1)
     ok = all(r["exact"] for r in rows)
     print("all exact" if ok else "MISMATCH against the reference")
     return 0 if ok else 1

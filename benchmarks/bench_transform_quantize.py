@@ -14,7 +14,7 @@ import json
 import sys
 
 import torch
-from timing import gpu_state, rotations, time_us
+from timing import rotations, start_report, time_us
 
 from fptquant.kernels.transform_quantize import transform_quantize, transform_quantize_reference
 from fptquant.math.hadamard import hadamard, random_orthogonal
@@ -72,10 +72,9 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--m", default="8192,32768")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
+    env = start_report()
+    if env is None:
         return 2
-    print(gpu_state())
     head = f"{'M':>6} {'K':>6} {'n1xn2':>8} {'kind':>8} {'copy GB/s':>10} {'fused GB/s':>11} {'of copy':>8}"
     print(head + f" {'torch GB/s':>11} ok")
     rows = []
@@ -88,7 +87,7 @@ def main() -> int:
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": gpu_state(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({**env, "rows": rows}, f, indent=1)
     ok = all(r["ok"] for r in rows)
     print("all checks passed" if ok else "CHECK FAILED")
     return 0 if ok else 1

@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
-from timing import gpu_state, rotations, time_us
+from timing import rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
@@ -187,12 +187,9 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--variants", action="store_true", help="gate_up M=8192: where the time goes")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
+    report = start_report()
+    if report is None:
         return 2
-    print(gpu_state())
-    print(f"torch {torch.__version__}, triton {__import__('triton').__version__}, cuda {torch.version.cuda}")
-    report = {"gpu": gpu_state(), "torch": torch.__version__, "triton": __import__("triton").__version__}
     long_k = check(256, 256, 14336, GemmConfig(), non_negative=True)
     print(f"all-non-negative K=14336: {long_k}")
     report["non_negative_long_k"] = long_k

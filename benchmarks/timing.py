@@ -85,6 +85,21 @@ def time_us(fn: Callable[[int], object], buffers: int, warmup: int = 5, samples:
     return {"median_us": statistics.median(times), "min_us": min(times), "max_us": max(times), "reps": reps}
 
 
+def start_report() -> dict | None:
+    """The run's environment (printed, and kept for the JSON), or ``None`` with a message on stderr
+    when there is no CUDA GPU."""
+    import sys
+
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return None
+    import triton
+
+    env = {"gpu": gpu_state(), "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
+    print(f"{env['gpu']}\ntorch {env['torch']}, triton {env['triton']}, cuda {env['cuda']}")
+    return env
+
+
 def gpu_state() -> str:
     query = "name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit"
     try:

@@ -126,3 +126,23 @@ def test_fptquant_transforms_are_exact_on_the_real_model(reference_logits):
     assert (live - before).abs().max() <= 2e-5 * scale, (live - before).abs().max()
     assert (merged - before).abs().max() <= 2e-5 * scale, (merged - before).abs().max()
     assert transforms.down_online.block == 512 and transforms.layers[0].key_angle.shape == (3, 32)
+
+
+def test_packed_checkpoint_round_trip_on_the_real_model(smollm2, reference_logits, tmp_path):
+    """SmolLM2 (GGUF-derived config, tied embeddings, chat template) through QuaRot W4A4KV4: export,
+    reload from disk alone, identical logits; real-code logits close to the fake-quant ones."""
+    from fptquant.deploy import load, save_packed
+
+    model, tokens, _ = reference_logits
+    model = copy.deepcopy(model)
+    fptquant.quantize(model, fptquant.Recipe(method="quarot", bits="w4a4kv4", model="smollm2-135m"))
+    tokens = tokens[:, :64]
+    with torch.no_grad():
+        fake = model(input_ids=tokens).logits
+        save_packed(model, smollm2[1], tmp_path / "packed")
+        deployed = model(input_ids=tokens).logits
+        reloaded, tokenizer = load(tmp_path / "packed")
+        again = reloaded(input_ids=tokens).logits
+    assert torch.equal(again, deployed)
+    assert tokenizer.chat_template == smollm2[1].chat_template
+    assert (deployed - fake).abs().max() <= 1e-3 * fake.abs().max()

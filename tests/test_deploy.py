@@ -191,3 +191,27 @@ def test_group_size_that_does_not_tile_a_layer_is_named():
     model = make_tiny_model("llama")  # MLP input 100
     with pytest.raises(ConfigError, match="group size 24 does not divide the input size 100 of down_proj"):
         fptquant.quantize(model, fptquant.Recipe(bits="w4a4kv4", weight_group_size=24, model="tiny"))
+
+
+def test_flatquant_exports_with_its_online_transforms(tmp_path, tokens):
+    """FlatQuant: Kronecker input transforms, head mixing before o_proj, the post-RoPE q/k transform
+    and learned activation clipping all survive export and reload."""
+    model = make_tiny_model("qwen2")
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(3))
+    recipe = fptquant.Recipe(method="flatquant", model="tiny",
+                             method_args={"epochs": 2, "batch_size": 2, "resume": False})  # fmt: skip
+    fptquant.quantize(model, recipe, calibration)
+    fake = logits(model, tokens)
+    save_packed(model, None, tmp_path / "fq")
+    qc = json.loads((tmp_path / "fq" / "config.json").read_text())["quantization_config"]
+    kinds = {m["transform"].get("kind") for m in qc["modules"].values() if m["transform"]}
+    assert {"kronecker", "head_mixing"} <= kinds
+    shared = qc["modules"]["model.layers.0.self_attn.k_proj"]["transform"]
+    assert shared == {"shared_with": "model.layers.0.self_attn.q_proj"}  # stored once for q/k/v
+    assert any(a["qk_transform"] for a in qc["attention"].values())
+    deployed = logits(model, tokens)
+    reloaded, _ = load(tmp_path / "fq")
+    attn = reloaded.model.layers[0].self_attn
+    assert attn.k_proj.input_transform is attn.q_proj.input_transform
+    assert torch.equal(logits(reloaded, tokens), deployed)
+    assert (deployed - fake).abs().max() <= 2e-2 * fake.abs().max()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import prepare_output, quantization_config, read_config, read_state, write_state
-from .export import attention_manifest, to_deploy
+from .export import attention_manifest, shared_transform_prefixes, to_deploy
 from .loading import build_model
 
 __all__ = ["is_packed_checkpoint", "load", "save_packed", "to_deploy"]
@@ -52,6 +52,8 @@ def save_packed(
     manifest = getattr(model, "fptquant_deploy_manifest", None) or to_deploy(model)
     prepare_output(out, overwrite)
     state, tied = _state_without_tied(model)
+    aliases = tuple(shared_transform_prefixes(manifest))
+    state = {k: v for k, v in state.items() if not k.startswith(aliases)} if aliases else state
     recipe = model.fptquant_recipe
     config = model.config.to_dict()
     config["tie_word_embeddings"] = tied

@@ -66,20 +66,30 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
     if not targets:
         raise ConfigError("the model has no quantized linear layers to export")
     built = {name: quantized_linear_from(name, lin) for name, lin in targets}  # all checks before any change
-    manifest = {}
+    manifest, owners = {}, {}
     for name, q in built.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, q)
+        transform = describe_transform(q.input_transform)
+        if q.input_transform is not None:  # one module shared by q/k/v (or gate/up) is stored once
+            owner = owners.setdefault(id(q.input_transform), name)
+            if owner != name:
+                transform = {"shared_with": owner}
         manifest[name] = {
             "in_features": q.in_features,
             "out_features": q.out_features,
             "bias": q.bias is not None,
             "activation": q.input_quantizer.spec.to_dict(),
-            "transform": describe_transform(q.input_transform),
+            "transform": transform,
         }
     model.fptquant_deploy_manifest = manifest
     link_siblings(model)
     return manifest
+
+
+def shared_transform_prefixes(manifest: dict[str, dict]) -> list[str]:
+    """State-dict prefixes of transforms that alias another module's (not stored, not expected)."""
+    return [f"{name}.input_transform." for name, e in manifest.items() if (e["transform"] or {}).get("shared_with")]
 
 
 def attention_manifest(model: nn.Module) -> dict[str, dict]:

@@ -10,7 +10,7 @@ from ..errors import ModelLoadError
 from ..fakequant.attention import AttentionQuantizers, register
 from ..math.quantizer import QuantSpec
 from ..models.loading import parse_dtype
-from .export import link_siblings
+from .export import link_siblings, shared_transform_prefixes
 from .modules import QuantizedLinear, build_transform
 
 
@@ -30,11 +30,18 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
     hf = _hf_config(config)
     torch_dtype = parse_dtype(dtype) if dtype is not None else parse_dtype(str(hf.dtype or "float32").split(".")[-1])
     model = AutoModelForCausalLM.from_config(hf, dtype=torch_dtype)
+    built: dict[str, QuantizedLinear] = {}
     for name, entry in qc["modules"].items():
-        q = QuantizedLinear(
-            entry["in_features"], entry["out_features"], entry["bias"], QuantSpec(**entry["activation"])
-        )
-        q.input_transform = build_transform(entry["transform"])
+        spec = QuantSpec(**entry["activation"])
+        q = QuantizedLinear(entry["in_features"], entry["out_features"], entry["bias"], spec)
+        owner = (entry["transform"] or {}).get("shared_with")
+        if owner is not None:  # the same module object as the owner's, as when it was exported
+            if owner not in built:
+                raise ModelLoadError(f"checkpoint module {name} shares the transform of unknown module {owner}")
+            q.input_transform = built[owner].input_transform
+        else:
+            q.input_transform = build_transform(entry["transform"])
+        built[name] = q
         parent, _, child = name.rpartition(".")
         try:
             setattr(model.get_submodule(parent), child, q)
@@ -46,15 +53,15 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
         model.get_submodule(name).fptquant_kv = kv
     if qc["attention"]:
         model.set_attn_implementation(register())
-    _load_state(model, state, tied=bool(config.get("tie_word_embeddings")))
+    _load_state(model, state, bool(config.get("tie_word_embeddings")), tuple(shared_transform_prefixes(qc["modules"])))
     link_siblings(model)
     model.fptquant_deploy_manifest = qc["modules"]
     model.fptquant_quantization_config = qc
     return model
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], tied: bool) -> None:
-    expected = model.state_dict()
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], tied: bool, aliases: tuple[str, ...]) -> None:
+    expected = {k: v for k, v in model.state_dict().items() if not (aliases and k.startswith(aliases))}
     if tied:
         out_emb = model.get_output_embeddings()
         name = next(n for n, m in model.named_modules() if m is out_emb)

@@ -29,7 +29,10 @@ def fingerprint(model: torch.nn.Module, settings: dict, windows: torch.Tensor | 
     h.update(str(getattr(model, "fptquant_source", type(model).__name__)).encode())
     with torch.no_grad():
         for p in list(model.parameters())[:4]:
-            h.update(f"{tuple(p.shape)}:{p.double().sum().item():.10e}:{p.double().abs().sum().item():.10e}".encode())
+            # on the CPU: a GPU reduction's order (hence its last digits) is not guaranteed between runs,
+            # and the key should not depend on the device that calibrated
+            w = p.detach().cpu().double()
+            h.update(f"{tuple(p.shape)}:{w.sum().item():.10e}:{w.abs().sum().item():.10e}".encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     if windows is not None:
         h.update(windows.cpu().numpy().tobytes())

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fakequant.linear import QuantLinear
+from ..fakequant.residual_scaling import ATTRIBUTE as RESIDUAL_SCALING
 from ..math.grid import recover_symmetric_grid
 from ..math.packing import pack_int4
 from ..math.quantization import Axis
@@ -29,9 +30,7 @@ def link_siblings(model: nn.Module) -> int:
 
 
 def _check_exportable(model: nn.Module) -> None:
-    if getattr(model, "fptquant_residual_scaling", None) or any(
-        hasattr(m, "fptquant_residual_scaling") for m in model.modules()
-    ):
+    if any(hasattr(m, RESIDUAL_SCALING) for m in model.modules()):  # modules() includes the model itself
         raise ConfigError("FPTQuant's dynamic residual scaling (S_n) cannot be exported yet")
     recipe = getattr(model, "fptquant_recipe", None)
     if recipe is None:

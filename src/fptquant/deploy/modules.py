@@ -18,6 +18,7 @@ from ..kernels import quantize_per_token
 from ..kernels.w4a4_matmul import w4a4_matmul
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
+from ..math.quantization import minmax_qparams
 from ..math.quantizer import Quantizer, QuantSpec
 
 
@@ -101,9 +102,9 @@ class QuantizedLinear(nn.Module):
         if not spec.learnable_clip or torch.equal(torch.as_tensor(lo), torch.as_tensor(hi)):
             ratio = float(torch.as_tensor(hi).reshape(-1)[0]) if spec.learnable_clip else spec.clip_ratio
             return quantize_per_token(x, clip_ratio=ratio)
-        amax = torch.maximum(-x.amin(-1, keepdim=True) * lo, x.amax(-1, keepdim=True) * hi).float()
-        scale = torch.clamp(amax, min=7 * 1e-8) / 7
-        return torch.clamp(torch.round(x.float() / scale), -8, 7).to(torch.int8), scale
+        rows = x.float()  # the fake quantizer's own scale, from the two clipped ends of each row
+        scale, _ = minmax_qparams(rows.amin(-1, keepdim=True) * lo, rows.amax(-1, keepdim=True) * hi, 4, True)
+        return torch.clamp(torch.round(rows / scale), -8, 7).to(torch.int8), scale
 
     def dequantized_weight(self) -> torch.Tensor:
         return unpack_int4(self.qweight).float() * self.weight_scale[:, None]

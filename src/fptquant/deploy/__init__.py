@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import prepare_output, quantization_config, read_config, read_state, write_state
-from .export import attention_manifest, shared_transform_prefixes, to_deploy
+from .export import attention_manifest, shared_transform_prefixes, tied_output_key, to_deploy
 from .loading import build_model
 
 __all__ = ["is_packed_checkpoint", "load", "save_packed", "to_deploy"]
@@ -31,16 +31,6 @@ def is_packed_checkpoint(directory: str | Path) -> bool:
     return qc.get("quant_method") == "fptquant"
 
 
-def _state_without_tied(model: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
-    state = model.state_dict()
-    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = out_emb is not None and out_emb.weight is in_emb.weight
-    if tied:
-        name = next(n for n, m in model.named_modules() if m is out_emb)
-        state.pop(f"{name}.weight")
-    return state, tied
-
-
 def save_packed(
     model: nn.Module, tokenizer, out_dir: str | Path, overwrite: bool = False, max_shard_size: str | int = "2GB"
 ) -> Path:
@@ -51,12 +41,12 @@ def save_packed(
     out = Path(out_dir)
     manifest = getattr(model, "fptquant_deploy_manifest", None) or to_deploy(model)
     prepare_output(out, overwrite)
-    state, tied = _state_without_tied(model)
+    tied = tied_output_key(model)
     aliases = tuple(shared_transform_prefixes(manifest))
-    state = {k: v for k, v in state.items() if not k.startswith(aliases)} if aliases else state
+    state = {k: v for k, v in model.state_dict().items() if k != tied and not (aliases and k.startswith(aliases))}
     recipe = model.fptquant_recipe
     config = model.config.to_dict()
-    config["tie_word_embeddings"] = tied
+    config["tie_word_embeddings"] = tied is not None
     config["quantization_config"] = quantization_config(recipe.method, recipe.bits, manifest, attention_manifest(model))
     write_state(state, out, max_shard_size)
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")

@@ -86,6 +86,14 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
     return manifest
 
 
+def tied_output_key(model: nn.Module) -> str | None:
+    """State-dict key of the output embedding when it is the input embedding's very tensor (not stored)."""
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out_emb is None or out_emb.weight is not in_emb.weight:
+        return None
+    return next(f"{n}.weight" for n, m in model.named_modules() if m is out_emb)
+
+
 def shared_transform_prefixes(manifest: dict[str, dict]) -> list[str]:
     """State-dict prefixes of transforms that alias another module's (not stored, not expected)."""
     return [f"{name}.input_transform." for name, e in manifest.items() if (e["transform"] or {}).get("shared_with")]

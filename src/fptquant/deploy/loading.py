@@ -10,7 +10,7 @@ from ..errors import ModelLoadError
 from ..fakequant.attention import AttentionQuantizers, register
 from ..math.quantizer import QuantSpec
 from ..models.loading import parse_dtype
-from .export import link_siblings, shared_transform_prefixes
+from .export import link_siblings, shared_transform_prefixes, tied_output_key
 from .modules import QuantizedLinear, build_transform
 
 
@@ -63,9 +63,7 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], tied: bool, aliases: tuple[str, ...]) -> None:
     expected = {k: v for k, v in model.state_dict().items() if not (aliases and k.startswith(aliases))}
     if tied:
-        out_emb = model.get_output_embeddings()
-        name = next(n for n, m in model.named_modules() if m is out_emb)
-        expected.pop(f"{name}.weight", None)
+        expected.pop(tied_output_key(model) or "", None)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

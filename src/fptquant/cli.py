@@ -155,7 +155,7 @@ def quantize(
     from . import quantize as run_quantize
     from .config.bits import parse_bits
     from .data.text import read_text
-    from .errors import OutputExistsError
+    from .pipelines.quantize import check_output_dir
 
     _check_windows(max_windows)
     base = Recipe.load(recipe_file).to_dict() if recipe_file else {}
@@ -178,8 +178,8 @@ def quantize(
     if get_method(recipe.method)(recipe).requires_calibration():
         read_text(calib_data)  # fail now, not after minutes of evaluation, if the calibration text is unusable
     for target in (out, packed):
-        if target is not None and target.is_dir() and any(target.iterdir()) and not overwrite:
-            raise OutputExistsError(f"output directory {target} is not empty; pass --overwrite to replace its contents")
+        if target is not None:
+            check_output_dir(target, overwrite)
     eval_text = read_text(eval_data) if evaluate else None
     dev = _device(device)
     net, tokenizer = load_model(model, dtype=dtype, device=dev)

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import prepare_output, quantization_config, read_config, read_state, write_state
+from ..pipelines.quantize import prepare_output_dir
+from .checkpoint import quantization_config, read_config, read_state, write_state
 from .export import attention_manifest, shared_transform_prefixes, tied_output_key, to_deploy
 from .loading import build_model
 
@@ -38,9 +39,8 @@ def save_packed(
 
     Returns the directory. Refuses a non-empty directory unless ``overwrite``.
     """
-    out = Path(out_dir)
     manifest = getattr(model, "fptquant_deploy_manifest", None) or to_deploy(model)
-    prepare_output(out, overwrite)
+    out = prepare_output_dir(out_dir, overwrite)
     tied = tied_output_key(model)
     aliases = tuple(shared_transform_prefixes(manifest))
     state = {k: v for k, v in model.state_dict().items() if k != tied and not (aliases and k.startswith(aliases))}

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..errors import ConfigError, ModelLoadError, OutputExistsError
+from ..errors import ConfigError, ModelLoadError
 
 FORMAT_NAME = "fptquant-packed"
 FORMAT_VERSION = 1
@@ -39,14 +39,6 @@ def quantization_config(method: str, bits: str, modules: dict, attention: dict) 
         "modules": modules,
         "attention": attention,
     }
-
-
-def prepare_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def write_state(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "2GB") -> list[str]:

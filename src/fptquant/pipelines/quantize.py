@@ -77,17 +77,27 @@ def _check_group_size(adapter, recipe: Recipe) -> None:
             )
 
 
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write into a file, or into a non-empty directory unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
+
+
+def prepare_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    out = Path(out_dir)
+    check_output_dir(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def save_quantized(model: nn.Module, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the recipe (JSON) and the method's learned state (safetensors) to ``out_dir``."""
     recipe: Recipe | None = getattr(model, "fptquant_recipe", None)
     if recipe is None:
         raise ConfigError("this model was not quantized by fptquant.quantize; nothing to save")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output directory {out} is not empty; pass --overwrite to replace its contents")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out_dir, overwrite)
     state = {k: v.contiguous() for k, v in model.fptquant_method.saved_state(model).items()}
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "method": recipe.method}
     save_file(state, out / STATE_FILE, metadata=meta)

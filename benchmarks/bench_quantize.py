@@ -10,11 +10,10 @@ and fp32 scales out) and the PyTorch reference. Bandwidth = bytes read + written
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
-from timing import rotations, start_report, time_us
+from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token, quantize_per_token_reference
 
@@ -61,12 +60,8 @@ def main() -> int:
         print(f"{r['codes']:>13} {m:>6} {k:>6} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>12.0f} "
               f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_ref_GBps']:>15.0f} {r['exact']}")  # fmt: skip
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**env, "rows": rows}, f, indent=1)
     ok = all(r["exact"] for r in rows)
-    print("all exact" if ok else "MISMATCH against the reference")
-    return 0 if ok else 1
+    return finish_report({**env, "rows": rows}, args.json, ok, "all exact", "MISMATCH against the reference")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ PyTorch path (two matmuls + quantize). Bandwidth = bytes read + written / median
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
-from timing import rotations, start_report, time_us
+from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels.transform_quantize import transform_quantize, transform_quantize_reference
 from fptquant.math.hadamard import hadamard, random_orthogonal
@@ -85,12 +84,7 @@ def main() -> int:
             print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>8} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "
                   f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_GBps']:>11.0f} {r['ok']}", flush=True)  # fmt: skip
             torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**env, "rows": rows}, f, indent=1)
-    ok = all(r["ok"] for r in rows)
-    print("all checks passed" if ok else "CHECK FAILED")
-    return 0 if ok else 1
+    return finish_report({**env, "rows": rows}, args.json, all(r["ok"] for r in rows))
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ For every layer shape (K, N) and token count M, in one run:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
-from timing import rotations, start_report, time_us
+from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
@@ -220,12 +219,7 @@ def main() -> int:
                           f"best {tuple(r['best']['config'].values())[:6]}", flush=True)  # fmt: skip
                 torch.cuda.empty_cache()
     report["rows"] = rows
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    ok = long_k["ok"] and all(r.get("check", {}).get("ok") for r in rows)
-    print("all checks passed" if ok else "CHECK FAILED")
-    return 0 if ok else 1
+    return finish_report(report, args.json, long_k["ok"] and all(r.get("check", {}).get("ok") for r in rows))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,18 @@ def start_report() -> dict | None:
     return env
 
 
+def finish_report(report: dict, path: str | None, ok: bool, passed: str = "all checks passed",
+                  failed: str = "CHECK FAILED") -> int:  # fmt: skip
+    """Write the JSON (if asked), print the verdict, return the exit status."""
+    import json
+
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+    print(passed if ok else failed)
+    return 0 if ok else 1
+
+
 def gpu_state() -> str:
     query = "name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit"
     try:

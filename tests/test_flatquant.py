@@ -189,3 +189,36 @@ def test_options_are_validated():
         FlatQuantOptions.from_method_args({"clip": "maybe"})
     with pytest.raises(ConfigError, match="dynamic"):
         fptquant.methods.get_method("flatquant")(fptquant.Recipe(method="flatquant", act_static=True))
+
+
+def test_compiled_step_is_one_graph_for_every_layer_and_matches_eager(tokens):
+    """The CUDA path compiles the training step; every layer must reuse that one graph (no per-layer
+    recompilation, which would cost more than it saves) and give the eager step's gradients."""
+    from fptquant.pipelines.layerwise import _compiled_step_loss, _step_loss, layer_outputs
+    from fptquant.pipelines.sequential import capture_first_layer_inputs
+
+    torch._dynamo.reset()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    model = make_tiny_model("qwen2", num_hidden_layers=3)
+    adapter, layers = built_layers(model)
+    captured = capture_first_layer_inputs(model, adapter, tokens)
+    x = torch.cat(captured.hidden).float()
+    compiled = _compiled_step_loss("aot_eager")  # tracing and autograd as on the GPU, without codegen
+    for i, layer in enumerate(adapter.layers()):
+        y = layer_outputs(layer, x, captured.kwargs) * 1.01  # a loss with a real gradient
+        layers.attach(i, layer)
+        params = [p for g in layers.param_groups(i, layer) for p in g["params"]]
+        compiled(layer, x, y, captured.kwargs).backward()
+        got = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        with layers.step_context(i):
+            _step_loss(layer, x, y, captured.kwargs).backward()
+        for p, g in zip(params, got, strict=True):
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7 * p.grad.abs().max().item())
+            p.grad = None
+        assert any(g.abs().max() > 0 for g in got)
+        layers.detach(i, layer)
+        layers.deploy(i, layer)
+        x = layer_outputs(layer, x, captured.kwargs)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 1

@@ -17,12 +17,18 @@ class QuantLinear(nn.Linear):
     """``y = Q_a(T(x)) Q_w(W)^T + b`` where ``T`` is an optional online input transform.
 
     Methods usually replace ``W`` by its quantized value once (RTN, GPTQ) and switch ``Q_w`` off; a
-    live ``Q_w`` is for training with learnable weight clipping.
+    live ``Q_w`` is for training with learnable weight clipping. ``weight_transform`` and
+    ``bias_transform`` (optional modules) recompute the effective weight and bias from the stored ones
+    on every forward, for training transforms that are merged afterwards. They play the role of
+    ``torch.nn.utils.parametrize`` without its per-module generated class, so every layer keeps the
+    same type and one compiled training step serves all of them.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.input_transform: nn.Module | None = None
+        self.weight_transform: nn.Module | None = None
+        self.bias_transform: nn.Module | None = None
         self.input_quantizer = Quantizer(QuantSpec())
         self.weight_quantizer = Quantizer(QuantSpec())
 
@@ -32,7 +38,7 @@ class QuantLinear(nn.Linear):
         nn.Module.__init__(q)
         q.in_features, q.out_features = linear.in_features, linear.out_features
         q.weight, q.bias = linear.weight, linear.bias
-        q.input_transform = None
+        q.input_transform = q.weight_transform = q.bias_transform = None
         q.set_quantizers(weight_spec, act_spec)
         return q
 
@@ -45,7 +51,11 @@ class QuantLinear(nn.Linear):
         if self.input_transform is not None:
             x = self.input_transform(x)
         x = self.input_quantizer(x)
-        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+        weight = self.weight if self.weight_transform is None else self.weight_transform(self.weight)
+        bias = self.bias
+        if bias is not None and self.bias_transform is not None:
+            bias = self.bias_transform(bias)
+        return F.linear(x, self.weight_quantizer(weight), bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, w={self.weight_quantizer.extra_repr()}, a={self.input_quantizer.extra_repr()}"

@@ -14,7 +14,7 @@ from ...math.kronecker import FACTOR_KINDS
 from ...pipelines.layerwise import LayerwiseSettings
 
 # Options that only change how the result is stored, not what calibration learns.
-NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "offload")
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "offload", "compile")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class FlatQuantOptions:
     amp: bool = True  # autocast on CUDA; parameters stay float32
     amp_dtype: str = "bfloat16"
     offload: bool | None = None  # activations on the CPU (None: only when GPU memory is short)
+    compile: bool | None = None  # torch.compile the training step (None: on CUDA)
     checkpoint_dir: str | None = None  # default: the cache, keyed by a fingerprint of the run
     resume: bool = True
 
@@ -62,6 +63,7 @@ class FlatQuantOptions:
             amp_dtype=AMP_DTYPES[self.amp_dtype],
             offload=self.offload,
             seed=seed,
+            compile=self.compile,
         )
 
     def fingerprint_dict(self) -> dict:

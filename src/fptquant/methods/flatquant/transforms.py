@@ -9,9 +9,9 @@ Per decoder layer (FlatQuant §3.2; SmolLM2 sizes in brackets):
 * ``mlp_in``   P_ug with c_ug on the gate/up input [24⊗24]; c_ug is folded into the post-attention norm.
 * ``down_in``  P_d with c_d on the down_proj input [32⊗48]; c_d is folded into up_proj's rows.
 
-In training the weights are torch parametrizations of their transforms (``W -> W diag(1/c) P^{-T}``
-computed in float32 on every forward); the deploy form merges in float64 and keeps ``P_a``, ``P_o``,
-``P_h``, ``P_ug`` and ``P_d`` as fixed online modules.
+In training each linear recomputes its weight from its transforms on every forward
+(``QuantLinear.weight_transform``: ``W -> W diag(1/c) P^{-T}`` in float32); the deploy form merges
+in float64 and keeps ``P_a``, ``P_o``, ``P_h``, ``P_ug`` and ``P_d`` as fixed online modules.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ...math.kronecker import KroneckerTransform, kron_apply, make_factor, no_autocast
 from ...math.online import HeadMixing, OnlineKronecker, QKTransform
@@ -62,7 +61,7 @@ class LayerTransforms(nn.Module):
         return [r for m in self.modules() if m is not self and hasattr(m, "rotations") for r in m.rotations()]
 
 
-# --- live form: parametrizations and online modules that keep gradients -------------------------------
+# --- live form: weight-side transforms and online modules that keep gradients -------------------------
 
 
 class _InputSide(nn.Module):
@@ -124,9 +123,10 @@ class _LiveQK(nn.Module):
         return query @ self.factor(inverse_transpose=True).to(query.dtype), key @ self.factor().to(key.dtype)
 
 
-def _parametrize(module: nn.Module, name: str, p: nn.Module) -> None:
-    if getattr(module, name, None) is not None:
-        parametrize.register_parametrization(module, name, p, unsafe=True)
+def _add(linear: nn.Module, attr: str, transform: nn.Module) -> None:
+    """Chain ``transform`` after the linear's existing weight/bias transform (v_proj has two)."""
+    current = getattr(linear, attr)
+    setattr(linear, attr, transform if current is None else nn.Sequential(current, transform))
 
 
 def attach_live(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> None:
@@ -136,11 +136,11 @@ def attach_live(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> 
         if transform is not None:
             for role in roles:
                 lin[role].input_transform = transform
-                _parametrize(lin[role], "weight", _InputSide(transform))
+                _add(lin[role], "weight_transform", _InputSide(transform))
     if t.values is not None:
-        _parametrize(lin["v"], "weight", _ValueRows(t.values, t.head_dim))
-        _parametrize(lin["v"], "bias", _ValueRows(t.values, t.head_dim, bias=True))
-        _parametrize(lin["o"], "weight", _OProjInput(t.heads, t.values))
+        _add(lin["v"], "weight_transform", _ValueRows(t.values, t.head_dim))
+        _add(lin["v"], "bias_transform", _ValueRows(t.values, t.head_dim, bias=True))
+        _add(lin["o"], "weight_transform", _OProjInput(t.heads, t.values))
         lin["o"].input_transform = _LiveHeadMixing(t.heads, t.head_dim)
     if t.qk is not None:
         adapter.attention(layer).fptquant_kv.qk_transform = _LiveQK(t.qk)
@@ -149,10 +149,7 @@ def attach_live(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> 
 def detach_live(adapter: ModelAdapter, layer: nn.Module) -> None:
     """Remove the live transforms, restoring the layer's original weights and forward."""
     for linear in adapter.linears(layer).values():
-        for name in ("weight", "bias"):
-            if parametrize.is_parametrized(linear, name):
-                parametrize.remove_parametrizations(linear, name, leave_parametrized=False)
-        linear.input_transform = None
+        linear.input_transform = linear.weight_transform = linear.bias_transform = None
     adapter.attention(layer).fptquant_kv.qk_transform = None
 
 

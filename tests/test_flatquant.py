@@ -222,3 +222,28 @@ def test_compiled_step_is_one_graph_for_every_layer_and_matches_eager(tokens):
         layers.deploy(i, layer)
         x = layer_outputs(layer, x, captured.kwargs)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 1
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog, tokens):
+    from fptquant.pipelines import layerwise
+
+    def broken(backend):
+        def fail(*args):
+            raise RuntimeError("no compiler here")
+
+        return fail
+
+    monkeypatch.setattr(layerwise, "_compiled_step_loss", broken)
+    monkeypatch.setattr(layerwise._StepLoss, "compile_failed", False)
+    model = make_tiny_model("llama")
+    adapter, layers = built_layers(model)
+    layer = adapter.layers()[0]
+    captured = layerwise.capture_first_layer_inputs(model, adapter, tokens)
+    x = torch.cat(captured.hidden).float()
+    y = layerwise.layer_outputs(layer, x, captured.kwargs) * 1.01
+    layers.attach(0, layer)
+    step = layerwise._StepLoss(layers, 0, compiled=True, backend="inductor")
+    with caplog.at_level("WARNING"):
+        loss = step(layer, x, y, captured.kwargs)
+    torch.testing.assert_close(loss, layerwise._step_loss(layer, x, y, captured.kwargs))
+    assert "no compiler here" in caplog.text and layerwise._StepLoss.compile_failed

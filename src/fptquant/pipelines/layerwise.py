@@ -15,6 +15,7 @@ layer: all layers share one structure, and the live transforms keep the modules'
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from ..fakequant.wrap import quantizers_bypassed
 from ..models.base import ModelAdapter, model_device
 from .checkpoints import CheckpointStore
 from .sequential import capture_first_layer_inputs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,6 +108,31 @@ def _compiled_step_loss(backend: str):
     return torch.compile(_step_loss, backend=backend, dynamic=False)
 
 
+class _StepLoss:
+    """The step's loss, compiled when asked; if this torch cannot compile it, warn once and run eager."""
+
+    compile_failed = False  # once per process: a failing compiler is not retried for every layer
+
+    def __init__(self, recipe: LayerRecipe, index: int, compiled: bool, backend: str):
+        self.recipe, self.index = recipe, index
+        self.compiled = _compiled_step_loss(backend) if compiled and not _StepLoss.compile_failed else None
+        self.proven = False
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor, y: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        if self.compiled is not None:
+            if self.proven:  # compiled graphs deduplicate the transform matrices themselves
+                return self.compiled(layer, x, y, kwargs)
+            try:
+                loss = self.compiled(layer, x, y, kwargs)
+                self.proven = True
+                return loss
+            except Exception as error:  # noqa: BLE001 - any compiler failure: the eager step is equivalent
+                log.warning("torch.compile failed (%s: %s); calibrating eagerly", type(error).__name__, error)
+                _StepLoss.compile_failed, self.compiled = True, None
+        with self.recipe.step_context(self.index):  # one transform-matrix solve per step, not one per use
+            return _step_loss(layer, x, y, kwargs)
+
+
 def _storage_device(inputs: torch.Tensor, device: torch.device, offload: bool | None) -> torch.device:
     if device.type != "cuda" or offload is False:
         return device
@@ -135,9 +163,7 @@ def train_layer(
     gen = torch.Generator().manual_seed(s.seed + index)
     amp = s.amp and device.type == "cuda"
     compiled = s.compile if s.compile is not None else device.type == "cuda"
-    step_loss = _compiled_step_loss(s.compile_backend) if compiled else _step_loss
-    # compiled graphs deduplicate the transform matrices themselves; eager steps cache them explicitly
-    step_context = contextlib.nullcontext if compiled else lambda: recipe.step_context(index)
+    step_loss = _StepLoss(recipe, index, compiled, s.compile_backend)
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1 + first step with a non-finite loss
     step, loss_mean = 0, float("nan")
     for epoch in range(s.epochs):
@@ -145,7 +171,7 @@ def train_layer(
         for idx in torch.randperm(len(inputs), generator=gen).to(inputs.device).split(s.batch_size):
             x = inputs[idx].to(device, non_blocking=True)
             y = targets[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp), step_context():
+            with torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp):
                 loss = step_loss(layer, x, y, kwargs)
             (loss / loss.detach()).backward()
             optimizer.step()

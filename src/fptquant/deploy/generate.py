@@ -1,5 +1,6 @@
 """Text generation with a (packed) quantized model: chat template when the tokenizer has one, greedy by
-default or sampling, streamed token by token for one prompt, batched (left padding) for several."""
+default or sampling, streamed token by token for one prompt, batched (left padding) for several.
+A model with 4-bit K/V quantizers generates with the real INT4 KV cache (:mod:`.kv_cache`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def format_prompt(tokenizer, prompt: str, chat: bool) -> str:
     return prompt
 
 
+def kv_cache_for(model, capacity: int):
+    """The real INT4 KV cache when the model's K/V quantizers are 4-bit, else None (transformers' own
+    cache, with the K/V fake-quantized at every step)."""
+    from .kv_cache import int4_kv_cache
+
+    try:
+        return int4_kv_cache(model, capacity)
+    except ConfigError:
+        return None
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], options: GenerationOptions, stream=None) -> list[str]:
     """The continuations of ``prompts`` (text only, without the prompt). ``stream``: a file to print a
@@ -59,7 +71,10 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions, s
                 print(text, end="" if not stream_end else "\n", file=stream, flush=True)
 
         streamer = _To(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    out = model.generate(**batch, **kwargs, streamer=streamer, pad_token_id=tokenizer.pad_token_id)
+    cache = kv_cache_for(model, batch["input_ids"].shape[1] + options.max_new_tokens)
+    out = model.generate(
+        **batch, **kwargs, streamer=streamer, pad_token_id=tokenizer.pad_token_id, past_key_values=cache
+    )
     new = out[:, batch["input_ids"].shape[1] :]
     return tokenizer.batch_decode(new, skip_special_tokens=True)
 
@@ -71,9 +86,12 @@ def new_token_ids(model, tokenizer, prompts: list[str], options: GenerationOptio
     ids = []
     for text in texts:
         batch = tokenizer(text, return_tensors="pt", add_special_tokens=not options.chat).to(device)
-        out = model.generate(**batch, **options.generate_kwargs(), pad_token_id=tokenizer.eos_token_id)
+        cache = kv_cache_for(model, batch["input_ids"].shape[1] + options.max_new_tokens)
+        out = model.generate(
+            **batch, **options.generate_kwargs(), pad_token_id=tokenizer.eos_token_id, past_key_values=cache
+        )
         ids.append(out[0, batch["input_ids"].shape[1] :].tolist())
     return ids
 
 
-__all__ = ["GenerationOptions", "generate", "new_token_ids"]
+__all__ = ["GenerationOptions", "generate", "kv_cache_for", "new_token_ids"]

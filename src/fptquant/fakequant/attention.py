@@ -45,10 +45,12 @@ class AttentionQuantizers(nn.Module):
 
 
 def fptquant_attention_forward(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    base = AttentionInterface._global_mapping[BASE_IMPLEMENTATION]
+    if hasattr(key, "attend"):  # a real quantized cache (deploy.kv_cache) returned itself: it attends
+        return key.attend(module, query, attention_mask, base, **kwargs)
     state = getattr(module, "fptquant_kv", None)
     if state is not None:
         query, key, value = state(query, key, value)
-    base = AttentionInterface._global_mapping[BASE_IMPLEMENTATION]
     return base(module, query, key, value, attention_mask, **kwargs)
 
 

@@ -55,8 +55,13 @@ class HeadMixing(nn.Module):
 class QKHadamard(nn.Module):
     """Hadamard on post-RoPE queries and keys per head: ``q kᵀ = (q H)(k H)ᵀ`` for orthogonal ``H``."""
 
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return fwht(x.float()).to(x.dtype)
+
+    key = query
+
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return fwht(query.float()).to(query.dtype), fwht(key.float()).to(key.dtype)
+        return self.query(query), self.key(key)
 
 
 class OnlineKronecker(nn.Module):
@@ -90,5 +95,11 @@ class QKTransform(nn.Module):
         self.register_buffer("key_side", key_side.contiguous())
         self.register_buffer("query_side", torch.linalg.inv(key_side.double()).t().to(dtype).contiguous())
 
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.query_side.to(x.dtype)
+
+    def key(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.key_side.to(x.dtype)
+
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return query @ self.query_side.to(query.dtype), key @ self.key_side.to(key.dtype)
+        return self.query(query), self.key(key)

@@ -19,6 +19,7 @@ from .quantization import (
     from_groups,
     minmax_qparams,
     num_static_units,
+    quantize_to_int,
     static_view,
     to_groups,
 )
@@ -138,6 +139,20 @@ class Quantizer(nn.Module):
         xmax = g.amax(dim=1, keepdim=True) * hi
         scale, zero = minmax_qparams(xmin, xmax, s.bits, s.symmetric)
         return from_groups(fake_quantize(g, scale, zero, s.bits, s.symmetric), s.axis, x.shape)
+
+    @torch.no_grad()
+    def integer_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a dynamic quantizer stores for ``x``: ``(codes, scale, zero)`` on the grouped view, with
+        ``(codes - zero) * scale`` equal, bit for bit, to ``forward(x)`` (grouped)."""
+        s = self.spec
+        if not (s.enabled and s.dynamic):
+            raise ValueError("integer codes come from an enabled dynamic quantizer")
+        g = to_groups(x, s.axis, s.group_size)
+        lo, hi = self._clip_factors()
+        scale, zero = minmax_qparams(
+            g.amin(dim=1, keepdim=True) * lo, g.amax(dim=1, keepdim=True) * hi, s.bits, s.symmetric
+        )
+        return quantize_to_int(g, scale, zero, s.bits, s.symmetric), scale, zero
 
     def learnable_clip_parameters(self) -> list[nn.Parameter]:
         if not (self.spec.enabled and self.spec.learnable_clip):

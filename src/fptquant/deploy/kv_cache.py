@@ -1,0 +1,116 @@
+"""A real INT4 KV cache for generation: transformers' ``Cache`` API over :class:`PackedKV` storage.
+
+Each attention layer's keys (post-RoPE, after the layer's online q/k transform) and values are
+quantized as they arrive, by the layer's own K/V quantizers (same scales, zero points and clip as the
+evaluated fake-quant model), and stored as 4-bit codes. ``update`` returns the cache layer itself in
+place of dense K/V tensors; the ``fptquant`` attention function sees that and calls :meth:`attend`:
+
+* one new token per sequence: the INT4 decode-attention kernel reads the codes directly;
+* several new tokens (prefill): the cache is dequantized (exactly the fake quantizer's values) and
+  attended with the base implementation (SDPA) and the model's mask, which is the fake-quant
+  evaluation's definition, so a prompt's logits are the evaluated model's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
+
+from ..errors import ConfigError
+from ..kernels.kv_attention import PackedKV, int4_kv_decode_attention
+from ..math.quantization import Axis
+
+SYMMETRIC_OFFSET = 8  # symmetric codes -8..7 are stored as 0..15 with zero point 8
+
+
+def _check_quantizer(name: str, quantizer, head_dim: int) -> None:
+    s = quantizer.spec
+    if not (s.bits == 4 and s.dynamic and s.axis is Axis.GROUP and s.group_size == head_dim):
+        raise ConfigError(
+            f"{name}: an INT4 KV cache needs 4-bit dynamic quantizers per (token, head), got {quantizer.extra_repr()}"
+        )
+
+
+class Int4KVLayer(DynamicLayer):
+    """One attention layer's INT4 cache; ``capacity`` positions are allocated on the first update."""
+
+    is_croppable = False
+
+    def __init__(self, attention: nn.Module, capacity: int):
+        super().__init__()
+        self.attention, self.capacity, self.length = attention, capacity, 0
+        self.state = attention.fptquant_kv
+        self.packed: tuple[PackedKV, PackedKV] | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def _codes(self, quantizer, x: torch.Tensor):
+        b, h, t, d = x.shape
+        flat = x.transpose(1, 2).reshape(b, t, h * d)  # as the fake quantizer sees it: heads side by side
+        codes, scale, zero = quantizer.integer_codes(flat)
+        if quantizer.spec.symmetric:
+            codes, zero = codes + SYMMETRIC_OFFSET, zero + SYMMETRIC_OFFSET
+        codes = codes.reshape(b, t, h, d).transpose(1, 2)
+        return codes, scale.reshape(b, t, h).transpose(1, 2), zero.reshape(b, t, h).transpose(1, 2)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.state.qk_transform is not None:
+            key_states = self.state.qk_transform.key(key_states)
+        new = [self._codes(self.state.k_quantizer, key_states), self._codes(self.state.v_quantizer, value_states)]
+        if self.packed is None:
+            b, h, _, d = key_states.shape
+            self.packed = tuple(PackedKV.empty(b, h, self.capacity, d, scale.dtype, self.device) for _, scale, _ in new)
+        for packed, (codes, scale, zero) in zip(self.packed, new, strict=True):
+            packed.write(self.length, codes, scale, zero)
+        self.length += key_states.shape[2]
+        return self, self
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached K and V dequantized, ``(B, H_kv, length, d_h)``, as the fake quantizer makes them."""
+        return tuple(p.dequantize(self.length) for p in self.packed)
+
+    def attend(self, module: nn.Module, query: torch.Tensor, attention_mask, base, **kwargs):
+        """Attention of ``query`` (post-RoPE) over the cache; returns what an attention function returns."""
+        if self.state.qk_transform is not None:
+            query = self.state.qk_transform.query(query)
+        b, hq, t, d = query.shape
+        if t == 1 and attention_mask is None:
+            lengths = torch.full((b,), self.length, dtype=torch.int32, device=query.device)
+            scaling = kwargs.get("scaling") or module.scaling
+            out = int4_kv_decode_attention(query[:, :, 0], *self.packed, lengths, scaling, max_length=self.length)
+            return out.to(query.dtype)[:, None], None  # (B, 1, H_q, d_h), as SDPA's wrapper returns
+        key, value = self.dense()
+        return base(module, query, key.to(query.dtype), value.to(query.dtype), attention_mask, **kwargs)
+
+
+def int4_kv_cache(model: nn.Module, capacity: int) -> Cache:
+    """An INT4 cache for ``model`` (a loaded fptquant model whose KV quantizers are 4-bit) of ``capacity``
+    positions per sequence (prompt + new tokens)."""
+    attentions = sorted(
+        (m for m in model.modules() if getattr(m, "fptquant_kv", None) is not None), key=lambda m: m.layer_idx
+    )
+    if not attentions:
+        raise ConfigError("this model has no fptquant KV quantizers; load it with fptquant.load first")
+    for m in attentions:
+        _check_quantizer(f"layer {m.layer_idx} keys", m.fptquant_kv.k_quantizer, m.head_dim)
+        _check_quantizer(f"layer {m.layer_idx} values", m.fptquant_kv.v_quantizer, m.head_dim)
+    if [m.layer_idx for m in attentions] != list(range(len(attentions))):
+        raise ConfigError("every attention layer needs KV quantizers for an INT4 cache")
+    return Cache(layers=[Int4KVLayer(m, capacity) for m in attentions])
+
+
+__all__ = ["Int4KVLayer", "int4_kv_cache"]

@@ -4,9 +4,11 @@
     python3 benchmarks/bench_model.py --model PATH_OR_ALIAS [...]          # e.g. SmolLM2's GGUF
 
 Random weights with LLaMA-3-8B layer shapes (``--layers`` decoder layers: the full 32 need more time
-than one GPU call) or a real model. Both variants run the same attention backend (SDPA through
-fptquant's attention function for the quantized model, which also fake-quantizes the KV cache), with
-SDPA's cuDNN backend off (its per-step host cost in decode; see main()).
+than one GPU call) or a real model. Prefill attention is SDPA in both variants (for the quantized
+model through fptquant's attention function, over the fake-quantized K/V, as evaluated). Decode: the
+BF16 model with transformers' dynamic cache and SDPA; the quantized model with the real INT4 KV cache
+and the INT4 decode-attention kernel (``--kv fake``: transformers' cache, K/V fake-quantized each
+step). SDPA's cuDNN backend is off (its per-step host cost in decode; see main()).
 Prefill: the decoder (without lm_head) on ``batch × 2048`` tokens, CUDA events, median of 5.
 Decode: 256 steps of one token per sequence after a 2048-token prefill and 8 warm-up steps, eager
 Python loop, timed as a whole (host launch cost included: it is what a user sees without CUDA graphs).
@@ -26,6 +28,7 @@ from timing import start_report
 
 import fptquant
 from fptquant.deploy import to_deploy
+from fptquant.deploy.generate import kv_cache_for
 
 EIGHT_B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                head_dim=128, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192)  # fmt: skip
@@ -59,14 +62,15 @@ def events(fn, repeats: int = 5) -> float:
 
 
 @torch.no_grad()
-def measure(model, batch: int, prompt: int, steps: int, vocab: int) -> dict:
+def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: bool = False) -> dict:
     ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     prefill_ms = events(lambda: model.model(input_ids=ids))
     prefill_peak = torch.cuda.max_memory_allocated() / 2**30
 
     def decode():
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = kv_cache_for(model, prompt + steps + 9) if int4_cache else None
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
         for _ in range(8):  # warm-up: kernels for the one-token shapes compile (Triton) or get tuned here
             out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
@@ -123,6 +127,7 @@ def main() -> int:
     p.add_argument("--prompt", type=int, default=2048)
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--json", default=None)
+    p.add_argument("--kv", choices=("int4", "fake"), default="int4", help="the quantized model's decode KV cache")
     p.add_argument("--profile-batch", type=int, default=8, help="batch of the per-part breakdown (0: none)")
     a = p.parse_args()
     env = start_report()
@@ -145,7 +150,7 @@ def main() -> int:
     for batch in [int(b) for b in a.batches.split(",")]:
         for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):
             try:
-                r = measure(model, batch, a.prompt, a.steps, vocab)
+                r = measure(model, batch, a.prompt, a.steps, vocab, int4_cache=name != "bf16" and a.kv == "int4")
             except torch.OutOfMemoryError as e:
                 r = {"batch": batch, "error": f"out of memory: {str(e)[:200]}"}
             r["model"] = name

@@ -241,3 +241,26 @@ def test_options_are_validated():
         FPTQuant(fptquant.Recipe(method="fptquant", method_args={"lr_typo": 1}))
     with pytest.raises(ConfigError, match="loss"):
         FPTQuant(fptquant.Recipe(method="fptquant", method_args={"loss": "mse"}))
+
+
+def test_rtn_weights_use_a_clip_per_row_learned_end_to_end():
+    from fptquant.math.grid import recover_symmetric_grid
+
+    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+
+    def run(clip: str):
+        model = make_tiny_model("llama", **GQA)
+        args = {**FAST, "e2e_steps": 6, "clip_lr": 5e-2, "weight_clip": clip}
+        recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+        return model, fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
+
+    model, method = run("learned")
+    logits_ = method.weight_clip
+    assert logits_ and all(torch.isfinite(v).all() for v in logits_.values())
+    ratios = torch.sigmoid(torch.cat([v.flatten() for v in logits_.values()]))
+    assert ratios.min() < 0.95 and ratios.max() <= 1  # rows really clipped, as the MSE search and training chose
+    assert len(set(ratios.tolist())) > 10  # one clip per row, not one shared value
+    down = model.model.layers[0].mlp.down_proj.weight
+    recover_symmetric_grid(down)  # the exported weights sit on a 4-bit grid per row
+    _, plain = run("minmax")
+    assert plain.weight_clip == {}

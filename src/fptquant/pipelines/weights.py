@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..fakequant.linear import QuantLinear
 from ..fakequant.wrap import quant_linears
 from ..math.gptq import HessianAccumulator, gptq_quantize
-from ..math.quantization import Axis, fake_quantize, to_groups, weight_qparams
+from ..math.quantization import Axis, fake_quantize, search_clip_ratio, to_groups, weight_qparams
 from ..math.quantizer import Quantizer, QuantSpec
 from ..models.base import ModelAdapter
 from .sequential import StopForward, capture_first_layer_inputs, run_layer
@@ -34,6 +34,40 @@ def rtn_quantize_linear(linear: QuantLinear, recipe: Recipe) -> None:
         q = fake_quantize(g, scale, zero, spec.bits, spec.symmetric).reshape(w.shape)
         linear.weight.data.copy_(q.to(linear.weight.dtype))
     _disable_weight_quantizer(linear)
+
+
+@torch.no_grad()
+def rtn_with_learned_clip(model: nn.Module) -> None:
+    """RTN with each row's learned clip (LWC): the weight becomes exactly what training fake-quantized."""
+    for _, linear in quant_linears(model):
+        linear.weight.copy_(linear.weight_quantizer(linear.weight))
+        _disable_weight_quantizer(linear)
+
+
+@torch.no_grad()
+def enable_learned_weight_clip(model: nn.Module) -> None:
+    """Give every enabled weight quantizer a learnable clip pair per row (per group with groups)."""
+    for _, linear in quant_linears(model):
+        spec = linear.weight_quantizer.spec
+        if spec.enabled and not spec.learnable_clip:
+            units = linear.weight.numel() // (spec.group_size or linear.in_features)
+            quantizer = Quantizer(spec.with_(learnable_clip=True), linear.in_features, clip_units=units)
+            linear.weight_quantizer = quantizer.to(linear.weight.device)
+
+
+@torch.no_grad()
+def init_learned_weight_clip(model: nn.Module, grid: int = 20, max_ratio: float = 0.99) -> None:
+    """Start each row's learned clip at the ratio minimising its quantization error (a coarse grid search
+    on the weights as they are now, e.g. transformed), capped at ``max_ratio`` so its logit stays finite."""
+    for _, linear in quant_linears(model):
+        q = linear.weight_quantizer
+        if not q.learnable_clip_parameters():
+            continue
+        groups = to_groups(linear.weight.float(), q.spec.axis, q.spec.group_size)
+        ratio = search_clip_ratio(groups, q.spec.bits, q.spec.symmetric, grid=grid).clamp(max=max_ratio)
+        logit = torch.log(ratio / (1 - ratio)).to(q.clip_max_logit.dtype)
+        q.clip_max_logit.copy_(logit)
+        q.clip_min_logit.copy_(logit)
 
 
 @torch.no_grad()

@@ -18,11 +18,11 @@ from ...config.recipe import Recipe
 from ...errors import ConfigError
 from ...fakequant.wrap import quant_linears, quantize_model_structure, quantizers_bypassed
 from ...math.cayley import cached_all
-from ...math.quantizer import Quantizer, QuantSpec
+from ...math.quantizer import Quantizer
 from ...models.base import ModelAdapter
 from ...pipelines.checkpoints import CheckpointStore
 from ...pipelines.layerwise import LayerRecipe, calibrate_layerwise
-from ...pipelines.weights import gptq_weights, restore_weights, saved_weight_state
+from ...pipelines.weights import gptq_weights, restore_weights, rtn_with_learned_clip, saved_weight_state
 from ..base import Method, register_method
 from .options import FlatQuantOptions
 from .transforms import LayerTransforms, TransformOptions, attach_live, deploy, detach_live
@@ -199,9 +199,7 @@ class FlatQuant(Method):
                 linear.weight.copy_(linear.weight_quantizer.clamp_to_clip(linear.weight))
             gptq_weights(model, adapter, self.recipe, calibration)
             return
-        for _, linear in quant_linears(model):  # RTN with the learned per-row clip: what training saw
-            linear.weight.copy_(linear.weight_quantizer(linear.weight))
-            linear.weight_quantizer = Quantizer(QuantSpec())
+        rtn_with_learned_clip(model)  # what training saw
 
     def restore(self, model: nn.Module, adapter: ModelAdapter, state: dict[str, torch.Tensor]) -> None:
         quantize_model_structure(model, adapter, self.recipe)

@@ -29,7 +29,13 @@ from ...pipelines.checkpoints import CheckpointStore
 from ...pipelines.distill import StepCheckpoint, train_end_to_end
 from ...pipelines.residual import fold_norms
 from ...pipelines.static_ranges import init_static_ranges_lp, static_quantizers
-from ...pipelines.weights import quantize_weights, restore_weights
+from ...pipelines.weights import (
+    enable_learned_weight_clip,
+    init_learned_weight_clip,
+    quantize_weights,
+    restore_weights,
+    rtn_with_learned_clip,
+)
 from ..base import Method, load_quantizer_state, quantizer_state, register_method
 from ..quarot import online_hadamard_for, orthogonal_or_fallback
 from .live import attach, computed_once, detach, merge
@@ -39,6 +45,7 @@ from .transforms import FPTTransforms
 
 log = logging.getLogger(__name__)
 PREFIX = "fptquant.transforms."
+CLIP_PREFIX = "fptquant.weight_clip."
 
 
 @register_method
@@ -51,6 +58,7 @@ class FPTQuant(Method):
         super().__init__(recipe)
         self.options = FPTQuantOptions.from_method_args(self.recipe.method_args)
         self.transforms: FPTTransforms | None = None
+        self.weight_clip: dict[str, torch.Tensor] = {}
 
     # --- structure --------------------------------------------------------------------------
     def _prerope(self, adapter: ModelAdapter) -> bool:
@@ -68,6 +76,10 @@ class FPTQuant(Method):
         o = self.options.residual_scaling
         return self.recipe.act_static if o is None else o
 
+    def _learns_weight_clip(self, recipe: Recipe) -> bool:
+        """RTN weights get a clip per row learned end to end (GPTQ trains at W16 and sets its own grid)."""
+        return self.options.weight_clip == "learned" and recipe.weight_quantizer != "gptq"
+
     def _structure(self, model: nn.Module, adapter: ModelAdapter, recipe: Recipe) -> None:
         """Quantizers as ``recipe`` says, static ones per channel when asked (keeps nothing learned)."""
         quantize_model_structure(model, adapter, recipe)
@@ -75,6 +87,8 @@ class FPTQuant(Method):
             for _, linear in quant_linears(model):
                 spec = linear.input_quantizer.spec.with_(axis=Axis.COLUMN)
                 linear.input_quantizer = Quantizer(spec, linear.in_features).to(linear.weight.device)
+        if self._learns_weight_clip(recipe):
+            enable_learned_weight_clip(model)
 
     def _build(self, model: nn.Module, adapter: ModelAdapter, recipe: Recipe) -> FPTTransforms:
         """Quantizers, folded norms, online T_d and S_n, and identity-initialised learnable transforms."""
@@ -137,12 +151,14 @@ class FPTQuant(Method):
         self.stats["local_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         with torch.no_grad(), computed_once(adapter, t):
+            init_learned_weight_clip(model)  # a resumed end-to-end stage loads its own clips over these
             init_static_ranges_lp(model, calibration[: o.range_windows], p=o.range_p)
         self.stats["range_seconds"] = time.perf_counter() - start
         rotation = [t.residual.weight] if t.residual is not None else []
         others = [p for name, p in t.named_parameters() if not name.startswith("residual.")]
         scales = [q.scale for q in static_quantizers(model)]
-        for p in rotation + others + scales:
+        clips = [p for _, linear in quant_linears(model) for p in linear.weight_quantizer.learnable_clip_parameters()]
+        for p in rotation + others + scales + clips:
             p.requires_grad_(True)
         groups = [
             g
@@ -150,6 +166,7 @@ class FPTQuant(Method):
                 {"params": others, "lr": o.lr},
                 {"params": rotation, "lr": o.rotation_lr},
                 {"params": scales, "lr": o.scale_lr},
+                {"params": clips, "lr": o.clip_lr},
             )
             if g["params"]
         ]
@@ -187,7 +204,10 @@ class FPTQuant(Method):
         self._structure(model, adapter, self.recipe)
         expected = quantizer_state(model)
         load_quantizer_state(model, {k: v for k, v in learned.items() if k in expected})  # before GPTQ reads them
-        if state is None:
+        if self._learns_weight_clip(self.recipe):
+            self.weight_clip = {k: v for k, v in quantizer_state(model).items() if ".weight_quantizer.clip_" in k}
+            rtn_with_learned_clip(model)
+        elif state is None:
             quantize_weights(model, adapter, self.recipe, calibration)
         else:
             restore_weights(model, self.recipe, state)
@@ -196,8 +216,10 @@ class FPTQuant(Method):
         self.transforms = self._build(model, adapter, self.recipe)
         saved = {k[len(PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(PREFIX)}
         self.transforms.load_state_dict({k: v.to(model_device(model)) for k, v in saved.items()})
+        state.update({k[len(CLIP_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(CLIP_PREFIX)})
         self._finish(model, adapter, None, state)
 
     def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         own = {PREFIX + k: v.detach().cpu() for k, v in self.transforms.state_dict().items()}
-        return {**super().saved_state(model), **own}
+        clips = {CLIP_PREFIX + k: v for k, v in self.weight_clip.items()}
+        return {**super().saved_state(model), **own, **clips}

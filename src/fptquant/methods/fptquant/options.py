@@ -15,6 +15,7 @@ from ...pipelines.distill import LOSSES, DistillSettings
 
 DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
+WEIGHT_CLIPS = ("learned", "minmax")
 NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset")
 # A CPU-sized run (a few minutes on 2 cores for SmolLM2): every stage runs, briefly.
 PRESETS = {
@@ -54,6 +55,8 @@ class FPTQuantOptions:
     lr: float = 1e-3  # T_k, T_v, T_u
     rotation_lr: float = 1e-4  # T_r (its Cayley generator has d² entries: AdamW moves each by ~lr per step)
     scale_lr: float = 1e-3  # static activation scales (LSQ)
+    weight_clip: str = "learned"  # RTN weights: a clip per row learned end to end (init: MSE search) or min-max
+    clip_lr: float = 5e-3  # the weight clip logits
     loss: str = "jsd"
     temperature: float = 1.0
     e2e_seqlen: int | None = None  # None: the recipe's calibration length
@@ -70,6 +73,7 @@ class FPTQuantOptions:
         choices = {
             "down_rotation": DOWN_ROTATIONS,
             "static_granularity": GRANULARITIES,
+            "weight_clip": WEIGHT_CLIPS,
             "loss": LOSSES,
             "amp_dtype": tuple(AMP_DTYPES),
             "preset": tuple(PRESETS),
@@ -87,7 +91,8 @@ class FPTQuantOptions:
                 raise ConfigError(f"fptquant option {key} must be true or false, got {getattr(self, key)!r}")
         if self.e2e_seqlen is not None and (not isinstance(self.e2e_seqlen, int) or self.e2e_seqlen < 2):
             raise ConfigError(f"fptquant option e2e_seqlen must be an integer >= 2, got {self.e2e_seqlen!r}")
-        if min(self.local_lr, self.lr, self.rotation_lr, self.scale_lr, self.temperature, self.max_condition) <= 0:
+        rates = (self.local_lr, self.lr, self.rotation_lr, self.scale_lr, self.clip_lr)
+        if min(*rates, self.temperature, self.max_condition) <= 0:
             raise ConfigError("fptquant learning rates, temperature and max_condition must be positive")
 
     @classmethod

@@ -264,3 +264,18 @@ def test_rtn_weights_use_a_clip_per_row_learned_end_to_end():
     recover_symmetric_grid(down)  # the exported weights sit on a 4-bit grid per row
     _, plain = run("minmax")
     assert plain.weight_clip == {}
+
+
+def test_dynamic_activation_and_kv_clips_are_learned():
+    from fptquant.fakequant.wrap import clip_parameters
+
+    model = make_tiny_model("llama", **GQA)
+    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    args = {**FAST, "e2e_steps": 6, "clip_lr": 5e-2}
+    fptquant.quantize(model, fptquant.Recipe(method="fptquant", bits="w4a4kv4", method_args=args), calibration)
+    layer = model.model.layers[0]
+    act = layer.self_attn.q_proj.input_quantizer.clip_max_logit
+    key = layer.self_attn.fptquant_kv.k_quantizer.clip_max_logit
+    assert act.numel() == 1 and key.numel() == 1  # one pair per quantizer (LAC)
+    assert (act - 4.0).abs().item() > 1e-3 and (key - 4.0).abs().item() > 1e-3  # trained, not left at init
+    assert all(p.shape[0] == 1 for p in clip_parameters(model))  # the weights' per-row clips were applied and dropped

@@ -66,3 +66,33 @@ def quantizers_bypassed(module: nn.Module):
     finally:
         for q, b in zip(quantizers, previous, strict=True):
             q.bypass = b
+
+
+def _learnable(quantizer: Quantizer, units: int, device) -> Quantizer:
+    s = quantizer.spec
+    if not (s.enabled and s.dynamic) or s.learnable_clip:
+        return quantizer
+    return Quantizer(s.with_(learnable_clip=True), quantizer.features, clip_units=units).to(device)
+
+
+def learnable_clipping(module: nn.Module, weights: bool = True, activations: bool = True, kv: bool = True) -> None:
+    """Learnable clipping (FlatQuant's LWC/LAC) on the enabled dynamic quantizers inside ``module``: one
+    sigmoid-logit pair per weight row (per group with groups), one per activation or K/V quantizer."""
+    default = next(module.parameters()).device
+    for sub in module.modules():
+        if isinstance(sub, QuantLinear):
+            device = sub.weight.device
+            if weights:
+                spec = sub.weight_quantizer.spec
+                units = sub.weight.numel() // (spec.group_size or sub.in_features)
+                sub.weight_quantizer = _learnable(sub.weight_quantizer, units, device)
+            if activations:
+                sub.input_quantizer = _learnable(sub.input_quantizer, 1, device)
+        elif kv and isinstance(sub, AttentionQuantizers):
+            sub.k_quantizer = _learnable(sub.k_quantizer, 1, default)
+            sub.v_quantizer = _learnable(sub.v_quantizer, 1, default)
+
+
+def clip_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every learnable clip logit inside ``module``."""
+    return [p for m in module.modules() if isinstance(m, Quantizer) for p in m.learnable_clip_parameters()]

@@ -45,17 +45,6 @@ def rtn_with_learned_clip(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def enable_learned_weight_clip(model: nn.Module) -> None:
-    """Give every enabled weight quantizer a learnable clip pair per row (per group with groups)."""
-    for _, linear in quant_linears(model):
-        spec = linear.weight_quantizer.spec
-        if spec.enabled and not spec.learnable_clip:
-            units = linear.weight.numel() // (spec.group_size or linear.in_features)
-            quantizer = Quantizer(spec.with_(learnable_clip=True), linear.in_features, clip_units=units)
-            linear.weight_quantizer = quantizer.to(linear.weight.device)
-
-
-@torch.no_grad()
 def init_learned_weight_clip(model: nn.Module, grid: int = 20, max_ratio: float = 0.99) -> None:
     """Start each row's learned clip at the ratio minimising its quantization error (a coarse grid search
     on the weights as they are now, e.g. transformed), capped at ``max_ratio`` so its logit stays finite."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from ...config.recipe import Recipe
 from ...errors import ConfigError
-from ...fakequant.wrap import quant_linears, quantize_model_structure, quantizers_bypassed
+from ...fakequant.wrap import learnable_clipping, quant_linears, quantize_model_structure, quantizers_bypassed
 from ...math.cayley import cached_all
 from ...math.quantizer import Quantizer
 from ...models.base import ModelAdapter
@@ -31,18 +31,6 @@ log = logging.getLogger(__name__)
 PREFIX = "flatquant.layers"
 # Which transform feeds which linears (for the SmoothQuant-style init of its diagonal).
 DIAGONAL_READERS = (("attn_in", ("q", "k", "v")), ("mlp_in", ("gate", "up")), ("down_in", ("down",)))
-
-
-def enable_learnable_clipping(adapter: ModelAdapter, layer: nn.Module, recipe: Recipe) -> None:
-    """LWC (one clip pair per weight row) and LAC (one pair per activation / KV quantizer)."""
-    wspec, aspec = recipe.weight_spec(), recipe.activation_spec()
-    for linear in adapter.linears(layer).values():
-        linear.set_quantizers(wspec.with_(learnable_clip=True), aspec.with_(learnable_clip=True))
-    kv = adapter.attention(layer).fptquant_kv
-    spec = recipe.kv_spec(adapter.head_dim).with_(learnable_clip=True)
-    device = next(kv.parameters(), adapter.linear(layer, "q").weight).device
-    kv.k_quantizer = Quantizer(spec, kv.k_quantizer.features).to(device)
-    kv.v_quantizer = Quantizer(spec, kv.v_quantizer.features).to(device)
 
 
 def _clip_parameters(layer: nn.Module) -> dict[str, nn.Parameter]:
@@ -70,7 +58,7 @@ class FlatQuantLayers(LayerRecipe):
         device = self.adapter.linear(layer, "q").weight.device
         self.transforms[index] = LayerTransforms(self.adapter, self.transform_options, gen).to(device)
         if self.options.clip:
-            enable_learnable_clipping(self.adapter, layer, self.recipe)
+            learnable_clipping(layer)
 
     @torch.no_grad()
     def initialize(self, index: int, layer: nn.Module, inputs: torch.Tensor, kwargs: dict) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from ...config.recipe import Recipe
 from ...errors import ConfigError
 from ...fakequant.residual_scaling import enable_residual_scaling
-from ...fakequant.wrap import quant_linears, quantize_model_structure
+from ...fakequant.wrap import clip_parameters, learnable_clipping, quant_linears, quantize_model_structure
 from ...math.hadamard import largest_power_of_two_factor
 from ...math.online import OnlineHadamard
 from ...math.quantization import Axis
@@ -30,7 +30,6 @@ from ...pipelines.distill import StepCheckpoint, train_end_to_end
 from ...pipelines.residual import fold_norms
 from ...pipelines.static_ranges import init_static_ranges_lp, static_quantizers
 from ...pipelines.weights import (
-    enable_learned_weight_clip,
     init_learned_weight_clip,
     quantize_weights,
     restore_weights,
@@ -87,8 +86,9 @@ class FPTQuant(Method):
             for _, linear in quant_linears(model):
                 spec = linear.input_quantizer.spec.with_(axis=Axis.COLUMN)
                 linear.input_quantizer = Quantizer(spec, linear.in_features).to(linear.weight.device)
-        if self._learns_weight_clip(recipe):
-            enable_learned_weight_clip(model)
+        learn_w, learn_a = self._learns_weight_clip(recipe), self.options.act_clip == "learned"
+        if learn_w or learn_a:  # static activation quantizers learn their scales instead
+            learnable_clipping(model, weights=learn_w, activations=learn_a, kv=learn_a)
 
     def _build(self, model: nn.Module, adapter: ModelAdapter, recipe: Recipe) -> FPTTransforms:
         """Quantizers, folded norms, online T_d and S_n, and identity-initialised learnable transforms."""
@@ -157,7 +157,7 @@ class FPTQuant(Method):
         rotation = [t.residual.weight] if t.residual is not None else []
         others = [p for name, p in t.named_parameters() if not name.startswith("residual.")]
         scales = [q.scale for q in static_quantizers(model)]
-        clips = [p for _, linear in quant_linears(model) for p in linear.weight_quantizer.learnable_clip_parameters()]
+        clips = clip_parameters(model)
         for p in rotation + others + scales + clips:
             p.requires_grad_(True)
         groups = [

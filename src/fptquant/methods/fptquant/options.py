@@ -16,6 +16,7 @@ from ...pipelines.distill import LOSSES, DistillSettings
 DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
 WEIGHT_CLIPS = ("learned", "minmax")
+ACT_CLIPS = ("learned", "fixed")
 NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset")
 # A CPU-sized run (a few minutes on 2 cores for SmolLM2): every stage runs, briefly.
 PRESETS = {
@@ -56,7 +57,8 @@ class FPTQuantOptions:
     rotation_lr: float = 1e-4  # T_r (its Cayley generator has d² entries: AdamW moves each by ~lr per step)
     scale_lr: float = 1e-3  # static activation scales (LSQ)
     weight_clip: str = "learned"  # RTN weights: a clip per row learned end to end (init: MSE search) or min-max
-    clip_lr: float = 5e-3  # the weight clip logits
+    act_clip: str = "learned"  # dynamic activation and K/V quantizers: a learned clip each (FlatQuant's LAC) or fixed
+    clip_lr: float = 5e-3  # the clip logits (weights, activations, K/V)
     loss: str = "jsd"
     temperature: float = 1.0
     e2e_seqlen: int | None = None  # None: the recipe's calibration length
@@ -74,6 +76,7 @@ class FPTQuantOptions:
             "down_rotation": DOWN_ROTATIONS,
             "static_granularity": GRANULARITIES,
             "weight_clip": WEIGHT_CLIPS,
+            "act_clip": ACT_CLIPS,
             "loss": LOSSES,
             "amp_dtype": tuple(AMP_DTYPES),
             "preset": tuple(PRESETS),

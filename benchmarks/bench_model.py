@@ -94,27 +94,43 @@ def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: 
 
 
 CATEGORIES = (("gemm (w4a4)", ("_w4a4_kernel", "_unpack_kernel")), ("quantize", ("_quantize_rows",)),
-              ("attention", ("fmha", "flash", "attention", "sdpa", "efficient")),
+              ("attention", ("fmha", "flash", "attention", "sdpa", "efficient", "_decode_kernel")),
               ("bf16 gemm (cuBLAS)", ("gemm", "cutlass", "sm90_xmma", "nvjet")))  # fmt: skip
 
 
 @torch.no_grad()
-def breakdown(model, batch: int, prompt: int, vocab: int) -> dict:
-    """GPU time of one prefill by kernel category (torch.profiler)."""
+def breakdown(model, batch: int, prompt: int, vocab: int, decode_steps: int = 0, int4_cache: bool = False) -> dict:
+    """GPU ms by kernel category (torch.profiler) of one prefill, or with ``decode_steps`` of that many
+    decode steps after a prefill (per step)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
-    model.model(input_ids=ids)
+    if decode_steps:
+        cache = kv_cache_for(model, prompt + 2 * decode_steps + 1) if int4_cache else None
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1:].argmax(-1)
+
+        def run():
+            nonlocal out, nxt
+            for _ in range(decode_steps):
+                out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+                nxt = out.logits[:, -1:].argmax(-1)
+    else:
+
+        def run():
+            model.model(input_ids=ids)
+
+    run()  # warm-up (and, for decode, the first half of the cache's steps)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        model.model(input_ids=ids)
+        run()
         torch.cuda.synchronize()
     totals: dict[str, float] = {}
     for event in prof.key_averages():
         us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
         name = event.key.lower()
         cat = next((c for c, keys in CATEGORIES if any(k.lower() in name for k in keys)), "other")
-        totals[cat] = totals.get(cat, 0.0) + us / 1e3
+        totals[cat] = totals.get(cat, 0.0) + us / 1e3 / max(decode_steps, 1)
     return totals
 
 
@@ -166,9 +182,12 @@ def main() -> int:
     parts = {}
     if a.profile_batch:
         for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):
-            parts[name] = breakdown(model, a.profile_batch, a.prompt, vocab)
-            print(f"prefill batch {a.profile_batch} GPU ms by part, {name}: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts[name].items())))  # fmt: skip
+            for phase, steps in (("prefill", 0), ("decode", 8)):
+                int4 = name != "bf16" and a.kv == "int4"
+                found = breakdown(model, a.profile_batch, a.prompt, vocab, steps, int4)
+                parts[f"{phase}/{name}"] = found
+                print(f"{phase} batch {a.profile_batch} GPU ms {'per step ' if steps else ''}by part, {name}: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in sorted(found.items())))  # fmt: skip
     if a.json:
         with open(a.json, "w") as f:
             json.dump({**env, "args": vars(a), "weights": weights, "rows": rows, "parts": parts}, f,

@@ -10,7 +10,9 @@ q flatquant-rtn_w4a4kv4   --method flatquant --bits w4a4kv4 --out "$OUT/flatquan
 reload flatquant-rtn
 q flatquant-gptq_w4a4kv4  --method flatquant --weights gptq --bits w4a4kv4 --out "$OUT/flatquant-gptq"
 reload flatquant-gptq
+q flatquant-rtn_w4a8kv8   --method flatquant --bits w4a8kv8
 q flatquant-gptq_w4a8kv8  --method flatquant --weights gptq --bits w4a8kv8
+q flatquant-rtn_w4a16     --method flatquant --bits w4a16
 q flatquant-gptq_w4a16    --method flatquant --weights gptq --bits w4a16
 # Ablation (paper Table 16: LT, PS, LCT on/off), RTN weights, W4A4KV4, full recipe.
 for lt in true false; do for ps in true false; do for lct in true false; do

@@ -21,7 +21,14 @@ def stepwise_logits(model, tokens, cache, prompt: int):
 
 
 @pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot"), ("llama", "flatquant")])
-def test_int4_cache_reproduces_the_fake_quant_model(arch, method, tokens):
+def test_int4_cache_reproduces_the_fake_quant_model(arch, method, tokens, monkeypatch):
+    import fptquant.deploy.kv_cache as kv_cache
+
+    kernel_calls = []
+    real_kernel = kv_cache.int4_kv_decode_attention
+    monkeypatch.setattr(
+        kv_cache, "int4_kv_decode_attention", lambda *a, **k: kernel_calls.append(1) or real_kernel(*a, **k)
+    )
     model = quantized(arch, method)  # fake-quant model: K/V quantized per (token, head), 4-bit
     with torch.no_grad():
         reference = model(tokens, use_cache=False).logits
@@ -30,6 +37,7 @@ def test_int4_cache_reproduces_the_fake_quant_model(arch, method, tokens):
     got = stepwise_logits(model, tokens, cache, prompt=11)
     assert torch.equal(got[:, :11], prompt_reference)  # prefill attends to the dequantized cache: exact
     assert (got - reference).abs().max() <= 1e-4 * reference.abs().max()  # decode: the INT4 kernel
+    assert len(kernel_calls) == model.config.num_hidden_layers * (tokens.shape[1] - 11)
     layer = cache.layers[0]
     assert isinstance(layer, Int4KVLayer) and layer.get_seq_length() == tokens.shape[1]
     k, v = layer.packed

@@ -279,3 +279,17 @@ def test_dynamic_activation_and_kv_clips_are_learned():
     assert act.numel() == 1 and key.numel() == 1  # one pair per quantizer (LAC)
     assert (act - 4.0).abs().item() > 1e-3 and (key - 4.0).abs().item() > 1e-3  # trained, not left at init
     assert all(p.shape[0] == 1 for p in clip_parameters(model))  # the weights' per-row clips were applied and dropped
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_training_matches_eager_training():
+    """The graphed e2e step (the GPU default) must train like the eager one: same losses, step by step."""
+    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0)).cuda()
+    losses = {}
+    for graph in (False, True):
+        model = make_tiny_model("llama", **GQA).cuda()
+        args = {**FAST, "e2e_steps": 6, "cuda_graph": graph, "amp": False}
+        recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+        method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
+        losses[graph] = method.stats["e2e_losses"]
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-6)

@@ -11,6 +11,7 @@ stops it with the last good checkpoint kept.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from ..fakequant.wrap import quantizers_bypassed
 from ..models.base import model_device
 
 LOSSES = ("jsd", "kl", "ce")
+log = logging.getLogger(__name__)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, labels=None, temperature=1.0):
@@ -56,6 +58,7 @@ class DistillSettings:
     gradient_checkpointing: bool = True
     checkpoint_every: int = 50
     seed: int = 0
+    cuda_graph: bool | None = None  # replay each step as a CUDA graph; None: on CUDA
 
 
 class StepCheckpoint:
@@ -75,16 +78,67 @@ class StepCheckpoint:
         os.replace(tmp, self.path)
 
 
-def _checkpointing(model: nn.Module, on: bool) -> None:
-    """Activation (gradient) checkpointing of the decoder layers; transformers renamed the method in 5.x."""
+def _checkpointing(model: nn.Module, on: bool, graphed: bool = False) -> None:
+    """Activation (gradient) checkpointing of the decoder layers; transformers renamed the method in 5.x.
+
+    Inside a CUDA graph the RNG state cannot be read, and no layer here draws random numbers."""
     verb = "enable" if on else "disable"
-    kwargs = {"use_reentrant": False}
+    kwargs = {"use_reentrant": False, "preserve_rng_state": not graphed}
     if hasattr(model, f"activation_checkpointing_{verb}"):
         fn = getattr(model, f"activation_checkpointing_{verb}")
         fn(activation_checkpointing_kwargs=kwargs) if on else fn()
     elif hasattr(model, f"gradient_checkpointing_{verb}"):
         fn = getattr(model, f"gradient_checkpointing_{verb}")
         fn(gradient_checkpointing_kwargs=kwargs) if on else fn()
+
+
+def _optimizer(groups: list[dict], s: DistillSettings, graph_device: torch.device | None):
+    """AdamW and its cosine schedule; for a CUDA graph, capturable with learning rates as device tensors."""
+    if graph_device is not None:
+        groups = [{**g, "lr": torch.tensor(float(g["lr"]), device=graph_device)} for g in groups]
+    optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay, capturable=graph_device is not None)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
+
+
+def _forward_backward(model, batch, s: DistillSettings, context, device, graphed: bool) -> torch.Tensor:
+    """Every micro-batch's student and teacher forward, loss and backward; returns the batch loss (a tensor)."""
+    total = torch.zeros((), device=device)
+    amp = s.amp and device.type == "cuda"
+    for chunk in batch.split(s.micro_batch):
+        # autocast's weight-cast cache would keep tensors from one graph replay to the next
+        with context(), torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp, cache_enabled=not graphed):
+            with torch.no_grad(), quantizers_bypassed(model):
+                teacher = None if s.loss == "ce" else model(input_ids=chunk, use_cache=False).logits
+            student = model(input_ids=chunk, use_cache=False).logits
+            part = distillation_loss(student, teacher, s.loss, chunk, s.temperature) * (len(chunk) / len(batch))
+            part.backward()
+        total += part.detach()
+    return total
+
+
+def _graphed(forward_backward, optimizer, scheduler, params, first_batch, saved, s: DistillSettings, groups):
+    """The step as a CUDA graph, with any saved optimizer state loaded; if this torch cannot capture it,
+    a warning and the eager optimizer (``runner`` None)."""
+    from .graphed_step import GraphedStep
+
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    try:
+        runner = GraphedStep(forward_backward, optimizer, params, lrs, first_batch)
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        runner.capture()
+        return runner, optimizer, scheduler
+    except RuntimeError as error:  # capture is refused by some operation: train eagerly instead
+        log.warning("CUDA-graph capture failed (%s); training eagerly", str(error).splitlines()[0][:200])
+        torch.cuda.synchronize()
+        for p in params:
+            p.grad = None
+        optimizer, scheduler = _optimizer(groups, s, None)
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        return None, optimizer, scheduler
 
 
 def train_end_to_end(
@@ -106,8 +160,9 @@ def train_end_to_end(
     if s.loss not in LOSSES:
         raise ValueError(f"unknown distillation loss {s.loss!r}; choose one of {LOSSES}")
     params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
+    device = model_device(model)
+    graphed = s.cuda_graph if s.cuda_graph is not None else device.type == "cuda"
+    optimizer, scheduler = _optimizer(groups, s, device if graphed else None)
     gen = torch.Generator().manual_seed(s.seed)
     order = [
         torch.randperm(len(windows), generator=gen) for _ in range(math.ceil(s.steps * s.batch_size / len(windows)) + 1)
@@ -119,27 +174,36 @@ def train_end_to_end(
         with torch.no_grad():
             for p, value in zip(params, saved["params"], strict=True):
                 p.copy_(value)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
         start, losses = int(saved["step"]), list(saved["losses"])
-    device = model_device(model)
-    amp = s.amp and device.type == "cuda"
+
+    def batch_of(step: int) -> torch.Tensor:
+        return windows[order[step * s.batch_size : (step + 1) * s.batch_size]].to(device)
+
+    def forward_backward(batch: torch.Tensor) -> torch.Tensor:
+        return _forward_backward(model, batch, s, context, device, graphed)
+
     if s.gradient_checkpointing:
-        _checkpointing(model, True)
+        _checkpointing(model, True, graphed)
     model.train()
-    bar = tqdm(range(start, s.steps), desc=desc, unit="step", initial=start, total=s.steps)
+    runner = None
     try:
+        if graphed and start < s.steps:
+            runner, optimizer, scheduler = _graphed(
+                forward_backward, optimizer, scheduler, params, batch_of(start), saved, s, groups
+            )
+        elif saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        bar = tqdm(range(start, s.steps), desc=desc, unit="step", initial=start, total=s.steps)
         for step in bar:
-            batch = windows[order[step * s.batch_size : (step + 1) * s.batch_size]].to(device)
-            loss = 0.0
-            for chunk in batch.split(s.micro_batch):
-                with context(), torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp):
-                    with torch.no_grad(), quantizers_bypassed(model):
-                        teacher = None if s.loss == "ce" else model(input_ids=chunk, use_cache=False).logits
-                    student = model(input_ids=chunk, use_cache=False).logits
-                    part = distillation_loss(student, teacher, s.loss, chunk, s.temperature) * (len(chunk) / len(batch))
-                    part.backward()
-                loss += part.item()
+            if runner is not None:
+                for t, lr in zip(runner.lr_tensors, scheduler.get_last_lr(), strict=True):
+                    t.fill_(float(lr))
+                loss = float(runner(batch_of(step)))
+                if step == start:
+                    runner.verify()
+            else:
+                loss = float(forward_backward(batch_of(step)))
             problem = None if math.isfinite(loss) else f"the loss became {loss}"
             problem = problem or check()
             if problem:
@@ -148,8 +212,9 @@ def train_end_to_end(
                     f"{desc} training stopped at step {step + 1}: {problem}; the last good checkpoint is kept{where} "
                     "(lower the learning rate, or try --method-arg amp=false)"
                 )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if runner is None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -168,4 +233,6 @@ def train_end_to_end(
         model.eval()
         if s.gradient_checkpointing:
             _checkpointing(model, False)
+        for p in params:
+            p.grad = None
     return losses

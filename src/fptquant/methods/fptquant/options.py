@@ -17,7 +17,7 @@ DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
 WEIGHT_CLIPS = ("learned", "minmax")
 ACT_CLIPS = ("learned", "fixed")
-NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset")
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset", "cuda_graph")
 # A CPU-sized run (a few minutes on 2 cores for SmolLM2): every stage runs, briefly.
 PRESETS = {
     "full": {},
@@ -65,6 +65,7 @@ class FPTQuantOptions:
     amp: bool = True
     amp_dtype: str = "bfloat16"
     gradient_checkpointing: bool = True
+    cuda_graph: bool | None = None  # replay each e2e step as one CUDA graph (None: on CUDA)
     max_condition: float = 1e4  # stop when a T_v's condition number exceeds this
     checkpoint_every: int = 50
     checkpoint_dir: str | None = None
@@ -89,7 +90,7 @@ class FPTQuantOptions:
             or min(self.batch_size, self.micro_batch) < 1
         ):
             raise ConfigError("fptquant needs local_steps, e2e_steps >= 0, range_windows, batch_size, micro_batch >= 1")
-        for key in ("prerope", "residual_scaling"):
+        for key in ("prerope", "residual_scaling", "cuda_graph"):
             if getattr(self, key) not in (None, True, False):
                 raise ConfigError(f"fptquant option {key} must be true or false, got {getattr(self, key)!r}")
         if self.e2e_seqlen is not None and (not isinstance(self.e2e_seqlen, int) or self.e2e_seqlen < 2):
@@ -117,6 +118,7 @@ class FPTQuantOptions:
             gradient_checkpointing=self.gradient_checkpointing,
             checkpoint_every=self.checkpoint_every,
             seed=seed,
+            cuda_graph=self.cuda_graph,
         )
 
     def fingerprint_dict(self) -> dict:

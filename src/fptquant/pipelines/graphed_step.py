@@ -1,0 +1,82 @@
+"""A whole training step (forward, backward, optimizer update) recorded once as a CUDA graph.
+
+End-to-end training of a fake-quantized model launches tens of thousands of small kernels per step
+(quantizers, transforms, per-head matrices), so on a GPU the step is bound by the CPU that launches
+them. Replaying the step as one CUDA graph removes that cost. What a graph needs, and how it is met:
+
+* static tensors: the batch is copied into one buffer; gradients are zeroed in place inside the graph;
+  learning rates are device tensors the caller refills before each replay (capturable AdamW);
+* lazy initialisation outside the capture: one eager forward/backward on a side stream, and the
+  optimizer state created by a step at learning rate 0 (no parameter moves) and then zeroed;
+* a check: the first replay's loss and gradients must match that eager warm-up on the same batch
+  and parameters, so a graph that records something else (a host value frozen into it) is caught.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import TrainingError
+
+
+class GraphedStep:
+    """``step_fn(batch) -> loss`` (gradients accumulated into ``.grad``) plus ``optimizer.step()``, replayed."""
+
+    def __init__(self, step_fn: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                 params: list[torch.Tensor], lr_tensors: list[torch.Tensor], first_batch: torch.Tensor):  # fmt: skip
+        self.step_fn, self.optimizer, self.params, self.lr_tensors = step_fn, optimizer, params, lr_tensors
+        self.batch = first_batch.clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for p in params:
+                p.grad = None
+            loss = step_fn(self.batch)
+            self.reference = (loss.detach().clone(), [self._grad(p).clone() for p in params])
+            saved = [t.clone() for t in lr_tensors]
+            for t in lr_tensors:
+                t.zero_()
+            optimizer.step()  # creates the optimizer state; at lr 0 no parameter moves
+            for t, value in zip(lr_tensors, saved, strict=True):
+                t.copy_(value)
+            for state in optimizer.state.values():
+                for value in state.values():
+                    if torch.is_tensor(value):
+                        value.zero_()
+            for p in params:
+                p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+
+    @staticmethod
+    def _grad(p: torch.Tensor) -> torch.Tensor:
+        return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+
+    def capture(self) -> None:
+        """Record the step (call after loading any optimizer state to resume: loading replaces tensors)."""
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            torch._foreach_zero_([p.grad for p in self.params])
+            self.loss = self.step_fn(self.batch)
+            self.optimizer.step()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.batch.copy_(batch)
+        self.graph.replay()
+        return self.loss
+
+    def verify(self, rtol: float = 1e-2) -> None:
+        """After the first replay (same batch and parameters as the warm-up): same loss and gradients."""
+        loss, grads = self.reference
+        bad = not torch.allclose(self.loss, loss, rtol=rtol, atol=0)
+        for p, g in zip(self.params, grads, strict=True):
+            bad = bad or bool((p.grad - g).norm() > rtol * g.norm() + 1e-12)
+        if bad:
+            raise TrainingError(
+                f"the CUDA-graph training step disagrees with the eager one (loss {float(self.loss):.6g} vs "
+                f"{float(loss):.6g}); rerun with --method-arg cuda_graph=false"
+            )
+        del self.reference

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 on the GPU machine: every kernel compiled and checked (the kernel tests on CUDA), then the
 # benchmarks. Needs no model or data staging. Writes JSON to $OUT (default ./out).
-#   STEPS="tests gemm gemm70 tq quant kvattn" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
+#   STEPS="tests train gemm gemm70 tq quant kvattn" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -13,6 +13,9 @@ for step in $STEPS; do
     tests) if python3 -c "import pytest" 2>/dev/null; then
              timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_w4a4_gemm.py tests/test_kv_attention.py 2>&1 | tail -25
            else echo "pytest missing on this machine"; fi ;;
+    train) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kv_cache.py \
+             tests/test_flatquant.py::test_compiled_calibration_trains_like_eager_on_the_gpu \
+             tests/test_fptquant.py::test_cuda_graph_training_matches_eager_training 2>&1 | tail -15 ;;
     gemm) timeout 480 python3 benchmarks/bench_w4a4_gemm.py --sweep --variants --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b.json" ;;
     gemm70) timeout 200 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_70b.json" ;;
     tq) timeout 200 python3 benchmarks/bench_transform_quantize.py --json "$OUT/transform_quantize.json" ;;

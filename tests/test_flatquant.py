@@ -247,3 +247,26 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog, to
         loss = step(layer, x, y, captured.kwargs)
     torch.testing.assert_close(loss, layerwise._step_loss(layer, x, y, captured.kwargs))
     assert "no compiler here" in caplog.text and layerwise._StepLoss.compile_failed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled (inductor) step is the GPU default")
+def test_compiled_calibration_trains_like_eager_on_the_gpu(tokens):
+    from fptquant.pipelines.layerwise import LayerwiseSettings, layer_outputs, train_layer
+    from fptquant.pipelines.sequential import capture_first_layer_inputs
+
+    class Bar:
+        def set_postfix(self, **kw):
+            pass
+
+    results = {}
+    for compiled in (False, True):
+        model = make_tiny_model("qwen2").cuda()
+        adapter, layers = built_layers(model)
+        captured = capture_first_layer_inputs(model, adapter, tokens.cuda())
+        x = torch.cat(captured.hidden).float()
+        layer = adapter.layers()[0]
+        y = layer_outputs(layer, x, captured.kwargs)
+        layers.attach(0, layer)
+        s = LayerwiseSettings(epochs=3, batch_size=1, amp=False, compile=compiled)
+        results[compiled] = train_layer(layers, 0, layer, x, y, captured.kwargs, s, Bar())
+    assert results[True] == pytest.approx(results[False], rel=1e-3)

@@ -293,3 +293,25 @@ def test_cuda_graph_training_matches_eager_training():
         method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
         losses[graph] = method.stats["e2e_losses"]
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-6)
+
+
+def test_blockwise_stage_lowers_each_layers_error_and_resumes(tmp_path):
+    """The optional block-wise stage trains each layer's own parameters (not T_r) against its
+    full-precision output; its result is checkpointed and loaded by a rerun."""
+    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    args = {**FAST, "e2e_steps": 0, "blockwise_epochs": 3, "blockwise_lr": 1e-2, "resume": True,
+            "checkpoint_dir": str(tmp_path / "ck")}  # fmt: skip
+    recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+    first = fptquant.quantize(make_tiny_model("llama", **GQA), recipe, calibration).fptquant_method
+    losses = first.stats["blockwise_losses"]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    from safetensors.torch import load_file
+
+    after_local = load_file(tmp_path / "ck" / "local.safetensors")["residual.weight"]
+    assert torch.equal(first.transforms.residual.weight.cpu(), after_local)  # T_r untouched by the block-wise stage
+    assert (tmp_path / "ck" / "blockwise.safetensors").is_file()
+    model = make_tiny_model("llama", **GQA)
+    again = fptquant.quantize(model, recipe, calibration).fptquant_method
+    assert "blockwise_losses" not in again.stats  # loaded, not retrained
+    assert torch.equal(again.transforms.layers[0].up_log_scale, first.transforms.layers[0].up_log_scale)
+    assert first.transforms.layers[0].up_log_scale.abs().max() > 0  # trained away from the identity

@@ -37,6 +37,7 @@ from ...pipelines.weights import (
 )
 from ..base import Method, load_quantizer_state, quantizer_state, register_method
 from ..quarot import online_hadamard_for, orthogonal_or_fallback
+from .blockwise import train_blockwise
 from .live import attach, computed_once, detach, merge
 from .local import optimize_local
 from .options import FPTQuantOptions
@@ -136,6 +137,23 @@ class FPTQuant(Method):
             return f"a value transform T_v's condition number reached {float(cond):.3g} (> max_condition)"
         return None
 
+    def _blockwise(self, model, adapter: ModelAdapter, calibration: torch.Tensor, store) -> None:
+        saved = store.load("blockwise") if store is not None else None
+        start = time.perf_counter()
+        if saved is not None:
+            device = model_device(model)
+            self.transforms.load_state_dict({k[2:]: v.to(device) for k, v in saved.items() if k.startswith("t.")})
+            load_quantizer_state(model, {k[2:]: v for k, v in saved.items() if k.startswith("q.")})
+            log.warning("FPTQuant: block-wise stage loaded from %s", store.root)
+            return
+        windows = calibration[: self.options.blockwise_windows]
+        settings = self.options.blockwise(self.recipe.seed)
+        self.stats["blockwise_losses"] = train_blockwise(model, adapter, self.transforms, windows, settings)
+        self.stats["blockwise_seconds"] = time.perf_counter() - start
+        if store is not None:
+            state = {f"t.{k}": v for k, v in self.transforms.state_dict().items()}
+            store.save("blockwise", {**state, **{f"q.{k}": v for k, v in quantizer_state(model).items()}})
+
     def _train(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor) -> None:
         o, t = self.options, self.transforms
         store = self._store(model, calibration)
@@ -160,6 +178,8 @@ class FPTQuant(Method):
         clips = clip_parameters(model)
         for p in rotation + others + scales + clips:
             p.requires_grad_(True)
+        if o.blockwise_epochs:
+            self._blockwise(model, adapter, calibration, store)
         groups = [
             g
             for g in (

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from ...config.options import AMP_DTYPES, options_from_args
 from ...errors import ConfigError
 from ...pipelines.distill import LOSSES, DistillSettings
+from ...pipelines.layerwise import LayerwiseSettings
 
 DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
@@ -45,6 +46,11 @@ class FPTQuantOptions:
     local_steps: int = 200
     local_lr: float = 1e-2
     local_p: float = 4.0
+    # block-wise stage (not in the paper; off by default): per-layer MSE to the full-precision layer
+    blockwise_epochs: int = 0
+    blockwise_lr: float = 1e-3  # T_k, T_v, T_u and static scales
+    blockwise_clip_lr: float = 1e-2
+    blockwise_windows: int | None = None  # None: every calibration window
     # static activation scales
     static_granularity: str = "tensor"
     range_p: float = 2.0
@@ -86,7 +92,7 @@ class FPTQuantOptions:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"fptquant option {key} must be one of {allowed}, got {getattr(self, key)!r}")
         if (
-            min(self.local_steps, self.e2e_steps, self.range_windows - 1) < 0
+            min(self.local_steps, self.e2e_steps, self.range_windows - 1, self.blockwise_epochs) < 0
             or min(self.batch_size, self.micro_batch) < 1
         ):
             raise ConfigError("fptquant needs local_steps, e2e_steps >= 0, range_windows, batch_size, micro_batch >= 1")
@@ -95,7 +101,8 @@ class FPTQuantOptions:
                 raise ConfigError(f"fptquant option {key} must be true or false, got {getattr(self, key)!r}")
         if self.e2e_seqlen is not None and (not isinstance(self.e2e_seqlen, int) or self.e2e_seqlen < 2):
             raise ConfigError(f"fptquant option e2e_seqlen must be an integer >= 2, got {self.e2e_seqlen!r}")
-        rates = (self.local_lr, self.lr, self.rotation_lr, self.scale_lr, self.clip_lr)
+        rates = (self.local_lr, self.lr, self.rotation_lr, self.scale_lr, self.clip_lr, self.blockwise_lr,
+                 self.blockwise_clip_lr)  # fmt: skip
         if min(*rates, self.temperature, self.max_condition) <= 0:
             raise ConfigError("fptquant learning rates, temperature and max_condition must be positive")
 
@@ -105,6 +112,19 @@ class FPTQuantOptions:
         if preset not in PRESETS:
             raise ConfigError(f"fptquant option preset must be one of {tuple(PRESETS)}, got {preset!r}")
         return options_from_args(cls, {**PRESETS[preset], **args}, "fptquant")
+
+    def blockwise(self, seed: int) -> LayerwiseSettings:
+        return LayerwiseSettings(
+            epochs=self.blockwise_epochs,
+            batch_size=self.batch_size,
+            lr=self.blockwise_lr,
+            clip_lr=self.blockwise_clip_lr,
+            weight_decay=0.0,
+            amp=self.amp,
+            amp_dtype=AMP_DTYPES[self.amp_dtype],
+            seed=seed,
+            compile=False,  # parametrized weights: one generated class per module, one compilation per layer
+        )
 
     def distill(self, seed: int) -> DistillSettings:
         return DistillSettings(

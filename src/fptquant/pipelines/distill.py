@@ -97,7 +97,12 @@ def _optimizer(groups: list[dict], s: DistillSettings, graph_device: torch.devic
     if graph_device is not None:
         groups = [{**g, "lr": torch.tensor(float(g["lr"]), device=graph_device)} for g in groups]
     optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay, capturable=graph_device is not None)
-    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
+    if graph_device is not None:  # a scheduler that assigns plain floats (older torch) is undone here
+        for g in optimizer.param_groups:
+            if not torch.is_tensor(g["lr"]):
+                g["lr"] = torch.tensor(float(g["lr"]), device=graph_device)
+    return optimizer, scheduler
 
 
 def _forward_backward(model, batch, s: DistillSettings, context, device, graphed: bool) -> torch.Tensor:
@@ -129,7 +134,9 @@ def _graphed(forward_backward, optimizer, scheduler, params, first_batch, saved,
             scheduler.load_state_dict(saved["scheduler"])
         runner.capture()
         return runner, optimizer, scheduler
-    except RuntimeError as error:  # capture is refused by some operation: train eagerly instead
+    except TrainingError:
+        raise
+    except Exception as error:  # noqa: BLE001 - capture refused by some operation: train eagerly instead
         log.warning("CUDA-graph capture failed (%s); training eagerly", str(error).splitlines()[0][:200])
         torch.cuda.synchronize()
         for p in params:

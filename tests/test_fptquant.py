@@ -315,3 +315,25 @@ def test_blockwise_stage_lowers_each_layers_error_and_resumes(tmp_path):
     assert "blockwise_losses" not in again.stats  # loaded, not retrained
     assert torch.equal(again.transforms.layers[0].up_log_scale, first.transforms.layers[0].up_log_scale)
     assert first.transforms.layers[0].up_log_scale.abs().max() > 0  # trained away from the identity
+
+
+def test_eager_training_resumes_from_a_cuda_graph_runs_state():
+    """A CUDA-graph run saves tensor learning rates; resuming it eagerly (CPU, or after a refused capture)
+    must turn them back into floats, which the eager foreach AdamW requires."""
+    from fptquant.pipelines.distill import DistillSettings, _load_eager, _optimizer
+
+    w = torch.nn.Parameter(torch.ones(3))
+    s = DistillSettings(steps=10)
+    optimizer, scheduler = _optimizer([{"params": [w], "lr": 0.1}], s, None)
+    w.grad = torch.ones(3)
+    optimizer.step()
+    scheduler.step()
+    saved = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    for group in saved["optimizer"]["param_groups"]:
+        group["lr"], group["initial_lr"] = torch.tensor(group["lr"]), torch.tensor(group["initial_lr"])
+    fresh, fresh_scheduler = _optimizer([{"params": [w], "lr": 0.1}], s, None)
+    _load_eager(fresh, fresh_scheduler, saved)
+    assert isinstance(fresh.param_groups[0]["lr"], float)
+    fresh.step()  # would raise on a tensor lr with foreach and capturable=False
+    fresh_scheduler.step()
+    assert fresh.param_groups[0]["lr"] < 0.1

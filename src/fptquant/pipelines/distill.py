@@ -121,6 +121,16 @@ def _forward_backward(model, batch, s: DistillSettings, context, device, graphed
     return total
 
 
+def _load_eager(optimizer, scheduler, saved: dict) -> None:
+    """Resume an eager optimizer, also from a CUDA-graph run's state (whose learning rates are tensors)."""
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr"):
+            if torch.is_tensor(group.get(key)):
+                group[key] = float(group[key])
+
+
 def _graphed(forward_backward, optimizer, scheduler, params, first_batch, saved, s: DistillSettings, groups):
     """The step as a CUDA graph, with any saved optimizer state loaded; if this torch cannot capture it,
     a warning and the eager optimizer (``runner`` None)."""
@@ -132,6 +142,9 @@ def _graphed(forward_backward, optimizer, scheduler, params, first_batch, saved,
         if saved is not None:
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            for group, lr in zip(optimizer.param_groups, lrs, strict=True):  # loading may bring plain floats
+                lr.fill_(float(group["lr"]))
+                group["lr"] = lr
         runner.capture()
         return runner, optimizer, scheduler
     except TrainingError:
@@ -143,8 +156,7 @@ def _graphed(forward_backward, optimizer, scheduler, params, first_batch, saved,
             p.grad = None
         optimizer, scheduler = _optimizer(groups, s, None)
         if saved is not None:
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
+            _load_eager(optimizer, scheduler, saved)
         return None, optimizer, scheduler
 
 
@@ -199,8 +211,7 @@ def train_end_to_end(
                 forward_backward, optimizer, scheduler, params, batch_of(start), saved, s, groups
             )
         elif saved is not None:
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
+            _load_eager(optimizer, scheduler, saved)
         bar = tqdm(range(start, s.steps), desc=desc, unit="step", initial=start, total=s.steps)
         for step in bar:
             if runner is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -242,11 +243,13 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog, to
     x = torch.cat(captured.hidden).float()
     y = layerwise.layer_outputs(layer, x, captured.kwargs) * 1.01
     layers.attach(0, layer)
-    step = layerwise._StepLoss(layers, 0, compiled=True, backend="inductor")
+    step = layerwise._StepLoss(layers, 0, compiled=True, backend="inductor", autocast=contextlib.nullcontext)
     with caplog.at_level("WARNING"):
-        loss = step(layer, x, y, captured.kwargs)
-    torch.testing.assert_close(loss, layerwise._step_loss(layer, x, y, captured.kwargs))
+        loss = step(layer, x, y, captured.kwargs)  # forward and backward, eagerly
+    torch.testing.assert_close(loss, layerwise._step_loss(layer, x, y, captured.kwargs).detach())
     assert "no compiler here" in caplog.text and layerwise._StepLoss.compile_failed
+    grads = [p.grad for g in layers.param_groups(0, layer) for p in g["params"]]
+    assert all(g is not None for g in grads) and any(g.abs().max() > 0 for g in grads)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled (inductor) step is the GPU default")

@@ -109,28 +109,40 @@ def _compiled_step_loss(backend: str):
 
 
 class _StepLoss:
-    """The step's loss, compiled when asked; if this torch cannot compile it, warn once and run eager."""
+    """One step's loss and its normalised backward (``loss / loss.detach()``), compiled when asked; if this
+    torch cannot compile the forward or the backward, warn once and run the step eagerly."""
 
     compile_failed = False  # once per process: a failing compiler is not retried for every layer
 
-    def __init__(self, recipe: LayerRecipe, index: int, compiled: bool, backend: str):
-        self.recipe, self.index = recipe, index
+    def __init__(self, recipe: LayerRecipe, index: int, compiled: bool, backend: str, autocast):
+        self.recipe, self.index, self.autocast = recipe, index, autocast
         self.compiled = _compiled_step_loss(backend) if compiled and not _StepLoss.compile_failed else None
         self.proven = False
 
+    def _eager(self, layer: nn.Module, x: torch.Tensor, y: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        with self.autocast(), self.recipe.step_context(self.index):  # one matrix solve per step, not per use
+            loss = _step_loss(layer, x, y, kwargs)
+        (loss / loss.detach()).backward()
+        return loss.detach()
+
     def __call__(self, layer: nn.Module, x: torch.Tensor, y: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        if self.compiled is not None:
-            if self.proven:  # compiled graphs deduplicate the transform matrices themselves
-                return self.compiled(layer, x, y, kwargs)
-            try:
+        if self.compiled is None:
+            return self._eager(layer, x, y, kwargs)
+        try:  # compiled graphs deduplicate the transform matrices themselves
+            with self.autocast():
                 loss = self.compiled(layer, x, y, kwargs)
-                self.proven = True
-                return loss
-            except Exception as error:  # noqa: BLE001 - any compiler failure: the eager step is equivalent
-                log.warning("torch.compile failed (%s: %s); calibrating eagerly", type(error).__name__, error)
-                _StepLoss.compile_failed, self.compiled = True, None
-        with self.recipe.step_context(self.index):  # one transform-matrix solve per step, not one per use
-            return _step_loss(layer, x, y, kwargs)
+            (loss / loss.detach()).backward()  # the backward graph compiles on its first call
+            self.proven = True
+            return loss.detach()
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager step is equivalent
+            if self.proven:
+                raise
+            log.warning("torch.compile failed (%s: %s); calibrating eagerly", type(error).__name__, error)
+            _StepLoss.compile_failed, self.compiled = True, None
+            for group in self.recipe.param_groups(self.index, layer):
+                for p in group["params"]:
+                    p.grad = None
+            return self._eager(layer, x, y, kwargs)
 
 
 def _storage_device(inputs: torch.Tensor, device: torch.device, offload: bool | None) -> torch.device:
@@ -163,7 +175,8 @@ def train_layer(
     gen = torch.Generator().manual_seed(s.seed + index)
     amp = s.amp and device.type == "cuda"
     compiled = s.compile if s.compile is not None else device.type == "cuda"
-    step_loss = _StepLoss(recipe, index, compiled, s.compile_backend)
+    autocast = lambda: torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp)  # noqa: E731
+    step_loss = _StepLoss(recipe, index, compiled, s.compile_backend, autocast)
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1 + first step with a non-finite loss
     step, loss_mean = 0, float("nan")
     for epoch in range(s.epochs):
@@ -171,9 +184,7 @@ def train_layer(
         for idx in torch.randperm(len(inputs), generator=gen).to(inputs.device).split(s.batch_size):
             x = inputs[idx].to(device, non_blocking=True)
             y = targets[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp):
-                loss = step_loss(layer, x, y, kwargs)
-            (loss / loss.detach()).backward()
+            loss = step_loss(layer, x, y, kwargs)  # forward and backward
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()

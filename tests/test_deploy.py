@@ -227,3 +227,22 @@ def test_fptquant_residual_scaling_is_refused_before_anything_changes(tmp_path):
         save_packed(model, None, tmp_path / "f")
     assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
     assert not (tmp_path / "f").exists()
+
+
+def test_quantized_linear_reads_host_values_once_and_again_after_a_change():
+    """The input quantizer's static scale is read to the host once (no GPU synchronisation per call,
+    so a decode step can be a CUDA graph), and again when the tensor is changed in place (e.g. loading)."""
+    from fptquant.math.quantizer import QuantSpec
+
+    spec = QuantSpec(bits=4, axis="tensor", dynamic=False)
+    linear = QuantizedLinear(32, 8, bias=False, act_spec=spec)
+    g = torch.Generator().manual_seed(0)
+    linear.qweight.copy_(torch.randint(0, 256, linear.qweight.shape, generator=g, dtype=torch.uint8))
+    x = torch.randn(3, 32, generator=g)
+    with torch.no_grad():
+        linear.input_quantizer.scale.fill_(0.5)
+        first = linear(x)
+        assert linear._plan == ("static", 0.5)
+        linear.input_quantizer.scale.fill_(0.05)
+        second = linear(x)
+    assert linear._plan == ("static", pytest.approx(0.05)) and not torch.equal(first, second)

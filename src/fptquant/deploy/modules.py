@@ -94,14 +94,34 @@ class QuantizedLinear(nn.Module):
         self.input_quantizer = Quantizer(act_spec, in_features)
         self.shared_input: SharedInput | None = None  # set by link_shared_inputs, not saved
 
-    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _input_plan(self) -> tuple[str, float | None]:
+        """How the input is quantized: ``("static", scale)``, ``("ratio", clip)`` or ``("two-sided", None)``.
+
+        The host values are read from the quantizer's tensors once and kept until those tensors change
+        (their version counters), so a forward has no GPU synchronisation and can be a CUDA graph.
+        """
         q, spec = self.input_quantizer, self.input_quantizer.spec
-        if not spec.dynamic:
-            return quantize_per_token(x, static_scale=float(q.scale.abs().clamp(min=1e-8)))
-        lo, hi = q._clip_factors()
-        if not spec.learnable_clip or torch.equal(torch.as_tensor(lo), torch.as_tensor(hi)):
-            ratio = float(torch.as_tensor(hi).reshape(-1)[0]) if spec.learnable_clip else spec.clip_ratio
-            return quantize_per_token(x, clip_ratio=ratio)
+        tensors = [t for t in q.parameters()]
+        key = tuple((id(t), t._version) for t in tensors)
+        if getattr(self, "_plan_key", None) != key:
+            if not spec.dynamic:
+                plan = ("static", float(q.scale.abs().clamp(min=1e-8)))
+            elif not spec.learnable_clip:
+                plan = ("ratio", spec.clip_ratio)
+            else:
+                lo, hi = q._clip_factors()
+                same = torch.equal(torch.as_tensor(lo), torch.as_tensor(hi))
+                plan = ("ratio", float(torch.as_tensor(hi).reshape(-1)[0])) if same else ("two-sided", None)
+            self._plan, self._plan_key = plan, key
+        return self._plan
+
+    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kind, value = self._input_plan()
+        if kind == "static":
+            return quantize_per_token(x, static_scale=value)
+        if kind == "ratio":
+            return quantize_per_token(x, clip_ratio=value)
+        lo, hi = self.input_quantizer._clip_factors()
         rows = x.float()  # the fake quantizer's own scale, from the two clipped ends of each row
         scale, _ = minmax_qparams(rows.amin(-1, keepdim=True) * lo, rows.amax(-1, keepdim=True) * hi, 4, True)
         return torch.clamp(torch.round(rows / scale), -8, 7).to(torch.int8), scale

@@ -76,3 +76,46 @@ def test_batched_generation_with_padding_uses_the_cache_and_matches(monkeypatch)
     used = []
     monkeypatch.setattr(generation, "kv_cache_for", lambda m, n: used.append(n))  # transformers' cache instead
     assert generation.generate(model, tok, prompts, options) == real and used
+
+
+def test_device_position_counter_follows_the_host_length(tokens):
+    model = quantized("llama", "rtn")
+    cache = int4_kv_cache(model, capacity=tokens.shape[1])
+    stepwise_logits(model, tokens, cache, prompt=7)
+    for layer in cache.layers:
+        assert int(layer.cumulative_length) == layer.length == tokens.shape[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decode_matches_eager_decode(tokens):
+    """A captured one-token step (what bench_model times) replays the eager steps' logits."""
+    from fptquant.deploy.graphed_decode import GraphedDecoder
+
+    model = quantized("llama", "rtn").cuda()
+    ids = tokens[:, :8].cuda()
+    eager = GraphedDecoder(model, int4_kv_cache(model, capacity=32, unpadded=True), ids)
+    eager_logits = []
+    for _ in range(6):
+        eager()
+        eager_logits.append(eager.logits.clone())
+    graphed = GraphedDecoder(model, int4_kv_cache(model, capacity=32, unpadded=True), ids)
+    graphed.capture(warmup=1)  # the warm-up is the first step
+    graphed_logits = [graphed.logits.clone()]
+    for _ in range(5):
+        graphed()
+        graphed_logits.append(graphed.logits.clone())
+    torch.testing.assert_close(torch.cat(graphed_logits), torch.cat(eager_logits), rtol=1e-4, atol=1e-4)
+
+
+def test_graphed_decoder_steps_eagerly_like_generate(tokens):
+    """Its step (explicit device positions, INT4 cache written at a device counter) is greedy decoding."""
+    from fptquant.deploy.graphed_decode import GraphedDecoder
+
+    model = quantized("llama", "rtn")
+    ids = tokens[:, :8]
+    decoder = GraphedDecoder(model, int4_kv_cache(model, capacity=20, unpadded=True), ids)
+    steps = [decoder.tokens.clone()] + [decoder().clone() for _ in range(5)]
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                  past_key_values=int4_kv_cache(model, capacity=20))  # fmt: skip
+    assert torch.equal(torch.cat(steps, dim=1), expected[:, 8:])

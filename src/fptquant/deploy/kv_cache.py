@@ -37,14 +37,17 @@ class Int4KVLayer(DynamicLayer):
 
     is_croppable = False
 
-    def __init__(self, attention: nn.Module, capacity: int):
+    def __init__(self, attention: nn.Module, capacity: int, unpadded: bool = False):
         super().__init__()
-        self.attention, self.capacity, self.length = attention, capacity, 0
+        self.attention, self.capacity, self.unpadded = attention, capacity, unpadded
         self.state = attention.fptquant_kv
         self.packed: tuple[PackedKV, PackedKV] | None = None
+        self.length = 0  # on the host, for eager calls; the device counter below is what a CUDA graph uses
+        self.cumulative_length = torch.zeros((), dtype=torch.long)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
+        self.cumulative_length = self.cumulative_length.to(self.device)
         self.is_initialized = True
 
     def _codes(self, quantizer, x: torch.Tensor):
@@ -65,9 +68,14 @@ class Int4KVLayer(DynamicLayer):
         if self.packed is None:
             b, h, _, d = key_states.shape
             self.packed = tuple(PackedKV.empty(b, h, self.capacity, d, scale.dtype, self.device) for _, scale, _ in new)
+        t = key_states.shape[2]
+        if self.length + t > self.capacity:
+            raise ConfigError(f"the KV cache holds {self.capacity} positions; {self.length + t} were asked for")
+        positions = torch.arange(t, device=self.device) + self.cumulative_length
+        self.cumulative_length.add_(t)  # in place: a CUDA graph replays this increment
         for packed, (codes, scale, zero) in zip(self.packed, new, strict=True):
-            packed.write(self.length, codes, scale, zero)
-        self.length += key_states.shape[2]
+            packed.write(positions, codes, scale, zero)
+        self.length += t
         return self, self
 
     def get_seq_length(self) -> int:
@@ -78,6 +86,7 @@ class Int4KVLayer(DynamicLayer):
 
     def reset(self) -> None:
         self.length = 0
+        self.cumulative_length.zero_()
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached K and V dequantized, ``(B, H_kv, length, d_h)``, as the fake quantizer makes them."""
@@ -88,18 +97,24 @@ class Int4KVLayer(DynamicLayer):
         if self.state.qk_transform is not None:
             query = self.state.qk_transform.query(query)
         b, hq, t, d = query.shape
-        if t == 1 and attention_mask is None:
-            lengths = torch.full((b,), self.length, dtype=torch.int32, device=query.device)
+        if t == 1 and (attention_mask is None or self.unpadded):
+            lengths = self.cumulative_length.expand(b).to(torch.int32)
             scaling = kwargs.get("scaling") or module.scaling
-            out = int4_kv_decode_attention(query[:, :, 0], *self.packed, lengths, scaling, max_length=self.length)
+            # a captured step must not depend on the host length: split the whole capacity instead
+            capturing = query.is_cuda and torch.cuda.is_current_stream_capturing()
+            bound = self.capacity if capturing else self.length
+            out = int4_kv_decode_attention(query[:, :, 0], *self.packed, lengths, scaling, max_length=bound)
             return out.to(query.dtype)[:, None], None  # (B, 1, H_q, d_h), as SDPA's wrapper returns
         key, value = self.dense()
         return base(module, query, key.to(query.dtype), value.to(query.dtype), attention_mask, **kwargs)
 
 
-def int4_kv_cache(model: nn.Module, capacity: int) -> Cache:
+def int4_kv_cache(model: nn.Module, capacity: int, unpadded: bool = False) -> Cache:
     """An INT4 cache for ``model`` (a loaded fptquant model whose KV quantizers are 4-bit) of ``capacity``
-    positions per sequence (prompt + new tokens)."""
+    positions per sequence (prompt + new tokens).
+
+    ``unpadded=True`` promises that no sequence is padded, so one-token steps run the INT4 kernel even
+    when transformers builds a causal mask (it does while a CUDA graph is being captured)."""
     attentions = sorted(
         (m for m in model.modules() if getattr(m, "fptquant_kv", None) is not None), key=lambda m: m.layer_idx
     )
@@ -110,7 +125,7 @@ def int4_kv_cache(model: nn.Module, capacity: int) -> Cache:
         _check_quantizer(f"layer {m.layer_idx} values", m.fptquant_kv.v_quantizer, m.head_dim)
     if [m.layer_idx for m in attentions] != list(range(len(attentions))):
         raise ConfigError("every attention layer needs KV quantizers for an INT4 cache")
-    return Cache(layers=[Int4KVLayer(m, capacity) for m in attentions])
+    return Cache(layers=[Int4KVLayer(m, capacity, unpadded) for m in attentions])
 
 
 __all__ = ["Int4KVLayer", "int4_kv_cache"]

@@ -47,14 +47,18 @@ class PackedKV:
     def head_dim(self) -> int:
         return 2 * self.codes.shape[-1]
 
-    def write(self, start: int, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
-        """Store codes ``(B, H, T, d_h)`` (ints in 0..15) with their ``(B, H, T)`` scales and zeros at ``start``."""
-        end = start + codes.shape[2]
-        if end > self.codes.shape[2]:
-            raise ConfigError(f"the KV cache holds {self.codes.shape[2]} positions; {end} were asked for")
-        self.codes[:, :, start:end] = pack_halves(codes)
-        self.scale[:, :, start:end] = scale.to(self.scale.dtype)
-        self.zero[:, :, start:end] = zero.to(torch.uint8)
+    def write(self, positions: int | torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
+        """Store codes ``(B, H, T, d_h)`` (ints in 0..15) with their ``(B, H, T)`` scales and zeros at the
+        ``T`` positions starting at ``positions`` (an int), or at the given ``(T,)`` device indices (no
+        host value read, so the write can be part of a CUDA graph)."""
+        if not torch.is_tensor(positions):
+            end = positions + codes.shape[2]
+            if end > self.codes.shape[2]:
+                raise ConfigError(f"the KV cache holds {self.codes.shape[2]} positions; {end} were asked for")
+            positions = torch.arange(positions, end, device=self.codes.device)
+        self.codes.index_copy_(2, positions, pack_halves(codes))
+        self.scale.index_copy_(2, positions, scale.to(self.scale.dtype))
+        self.zero.index_copy_(2, positions, zero.to(torch.uint8))
 
     def dequantize(self, length: int) -> torch.Tensor:
         """``(B, H, length, d_h)`` values, computed as the fake quantizer does: ``(c - z) * s``."""

@@ -10,8 +10,10 @@ BF16 model with transformers' dynamic cache and SDPA; the quantized model with t
 and the INT4 decode-attention kernel (``--kv fake``: transformers' cache, K/V fake-quantized each
 step). SDPA's cuDNN backend is off (its per-step host cost in decode; see main()).
 Prefill: the decoder (without lm_head) on ``batch × 2048`` tokens, CUDA events, median of 5.
-Decode: 256 steps of one token per sequence after a 2048-token prefill and 8 warm-up steps, eager
-Python loop, timed as a whole (host launch cost included: it is what a user sees without CUDA graphs).
+Decode: 256 steps of one token per sequence after a 2048-token prefill and 8 warm-up steps, each step
+replayed as a CUDA graph (deploy.graphed_decode; BF16 with transformers' StaticCache, the quantized
+model with the INT4 cache), or with ``--eager-decode`` the eager Python loop (host launch cost
+included, as a user sees it without graphs); timed as a whole with CUDA events.
 Peak memory per phase.
 """
 
@@ -29,6 +31,8 @@ from timing import start_report
 import fptquant
 from fptquant.deploy import to_deploy
 from fptquant.deploy.generate import kv_cache_for
+from fptquant.deploy.graphed_decode import GraphedDecoder
+from fptquant.deploy.kv_cache import int4_kv_cache
 
 EIGHT_B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                head_dim=128, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192)  # fmt: skip
@@ -61,8 +65,30 @@ def events(fn, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def graphed_decode_ms(model, ids, steps: int, int4_cache: bool) -> float:
+    """Per-run ms of ``steps`` one-token steps replayed as a CUDA graph (BF16: transformers' StaticCache;
+    quantized: the INT4 cache in unpadded mode), after 8 eager warm-up steps."""
+    from transformers import StaticCache
+
+    capacity = ids.shape[1] + steps + 16
+    if int4_cache:
+        cache = int4_kv_cache(model, capacity, unpadded=True)
+    else:
+        cache = StaticCache(config=model.config, max_cache_len=capacity)
+    decoder = GraphedDecoder(model, cache, ids)
+    decoder.capture(warmup=8)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        decoder()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
 @torch.no_grad()
-def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: bool = False) -> dict:
+def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: bool = False,
+            graph: bool = True) -> dict:  # fmt: skip
     ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     prefill_ms = events(lambda: model.model(input_ids=ids))
@@ -86,9 +112,18 @@ def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: 
         return start.elapsed_time(end)
 
     torch.cuda.reset_peak_memory_stats()
-    decode_ms = decode()
+    mode = "graph" if graph else "eager"
+    if graph:
+        try:
+            decode_ms = graphed_decode_ms(model, ids, steps, int4_cache)
+        except Exception as error:  # noqa: BLE001 - report and time the eager loop instead
+            print(f"CUDA-graph decode failed ({type(error).__name__}: {str(error)[:200]}); timing the eager loop")
+            torch.cuda.synchronize()
+            mode, decode_ms = "eager (graph capture failed)", decode()
+    else:
+        decode_ms = decode()
     return {"batch": batch, "prefill_ms": prefill_ms, "prefill_tokens_per_s": batch * prompt / prefill_ms * 1e3,
-            "prefill_peak_gib": prefill_peak, "decode_ms_per_step": decode_ms / steps,
+            "prefill_peak_gib": prefill_peak, "decode_mode": mode, "decode_ms_per_step": decode_ms / steps,
             "decode_tokens_per_s": batch * steps / decode_ms * 1e3,
             "decode_peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
 
@@ -144,6 +179,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--json", default=None)
     p.add_argument("--kv", choices=("int4", "fake"), default="int4", help="the quantized model's decode KV cache")
+    p.add_argument("--eager-decode", action="store_true", help="time the eager decode loop, not CUDA-graph replay")
     p.add_argument("--profile-batch", type=int, default=8, help="batch of the per-part breakdown (0: none)")
     a = p.parse_args()
     env = start_report()
@@ -166,7 +202,8 @@ def main() -> int:
     for batch in [int(b) for b in a.batches.split(",")]:
         for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):
             try:
-                r = measure(model, batch, a.prompt, a.steps, vocab, int4_cache=name != "bf16" and a.kv == "int4")
+                int4 = name != "bf16" and a.kv == "int4"
+                r = measure(model, batch, a.prompt, a.steps, vocab, int4_cache=int4, graph=not a.eager_decode)
             except torch.OutOfMemoryError as e:
                 r = {"batch": batch, "error": f"out of memory: {str(e)[:200]}"}
             r["model"] = name

@@ -7,9 +7,10 @@ For every layer shape (K, N) and token count M, in one run:
   scales and bias within 1e-2 relative of the float64 reference; at the first shape also the
   all-non-negative K=14336 case that catches inexact FP8 accumulation;
 - times (CUDA events, medians, rotated buffers): BF16 ``F.linear`` (cuBLAS), FP8 ``torch._scaled_mm``
-  with tensor-wise scales (the exact-FP8 ceiling), our GEMM (FP8 route; the heuristic config, and with
-  ``--sweep`` the best of a candidate list), and the whole linear: bf16 activations → per-token
-  quantize (e4m3 codes) → GEMM → bf16.
+  with tensor-wise scales (the exact-FP8 ceiling), our GEMM (``--codes int8``, the default and what
+  deploy uses: INT8 MMA with exact int32 sums; ``--codes fp8``: e4m3 with promotion; the heuristic
+  config, and with ``--sweep`` the best of a candidate list), and the whole linear: bf16 activations
+  → per-token quantize → GEMM → bf16. (The 2026-11-23 table in docs/RESULTS.md used fp8 codes.)
 """
 
 from __future__ import annotations
@@ -121,7 +122,10 @@ def check(m: int, n: int, k: int, cfg: GemmConfig, non_negative: bool = False) -
     }
 
 
-def measure(m: int, k: int, n: int, sweep: bool) -> dict:
+CODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+
+
+def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torch.int8) -> dict:
     gen = torch.Generator().manual_seed(0)
     bufs = rotations(n * k * 2)
     w_bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(bufs)]
@@ -132,7 +136,7 @@ def measure(m: int, k: int, n: int, sweep: bool) -> dict:
     w8 = [torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn) for _ in range(fp8_bufs)]
     x8 = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
     one = torch.ones((), device="cuda")
-    row = {"M": m, "K": k, "N": n, "bf16": bf16}
+    row = {"M": m, "K": k, "N": n, "codes": str(codes_dtype).replace("torch.", ""), "bf16": bf16}
     if m >= 16:
         row["fp8_scaled_mm"] = time_us(
             lambda i: torch._scaled_mm(x8, w8[i].T, one, one, out_dtype=torch.bfloat16), fp8_bufs
@@ -140,7 +144,7 @@ def measure(m: int, k: int, n: int, sweep: bool) -> dict:
     q_bufs = rotations(n * k // 2)
     packs = [pack_int4(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)).cuda() for _ in range(q_bufs)]
     sw = torch.rand(n, device="cuda") * 0.01
-    codes, sa = quantize_per_token(x, codes_dtype=torch.float8_e4m3fn, backend="triton")
+    codes, sa = quantize_per_token(x, codes_dtype=codes_dtype, backend="triton")
     heuristic = pick_config(m, n, k)
     candidates = [heuristic] + ((DECODE_SWEEP if m <= 64 else PREFILL_SWEEP) if sweep else [])
     if m <= 64:
@@ -164,11 +168,11 @@ def measure(m: int, k: int, n: int, sweep: bool) -> dict:
         row["check"] = check(min(m, 2048), n, k, cfg)
 
         def whole(i: int, c=cfg):
-            q, s = quantize_per_token(x, codes_dtype=torch.float8_e4m3fn, backend="triton")
+            q, s = quantize_per_token(x, codes_dtype=codes_dtype, backend="triton")
             return w4a4_matmul(q, s, packs[i], sw, None, config=c, backend="triton")
 
         row["whole_linear"] = time_us(whole, q_bufs, graph=graph)
-        row["quantize"] = time_us(lambda i: quantize_per_token(x, codes_dtype=torch.float8_e4m3fn), 1, graph=graph)
+        row["quantize"] = time_us(lambda i: quantize_per_token(x, codes_dtype=codes_dtype), 1, graph=graph)
         base = bf16["median_us"]
         row["gemm_speedup"] = base / best["time"]["median_us"]
         row["whole_speedup"] = base / row["whole_linear"]["median_us"]
@@ -184,6 +188,8 @@ def main() -> int:
     parser.add_argument("--shapes", default="8b")
     parser.add_argument("--layers", default=None, help="comma list of layer names (default all)")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--codes", choices=tuple(CODES), default="int8",
+                        help="activation codes: int8 (exact int32 MMA; deploy's) or fp8 (promoted)")  # fmt: skip
     parser.add_argument("--variants", action="store_true", help="gate_up M=8192: where the time goes")
     args = parser.parse_args()
     report = start_report()
@@ -205,7 +211,7 @@ def main() -> int:
                 continue
             for m in [int(v) for v in args.m.split(",")]:
                 try:
-                    r = measure(m, k, n, args.sweep)
+                    r = measure(m, k, n, args.sweep, CODES[args.codes])
                 except Exception:
                     traceback.print_exc()
                     r = {"M": m, "K": k, "N": n, "error": traceback.format_exc()[-600:]}

@@ -60,6 +60,9 @@ class Int4KVLayer(DynamicLayer):
         return codes, scale.reshape(b, t, h).transpose(1, 2), zero.reshape(b, t, h).transpose(1, 2)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        t = key_states.shape[2]
+        if self.length + t > self.capacity:
+            raise ConfigError(f"the KV cache holds {self.capacity} positions; {self.length + t} were asked for")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self.state.qk_transform is not None:
@@ -68,9 +71,6 @@ class Int4KVLayer(DynamicLayer):
         if self.packed is None:
             b, h, _, d = key_states.shape
             self.packed = tuple(PackedKV.empty(b, h, self.capacity, d, scale.dtype, self.device) for _, scale, _ in new)
-        t = key_states.shape[2]
-        if self.length + t > self.capacity:
-            raise ConfigError(f"the KV cache holds {self.capacity} positions; {self.length + t} were asked for")
         positions = torch.arange(t, device=self.device) + self.cumulative_length
         self.cumulative_length.add_(t)  # in place: a CUDA graph replays this increment
         for packed, (codes, scale, zero) in zip(self.packed, new, strict=True):

@@ -11,10 +11,9 @@ from conftest import make_tiny_model
 
 import fptquant
 from fptquant.errors import ConfigError, TrainingError
-from fptquant.fakequant.wrap import quantize_model_structure, quantizers_bypassed
+from fptquant.fakequant.wrap import clip_parameters, quantize_model_structure, quantizers_bypassed
 from fptquant.math.kronecker import InverseFactor, SVDFactor
 from fptquant.methods.flatquant import FlatQuantLayers, FlatQuantOptions
-from fptquant.methods.flatquant.method import _clip_parameters
 from fptquant.methods.flatquant.transforms import attach_live, detach_live
 from fptquant.models import get_adapter
 
@@ -48,7 +47,7 @@ def built_layers(model, bits="w4a4kv4", **args):
         layers.build(i, layer)
         randomize(layers.transforms[i], seed=i)
         with torch.no_grad():
-            for p in _clip_parameters(layer).values():
+            for p in clip_parameters(layer):
                 p.uniform_(0.5, 3.0)
     return adapter, layers
 

@@ -93,6 +93,16 @@ def learnable_clipping(module: nn.Module, weights: bool = True, activations: boo
             sub.v_quantizer = _learnable(sub.v_quantizer, 1, default)
 
 
+def named_clip_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """Every learnable clip logit inside ``module``, keyed ``<quantizer path>.clip_{max,min}_logit``."""
+    return {
+        f"{name}.{attr}": getattr(q, attr)
+        for name, q in module.named_modules()
+        if isinstance(q, Quantizer) and q.learnable_clip_parameters()
+        for attr in ("clip_max_logit", "clip_min_logit")
+    }
+
+
 def clip_parameters(module: nn.Module) -> list[nn.Parameter]:
     """Every learnable clip logit inside ``module``."""
-    return [p for m in module.modules() if isinstance(m, Quantizer) for p in m.learnable_clip_parameters()]
+    return list(named_clip_parameters(module).values())

@@ -16,9 +16,15 @@ from torch import nn
 
 from ...config.recipe import Recipe
 from ...errors import ConfigError
-from ...fakequant.wrap import learnable_clipping, quant_linears, quantize_model_structure, quantizers_bypassed
+from ...fakequant.wrap import (
+    clip_parameters,
+    learnable_clipping,
+    named_clip_parameters,
+    quant_linears,
+    quantize_model_structure,
+    quantizers_bypassed,
+)
 from ...math.cayley import cached_all
-from ...math.quantizer import Quantizer
 from ...models.base import ModelAdapter
 from ...pipelines.checkpoints import CheckpointStore
 from ...pipelines.layerwise import LayerRecipe, calibrate_layerwise
@@ -31,15 +37,6 @@ log = logging.getLogger(__name__)
 PREFIX = "flatquant.layers"
 # Which transform feeds which linears (for the SmoothQuant-style init of its diagonal).
 DIAGONAL_READERS = (("attn_in", ("q", "k", "v")), ("mlp_in", ("gate", "up")), ("down_in", ("down",)))
-
-
-def _clip_parameters(layer: nn.Module) -> dict[str, nn.Parameter]:
-    return {
-        f"{name}.{attr}": getattr(q, attr)
-        for name, q in layer.named_modules()
-        if isinstance(q, Quantizer) and q.learnable_clip_parameters()
-        for attr in ("clip_max_logit", "clip_min_logit")
-    }
 
 
 class FlatQuantLayers(LayerRecipe):
@@ -98,7 +95,7 @@ class FlatQuantLayers(LayerRecipe):
     def param_groups(self, index: int, layer: nn.Module) -> list[dict]:
         groups = [
             {"params": list(self.transforms[index].parameters()), "lr_key": "lr"},
-            {"params": list(_clip_parameters(layer).values()), "lr_key": "clip_lr"},
+            {"params": clip_parameters(layer), "lr_key": "clip_lr"},
         ]
         return [g for g in groups if g["params"]]
 
@@ -107,7 +104,7 @@ class FlatQuantLayers(LayerRecipe):
 
     def _live_state(self, index: int, layer: nn.Module) -> dict[str, torch.Tensor]:
         state = {f"t.{k}": v for k, v in self.transforms[index].state_dict().items()}
-        state.update({f"clip.{k}": v for k, v in _clip_parameters(layer).items()})
+        state.update({f"clip.{k}": v for k, v in named_clip_parameters(layer).items()})
         return state
 
     def state(self, index: int, layer: nn.Module) -> dict[str, torch.Tensor]:
@@ -121,7 +118,7 @@ class FlatQuantLayers(LayerRecipe):
             diff = sorted(set(state) ^ expected)[:3]
             raise ConfigError(f"saved FlatQuant state of layer {index} does not match this model/recipe ({diff})")
         t.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("t.")})
-        for key, param in _clip_parameters(layer).items():
+        for key, param in named_clip_parameters(layer).items():
             param.copy_(state[f"clip.{key}"])
 
     def deploy(self, index: int, layer: nn.Module) -> None:

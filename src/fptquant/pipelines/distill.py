@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import TrainingError
 from ..fakequant.wrap import quantizers_bypassed
 from ..models.base import model_device
+from .graphed_step import GraphedStep
 
 LOSSES = ("jsd", "kl", "ce")
 log = logging.getLogger(__name__)
@@ -93,12 +94,11 @@ def _checkpointing(model: nn.Module, on: bool, graphed: bool = False) -> None:
 
 
 def _optimizer(groups: list[dict], s: DistillSettings, graph_device: torch.device | None):
-    """AdamW and its cosine schedule; for a CUDA graph, capturable with learning rates as device tensors."""
-    if graph_device is not None:
-        groups = [{**g, "lr": torch.tensor(float(g["lr"]), device=graph_device)} for g in groups]
+    """AdamW and its cosine schedule; for a CUDA graph, capturable with learning rates as device tensors
+    (made after the scheduler, which may assign plain floats on older torch)."""
     optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay, capturable=graph_device is not None)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
-    if graph_device is not None:  # a scheduler that assigns plain floats (older torch) is undone here
+    if graph_device is not None:
         for g in optimizer.param_groups:
             if not torch.is_tensor(g["lr"]):
                 g["lr"] = torch.tensor(float(g["lr"]), device=graph_device)
@@ -134,8 +134,6 @@ def _load_eager(optimizer, scheduler, saved: dict) -> None:
 def _graphed(forward_backward, optimizer, scheduler, params, first_batch, saved, s: DistillSettings, groups):
     """The step as a CUDA graph, with any saved optimizer state loaded; if this torch cannot capture it,
     a warning and the eager optimizer (``runner`` None)."""
-    from .graphed_step import GraphedStep
-
     lrs = [g["lr"] for g in optimizer.param_groups]
     try:
         runner = GraphedStep(forward_backward, optimizer, params, lrs, first_batch)

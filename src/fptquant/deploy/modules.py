@@ -93,17 +93,19 @@ class QuantizedLinear(nn.Module):
         self.input_transform: nn.Module | None = None
         self.input_quantizer = Quantizer(act_spec, in_features)
         self.shared_input: SharedInput | None = None  # set by link_shared_inputs, not saved
+        self._plan: tuple[str, float | None] | None = None  # host values of the input quantizer (see _input_plan)
+        self._plan_key: tuple | None = None
 
     def _input_plan(self) -> tuple[str, float | None]:
         """How the input is quantized: ``("static", scale)``, ``("ratio", clip)`` or ``("two-sided", None)``.
 
-        The host values are read from the quantizer's tensors once and kept until those tensors change
-        (their version counters), so a forward has no GPU synchronisation and can be a CUDA graph.
+        The host values are read from the quantizer's tensors once and kept until the quantizer, its spec
+        or those tensors change (their version counters), so a forward has no GPU synchronisation and can
+        be a CUDA graph.
         """
         q, spec = self.input_quantizer, self.input_quantizer.spec
-        tensors = [t for t in q.parameters()]
-        key = tuple((id(t), t._version) for t in tensors)
-        if getattr(self, "_plan_key", None) != key:
+        key = (id(q), spec, *((id(t), t._version) for t in q.parameters()))
+        if self._plan_key != key:
             if not spec.dynamic:
                 plan = ("static", float(q.scale.abs().clamp(min=1e-8)))
             elif not spec.learnable_clip:

@@ -225,7 +225,7 @@ class FPTQuant(Method):
         expected = quantizer_state(model)
         load_quantizer_state(model, {k: v for k, v in learned.items() if k in expected})  # before GPTQ reads them
         if self._learns_weight_clip(self.recipe):
-            self.weight_clip = {k: v for k, v in quantizer_state(model).items() if ".weight_quantizer.clip_" in k}
+            self.weight_clip = {k: learned[k] for k in expected if ".weight_quantizer.clip_" in k}  # as loaded
             rtn_with_learned_clip(model)
         elif state is None:
             quantize_weights(model, adapter, self.recipe, calibration)

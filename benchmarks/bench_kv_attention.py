@@ -17,7 +17,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from timing import finish_report, rotations, start_report, time_us
+from timing import finish_report, gbps, rotations, start_report, time_us
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fptquant.kernels.kv_attention import PackedKV, decode_attention_reference, int4_kv_decode_attention
@@ -69,7 +69,7 @@ def measure(model: str, batch: int, length: int) -> dict:
     timed = {k: row[k]["median_us"] for k in BASELINES if "median_us" in row[k]}
     row["baseline"] = min(timed, key=timed.get)
     row["speedup"] = timed[row["baseline"]] / row["int4"]["median_us"]
-    row["int4_GBps"] = (2 * batch * hk * length * (d // 2 + 3)) / (row["int4"]["median_us"] * 1e3)
+    row["int4_GBps"] = gbps(row["int4"], 2 * batch * hk * length * (d // 2 + 3))
     return row
 
 

@@ -13,16 +13,12 @@ import argparse
 import sys
 
 import torch
-from timing import finish_report, rotations, start_report, time_us
+from timing import finish_report, gbps, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token, quantize_per_token_reference
 
 SHAPES_K = [4096, 14336, 576, 1536, 8192, 28672]
 SHAPES_M = [2048, 8192, 32768]
-
-
-def gbps(timing: dict, nbytes: int) -> float:
-    return nbytes / (timing["median_us"] * 1e3)
 
 
 def measure(m: int, k: int, codes_dtype: torch.dtype) -> dict:

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 import torch
-from timing import finish_report, rotations, start_report, time_us
+from timing import finish_report, gbps, rotations, start_report, time_us
 
 from fptquant.kernels.transform_quantize import transform_quantize, transform_quantize_reference
 from fptquant.math.hadamard import hadamard, random_orthogonal
@@ -60,8 +60,8 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str) -> dict:
         "ok": bool(ok),
         "codes_off_by_one": diff.gt(0).sum().item(),
     }
-    row.update(copy_GBps=4 * m * k / (copy["median_us"] * 1e3), triton_GBps=moved / (kern["median_us"] * 1e3))
-    row.update(torch_GBps=moved / (ref["median_us"] * 1e3), copy=copy, triton=kern, torch_ref=ref)
+    row.update(copy_GBps=gbps(copy, 4 * m * k), triton_GBps=gbps(kern, moved), torch_GBps=gbps(ref, moved))
+    row.update(copy=copy, triton=kern, torch_ref=ref)
     row["fraction_of_copy"] = row["triton_GBps"] / row["copy_GBps"]
     return row
 

@@ -16,6 +16,11 @@ from collections.abc import Callable
 import torch
 
 
+def gbps(timing: dict, nbytes: int) -> float:
+    """GB/s of moving ``nbytes`` in a timing's median."""
+    return nbytes / (timing["median_us"] * 1e3)
+
+
 def rotations(bytes_per_set: int, minimum: int = 256 << 20) -> int:
     return max(1, -(-minimum // max(bytes_per_set, 1)))
 

@@ -176,14 +176,15 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
     assert layer.mlp.down_proj.shared_input is None
     linked = logits(model, tokens)
     calls = []
-    real = modules.QuantizedLinear._quantize_input
-    monkeypatch.setattr(modules.QuantizedLinear, "_quantize_input", lambda self, x: calls.append(1) or real(self, x))
+    real = modules.QuantizedLinear._transform_and_quantize
+    counting = lambda self, x: calls.append(1) or real(self, x)  # noqa: E731
+    monkeypatch.setattr(modules.QuantizedLinear, "_transform_and_quantize", counting)
     logits(model, tokens)
     assert len(calls) == 4 * len(model.model.layers)  # qkv, o, gate/up, down
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
             m.shared_input = None
-    monkeypatch.setattr(modules.QuantizedLinear, "_quantize_input", real)
+    monkeypatch.setattr(modules.QuantizedLinear, "_transform_and_quantize", real)
     assert torch.equal(logits(model, tokens), linked)
 
 
@@ -246,3 +247,44 @@ def test_quantized_linear_reads_host_values_once_and_again_after_a_change():
         linear.input_quantizer.scale.fill_(0.05)
         second = linear(x)
     assert linear._plan == ("static", pytest.approx(0.05)) and not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("transform", ["kronecker", "hadamard"])
+@pytest.mark.parametrize("static", [True, False])
+def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform, static):
+    """A Kronecker or power-of-two block Hadamard input transform goes through the fused
+    transform+quantize kernel (its codes are the kernel reference's); other transforms stay unfused."""
+    from fptquant.deploy.modules import fused_factors
+    from fptquant.kernels import transform_quantize_reference
+    from fptquant.math.hadamard import hadamard, random_orthogonal
+    from fptquant.math.online import OnlineHadamard, OnlineKronecker
+    from fptquant.math.quantizer import QuantSpec
+
+    g = torch.Generator().manual_seed(1)
+    if transform == "kronecker":
+        online = OnlineKronecker(random_orthogonal(6, g) * 1.5, random_orthogonal(8, g))
+    else:
+        online = OnlineHadamard(96, 32)
+        p1, p2 = fused_factors(online)
+        torch.testing.assert_close(torch.kron(p1, p2).double(), hadamard(32), rtol=0, atol=1e-7)
+    spec = QuantSpec(bits=4, axis="row", dynamic=True, clip_ratio=0.75)
+    if static:
+        spec = QuantSpec(bits=4, axis="tensor", dynamic=False)
+    linear = QuantizedLinear(48 if transform == "kronecker" else 96, 8, bias=False, act_spec=spec)
+    linear.input_transform = online
+    if static:
+        linear.input_quantizer.scale.data.fill_(0.25)
+    x = torch.randn(5, linear.in_features, generator=g)
+
+    def unfused(rows):
+        raise AssertionError("the transform ran outside the fused kernel")
+
+    linear._quantize_input = unfused
+    codes, scales = linear._transform_and_quantize(x)
+    reference = transform_quantize_reference(
+        x, *fused_factors(online), clip_ratio=1.0 if static else 0.75, static_scale=0.25 if static else None
+    )
+    diff = (codes.int() - reference[0].int()).abs()  # CPU matmuls may differ by an ulp between calls
+    assert int(diff.max()) <= 1 and diff.bool().double().mean() <= 0.01
+    torch.testing.assert_close(scales, reference[1], rtol=1e-6, atol=0)
+    assert fused_factors(OnlineHadamard(96, 12)) is None  # a Paley block has no Kronecker factors here

@@ -121,6 +121,64 @@ def test_transform_quantize_writes_every_output(m, n1, n2, nb):
     close_codes(codes, qr)
 
 
+@pytest.mark.parametrize(
+    "n1,n2,nb,tokens,chunk,programs",
+    [
+        (24, 24, 1, 4, 16, 3),  # columns in two chunks: the two-pass dynamic path on one block
+        (32, 48, 1, 2, 32, 1),  # one program loops over every token group
+        (16, 32, 3, 4, 32, 2),  # three blocks, two programs
+        (64, 64, 1, 1, 64, None),  # one tile per token
+    ],
+)
+@pytest.mark.parametrize("static_scale", [None, 0.3])
+def test_transform_quantize_tuning_knobs_keep_the_numerics(n1, n2, nb, tokens, chunk, programs, static_scale):
+    """Every tiling the benchmark may pick (tokens per tile, column chunks, persistent programs) gives
+    the reference's codes; 13 tokens is not a multiple of any tile."""
+    from fptquant.kernels.transform_quantize import transform_quantize_reference
+    from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(n1 * n2 + nb)
+    p1 = (random_orthogonal(n1, g) * torch.rand(n1, generator=g).add(0.5)).float().to(DEVICE)
+    p2 = random_orthogonal(n2, g).float().to(DEVICE)
+    x = rows(13, nb * n1 * n2, torch.bfloat16, seed=nb)
+    x[3, : n1 * n2] *= 1e-3  # a block far below the rest of its row
+    codes = torch.full(x.shape, 99, dtype=torch.int8, device=DEVICE)
+    scales = torch.full((13,), -1.0, device=DEVICE)
+    kron_quantize_rows(x, p1, p2, nb, 0.95, static_scale, tokens=tokens, chunk=chunk, programs=programs,
+                       out=(codes, scales))  # fmt: skip
+    qr, sr = transform_quantize_reference(x, p1, p2, clip_ratio=0.95, static_scale=static_scale)
+    close_codes(codes, qr)
+    torch.testing.assert_close(scales[:, None], sr, rtol=1e-5, atol=0)
+
+
+def test_transform_quantize_sees_factors_changed_in_place():
+    """The padded fp16 factors are kept between calls; changing a factor in place must not reuse them."""
+    from fptquant.kernels.transform_quantize import transform_quantize_reference
+    from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(5)
+    p1, p2 = random_orthogonal(16, g).float().to(DEVICE), random_orthogonal(16, g).float().to(DEVICE)
+    x = rows(6, 256, seed=5)
+    before, _ = kron_quantize_rows(x, p1, p2, 1, 1.0, 1.0)
+    p1.mul_(3.0)
+    q, _ = kron_quantize_rows(x, p1, p2, 1, 1.0, 1.0)
+    close_codes(q, transform_quantize_reference(x, p1, p2, static_scale=1.0)[0])
+    assert not torch.equal(q, before)
+
+
+def test_transform_quantize_rejects_bad_tiles():
+    from fptquant.kernels.triton_transform_quantize import tile_shape
+
+    assert tile_shape(24, 24) == (2, 32, 32, 32)
+    assert tile_shape(112, 128) == (1, 128, 128, 64)
+    with pytest.raises(ConfigError, match="powers of two"):
+        tile_shape(24, 24, tokens=3)
+    with pytest.raises(ConfigError, match="exceeds"):
+        tile_shape(128, 128, tokens=2)
+
+
 def test_transform_quantize_keeps_fp16_in_range():
     """Activations far beyond fp16's range (1e6) and tiny ones (1e-6): the power-of-two prescale keeps
     the tensor-core path finite and equal to the reference."""

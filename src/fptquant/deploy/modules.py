@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..kernels import quantize_per_token
+from ..kernels import quantize_per_token, transform_quantize
 from ..kernels.w4a4_matmul import w4a4_matmul
+from ..math.hadamard import hadamard
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
 from ..math.quantization import minmax_qparams
@@ -61,6 +62,17 @@ def build_transform(desc: dict | None) -> nn.Module | None:
     raise ConfigError(f"unknown online transform kind {kind!r} in the checkpoint")
 
 
+def fused_factors(transform: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(P1, P2)`` with ``x T = x (I ⊗ P1 ⊗ P2)`` when the fused transform+quantize kernel can run ``T``:
+    a Kronecker transform, or a block Hadamard of power-of-two blocks (Sylvester: ``H_ab = H_a ⊗ H_b``)."""
+    if isinstance(transform, OnlineKronecker):
+        return transform.p1, transform.p2
+    if isinstance(transform, OnlineHadamard) and transform.block & (transform.block - 1) == 0:
+        log2 = transform.block.bit_length() - 1
+        return hadamard(2 ** (log2 // 2)).float(), hadamard(2 ** (log2 - log2 // 2)).float()
+    return None
+
+
 class SharedInput:
     """Linears that read the same activation with the same transform and quantizer (q/k/v, gate/up)
     quantize it once: the first call keeps the codes keyed by the input tensor's identity (holding a
@@ -95,6 +107,7 @@ class QuantizedLinear(nn.Module):
         self.shared_input: SharedInput | None = None  # set by link_shared_inputs, not saved
         self._plan: tuple[str, float | None] | None = None  # host values of the input quantizer (see _input_plan)
         self._plan_key: tuple | None = None
+        self._factors: tuple | None = None  # (transform, device, (P1, P2) or None) for the fused kernel
 
     def _input_plan(self) -> tuple[str, float | None]:
         """How the input is quantized: ``("static", scale)``, ``("ratio", clip)`` or ``("two-sided", None)``.
@@ -107,7 +120,7 @@ class QuantizedLinear(nn.Module):
         key = (id(q), spec, *((id(t), t._version) for t in q.parameters()))
         if self._plan_key != key:
             if not spec.dynamic:
-                plan = ("static", float(q.scale.abs().clamp(min=1e-8)))
+                plan = ("static", float(q.scale.detach().abs().clamp(min=1e-8)))
             elif not spec.learnable_clip:
                 plan = ("ratio", spec.clip_ratio)
             else:
@@ -116,6 +129,26 @@ class QuantizedLinear(nn.Module):
                 plan = ("ratio", float(torch.as_tensor(hi).reshape(-1)[0])) if same else ("two-sided", None)
             self._plan, self._plan_key = plan, key
         return self._plan
+
+    def _fusable_factors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        transform = self.input_transform
+        if self._factors is None or self._factors[0] is not transform or self._factors[1] != device:
+            factors = fused_factors(transform)
+            factors = factors and (factors[0].to(device), factors[1].to(device))
+            self._factors = (transform, device, factors)
+        return self._factors[2]
+
+    def _transform_and_quantize(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The online transform and the input quantizer, in one fused kernel where one exists (a Kronecker
+        or power-of-two block Hadamard transform with a static scale or one clip ratio)."""
+        kind, value = self._input_plan()
+        factors = self._fusable_factors(rows.device) if self.input_transform is not None else None
+        if factors is not None and kind != "two-sided":
+            static = value if kind == "static" else None
+            return transform_quantize(rows, *factors, clip_ratio=1.0 if static else value, static_scale=static)
+        if self.input_transform is not None:
+            rows = self.input_transform(rows)
+        return self._quantize_input(rows)
 
     def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kind, value = self._input_plan()
@@ -132,17 +165,16 @@ class QuantizedLinear(nn.Module):
         return unpack_int4(self.qweight).float() * self.weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        source = x
-        if self.input_transform is not None:
-            x = self.input_transform(x)
         rows = x.reshape(-1, self.in_features)
         if not self.input_quantizer.spec.enabled:  # weight-only (W4A16)
+            if self.input_transform is not None:
+                rows = self.input_transform(rows)
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        cached = self.shared_input.lookup(source) if self.shared_input is not None else None
-        codes, scales = cached if cached is not None else self._quantize_input(rows)
+        cached = self.shared_input.lookup(x) if self.shared_input is not None else None
+        codes, scales = cached if cached is not None else self._transform_and_quantize(rows)
         if self.shared_input is not None and cached is None:
-            self.shared_input.store(source, (codes, scales))
+            self.shared_input.store(x, (codes, scales))
         bias = self.bias.float() if self.bias is not None else None
         y = w4a4_matmul(codes, scales.float(), self.qweight, self.weight_scale, bias, out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)

@@ -6,8 +6,9 @@ block Hadamard with blocks of ``n1·n2`` (Sylvester ``H_{n1·n2} = H_{n1} ⊗ H_
 every block: QuaRot's / FPTQuant's online ``T_d``).
 
 Numerics (the kernel and this reference share them; they run on fp16 tensor cores):
-each row is first scaled by the power of two ``2^-e`` with ``max|x| = m·2^e``, ``m ∈ [0.5, 1)``
-(exact, and keeps fp16 far from overflow whatever the activations' range), rounded to fp16; then
+each ``n1·n2`` block of a row is first scaled by the power of two ``2^-e`` with ``max|x| = m·2^e``,
+``m ∈ [0.5, 1)`` over the block (exact, and keeps fp16 far from overflow whatever the activations'
+range; per block, not per row, since the blocks are transformed independently), rounded to fp16; then
 ``Z = fp16(Xn · fp16(P2))`` and ``Y = (fp16(P1)ᵀ · Z) · 2^e`` with float32 accumulation. Against
 float32 transforms the codes move by one on a fraction of a percent of entries (fp16 keeps 11 bits);
 against this reference only where float32 summation order flips an fp16 rounding of ``Z``.
@@ -39,12 +40,12 @@ def row_exponent_scale(rows: torch.Tensor) -> torch.Tensor:
 
 def kron_apply_fp16(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int) -> torch.Tensor:
     """``x (I_nb ⊗ P1 ⊗ P2)`` in float32 by the numerics above (rows of ``x`` along the last dim)."""
-    rows = x.float()
-    scale = row_exponent_scale(rows)
-    xn = (rows * scale).half().float().reshape(*x.shape[:-1], nb, p1.shape[0], p2.shape[0])
+    blocks = x.float().reshape(*x.shape[:-1], nb, p1.shape[0] * p2.shape[0])
+    scale = row_exponent_scale(blocks)
+    xn = (blocks * scale).half().float().reshape(*blocks.shape[:-1], p1.shape[0], p2.shape[0])
     z = (xn @ p2.half().float()).half().float()
-    y = p1.half().float().t() @ z
-    return y.reshape(x.shape) / scale
+    y = (p1.half().float().t() @ z).reshape(blocks.shape) / scale
+    return y.reshape(x.shape)
 
 
 def transform_quantize_reference(

@@ -1,12 +1,24 @@
-"""Triton kernel of :mod:`.transform_quantize`: one pass, ``T`` tokens a program, whole rows in registers.
+"""Triton kernel of :mod:`.transform_quantize`: tiles of ``T`` tokens × one ``n1×n2`` block, 2-D dots only.
 
-The ``T·nb`` blocks of ``n1×n2`` (each padded to powers of two) go through two batched (3-D) fp16
-tensor-core dots, ``Z_b = X_b P2`` then ``Y_b = P1ᵀ Z_b``. (A 2-D formulation with a permute between the
-dots gave wrong rows on the H100 under Triton 3.6 while passing in the interpreter.) Rows too long for one
-program's registers (over 16384 padded elements) are refused.
+A tile holds the block ``b`` of ``T`` tokens as a ``(T·N1) × N2`` matrix (row ``(t, r)``, column ``c``;
+``N1``, ``N2`` the factors padded to powers of two). Then ``Z = Xn · P2`` is one 2-D dot, and
+``Y = (I_T ⊗ P1ᵀ) · Z`` another, against the block-diagonal ``I_T ⊗ P1ᵀ`` built once on the host: the
+``T`` small products become one tensor-core-sized dot, at the price of multiplying zeros, which is cheap
+here because the kernel is bound by memory. Neither dot needs a permute or a 3-D (batched) dot: a
+permute between the dots gave wrong rows on the H100 under Triton 3.6, and the batched dots of the
+previous version ran at 0.1–12% of copy bandwidth.
+
+Programs are persistent (a grid of at most a few waves, each looping over token groups) so the factors
+are read once per program. Rows that need two passes: dynamic scales over several tiles (``nb > 1``
+blocks, or the columns split into ``CHUNK``-wide pieces to bound registers) first find the row's max
+(recomputing the tiles) and then write the codes; the second read of ``x`` mostly hits L2. A static
+scale, or one tile per row, is one pass.
 """
 
 from __future__ import annotations
+
+import functools
+import weakref
 
 import torch
 import triton
@@ -18,63 +30,143 @@ from .backend import interpreting
 from .quantize import QMAX
 from .triton_quantize import _rint
 
-MAX_ROW = 16384
+MAX_TILE = 16384  # padded elements of x a program holds at once (T·N1·N2)
+
+
+@triton.jit
+def _token_max(rows, T: tl.constexpr, N1: tl.constexpr):
+    """Per-token max of per-row values ``(T·N1,) -> (T,)``."""
+    return tl.max(tl.reshape(rows, (T, N1)), axis=1)
+
+
+@triton.jit
+def _to_rows(per_token, T: tl.constexpr, N1: tl.constexpr):
+    """Broadcast per-token values to the tile's rows ``(T,) -> (T·N1,)``."""
+    return tl.reshape(tl.broadcast_to(per_token[:, None], (T, N1)), (T * N1,))
+
+
+@triton.jit
+def _tile(
+    x_ptr, p2_ptr, bd, tok, row_ok, r, b, j, n1, n2, stride_x,
+    T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """``Y[:, j·CHUNK : (j+1)·CHUNK]`` of block ``b`` of the tile's tokens, float32 ``(T·N1, CHUNK)``,
+    with the numerics of the reference: a power-of-two prescale per (token, block), fp16 operands, float32
+    accumulation, ``Z`` rounded to fp16."""
+    c = tl.arange(0, N2)
+    mask = row_ok[:, None] & (c < n2)[None, :]
+    offs = tok.to(tl.int64)[:, None] * stride_x + (b * n1 * n2 + r * n2)[:, None] + c[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # max|x| = m·2^e, m in [0.5, 1): scale by 2^-e, read off the fp32 exponent bits
+    xmax = _to_rows(_token_max(tl.max(tl.abs(x), axis=1), T, N1), T, N1)
+    biased = (xmax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    e = tl.where(xmax > 0, biased - 126, 0)
+    scale = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
+    xn = (x * scale[:, None]).to(tl.float16)
+    cols = j * CHUNK + tl.arange(0, CHUNK)
+    p2 = tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + cols[None, :])
+    if UPCAST:  # the interpreter's half-precision dot is unreliable; fp16 values are exact in fp32
+        z = tl.dot(xn.to(tl.float32), p2.to(tl.float32), input_precision="ieee").to(tl.float16)
+        y = tl.dot(bd.to(tl.float32), z.to(tl.float32), input_precision="ieee")
+    else:
+        z = tl.dot(xn, p2).to(tl.float16)
+        y = tl.dot(bd, z)
+    return y * unscale[:, None]
+
+
+@triton.jit
+def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, j, n1, n2, stride_q, CHUNK: tl.constexpr,
+                 INTERPRET: tl.constexpr):  # fmt: skip
+    q = tl.minimum(tl.maximum(_rint(y * inv_rows[:, None], INTERPRET), -8.0), 7.0)
+    q = q.to(tl.float16).to(q_ptr.dtype.element_ty)  # exact: |q| <= 8
+    cols = j * CHUNK + tl.arange(0, CHUNK)
+    offs = tok.to(tl.int64)[:, None] * stride_q + (b * n1 * n2 + r * n2)[:, None] + cols[None, :]
+    tl.store(q_ptr + offs, q, mask=row_ok[:, None] & (cols < n2)[None, :])
 
 
 @triton.jit
 def _kron_quantize_kernel(
-    x_ptr, p1t_ptr, p2_ptr, q_ptr, s_ptr, M, n1, n2, nb, stride_x, stride_q, clip, static_amax, eps_amax,
-    STATIC: tl.constexpr, T: tl.constexpr, NB: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
-    UPCAST: tl.constexpr, INTERPRET: tl.constexpr, PRESCALE: tl.constexpr = True,
+    x_ptr, bd_ptr, p2_ptr, q_ptr, s_ptr, M, n1, n2, nb, stride_x, stride_q, clip, static_amax, eps_amax,
+    STATIC: tl.constexpr, ONE_TILE: tl.constexpr, T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
+    CHUNK: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
-    # 2-D (token, padded position) offsets for the load and the store: the padded position j splits into
-    # (block, row, column) with shifts; no reshape touches the addresses
-    tok = tl.program_id(0) * T + tl.arange(0, T)
-    j = tl.arange(0, NB * N1 * N2)
-    blk, r, c = j // (N1 * N2), (j // N2) % N1, j % N2
-    col = (blk * (n1 * n2) + r * n2 + c)[None, :]
-    mask = (tok < M)[:, None] & ((blk < nb) & (r < n1) & (c < n2))[None, :]
-    x = tl.load(x_ptr + tok[:, None].to(tl.int64) * stride_x + col, mask=mask, other=0.0).to(tl.float32)
-
-    # per-token power-of-two prescale 2^-e (max|x| = m·2^e, m in [0.5, 1)), from the fp32 exponent bits
-    xmax = tl.max(tl.abs(x), axis=1)
-    biased = (xmax.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    e = tl.where(xmax > 0, biased - 126, 0)
-    if not PRESCALE:  # debugging aid: no prescale (fp16 may overflow)
-        e = e * 0
-    scale = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
-    xn = (x * scale[:, None]).to(tl.float16)
-
-    # batched dots over the T·NB blocks: Z_b = Xn_b P2, Y_b = P1ᵀ Z_b (no permutes between them)
-    p2 = tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + tl.arange(0, N2)[None, :])
-    p1t = tl.load(p1t_ptr + tl.arange(0, N1)[:, None] * N1 + tl.arange(0, N1)[None, :])
-    p2b = tl.broadcast_to(p2[None, :, :], (T * NB, N2, N2))
-    p1tb = tl.broadcast_to(p1t[None, :, :], (T * NB, N1, N1))
-    xb = tl.reshape(xn, (T * NB, N1, N2))
-    if UPCAST:  # the interpreter's half-precision dot is unreliable; fp16 values are exact in fp32
-        z = tl.dot(xb.to(tl.float32), p2b.to(tl.float32), input_precision="ieee").to(tl.float16)
-        y = tl.dot(p1tb.to(tl.float32), z.to(tl.float32), input_precision="ieee")
-    else:
-        z = tl.dot(xb, p2b).to(tl.float16)
-        y = tl.dot(p1tb, z)
-    y = tl.reshape(y, (T, NB * N1 * N2)) * unscale[:, None]
-
-    if STATIC:
-        amax = tl.zeros((T,), dtype=tl.float32) + static_amax
-    else:
-        amax = tl.maximum(tl.max(tl.abs(y), axis=1) * clip, eps_amax)
-    inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
-    tl.store(s_ptr + tok, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok < M)
-    q = tl.minimum(tl.maximum(_rint(y * inv[:, None], INTERPRET), -8.0), 7.0)
-    q = q.to(tl.float16).to(q_ptr.dtype.element_ty)  # exact: |q| <= 8
-    tl.store(q_ptr + tok[:, None].to(tl.int64) * stride_q + col, q, mask=mask)
+    R: tl.constexpr = T * N1
+    PIECES: tl.constexpr = N2 // CHUNK
+    i = tl.arange(0, R)
+    bd = tl.load(bd_ptr + i[:, None] * R + i[None, :])
+    r = i % N1
+    for g in range(tl.program_id(0), tl.cdiv(M, T), tl.num_programs(0)):
+        tok_t = g * T + tl.arange(0, T)
+        tok = g * T + i // N1
+        row_ok = (tok < M) & (r < n1)
+        if STATIC:
+            amax = tl.zeros((T,), dtype=tl.float32) + static_amax
+        elif ONE_TILE:
+            y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, 0, 0, n1, n2, stride_x, T, N1, N2, CHUNK, UPCAST)
+            amax = tl.maximum(_token_max(tl.max(tl.abs(y), axis=1), T, N1) * clip, eps_amax)
+        else:  # first pass: the row's max over all its tiles
+            amax = tl.zeros((T,), dtype=tl.float32)
+            for u in range(0, nb * PIECES):
+                y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
+                          T, N1, N2, CHUNK, UPCAST)  # fmt: skip
+                amax = tl.maximum(amax, _token_max(tl.max(tl.abs(y), axis=1), T, N1))
+            amax = tl.maximum(amax * clip, eps_amax)
+        inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
+        tl.store(s_ptr + tok_t, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok_t < M)
+        inv_rows = _to_rows(inv, T, N1)
+        if ONE_TILE and not STATIC:  # y is the tile just computed
+            _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, 0, 0, n1, n2, stride_q, CHUNK, INTERPRET)
+        else:
+            for u in range(0, nb * PIECES):
+                y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
+                          T, N1, N2, CHUNK, UPCAST)  # fmt: skip
+                _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_q,
+                             CHUNK, INTERPRET)  # fmt: skip
 
 
-def _padded(p: torch.Tensor, size: int) -> torch.Tensor:
-    out = torch.zeros(size, size, dtype=torch.float16, device=p.device)
-    out[: p.shape[0], : p.shape[1]] = p.half()
-    return out
+@functools.cache
+def _program_slots(device_index: int) -> int:
+    return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+_PREPARED: dict[tuple, tuple] = {}  # (ids, versions, tiling) -> (weakrefs of P1 and P2, prepared factors)
+
+
+def _block_diagonal_factors(p1: torch.Tensor, p2: torch.Tensor, t: int, n1p: int, n2p: int):
+    """``I_T ⊗ P1ᵀ`` (``T·N1`` square) and ``P2`` (``N2`` square), zero-padded, fp16; kept per factor pair
+    (until either is changed in place or freed) so a call launches nothing but the kernel."""
+    key = (id(p1), p1._version, id(p2), p2._version, t, n1p, n2p)
+    hit = _PREPARED.get(key)
+    if hit is not None and hit[0]() is p1 and hit[1]() is p2:
+        return hit[2]
+    if len(_PREPARED) >= 64:
+        _PREPARED.pop(next(iter(_PREPARED)))
+    prepared = _prepare(p1, p2, t, n1p, n2p)
+    _PREPARED[key] = (weakref.ref(p1), weakref.ref(p2), prepared)
+    return prepared
+
+
+def _prepare(p1: torch.Tensor, p2: torch.Tensor, t: int, n1p: int, n2p: int):
+    p1t = torch.zeros(n1p, n1p, dtype=torch.float16, device=p1.device)
+    p1t[: p1.shape[0], : p1.shape[0]] = p1.t().half()
+    bd = torch.kron(torch.eye(t, dtype=torch.float16, device=p1.device), p1t)
+    p2p = torch.zeros(n2p, n2p, dtype=torch.float16, device=p2.device)
+    p2p[: p2.shape[0], : p2.shape[0]] = p2.half()
+    return bd.contiguous(), p2p.contiguous()
+
+
+def tile_shape(n1: int, n2: int, tokens: int | None = None, chunk: int | None = None) -> tuple[int, int, int, int]:
+    """``(T, N1, N2, CHUNK)``: tokens per tile and padded sizes. By default the tile's rows ``T·N1`` reach
+    64 where the block is small, and the columns split so a dot's output holds at most 8192 values."""
+    n1p, n2p = max(16, triton.next_power_of_2(n1)), max(16, triton.next_power_of_2(n2))
+    t = tokens or max(1, 64 // n1p)
+    chunk = chunk or max(16, min(n2p, 8192 // (t * n1p)))
+    if t & (t - 1) or chunk & (chunk - 1) or chunk > n2p or n2p % chunk:
+        raise ConfigError(f"tokens per tile ({t}) and chunk ({chunk}) must be powers of two, chunk ≤ {n2p}")
+    if t * n1p * n2p > MAX_TILE:
+        raise ConfigError(f"fused transform+quantize tile of {t}×{n1p}×{n2p} exceeds {MAX_TILE} values")
+    return t, n1p, n2p, chunk
 
 
 def kron_quantize_rows(
@@ -86,28 +178,30 @@ def kron_quantize_rows(
     static_scale: float | None,
     codes_dtype=torch.int8,
     tokens: int | None = None,
-    prescale: bool = True,
+    chunk: int | None = None,
+    programs: int | None = None,
+    num_warps: int | None = None,
     upcast: bool | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x`` (``K = nb·n1·n2``).
+    ``tokens``, ``chunk``, ``programs`` and ``num_warps`` are tuning knobs (benchmarks sweep them)."""
     M, K = x.shape
-    n1, n2 = p1.shape[0], p2.shape[0]
-    n1p, n2p = max(16, triton.next_power_of_2(n1)), max(16, triton.next_power_of_2(n2))
-    nbp = triton.next_power_of_2(nb)
-    row = nbp * n1p * n2p
-    if row > MAX_ROW:
-        raise ConfigError(f"fused transform+quantize holds a row in registers: padded size {row} > {MAX_ROW}")
-    tokens = tokens or max(1, min(16, 8192 // row, triton.next_power_of_2(M)))
+    t, n1p, n2p, chunk = tile_shape(p1.shape[0], p2.shape[0], tokens, chunk)
+    bd, p2p = _block_diagonal_factors(p1, p2, t, n1p, n2p)
     if out is None:
         codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
         scales = torch.empty((M,), dtype=torch.float32, device=x.device)
     else:  # preallocated (M, K) codes and (M,) scales, e.g. filled with a sentinel by a test
         codes, scales = out
-    _kron_quantize_kernel[(triton.cdiv(M, tokens),)](
-        x, _padded(p1.t(), n1p).contiguous(), _padded(p2, n2p).contiguous(), codes, scales, M, n1, n2, nb,
-        x.stride(0), codes.stride(0), float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
-        STATIC=static_scale is not None, T=tokens, NB=nbp, N1=n1p, N2=n2p,
-        UPCAST=interpreting() if upcast is None else upcast,
-        INTERPRET=interpreting(), PRESCALE=prescale, num_warps=8 if tokens * row >= 8192 else 4,
+    groups = triton.cdiv(M, t)
+    if programs is None:
+        programs = groups if not x.is_cuda else min(groups, _program_slots(x.device.index or 0))
+    _kron_quantize_kernel[(max(1, programs),)](
+        x, bd, p2p, codes, scales, M, p1.shape[0], p2.shape[0], nb, x.stride(0), codes.stride(0),
+        float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
+        STATIC=static_scale is not None, ONE_TILE=nb == 1 and chunk == n2p, T=t, N1=n1p, N2=n2p, CHUNK=chunk,
+        UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(),
+        num_warps=num_warps or (8 if t * n1p * chunk >= 8192 else 4),
     )  # fmt: skip
     return codes, scales[:, None]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 on the GPU machine: every kernel compiled and checked (the kernel tests on CUDA), then the
 # benchmarks. Needs no model or data staging. Writes JSON to $OUT (default ./out).
-#   STEPS="tests train gemm gemm70 tq quant kvattn" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
+#   STEPS="tests train gemm gemm70 tq tqstatic quant kvattn" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -18,7 +18,9 @@ for step in $STEPS; do
              tests/test_fptquant.py::test_cuda_graph_training_matches_eager_training 2>&1 | tail -15 ;;
     gemm) timeout 480 python3 benchmarks/bench_w4a4_gemm.py --sweep --variants --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b.json" ;;
     gemm70) timeout 200 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_70b.json" ;;
-    tq) timeout 200 python3 benchmarks/bench_transform_quantize.py --json "$OUT/transform_quantize.json" ;;
+    tq) timeout 420 python3 benchmarks/bench_transform_quantize.py --sweep --m 8192 --json "$OUT/transform_quantize_sweep.json"
+        timeout 150 python3 benchmarks/bench_transform_quantize.py --m 32768 --json "$OUT/transform_quantize.json" ;;
+    tqstatic) timeout 300 python3 benchmarks/bench_transform_quantize.py --sweep --static --m 8192 --json "$OUT/transform_quantize_static.json" ;;
     kvattn) timeout 200 python3 benchmarks/bench_kv_attention.py --json "$OUT/kv_attention.json" ;;
     quant) timeout 200 python3 benchmarks/bench_quantize.py --json "$OUT/quantize.json" ;;
   esac

@@ -47,7 +47,7 @@ def _to_rows(per_token, T: tl.constexpr, N1: tl.constexpr):
 
 @triton.jit
 def _tile(
-    x_ptr, p2_ptr, bd, tok, row_ok, r, b, j, n1, n2, stride_x,
+    x_ptr, p2_ptr, bd, tok, row_ok, r, b, j, n1: tl.constexpr, n2: tl.constexpr, stride_x,
     T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y[:, j·CHUNK : (j+1)·CHUNK]`` of block ``b`` of the tile's tokens, float32 ``(T·N1, CHUNK)``,
@@ -76,8 +76,8 @@ def _tile(
 
 
 @triton.jit
-def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, j, n1, n2, stride_q, CHUNK: tl.constexpr,
-                 INTERPRET: tl.constexpr):  # fmt: skip
+def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, j, n1: tl.constexpr, n2: tl.constexpr, stride_q,
+                 CHUNK: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
     q = tl.minimum(tl.maximum(_rint(y * inv_rows[:, None], INTERPRET), -8.0), 7.0)
     q = q.to(tl.float16).to(q_ptr.dtype.element_ty)  # exact: |q| <= 8
     cols = j * CHUNK + tl.arange(0, CHUNK)
@@ -87,9 +87,9 @@ def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, j, n1, n2, stride_q, CHU
 
 @triton.jit
 def _kron_quantize_kernel(
-    x_ptr, bd_ptr, p2_ptr, q_ptr, s_ptr, M, n1, n2, nb, stride_x, stride_q, clip, static_amax, eps_amax,
-    STATIC: tl.constexpr, ONE_TILE: tl.constexpr, T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
-    CHUNK: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
+    x_ptr, bd_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip, static_amax, eps_amax,
+    n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, ONE_TILE: tl.constexpr, T: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     R: tl.constexpr = T * N1
     PIECES: tl.constexpr = N2 // CHUNK
@@ -198,8 +198,8 @@ def kron_quantize_rows(
     if programs is None:
         programs = groups if not x.is_cuda else min(groups, _program_slots(x.device.index or 0))
     _kron_quantize_kernel[(max(1, programs),)](
-        x, bd, p2p, codes, scales, M, p1.shape[0], p2.shape[0], nb, x.stride(0), codes.stride(0),
-        float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
+        x, bd, p2p, codes, scales, M, nb, x.stride(0), codes.stride(0),
+        float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, n1=p1.shape[0], n2=p2.shape[0],
         STATIC=static_scale is not None, ONE_TILE=nb == 1 and chunk == n2p, T=t, N1=n1p, N2=n2p, CHUNK=chunk,
         UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(),
         num_warps=num_warps or (8 if t * n1p * chunk >= 8192 else 4),

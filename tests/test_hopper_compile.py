@@ -1,0 +1,91 @@
+"""The Triton kernels as the H100 would run them, compiled ahead of time here (no GPU needed): every
+global load and store of the activations is a vector, the dots run on wgmma, nothing spills. The
+interpreter tests check the arithmetic; these check what the interpreter cannot see."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("triton.backends.nvidia")
+pytest.importorskip("triton.compiler")
+from hopper_ptx import compile_for_hopper  # noqa: E402
+
+from fptquant.kernels.triton_transform_quantize import tile_shape  # noqa: E402
+
+VECTOR_LOADS = {"ld.global.v4.b32", "ld.global.v2.b32"}
+TQ_CASES = {  # (n1, n2, blocks)
+    "8b-hidden": (64, 64, 1),
+    "8b-mlp": (112, 128, 1),
+    "smollm2-hidden": (24, 24, 1),
+    "smollm2-mlp": (32, 48, 1),
+    "block-hadamard": (16, 32, 28),
+}
+
+
+def transform_quantize_job(n1: int, n2: int, nb: int, static: bool) -> dict:
+    t, n1p, n2p, chunk = tile_shape(n1, n2)
+    args = {
+        "x_ptr": "*bf16", "bd_ptr": "*fp16", "p2_ptr": "*fp16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32",
+        "nb": "i32", "stride_x": "i32", "stride_q": "i32", "clip": "fp32", "static_amax": "fp32",
+        "eps_amax": "fp32", "n1": n1, "n2": n2, "STATIC": static, "ONE_TILE": nb == 1 and chunk == n2p, "T": t,
+        "N1": n1p, "N2": n2p, "CHUNK": chunk, "UPCAST": False, "INTERPRET": False,
+    }  # fmt: skip
+    aligned = ["x_ptr", "bd_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_q"]
+    module = "fptquant.kernels.triton_transform_quantize"
+    return {"module": module, "kernel": "_kron_quantize_kernel", "args": args, "num_warps": 8, "aligned": aligned}
+
+
+def kv_attention_job() -> dict:
+    """SmolLM2's decode attention (3 query heads per KV head, d_h 64) as the INT4 cache calls it."""
+    args = {"q_ptr": "*bf16", "kc_ptr": "*u8", "ks_ptr": "*bf16", "kz_ptr": "*u8", "vc_ptr": "*u8",
+            "vs_ptr": "*bf16", "vz_ptr": "*u8", "len_ptr": "*i64", "out_ptr": "*fp32", "lse_ptr": "*fp32"}  # fmt: skip
+    for name in ("sq_b", "sq_h", "sc_b", "sc_h", "sc_s", "ss_b", "ss_h", "so_b", "so_h", "so_s", "sl_b", "sl_h"):
+        args[name] = "i32"
+    args.update(HK="i32", chunk="i32", qk_scale="fp32", G=3, G_PAD=16, HALF=32, HALF_PAD=32, BLOCK_N=64)
+    args["DOT"] = "tl.float16"
+    aligned = [
+        "q_ptr",
+        "kc_ptr",
+        "ks_ptr",
+        "kz_ptr",
+        "vc_ptr",
+        "vs_ptr",
+        "vz_ptr",
+        "out_ptr",
+        "sq_b",
+        "sq_h",
+        "sc_b",
+        "sc_h",
+        "sc_s",
+        "ss_b",
+        "ss_h",
+        "chunk",
+    ]  # a capacity that is a multiple of 16; chunk: of BLOCK_N
+    module = "fptquant.kernels.triton_kv_attention"
+    return {"module": module, "kernel": "_decode_kernel", "args": args, "num_warps": 4, "aligned": aligned}
+
+
+@pytest.fixture(scope="module")
+def builds() -> dict:
+    """One child process compiles them all (each test reads its own)."""
+    jobs = {(name, static): transform_quantize_job(*case, static) for name, case in TQ_CASES.items()
+            for static in (False, True)}  # fmt: skip
+    jobs["kv"] = kv_attention_job()
+    return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
+
+
+@pytest.mark.parametrize("name", list(TQ_CASES))
+@pytest.mark.parametrize("static", [False, True])
+def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, static):
+    build = builds[name, static]
+    assert build.spill_bytes == 0 and build.uses_wgmma
+    assert build.memory_ops("ld") <= VECTOR_LOADS  # no 2-byte loads: n1, n2 are compile-time constants
+    assert "st.global.b8" not in build.memory_ops("st")  # the codes leave as vectors too
+
+
+def test_int4_kv_decode_attention_compiles_without_spills(builds):
+    build = builds["kv"]
+    assert build.spill_bytes == 0
+    # the packed codes arrive as vectors (the per-position scales and zero points, 3 bytes of every 35,
+    # are masked at the sequence's end and load one by one)
+    assert build.memory_ops("ld") & VECTOR_LOADS

@@ -21,19 +21,23 @@ from fptquant.kernels.transform_quantize import transform_quantize_reference
 from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, tile_shape
 from fptquant.math.hadamard import hadamard, random_orthogonal
 
-# (K, n1, n2, kind): FlatQuant's Kronecker sizes for LLaMA-3-8B and SmolLM2, and a block Hadamard (T_d).
+# (K, n1, n2, kind): FlatQuant's Kronecker sizes for LLaMA-3-8B and SmolLM2, a block Hadamard (T_d), head mixing.
 CASES = [
     (4096, 64, 64, "kron"),
     (14336, 112, 128, "kron"),
     (576, 24, 24, "kron"),
     (1536, 32, 48, "kron"),
     (14336, 16, 32, "hadamard"),
+    (4096, 32, 128, "heads"),  # FlatQuant's P_o (head mixing, M ⊗ I_d) before o_proj
+    (576, 9, 64, "heads"),
 ]
 
 
 def factors(n1: int, n2: int, kind: str, gen: torch.Generator):
     if kind == "hadamard":
         return hadamard(n1).float().cuda(), hadamard(n2).float().cuda()
+    if kind == "heads":
+        return random_orthogonal(n1, gen).float().cuda(), torch.eye(n2, device="cuda")
     return random_orthogonal(n1, gen).float().cuda(), random_orthogonal(n2, gen).float().cuda()
 
 

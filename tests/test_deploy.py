@@ -249,20 +249,24 @@ def test_quantized_linear_reads_host_values_once_and_again_after_a_change():
     assert linear._plan == ("static", pytest.approx(0.05)) and not torch.equal(first, second)
 
 
-@pytest.mark.parametrize("transform", ["kronecker", "hadamard"])
+@pytest.mark.parametrize("transform", ["kronecker", "hadamard", "heads"])
 @pytest.mark.parametrize("static", [True, False])
 def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform, static):
-    """A Kronecker or power-of-two block Hadamard input transform goes through the fused
+    """A Kronecker, head-mixing or power-of-two block Hadamard input transform goes through the fused
     transform+quantize kernel (its codes are the kernel reference's); other transforms stay unfused."""
     from fptquant.deploy.modules import fused_factors
     from fptquant.kernels import transform_quantize_reference
     from fptquant.math.hadamard import hadamard, random_orthogonal
-    from fptquant.math.online import OnlineHadamard, OnlineKronecker
+    from fptquant.math.online import HeadMixing, OnlineHadamard, OnlineKronecker
     from fptquant.math.quantizer import QuantSpec
 
     g = torch.Generator().manual_seed(1)
     if transform == "kronecker":
         online = OnlineKronecker(random_orthogonal(6, g) * 1.5, random_orthogonal(8, g))
+    elif transform == "heads":  # 3 heads of 16
+        online = HeadMixing(random_orthogonal(3, g) + 0.2, 16)
+        x = torch.randn(2, 48, generator=g)
+        torch.testing.assert_close(x @ torch.kron(*fused_factors(online)), online(x))
     else:
         online = OnlineHadamard(96, 32)
         p1, p2 = fused_factors(online)
@@ -270,7 +274,7 @@ def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform,
     spec = QuantSpec(bits=4, axis="row", dynamic=True, clip_ratio=0.75)
     if static:
         spec = QuantSpec(bits=4, axis="tensor", dynamic=False)
-    linear = QuantizedLinear(48 if transform == "kronecker" else 96, 8, bias=False, act_spec=spec)
+    linear = QuantizedLinear(96 if transform == "hadamard" else 48, 8, bias=False, act_spec=spec)
     linear.input_transform = online
     if static:
         linear.input_quantizer.scale.data.fill_(0.25)

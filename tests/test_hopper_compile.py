@@ -19,6 +19,8 @@ TQ_CASES = {  # (n1, n2, blocks)
     "smollm2-hidden": (24, 24, 1),
     "smollm2-mlp": (32, 48, 1),
     "block-hadamard": (16, 32, 28),
+    "smollm2-heads": (9, 64, 1),  # FlatQuant's P_o before o_proj: 9 heads mixed, I_64
+    "8b-heads": (32, 128, 1),
 }
 
 

@@ -64,9 +64,12 @@ def build_transform(desc: dict | None) -> nn.Module | None:
 
 def fused_factors(transform: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(P1, P2)`` with ``x T = x (I ⊗ P1 ⊗ P2)`` when the fused transform+quantize kernel can run ``T``:
-    a Kronecker transform, or a block Hadamard of power-of-two blocks (Sylvester: ``H_ab = H_a ⊗ H_b``)."""
+    a Kronecker transform, a head mixing (``M ⊗ I_d``), or a block Hadamard of power-of-two blocks
+    (Sylvester: ``H_ab = H_a ⊗ H_b``)."""
     if isinstance(transform, OnlineKronecker):
         return transform.p1, transform.p2
+    if isinstance(transform, HeadMixing):
+        return transform.mix, torch.eye(transform.head_dim, dtype=transform.mix.dtype, device=transform.mix.device)
     if isinstance(transform, OnlineHadamard) and transform.block & (transform.block - 1) == 0:
         log2 = transform.block.bit_length() - 1
         return hadamard(2 ** (log2 // 2)).float(), hadamard(2 ** (log2 - log2 // 2)).float()

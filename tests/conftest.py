@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -66,6 +67,33 @@ def tiny_model(request):
 def tokens():
     torch.manual_seed(1)
     return torch.randint(0, VOCAB, (2, 19))
+
+
+@contextlib.contextmanager
+def kernel_transform_numerics(model: torch.nn.Module):
+    """Run the fake-quant model's online transforms with the numerics of the fused transform+quantize
+    kernel (fp16 operands, float32 accumulation: kernels/transform_quantize.py) that the deploy model
+    uses for them, so fake-quant and real-code logits can be compared tightly in a chaotic W4A4 model."""
+    from fptquant.deploy.modules import fused_factors
+    from fptquant.kernels.transform_quantize import kron_apply_fp16
+
+    patched = []
+    for module in model.modules():
+        factors = fused_factors(module)
+        if factors is None:
+            continue
+        size = factors[0].shape[0] * factors[1].shape[0]
+
+        def forward(x, factors=factors, size=size):
+            return kron_apply_fp16(x, *(f.to(x.device) for f in factors), x.shape[-1] // size).to(x.dtype)
+
+        module.forward = forward
+        patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

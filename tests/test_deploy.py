@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_model, make_tokenizer
+from conftest import kernel_transform_numerics, make_tiny_model, make_tokenizer
 
 import fptquant
 from fptquant.deploy import load, save_packed
@@ -33,7 +33,8 @@ CASES = [("llama", "rtn", "rtn"), ("qwen2", "quarot", "gptq"), ("mistral", "rtn"
 @pytest.mark.parametrize("arch,method,weights", CASES)
 def test_round_trip_logits_exact(arch, method, weights, tmp_path, tokens):
     model = quantized(arch, method, weights, intermediate_size=96)
-    fake = logits(model, tokens)
+    with kernel_transform_numerics(model):
+        fake = logits(model, tokens)
     save_packed(model, make_tokenizer(), tmp_path / "ckpt")
     assert any(isinstance(m, QuantizedLinear) for m in model.modules())
     deployed = logits(model, tokens)  # the in-place deploy model: real integer codes
@@ -202,7 +203,8 @@ def test_flatquant_exports_with_its_online_transforms(tmp_path, tokens):
     recipe = fptquant.Recipe(method="flatquant", model="tiny",
                              method_args={"epochs": 2, "batch_size": 2, "resume": False})  # fmt: skip
     fptquant.quantize(model, recipe, calibration)
-    fake = logits(model, tokens)
+    with kernel_transform_numerics(model):
+        fake = logits(model, tokens)
     save_packed(model, None, tmp_path / "fq")
     qc = json.loads((tmp_path / "fq" / "config.json").read_text())["quantization_config"]
     kinds = {m["transform"].get("kind") for m in qc["modules"].values() if m["transform"]}

@@ -128,13 +128,14 @@ def test_prerope_refused_with_qk_norm_and_off_by_default():
 
 
 @pytest.mark.parametrize("static", [True, False])
-@pytest.mark.parametrize("weights", ["rtn", "gptq"])
+@pytest.mark.parametrize("weights", ["rtn", "gptq", "gptq-learned"])
 def test_quantize_save_reload_gives_identical_logits(static, weights, tmp_path, tokens):
     model = make_tiny_model("llama", **GQA)
     reference = logits(model, tokens)
     calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    args = {**FAST, "gptq_scales": "learned"} if weights == "gptq-learned" else FAST
     recipe = fptquant.Recipe(
-        method="fptquant", bits="w4a4kv4", act_static=static, weight_quantizer=weights, method_args=FAST
+        method="fptquant", bits="w4a4kv4", act_static=static, weight_quantizer=weights[:4], method_args=args
     )
     fptquant.quantize(model, recipe, calibration_data=calibration)
     quantized = logits(model, tokens)
@@ -150,6 +151,33 @@ def test_quantize_save_reload_gives_identical_logits(static, weights, tmp_path, 
         fresh, get_adapter(fresh), load_file(tmp_path / "q" / "fptquant_state.safetensors")
     )
     torch.testing.assert_close(logits(fresh, tokens), quantized, rtol=0, atol=0)
+
+
+def test_gptq_on_learned_clips_trains_at_w4_and_keeps_each_rows_learned_grid(monkeypatch):
+    """``gptq_scales=learned``: the transforms train with learned-clip RTN weights, then GPTQ quantizes each
+    row on the grid those clips give (every weight a multiple of its row's learned scale)."""
+    from fptquant.pipelines import weights as weight_pipeline
+
+    grids = {}
+    real = weight_pipeline.learned_row_qparams
+
+    def recording(linear):
+        grids[id(linear)] = real(linear)
+        return grids[id(linear)]
+
+    monkeypatch.setattr(weight_pipeline, "learned_row_qparams", recording)
+    model = make_tiny_model("llama", **GQA)
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, weight_quantizer="gptq",
+                             method_args={**FAST, "gptq_scales": "learned"})  # fmt: skip
+    method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
+    assert method._training_recipe().bit_spec.weights == 4
+    linears = [m for m in model.modules() if hasattr(m, "weight_quantizer") and m.weight.dim() == 2]
+    assert linears and all(grids.get(id(m)) is not None for m in linears)
+    for m in linears:
+        scale, _ = grids[id(m)]
+        steps = m.weight.double() / scale.double()
+        assert torch.allclose(steps, steps.round(), atol=1e-3) and steps.abs().max() <= 8
 
 
 def test_end_to_end_training_lowers_the_divergence():

@@ -28,7 +28,7 @@ def transform_quantize_job(n1: int, n2: int, nb: int, static: bool) -> dict:
     t, n1p, n2p, chunk = tile_shape(n1, n2)
     args = {
         "x_ptr": "*bf16", "bd_ptr": "*fp16", "p2_ptr": "*fp16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32",
-        "nb": "i32", "stride_x": "i32", "stride_q": "i32", "clip": "fp32", "static_amax": "fp32",
+        "nb": "i32", "stride_x": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32", "static_amax": "fp32",
         "eps_amax": "fp32", "n1": n1, "n2": n2, "STATIC": static, "ONE_TILE": nb == 1 and chunk == n2p, "T": t,
         "N1": n1p, "N2": n2p, "CHUNK": chunk, "UPCAST": False, "INTERPRET": False,
     }  # fmt: skip

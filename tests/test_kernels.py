@@ -130,10 +130,11 @@ def test_transform_quantize_writes_every_output(m, n1, n2, nb):
         (64, 64, 1, 1, 64, None),  # one tile per token
     ],
 )
-@pytest.mark.parametrize("static_scale", [None, 0.3])
-def test_transform_quantize_tuning_knobs_keep_the_numerics(n1, n2, nb, tokens, chunk, programs, static_scale):
+@pytest.mark.parametrize("static_scale,clip", [(None, 0.95), (None, (0.7, 0.95)), (0.3, 1.0)])
+def test_transform_quantize_tuning_knobs_keep_the_numerics(n1, n2, nb, tokens, chunk, programs, static_scale, clip):
     """Every tiling the benchmark may pick (tokens per tile, column chunks, persistent programs) gives
-    the reference's codes; 13 tokens is not a multiple of any tile."""
+    the reference's codes, with one clip ratio or a learned two-sided (lo, hi) clip; 13 tokens is not a
+    multiple of any tile."""
     from fptquant.kernels.transform_quantize import transform_quantize_reference
     from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
     from fptquant.math.hadamard import random_orthogonal
@@ -145,9 +146,12 @@ def test_transform_quantize_tuning_knobs_keep_the_numerics(n1, n2, nb, tokens, c
     x[3, : n1 * n2] *= 1e-3  # a block far below the rest of its row
     codes = torch.full(x.shape, 99, dtype=torch.int8, device=DEVICE)
     scales = torch.full((13,), -1.0, device=DEVICE)
-    kron_quantize_rows(x, p1, p2, nb, 0.95, static_scale, tokens=tokens, chunk=chunk, programs=programs,
+    kron_quantize_rows(x, p1, p2, nb, clip, static_scale, tokens=tokens, chunk=chunk, programs=programs,
                        out=(codes, scales))  # fmt: skip
-    qr, sr = transform_quantize_reference(x, p1, p2, clip_ratio=0.95, static_scale=static_scale)
+    qr, sr = transform_quantize_reference(x, p1, p2, clip_ratio=clip, static_scale=static_scale)
+    if isinstance(clip, tuple):  # the two ends really differ here: the pair is not one ratio in disguise
+        one = transform_quantize_reference(x, p1, p2, clip_ratio=clip[1])[1]
+        assert not torch.equal(one, sr)
     close_codes(codes, qr)
     torch.testing.assert_close(scales[:, None], sr, rtol=1e-5, atol=0)
 

@@ -1,11 +1,13 @@
 """Deploy-time modules: ``QuantizedLinear`` on packed INT4 weights, and the online transforms it may run.
 
 A ``QuantizedLinear`` computes ``y = dequant(Q_a(T(x)) · Q_w)`` with real integer codes: the input
-(after its online transform ``T``) is quantized per token (dynamic) or with a fixed scale (static) by
-:func:`fptquant.kernels.quantize_per_token`, then multiplied by the packed weights in
-:func:`fptquant.kernels.w4a4_matmul` (Triton on CUDA, the float64 PyTorch reference elsewhere: the
-``FPTQUANT_KERNELS`` switch). Learned asymmetric clipping (two clip factors) has no kernel yet: such
-inputs are quantized in PyTorch with the fake quantizer's formula.
+is transformed and quantized per token (dynamic, with one clip ratio or a learned one per end of the
+row) or with a fixed scale (static) by :func:`fptquant.kernels.transform_quantize` (one fused kernel,
+for Kronecker, head-mixing and block-Hadamard transforms) or :func:`fptquant.kernels.quantize_per_token`,
+then multiplied by the packed weights in :func:`fptquant.kernels.w4a4_matmul` (Triton on CUDA, the
+PyTorch reference elsewhere: the ``FPTQUANT_KERNELS`` switch). The fused kernel computes the transform
+with fp16 operands and float32 accumulation (kernels/transform_quantize.py), so its codes may differ by
+one from a float32 transform's on a fraction of a percent of entries.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..kernels import quantize_per_token, transform_quantize
+from ..kernels import quantize_per_token, quantize_per_token_reference, transform_quantize
 from ..kernels.w4a4_matmul import w4a4_matmul
 from ..math.hadamard import hadamard
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
-from ..math.quantization import minmax_qparams
 from ..math.quantizer import Quantizer, QuantSpec
 
 
@@ -112,8 +113,9 @@ class QuantizedLinear(nn.Module):
         self._plan_key: tuple | None = None
         self._factors: tuple | None = None  # (transform, device, (P1, P2) or None) for the fused kernel
 
-    def _input_plan(self) -> tuple[str, float | None]:
-        """How the input is quantized: ``("static", scale)``, ``("ratio", clip)`` or ``("two-sided", None)``.
+    def _input_plan(self) -> tuple[str, float | tuple[float, float] | None]:
+        """How the input is quantized: ``("static", scale)`` or ``("clip", (lo, hi))`` (one clip ratio, or a
+        learned clip per end of the row).
 
         The host values are read from the quantizer's tensors once and kept until the quantizer, its spec
         or those tensors change (their version counters), so a forward has no GPU synchronisation and can
@@ -125,11 +127,10 @@ class QuantizedLinear(nn.Module):
             if not spec.dynamic:
                 plan = ("static", float(q.scale.detach().abs().clamp(min=1e-8)))
             elif not spec.learnable_clip:
-                plan = ("ratio", spec.clip_ratio)
+                plan = ("clip", (spec.clip_ratio, spec.clip_ratio))
             else:
-                lo, hi = q._clip_factors()
-                same = torch.equal(torch.as_tensor(lo), torch.as_tensor(hi))
-                plan = ("ratio", float(torch.as_tensor(hi).reshape(-1)[0])) if same else ("two-sided", None)
+                lo, hi = (float(torch.as_tensor(f).detach().reshape(-1)[0]) for f in q._clip_factors())
+                plan = ("clip", (lo, hi))
             self._plan, self._plan_key = plan, key
         return self._plan
 
@@ -142,13 +143,14 @@ class QuantizedLinear(nn.Module):
         return self._factors[2]
 
     def _transform_and_quantize(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The online transform and the input quantizer, in one fused kernel where one exists (a Kronecker
-        or power-of-two block Hadamard transform with a static scale or one clip ratio)."""
+        """The online transform and the input quantizer, in one fused kernel where one exists (a Kronecker,
+        head-mixing or power-of-two block Hadamard transform)."""
         kind, value = self._input_plan()
         factors = self._fusable_factors(rows.device) if self.input_transform is not None else None
-        if factors is not None and kind != "two-sided":
-            static = value if kind == "static" else None
-            return transform_quantize(rows, *factors, clip_ratio=1.0 if static else value, static_scale=static)
+        if factors is not None:
+            if kind == "static":
+                return transform_quantize(rows, *factors, static_scale=value)
+            return transform_quantize(rows, *factors, clip_ratio=value)
         if self.input_transform is not None:
             rows = self.input_transform(rows)
         return self._quantize_input(rows)
@@ -157,12 +159,10 @@ class QuantizedLinear(nn.Module):
         kind, value = self._input_plan()
         if kind == "static":
             return quantize_per_token(x, static_scale=value)
-        if kind == "ratio":
-            return quantize_per_token(x, clip_ratio=value)
-        lo, hi = self.input_quantizer._clip_factors()
-        rows = x.float()  # the fake quantizer's own scale, from the two clipped ends of each row
-        scale, _ = minmax_qparams(rows.amin(-1, keepdim=True) * lo, rows.amax(-1, keepdim=True) * hi, 4, True)
-        return torch.clamp(torch.round(rows / scale), -8, 7).to(torch.int8), scale
+        lo, hi = value
+        if lo == hi:
+            return quantize_per_token(x, clip_ratio=lo)
+        return quantize_per_token_reference(x, clip_ratio=(lo, hi))  # no Triton kernel for two clips yet
 
     def dequantized_weight(self) -> torch.Tensor:
         return unpack_int4(self.qweight).float() * self.weight_scale[:, None]

@@ -32,16 +32,25 @@ def _rint(y: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_per_token_reference(
-    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None, codes_dtype=torch.int8
+    x: torch.Tensor,
+    clip_ratio: float | tuple[float, float] = 1.0,
+    static_scale: float | None = None,
+    codes_dtype=torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes (..., K), scales float32 (..., 1))`` for the rows of ``x``; codes int8 or float8_e4m3fn."""
+    """``(codes (..., K), scales float32 (..., 1))`` for the rows of ``x``; codes int8 or float8_e4m3fn.
+    ``clip_ratio``: one factor on ``max|x|``, or ``(lo, hi)`` on the row's min and max (a learned
+    two-sided clip of a symmetric quantizer: ``amax = max(-min·lo, max·hi)``)."""
     check_codes_dtype(codes_dtype)
     rows = x.reshape(-1, x.shape[-1]).float()
-    if static_scale is None:
-        amax = rows.abs().amax(dim=1, keepdim=True) * clip_ratio
-        amax = torch.clamp(amax, min=QMAX * SCALE_EPS)
-    else:
+    if static_scale is not None:
         amax = torch.full((rows.shape[0], 1), QMAX * float(static_scale), dtype=torch.float32, device=x.device)
+    elif isinstance(clip_ratio, tuple):
+        lo, hi = clip_ratio
+        amax = torch.maximum(-rows.amin(dim=1, keepdim=True) * lo, rows.amax(dim=1, keepdim=True) * hi)
+    else:
+        amax = rows.abs().amax(dim=1, keepdim=True) * clip_ratio
+    if static_scale is None:
+        amax = torch.clamp(amax, min=QMAX * SCALE_EPS)
     inv = torch.full_like(amax, float(QMAX)) / amax  # one IEEE division (``7 / t`` would be reciprocal(t) * 7)
     codes = torch.clamp(_rint(rows * inv), QMIN, QMAX).to(codes_dtype)
     scale = amax / torch.full_like(amax, float(QMAX))  # on CUDA, ``t / 7`` is t * (1/7): not the kernel's division

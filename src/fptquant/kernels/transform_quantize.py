@@ -52,7 +52,7 @@ def transform_quantize_reference(
     x: torch.Tensor,
     p1: torch.Tensor,
     p2: torch.Tensor,
-    clip_ratio: float = 1.0,
+    clip_ratio: float | tuple[float, float] = 1.0,
     static_scale: float | None = None,
     codes_dtype=torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +64,7 @@ def transform_quantize(
     x: torch.Tensor,
     p1: torch.Tensor,
     p2: torch.Tensor,
-    clip_ratio: float = 1.0,
+    clip_ratio: float | tuple[float, float] = 1.0,
     static_scale: float | None = None,
     backend: str | None = None,
     codes_dtype=torch.int8,

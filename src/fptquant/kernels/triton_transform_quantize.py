@@ -87,7 +87,7 @@ def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, j, n1: tl.constexpr, n2:
 
 @triton.jit
 def _kron_quantize_kernel(
-    x_ptr, bd_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip, static_amax, eps_amax,
+    x_ptr, bd_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax,
     n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, ONE_TILE: tl.constexpr, T: tl.constexpr,
     N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
@@ -104,14 +104,18 @@ def _kron_quantize_kernel(
             amax = tl.zeros((T,), dtype=tl.float32) + static_amax
         elif ONE_TILE:
             y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, 0, 0, n1, n2, stride_x, T, N1, N2, CHUNK, UPCAST)
-            amax = tl.maximum(_token_max(tl.max(tl.abs(y), axis=1), T, N1) * clip, eps_amax)
-        else:  # first pass: the row's max over all its tiles
-            amax = tl.zeros((T,), dtype=tl.float32)
+            top = _token_max(tl.max(y, axis=1), T, N1)
+            bottom = -_token_max(-tl.min(y, axis=1), T, N1)
+            amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
+        else:  # first pass: the row's min and max over all its tiles
+            top = tl.full((T,), float("-inf"), dtype=tl.float32)
+            bottom = tl.full((T,), float("inf"), dtype=tl.float32)
             for u in range(0, nb * PIECES):
                 y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
                           T, N1, N2, CHUNK, UPCAST)  # fmt: skip
-                amax = tl.maximum(amax, _token_max(tl.max(tl.abs(y), axis=1), T, N1))
-            amax = tl.maximum(amax * clip, eps_amax)
+                top = tl.maximum(top, _token_max(tl.max(y, axis=1), T, N1))
+                bottom = tl.minimum(bottom, -_token_max(-tl.min(y, axis=1), T, N1))
+            amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + tok_t, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok_t < M)
         inv_rows = _to_rows(inv, T, N1)
@@ -174,7 +178,7 @@ def kron_quantize_rows(
     p1: torch.Tensor,
     p2: torch.Tensor,
     nb: int,
-    clip_ratio: float,
+    clip_ratio: float | tuple[float, float],
     static_scale: float | None,
     codes_dtype=torch.int8,
     tokens: int | None = None,
@@ -184,7 +188,8 @@ def kron_quantize_rows(
     upcast: bool | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x`` (``K = nb·n1·n2``).
+    """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x`` (``K = nb·n1·n2``); ``clip_ratio``
+    one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
     ``tokens``, ``chunk``, ``programs`` and ``num_warps`` are tuning knobs (benchmarks sweep them)."""
     M, K = x.shape
     t, n1p, n2p, chunk = tile_shape(p1.shape[0], p2.shape[0], tokens, chunk)
@@ -194,12 +199,13 @@ def kron_quantize_rows(
         scales = torch.empty((M,), dtype=torch.float32, device=x.device)
     else:  # preallocated (M, K) codes and (M,) scales, e.g. filled with a sentinel by a test
         codes, scales = out
+    lo, hi = clip_ratio if isinstance(clip_ratio, tuple) else (clip_ratio, clip_ratio)
     groups = triton.cdiv(M, t)
     if programs is None:
         programs = groups if not x.is_cuda else min(groups, _program_slots(x.device.index or 0))
     _kron_quantize_kernel[(max(1, programs),)](
         x, bd, p2p, codes, scales, M, nb, x.stride(0), codes.stride(0),
-        float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, n1=p1.shape[0], n2=p2.shape[0],
+        float(lo), float(hi), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, n1=p1.shape[0], n2=p2.shape[0],
         STATIC=static_scale is not None, ONE_TILE=nb == 1 and chunk == n2p, T=t, N1=n1p, N2=n2p, CHUNK=chunk,
         UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(),
         num_warps=num_warps or (8 if t * n1p * chunk >= 8192 else 4),

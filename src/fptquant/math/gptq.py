@@ -40,13 +40,15 @@ def gptq_quantize(
     damp: float = 0.01,
     act_order: bool = False,
     static_groups: bool = False,
+    row_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Return the GPTQ fake-quantized ``weight`` (same shape and dtype).
 
     Scales are per output row (``group_size=None``) or per ``group_size`` input columns, min-max
     with an optional clip-ratio search. With ``act_order`` columns are processed by decreasing
     Hessian diagonal; groups then use scales fixed up front (``static_groups``) so each group's
-    scale still covers consecutive original columns.
+    scale still covers consecutive original columns. ``row_qparams`` gives the per-row ``(scale, zero)``
+    instead (e.g. from clips learned with the weights fake-quantized).
     """
     W = weight.detach().clone().float()
     H = hessian.detach().clone().float()
@@ -58,7 +60,11 @@ def gptq_quantize(
     def qparams(block: torch.Tensor):
         return weight_qparams(block, bits, symmetric, clip_ratio, clip_search)
 
-    if group_size is None:
+    if row_qparams is not None:
+        if group_size is not None:
+            raise ValueError("row_qparams are per row: they cannot go with a group size")
+        scale, zero = (t.to(W.device, torch.float32) for t in row_qparams)
+    elif group_size is None:
         scale, zero = qparams(W)
     elif static_groups or act_order:
         group_params = [qparams(W[:, g : g + group_size]) for g in range(0, cols, group_size)]

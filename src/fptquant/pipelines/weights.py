@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..fakequant.linear import QuantLinear
 from ..fakequant.wrap import quant_linears
 from ..math.gptq import HessianAccumulator, gptq_quantize
-from ..math.quantization import Axis, fake_quantize, search_clip_ratio, to_groups, weight_qparams
+from ..math.quantization import Axis, fake_quantize, minmax_qparams, search_clip_ratio, to_groups, weight_qparams
 from ..math.quantizer import Quantizer, QuantSpec
 from ..models.base import ModelAdapter
 from .sequential import StopForward, capture_first_layer_inputs, run_layer
@@ -59,8 +59,19 @@ def init_learned_weight_clip(model: nn.Module, grid: int = 20, max_ratio: float 
         q.clip_min_logit.copy_(logit)
 
 
+def learned_row_qparams(linear: QuantLinear) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-row ``(scale, zero)`` from the weight quantizer's learned clips, if it has per-row ones."""
+    q = linear.weight_quantizer
+    if not (q.spec.enabled and q.spec.learnable_clip and q.spec.axis is Axis.ROW):
+        return None
+    lo, hi = q._clip_factors()
+    w = linear.weight.detach().float()
+    return minmax_qparams(w.amin(1, keepdim=True) * lo, w.amax(1, keepdim=True) * hi, q.spec.bits, q.spec.symmetric)
+
+
 @torch.no_grad()
 def gptq_quantize_linear(linear: QuantLinear, hessian: torch.Tensor, recipe: Recipe) -> None:
+    """GPTQ on ``linear``; per-row scales from its learned clips when the weight quantizer has them."""
     spec = recipe.weight_spec()
     if spec.enabled:
         q = gptq_quantize(
@@ -75,6 +86,7 @@ def gptq_quantize_linear(linear: QuantLinear, hessian: torch.Tensor, recipe: Rec
             damp=recipe.gptq_damp,
             act_order=recipe.gptq_act_order,
             static_groups=recipe.gptq_static_groups,
+            row_qparams=learned_row_qparams(linear),
         )
         linear.weight.data.copy_(q)
     _disable_weight_quantizer(linear)

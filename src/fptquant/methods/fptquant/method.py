@@ -77,17 +77,22 @@ class FPTQuant(Method):
         return self.recipe.act_static if o is None else o
 
     def _learns_weight_clip(self, recipe: Recipe) -> bool:
-        """RTN weights get a clip per row learned end to end (GPTQ trains at W16 and sets its own grid)."""
-        return self.options.weight_clip == "learned" and recipe.weight_quantizer != "gptq"
+        """Weights get a clip per row learned end to end: RTN ones, and GPTQ ones with ``gptq_scales=learned``
+        (otherwise GPTQ trains at W16 and sets its own grid)."""
+        if self.options.weight_clip != "learned":
+            return False
+        return recipe.weight_quantizer != "gptq" or self.options.gptq_scales == "learned"
 
-    def _structure(self, model: nn.Module, adapter: ModelAdapter, recipe: Recipe) -> None:
-        """Quantizers as ``recipe`` says, static ones per channel when asked (keeps nothing learned)."""
+    def _structure(self, model: nn.Module, adapter: ModelAdapter, recipe: Recipe, restoring: bool = False) -> None:
+        """Quantizers as ``recipe`` says, static ones per channel when asked (keeps nothing learned).
+        ``restoring``: saved GPTQ weights come back as they are, so no weight clips are made for them."""
         quantize_model_structure(model, adapter, recipe)
         if recipe.act_static and self.options.static_granularity == "channel":
             for _, linear in quant_linears(model):
                 spec = linear.input_quantizer.spec.with_(axis=Axis.COLUMN)
                 linear.input_quantizer = Quantizer(spec, linear.in_features).to(linear.weight.device)
         learn_w, learn_a = self._learns_weight_clip(recipe), self.options.act_clip == "learned"
+        learn_w = learn_w and not (restoring and recipe.weight_quantizer == "gptq")
         if learn_w or learn_a:  # static activation quantizers learn their scales instead
             learnable_clipping(model, weights=learn_w, activations=learn_a, kv=learn_a)
 
@@ -111,8 +116,9 @@ class FPTQuant(Method):
         return FPTTransforms(adapter, init, self._prerope(adapter), o.values, o.up_scale, down).to(device)
 
     def _training_recipe(self) -> Recipe:
-        # GPTQ follows, so the transforms are trained with full-precision weights (as SpinQuant does).
-        if self.recipe.weight_quantizer != "gptq":
+        # GPTQ follows, so the transforms are trained with full-precision weights (as SpinQuant does),
+        # unless GPTQ is to use the per-row clips learned with the weights quantized.
+        if self.recipe.weight_quantizer != "gptq" or self.options.gptq_scales == "learned":
             return self.recipe
         return Recipe.from_dict({**self.recipe.to_dict(), "bits": str(replace(self.recipe.bit_spec, weights=16))})
 
@@ -221,13 +227,13 @@ class FPTQuant(Method):
         """Merge (float64), then the final weights and the learned (or saved) activation scales."""
         merge(adapter, self.transforms)
         learned = quantizer_state(model) if state is None else state
-        self._structure(model, adapter, self.recipe)
+        self._structure(model, adapter, self.recipe, restoring=state is not None)
         expected = quantizer_state(model)
         load_quantizer_state(model, {k: v for k, v in learned.items() if k in expected})  # before GPTQ reads them
-        if self._learns_weight_clip(self.recipe):
+        if self._learns_weight_clip(self.recipe) and self.recipe.weight_quantizer != "gptq":
             self.weight_clip = {k: learned[k] for k in expected if ".weight_quantizer.clip_" in k}  # as loaded
             rtn_with_learned_clip(model)
-        elif state is None:
+        elif state is None:  # GPTQ reads each row's learned clip, where there is one
             quantize_weights(model, adapter, self.recipe, calibration)
         else:
             restore_weights(model, self.recipe, state)

@@ -17,6 +17,7 @@ from ...pipelines.layerwise import LayerwiseSettings
 DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
 WEIGHT_CLIPS = ("learned", "minmax")
+GPTQ_SCALES = ("minmax", "learned")
 ACT_CLIPS = ("learned", "fixed")
 NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset", "cuda_graph")
 # A CPU-sized run (a few minutes on 2 cores for SmolLM2): every stage runs, briefly.
@@ -64,6 +65,10 @@ class FPTQuantOptions:
     scale_lr: float = 1e-3  # static activation scales (LSQ)
     weight_clip: str = "learned"  # RTN weights: a clip per row learned end to end (init: MSE search) or min-max
     act_clip: str = "learned"  # dynamic activation and K/V quantizers: a learned clip each (FlatQuant's LAC) or fixed
+    # --weights gptq: "minmax" trains the transforms with full-precision weights, then GPTQ with min-max
+    # scales (as SpinQuant does); "learned" trains them with learned-clip RTN weights (weight_clip), then
+    # GPTQ on the learned per-row scales
+    gptq_scales: str = "minmax"
     clip_lr: float = 5e-3  # the clip logits (weights, activations, K/V)
     loss: str = "jsd"
     temperature: float = 1.0
@@ -84,6 +89,7 @@ class FPTQuantOptions:
             "static_granularity": GRANULARITIES,
             "weight_clip": WEIGHT_CLIPS,
             "act_clip": ACT_CLIPS,
+            "gptq_scales": GPTQ_SCALES,
             "loss": LOSSES,
             "amp_dtype": tuple(AMP_DTYPES),
             "preset": tuple(PRESETS),

@@ -85,7 +85,9 @@ def kernel_transform_numerics(model: torch.nn.Module):
         size = factors[0].shape[0] * factors[1].shape[0]
 
         def forward(x, factors=factors, size=size):
-            return kron_apply_fp16(x, *(f.to(x.device) for f in factors), x.shape[-1] // size).to(x.dtype)
+            rows = x.reshape(-1, x.shape[-1])  # as the deploy model calls it: CPU matmuls round by shape
+            y = kron_apply_fp16(rows, *(f.to(x.device) for f in factors), x.shape[-1] // size)
+            return y.reshape(x.shape).to(x.dtype)
 
         module.forward = forward
         patched.append(module)

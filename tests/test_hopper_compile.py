@@ -67,12 +67,41 @@ def kv_attention_job() -> dict:
     return {"module": module, "kernel": "_decode_kernel", "args": args, "num_warps": 4, "aligned": aligned}
 
 
+def gemm_job(m: int, n: int, k: int, fp8: bool) -> dict:
+    """The W4A4 GEMM with the tiling ``pick_config`` chooses (prefill: weights unpacked to a byte first)."""
+    from fptquant.kernels.triton_w4a4_matmul import pick_config
+
+    cfg = pick_config(m, n, k)
+    code = "*fp8e4nv" if fp8 else "*i8"
+    args = {
+        "a_ptr": code, "w_ptr": code if cfg.unpack_first else "*u8", "sa_ptr": "*fp32", "sw_ptr": "*fp32",
+        "bias_ptr": "*fp32", "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
+        "stride_wn": "i32", "stride_om": "i32", "k_per_split": "i32", "HAS_BIAS": False, "SPLIT": cfg.split_k,
+        "SWAP": cfg.swap, "FP8": fp8, "MAGIC": cfg.magic_unpack, "DOT_TY": "tl.float8e4nv" if fp8 else "tl.int8",
+        "ACC_TY": "tl.float32" if fp8 else "tl.int32", "PACKED": not cfg.unpack_first, "PROMOTE": cfg.block_k,
+        "EVEN_K": True, "BM": cfg.block_m, "BN": cfg.block_n, "BK": cfg.block_k, "GROUP_M": cfg.group_m,
+    }  # fmt: skip
+    aligned = ["a_ptr", "w_ptr", "sa_ptr", "sw_ptr", "out_ptr", "M", "N", "K", "stride_am", "stride_wn",
+               "stride_om", "k_per_split"]  # fmt: skip
+    module = "fptquant.kernels.triton_w4a4_matmul"
+    return {"module": module, "kernel": "_w4a4_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
+
+
+GEMM_CASES = {  # LLaMA-3-8B gate+up: prefill and decode, both 8-bit routes
+    "prefill-fp8": (8192, 28672, 4096, True),
+    "prefill-int8": (8192, 28672, 4096, False),
+    "decode-fp8": (16, 28672, 4096, True),
+    "decode-int8": (16, 28672, 4096, False),
+}
+
+
 @pytest.fixture(scope="module")
 def builds() -> dict:
     """One child process compiles them all (each test reads its own)."""
     jobs = {(name, static): transform_quantize_job(*case, static) for name, case in TQ_CASES.items()
             for static in (False, True)}  # fmt: skip
     jobs["kv"] = kv_attention_job()
+    jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
 
 
@@ -91,3 +120,9 @@ def test_int4_kv_decode_attention_compiles_without_spills(builds):
     # the packed codes arrive as vectors (the per-position scales and zero points, 3 bytes of every 35,
     # are masked at the sequence's end and load one by one)
     assert build.memory_ops("ld") & VECTOR_LOADS
+
+
+@pytest.mark.parametrize("name", list(GEMM_CASES))
+def test_w4a4_gemm_compiles_to_wgmma_without_spills(builds, name):
+    build = builds[name]
+    assert build.spill_bytes == 0 and build.uses_wgmma

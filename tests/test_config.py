@@ -48,3 +48,14 @@ def test_recipe_rejects_unknown_keys_and_future_versions():
         Recipe.from_dict({"colour": "red"})
     with pytest.raises(ConfigError, match="newer"):
         Recipe(version=99)
+
+
+def test_recipe_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        Recipe.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"method": ')
+    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+        Recipe.load(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="holds a JSON list, not an object"):
+        Recipe.load(tmp_path / "list.json")

@@ -128,6 +128,10 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
 
     with pytest.raises(ModelLoadError, match="down_proj.qweight has shape"):
         load(broken("shape", reshape))
+    with pytest.raises(ModelLoadError, match="checkpoint index .* is not valid JSON"):
+        load(broken("index", lambda d: (d / "model.safetensors.index.json").write_text('{"weight_map": {')))
+    with pytest.raises(ModelLoadError, match="checkpoint config .* is not valid JSON"):
+        load(broken("config", lambda d: (d / "config.json").write_text("{")))
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ModelLoadError, match="not a packed fptquant checkpoint"):

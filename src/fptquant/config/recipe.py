@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..math.quantization import Axis
 from ..math.quantizer import QuantSpec
 from .bits import BitsSpec, parse_bits
+from .jsonfile import read_json
 
 RECIPE_VERSION = 1
 WEIGHT_QUANTIZERS = ("rtn", "gptq")
@@ -124,11 +125,4 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"recipe {path} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "recipe file", ConfigError))

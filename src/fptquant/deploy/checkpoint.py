@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..config.jsonfile import read_json
 from ..errors import ConfigError, ModelLoadError
 
 FORMAT_NAME = "fptquant-packed"
@@ -60,13 +61,9 @@ def write_state(state: dict[str, torch.Tensor], out: Path, max_shard_size: str |
 def read_config(directory: Path) -> dict:
     if not directory.is_dir():
         raise ModelLoadError(f"checkpoint directory not found: {directory}")
-    path = directory / "config.json"
-    if not path.is_file():
+    if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory} has no config.json: not a packed fptquant checkpoint")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e})") from None
+    config = read_json(directory / "config.json", "checkpoint config", ModelLoadError)
     qc = config.get("quantization_config") or {}
     if qc.get("quant_method") != "fptquant" or qc.get("format") != FORMAT_NAME:
         raise ModelLoadError(f"{directory} is not a packed fptquant checkpoint (quantization_config names "
@@ -84,7 +81,10 @@ def read_state(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of the checkpoint; a missing or truncated shard is named in the error."""
     index = directory / INDEX_FILE
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index, "checkpoint index", ModelLoadError).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"checkpoint index {index} has no weight_map")
+        files = sorted(set(weight_map.values()))
     elif (directory / SINGLE_FILE).is_file():
         files = [SINGLE_FILE]
     else:

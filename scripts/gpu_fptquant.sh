@@ -16,6 +16,11 @@ q fptquant-dynamic-blockwise_w4a4kv4 --method fptquant --bits w4a4kv4 --method-a
 q fptquant-gptq-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --act-static --method-arg e2e_steps=128 \
   --out "$OUT/fptquant-gptq-static"
 reload fptquant-gptq-static
+# GPTQ on the learned per-row clips (transforms trained with learned-clip RTN weights); best on the CPU quick preset
+q fptquant-gptq-learned-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --act-static \
+  --method-arg gptq_scales=learned --out "$OUT/fptquant-gptq-learned-static"
+reload fptquant-gptq-learned-static
+q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --method-arg gptq_scales=learned
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the recipe with and without each transform,

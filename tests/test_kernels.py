@@ -175,8 +175,9 @@ def test_transform_quantize_sees_factors_changed_in_place():
 def test_transform_quantize_rejects_bad_tiles():
     from fptquant.kernels.triton_transform_quantize import tile_shape
 
-    assert tile_shape(24, 24) == (2, 32, 32, 32)
-    assert tile_shape(112, 128) == (1, 128, 128, 64)
+    assert tile_shape(24, 24) == (4, 32, 32, 32)
+    assert tile_shape(112, 128) == (1, 128, 128, 128)
+    assert tile_shape(16, 32) == (4, 16, 32, 32)
     with pytest.raises(ConfigError, match="powers of two"):
         tile_shape(24, 24, tokens=3)
     with pytest.raises(ConfigError, match="exceeds"):

@@ -161,16 +161,22 @@ def _prepare(p1: torch.Tensor, p2: torch.Tensor, t: int, n1p: int, n2p: int):
 
 
 def tile_shape(n1: int, n2: int, tokens: int | None = None, chunk: int | None = None) -> tuple[int, int, int, int]:
-    """``(T, N1, N2, CHUNK)``: tokens per tile and padded sizes. By default the tile's rows ``T·N1`` reach
-    64 where the block is small, and the columns split so a dot's output holds at most 8192 values."""
+    """``(T, N1, N2, CHUNK)``: tokens per tile and padded sizes. Defaults from the H100 sweep
+    (docs/RESULTS.md): whole columns (splitting them was always slower) and tiles of at most 4096 values
+    (4 tokens at most)."""
     n1p, n2p = max(16, triton.next_power_of_2(n1)), max(16, triton.next_power_of_2(n2))
-    t = tokens or max(1, 64 // n1p)
-    chunk = chunk or max(16, min(n2p, 8192 // (t * n1p)))
+    t = tokens or max(1, min(4, 4096 // (n1p * n2p)))
+    chunk = chunk or n2p
     if t & (t - 1) or chunk & (chunk - 1) or chunk > n2p or n2p % chunk:
         raise ConfigError(f"tokens per tile ({t}) and chunk ({chunk}) must be powers of two, chunk ≤ {n2p}")
     if t * n1p * n2p > MAX_TILE:
         raise ConfigError(f"fused transform+quantize tile of {t}×{n1p}×{n2p} exceeds {MAX_TILE} values")
     return t, n1p, n2p, chunk
+
+
+def default_warps(t: int, n1p: int, chunk: int) -> int:
+    """4 warps (one warpgroup: wgmma needs 64 rows per warpgroup), 8 for the largest tiles."""
+    return 8 if t * n1p * chunk >= 16384 else 4
 
 
 def kron_quantize_rows(
@@ -208,6 +214,6 @@ def kron_quantize_rows(
         float(lo), float(hi), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, n1=p1.shape[0], n2=p2.shape[0],
         STATIC=static_scale is not None, ONE_TILE=nb == 1 and chunk == n2p, T=t, N1=n1p, N2=n2p, CHUNK=chunk,
         UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(),
-        num_warps=num_warps or (8 if t * n1p * chunk >= 8192 else 4),
+        num_warps=num_warps or default_warps(t, n1p, chunk),
     )  # fmt: skip
     return codes, scales[:, None]

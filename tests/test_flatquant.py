@@ -35,7 +35,7 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> None:
         elif name.endswith("logit"):
             p.copy_(torch.empty(p.shape).uniform_(0.5, 3.0, generator=g))
         else:
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
 
 
 def built_layers(model, bits="w4a4kv4", **args):

@@ -134,3 +134,29 @@ def test_quarot_save_and_reload_reproduce_logits(weights, tmp_path, tokens):
     method = fptquant.methods.get_method("quarot")(saved)
     method.restore(fresh, get_adapter(fresh), load_file(tmp_path / "q" / "fptquant_state.safetensors"))
     torch.testing.assert_close(logits(fresh, tokens), logits(model, tokens), rtol=0, atol=0)
+
+
+def test_batched_cayley_matrices_and_gradients_equal_one_solve_each():
+    """``cached_all(batched=True)`` (one solve per size) gives each rotation's own matrix and gradient."""
+    from fptquant.math.cayley import CayleyRotation, cached_all
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(0)
+    rotations = [CayleyRotation(random_orthogonal(n, g)) for n in (24, 32, 24, 48, 32)]
+    with torch.no_grad():
+        for r in rotations:
+            r.weight.add_(0.2 * torch.randn(r.weight.shape, generator=g, dtype=r.weight.dtype))
+    targets = [torch.randn(r.base.shape, generator=g, dtype=r.base.dtype) for r in rotations]
+    results = []
+    for batched in (False, True):
+        for r in rotations:
+            r.weight.grad = None
+        with cached_all(rotations, batched=batched):
+            matrices = [r() for r in rotations]
+            sum((m * t).sum() for m, t in zip(matrices, targets, strict=True)).backward()
+        results.append(([m.detach() for m in matrices], [r.weight.grad.clone() for r in rotations]))
+    for one, many in zip(*[m for m, _ in results], strict=True):
+        torch.testing.assert_close(many, one, rtol=0, atol=1e-12)
+        torch.testing.assert_close(many @ many.t(), torch.eye(one.shape[0], dtype=one.dtype), rtol=0, atol=1e-12)
+    for one, many in zip(*[grads for _, grads in results], strict=True):
+        torch.testing.assert_close(many, one, rtol=0, atol=1e-10)

@@ -58,9 +58,24 @@ class CayleyRotation(nn.Module):
         return cayley(self._skew(torch.float64)) @ self.base.double()
 
 
-def cached_all(rotations: list[CayleyRotation]) -> contextlib.ExitStack:
-    """:meth:`CayleyRotation.cached` for many rotations at once (one solve per rotation per step)."""
+def cached_all(rotations: list[CayleyRotation], batched: bool = False) -> contextlib.ExitStack:
+    """:meth:`CayleyRotation.cached` for many rotations at once. ``batched``: compute their matrices on entry
+    with one batched solve per matrix size. A solve is a handful of small launches (LU, triangular solves),
+    so sixty separate ones made FlatQuant's compiled training step wait on the CPU (docs/RESULTS.md)."""
     stack = contextlib.ExitStack()
     for rotation in rotations:
         stack.enter_context(rotation.cached())
+    if not batched:
+        return stack
+    groups: dict[tuple, list[CayleyRotation]] = {}
+    for rotation in rotations:
+        w = rotation.weight
+        groups.setdefault((w.shape[0], w.dtype, w.device), []).append(rotation)
+    for (n, dtype, device), members in groups.items():
+        skew = torch.stack([m._skew(dtype) for m in members])
+        eye = torch.eye(n, dtype=dtype, device=device).expand_as(skew)
+        solved = torch.linalg.solve_ex(eye - skew / 2, eye + skew / 2)[0]  # no error check: no synchronisation
+        matrices = solved @ torch.stack([m.base.to(dtype) for m in members])
+        for i, member in enumerate(members):
+            member._cached = matrices[i]
     return stack

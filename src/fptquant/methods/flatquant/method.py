@@ -100,7 +100,7 @@ class FlatQuantLayers(LayerRecipe):
         return [g for g in groups if g["params"]]
 
     def step_context(self, index: int):
-        return cached_all(self.transforms[index].rotations())  # one Cayley solve per step, not one per use
+        return cached_all(self.transforms[index].rotations(), batched=True)  # one solve per size and step
 
     def _live_state(self, index: int, layer: nn.Module) -> dict[str, torch.Tensor]:
         state = {f"t.{k}": v for k, v in self.transforms[index].state_dict().items()}

@@ -129,15 +129,18 @@ class Quantizer(nn.Module):
         self._known_calibrated = False
         super()._load_from_state_dict(*args, **kwargs)
 
-    def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
+    def dynamic_qparams(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero)`` per row of the grouped view ``g``, from its min and max times the clip factors."""
         s = self.spec
-        g = to_groups(x, s.axis, s.group_size)
         lo, hi = self._clip_factors()
         if s.learnable_clip and g.shape[0] != self.clip_max_logit.shape[0] and self.clip_max_logit.shape[0] != 1:
             raise ValueError(f"{self.clip_max_logit.shape[0]} clip pairs do not match {g.shape[0]} rows")
-        xmin = g.amin(dim=1, keepdim=True) * lo
-        xmax = g.amax(dim=1, keepdim=True) * hi
-        scale, zero = minmax_qparams(xmin, xmax, s.bits, s.symmetric)
+        return minmax_qparams(g.amin(dim=1, keepdim=True) * lo, g.amax(dim=1, keepdim=True) * hi, s.bits, s.symmetric)
+
+    def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        g = to_groups(x, s.axis, s.group_size)
+        scale, zero = self.dynamic_qparams(g)
         return from_groups(fake_quantize(g, scale, zero, s.bits, s.symmetric), s.axis, x.shape)
 
     @torch.no_grad()
@@ -148,10 +151,7 @@ class Quantizer(nn.Module):
         if not (s.enabled and s.dynamic):
             raise ValueError("integer codes come from an enabled dynamic quantizer")
         g = to_groups(x, s.axis, s.group_size)
-        lo, hi = self._clip_factors()
-        scale, zero = minmax_qparams(
-            g.amin(dim=1, keepdim=True) * lo, g.amax(dim=1, keepdim=True) * hi, s.bits, s.symmetric
-        )
+        scale, zero = self.dynamic_qparams(g)
         return quantize_to_int(g, scale, zero, s.bits, s.symmetric), scale, zero
 
     def learnable_clip_parameters(self) -> list[nn.Parameter]:

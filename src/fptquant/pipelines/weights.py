@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..fakequant.linear import QuantLinear
 from ..fakequant.wrap import quant_linears
 from ..math.gptq import HessianAccumulator, gptq_quantize
-from ..math.quantization import Axis, fake_quantize, minmax_qparams, search_clip_ratio, to_groups, weight_qparams
+from ..math.quantization import Axis, fake_quantize, search_clip_ratio, to_groups, weight_qparams
 from ..math.quantizer import Quantizer, QuantSpec
 from ..models.base import ModelAdapter
 from .sequential import StopForward, capture_first_layer_inputs, run_layer
@@ -64,9 +64,8 @@ def learned_row_qparams(linear: QuantLinear) -> tuple[torch.Tensor, torch.Tensor
     q = linear.weight_quantizer
     if not (q.spec.enabled and q.spec.learnable_clip and q.spec.axis is Axis.ROW):
         return None
-    lo, hi = q._clip_factors()
-    w = linear.weight.detach().float()
-    return minmax_qparams(w.amin(1, keepdim=True) * lo, w.amax(1, keepdim=True) * hi, q.spec.bits, q.spec.symmetric)
+    rows = to_groups(linear.weight.detach().float(), q.spec.axis, q.spec.group_size)
+    return tuple(t.detach() for t in q.dynamic_qparams(rows))
 
 
 @torch.no_grad()

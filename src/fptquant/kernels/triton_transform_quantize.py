@@ -46,6 +46,12 @@ def _to_rows(per_token, T: tl.constexpr, N1: tl.constexpr):
 
 
 @triton.jit
+def _token_range(y, T: tl.constexpr, N1: tl.constexpr):
+    """Per-token ``(max, min)`` of a tile's values ``(T·N1, C) -> (T,), (T,)``."""
+    return _token_max(tl.max(y, axis=1), T, N1), -_token_max(-tl.min(y, axis=1), T, N1)
+
+
+@triton.jit
 def _tile(
     x_ptr, p2_ptr, bd, tok, row_ok, r, b, j, n1: tl.constexpr, n2: tl.constexpr, stride_x,
     T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr,
@@ -104,8 +110,7 @@ def _kron_quantize_kernel(
             amax = tl.zeros((T,), dtype=tl.float32) + static_amax
         elif ONE_TILE:
             y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, 0, 0, n1, n2, stride_x, T, N1, N2, CHUNK, UPCAST)
-            top = _token_max(tl.max(y, axis=1), T, N1)
-            bottom = -_token_max(-tl.min(y, axis=1), T, N1)
+            top, bottom = _token_range(y, T, N1)
             amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
         else:  # first pass: the row's min and max over all its tiles
             top = tl.full((T,), float("-inf"), dtype=tl.float32)
@@ -113,8 +118,8 @@ def _kron_quantize_kernel(
             for u in range(0, nb * PIECES):
                 y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
                           T, N1, N2, CHUNK, UPCAST)  # fmt: skip
-                top = tl.maximum(top, _token_max(tl.max(y, axis=1), T, N1))
-                bottom = tl.minimum(bottom, -_token_max(-tl.min(y, axis=1), T, N1))
+                tile_top, tile_bottom = _token_range(y, T, N1)
+                top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
             amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + tok_t, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok_t < M)

@@ -1,4 +1,4 @@
-"""Time one FlatQuant layer's training steps on the GPU, eager and compiled, and show where GPU time goes.
+"""Time one FlatQuant layer's training steps on the GPU: compiled, CUDA-graphed, or both (ms per step).
 
 Usage (GPU machine): python3 scripts/profile_flatquant_step.py $FPTQ_GGUF [layer]
 """
@@ -37,7 +37,7 @@ def main() -> None:
     index = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     adapter = get_adapter(model)
     recipe = fptquant.Recipe(method="flatquant")
-    windows = calibration_windows(tokenize(tok, read_text("wikitext2-valid")), 32, 2048, 0).cuda()
+    windows = calibration_windows(tokenize(tok, read_text("wikitext2-valid")), 64, 2048, 0).cuda()
     quantize_model_structure(model, adapter, recipe)
     captured = capture_first_layer_inputs(model, adapter, windows)
     inputs, kwargs = torch.cat(captured.hidden).float(), captured.kwargs
@@ -48,17 +48,13 @@ def main() -> None:
     layers.initialize(index, layer, inputs, kwargs)
     layers.attach(index, layer)
     steps = len(inputs) // 4
-    for compiled in (False, True):
-        s = LayerwiseSettings(epochs=1, compile=compiled)
+    for compiled, graphed in ((True, False), (False, True), (True, True)):
+        s = LayerwiseSettings(epochs=1, compile=compiled, cuda_graph=graphed)
         first = timed(lambda s=s: train_layer(layers, index, layer, inputs, targets, kwargs, s, Bar()))
+        s = LayerwiseSettings(epochs=3, compile=compiled, cuda_graph=graphed)
         run = timed(lambda s=s: train_layer(layers, index, layer, inputs, targets, kwargs, s, Bar()))
-        print(f"compile={compiled}: first epoch {first:.1f} s, then {run / steps * 1e3:.2f} ms/step", flush=True)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        train_layer(layers, index, layer, inputs[:16], targets[:16], kwargs, LayerwiseSettings(epochs=1), Bar())
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70))
+        print(f"compile={compiled} cuda_graph={graphed}: first epoch {first:.1f} s, then "
+              f"{run / (3 * steps) * 1e3:.2f} ms/step", flush=True)  # fmt: skip
     print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     layers.detach(index, layer)
 

@@ -252,7 +252,7 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog, to
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled (inductor) step is the GPU default")
-def test_compiled_calibration_trains_like_eager_on_the_gpu(tokens):
+def test_compiled_and_graphed_calibration_train_like_eager_on_the_gpu(tokens):
     from fptquant.pipelines.layerwise import LayerwiseSettings, layer_outputs, train_layer
     from fptquant.pipelines.sequential import capture_first_layer_inputs
 
@@ -261,7 +261,7 @@ def test_compiled_calibration_trains_like_eager_on_the_gpu(tokens):
             pass
 
     results = {}
-    for compiled in (False, True):
+    for compiled, graphed in ((False, False), (True, False), (False, True), (True, True)):
         model = make_tiny_model("qwen2").cuda()
         adapter, layers = built_layers(model)
         captured = capture_first_layer_inputs(model, adapter, tokens.cuda())
@@ -269,6 +269,20 @@ def test_compiled_calibration_trains_like_eager_on_the_gpu(tokens):
         layer = adapter.layers()[0]
         y = layer_outputs(layer, x, captured.kwargs)
         layers.attach(0, layer)
-        s = LayerwiseSettings(epochs=3, batch_size=1, amp=False, compile=compiled)
-        results[compiled] = train_layer(layers, 0, layer, x, y, captured.kwargs, s, Bar())
-    assert results[True] == pytest.approx(results[False], rel=1e-3)
+        s = LayerwiseSettings(epochs=3, batch_size=1, amp=False, compile=compiled, cuda_graph=graphed)
+        results[compiled, graphed] = train_layer(layers, 0, layer, x, y, captured.kwargs, s, Bar())
+    for key, loss in results.items():
+        assert loss == pytest.approx(results[False, False], rel=1e-3), key
+
+
+def test_closed_form_cosine_schedule_is_torchs():
+    from fptquant.pipelines.layerwise import cosine_learning_rates
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=5e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40, eta_min=5e-6)
+    expected = []
+    for _ in range(40):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert cosine_learning_rates(5e-3, 5e-6, 40) == pytest.approx(expected, rel=1e-9, abs=1e-15)

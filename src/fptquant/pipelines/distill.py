@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import TrainingError
 from ..fakequant.wrap import quantizers_bypassed
 from ..models.base import model_device
-from .graphed_step import GraphedStep
+from .graphed_step import GraphedStep, tensor_learning_rates
 
 LOSSES = ("jsd", "kl", "ce")
 log = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ def _optimizer(groups: list[dict], s: DistillSettings, graph_device: torch.devic
     optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay, capturable=graph_device is not None)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.steps, 1))
     if graph_device is not None:
-        for g in optimizer.param_groups:
-            if not torch.is_tensor(g["lr"]):
-                g["lr"] = torch.tensor(float(g["lr"]), device=graph_device)
+        tensor_learning_rates(optimizer, graph_device)
     return optimizer, scheduler
 
 

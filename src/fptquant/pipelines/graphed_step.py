@@ -80,3 +80,12 @@ class GraphedStep:
                 f"{float(loss):.6g}); rerun with --method-arg cuda_graph=false"
             )
         del self.reference
+
+
+def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> list[torch.Tensor]:
+    """Make every group's learning rate a device tensor (what a captured AdamW reads on each replay);
+    the caller refills them with ``fill_`` (a kernel, no synchronisation) before each replay."""
+    for group in optimizer.param_groups:
+        if not torch.is_tensor(group["lr"]):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+    return [group["lr"] for group in optimizer.param_groups]

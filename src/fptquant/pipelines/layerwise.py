@@ -10,6 +10,8 @@ queueing work and the GPU stays busy on small layers.
 On small models an eager step is thousands of tiny kernels and bound by the CPU that launches them,
 so on CUDA the step's forward and backward are compiled (``torch.compile``) once and reused by every
 layer: all layers share one structure, and the live transforms keep the modules' types unchanged.
+Even compiled, the step is hundreds of small kernels, so each layer's whole step (forward, backward,
+AdamW) is recorded once as a CUDA graph and replayed: the GPU no longer waits for the CPU at all.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import TrainingError
 from ..fakequant.wrap import quantizers_bypassed
 from ..models.base import ModelAdapter, model_device
 from .checkpoints import CheckpointStore
+from .graphed_step import GraphedStep, tensor_learning_rates
 from .sequential import capture_first_layer_inputs
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class LayerwiseSettings:
     seed: int = 0
     compile: bool | None = None  # torch.compile the step; None: on CUDA only
     compile_backend: str = "inductor"
+    cuda_graph: bool | None = None  # replay each step (forward, backward, AdamW) as a CUDA graph; None: on CUDA
 
 
 class LayerRecipe(ABC):
@@ -155,6 +159,30 @@ def _storage_device(inputs: torch.Tensor, device: torch.device, offload: bool | 
     return device if need < 0.5 * free else torch.device("cpu")
 
 
+def cosine_learning_rates(base: float, floor: float, steps: int) -> list[float]:
+    """Cosine annealing from ``base`` to ``floor`` over ``steps`` (torch's CosineAnnealingLR, closed form)."""
+    return [floor + (base - floor) * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
+
+
+def _graphed(step_loss, layer, kwargs, optimizer, params, first: torch.Tensor, device) -> GraphedStep | None:
+    """The whole step (forward, backward, AdamW) as one CUDA graph; None, with a warning, if this torch
+    refuses to capture it (then the step runs as before)."""
+
+    def step_fn(batch: torch.Tensor) -> torch.Tensor:
+        return step_loss(layer, batch[0], batch[1], kwargs)
+
+    try:
+        runner = GraphedStep(step_fn, optimizer, params, tensor_learning_rates(optimizer, device), first)
+        runner.capture()
+        return runner
+    except Exception as error:  # noqa: BLE001 - capture refused by some operation: run the step without a graph
+        log.warning("CUDA-graph capture failed (%s); calibrating without it", str(error).splitlines()[0][:200])
+        torch.cuda.synchronize()
+        for p in params:
+            p.grad = None
+        return None
+
+
 def train_layer(
     recipe: LayerRecipe, index: int, layer: nn.Module, inputs, targets, kwargs, s: LayerwiseSettings, bar
 ) -> float:
@@ -163,35 +191,50 @@ def train_layer(
     params = [p for g in groups for p in g["params"]]
     if not params or s.epochs == 0:
         return float("nan")
+    graphed = (s.cuda_graph if s.cuda_graph is not None else True) and device.type == "cuda"
     optimizer = torch.optim.AdamW(
         [{"params": g["params"], "lr": getattr(s, g["lr_key"])} for g in groups],
         weight_decay=s.weight_decay,
+        capturable=graphed,
         fused=device.type == "cuda",  # one kernel for every parameter, not a few per parameter
     )
     per_epoch = math.ceil(len(inputs) / s.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=s.epochs * per_epoch, eta_min=s.lr * s.min_lr_factor
-    )
+    total_steps, floor = s.epochs * per_epoch, s.lr * s.min_lr_factor
+    schedules = [cosine_learning_rates(g["lr"], floor, total_steps) for g in optimizer.param_groups]
     gen = torch.Generator().manual_seed(s.seed + index)
+    orders = [torch.randperm(len(inputs), generator=gen).to(inputs.device).split(s.batch_size) for _ in range(s.epochs)]
     amp = s.amp and device.type == "cuda"
     compiled = s.compile if s.compile is not None else device.type == "cuda"
-    autocast = lambda: torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp)  # noqa: E731
+    # autocast's weight-cast cache would keep tensors from one graph replay to the next
+    autocast = lambda: torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp, cache_enabled=not graphed)  # noqa: E731
     step_loss = _StepLoss(recipe, index, compiled, s.compile_backend, autocast)
+
+    def batch(idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack((inputs[idx], targets[idx])).to(device, non_blocking=True)
+
+    runner = _graphed(step_loss, layer, kwargs, optimizer, params, batch(orders[0][0]), device) if graphed else None
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1 + first step with a non-finite loss
     step, loss_mean = 0, float("nan")
     for epoch in range(s.epochs):
         total = torch.zeros((), device=device)
-        for idx in torch.randperm(len(inputs), generator=gen).to(inputs.device).split(s.batch_size):
-            x = inputs[idx].to(device, non_blocking=True)
-            y = targets[idx].to(device, non_blocking=True)
-            loss = step_loss(layer, x, y, kwargs)  # forward and backward
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+        for idx in orders[epoch]:
+            if runner is not None:
+                for t, schedule in zip(runner.lr_tensors, schedules, strict=True):
+                    t.fill_(schedule[step])  # a fill kernel: no synchronisation
+                loss = runner(batch(idx))
+                if step == 0:
+                    runner.verify()
+            else:
+                for group, schedule in zip(optimizer.param_groups, schedules, strict=True):
+                    group["lr"] = schedule[step]
+                b = batch(idx)
+                loss = step_loss(layer, b[0], b[1], kwargs)  # forward and backward
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             finite = torch.isfinite(loss)
             first_bad = torch.where((first_bad == 0) & ~finite, step, first_bad)
-            total += loss.detach()
+            total += loss
         bad = int(first_bad)  # one synchronisation per epoch
         if bad or not all(bool(torch.isfinite(p).all()) for p in params):
             where = f"step {bad} (epoch {epoch + 1})" if bad else f"epoch {epoch + 1}"
@@ -201,6 +244,8 @@ def train_layer(
             )
         loss_mean = float(total) / per_epoch
         bar.set_postfix(layer=index, epoch=epoch + 1, loss=f"{loss_mean:.3e}")
+    for p in params:
+        p.grad = None
     return loss_mean
 
 

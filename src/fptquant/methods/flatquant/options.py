@@ -14,7 +14,7 @@ from ...math.kronecker import FACTOR_KINDS
 from ...pipelines.layerwise import LayerwiseSettings
 
 # Options that only change how the result is stored, not what calibration learns.
-NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "offload", "compile")
+NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "offload", "compile", "cuda_graph")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class FlatQuantOptions:
     amp_dtype: str = "bfloat16"
     offload: bool | None = None  # activations on the CPU (None: only when GPU memory is short)
     compile: bool | None = None  # torch.compile the training step (None: on CUDA)
+    cuda_graph: bool | None = None  # replay each training step as a CUDA graph (None: on CUDA)
     checkpoint_dir: str | None = None  # default: the cache, keyed by a fingerprint of the run
     resume: bool = True
 
@@ -64,6 +65,7 @@ class FlatQuantOptions:
             offload=self.offload,
             seed=seed,
             compile=self.compile,
+            cuda_graph=self.cuda_graph,
         )
 
     def fingerprint_dict(self) -> dict:

@@ -49,7 +49,7 @@ class LayerwiseSettings:
     amp_dtype: torch.dtype = torch.bfloat16
     offload: bool | None = None  # keep activations on the CPU; None: only when GPU memory is short
     seed: int = 0
-    compile: bool | None = None  # torch.compile the step; None: on CUDA only
+    compile: bool | None = None  # torch.compile the step; None: on CUDA without a CUDA graph
     compile_backend: str = "inductor"
     cuda_graph: bool | None = None  # replay each step (forward, backward, AdamW) as a CUDA graph; None: on CUDA
 
@@ -204,7 +204,9 @@ def train_layer(
     gen = torch.Generator().manual_seed(s.seed + index)
     orders = [torch.randperm(len(inputs), generator=gen).to(inputs.device).split(s.batch_size) for _ in range(s.epochs)]
     amp = s.amp and device.type == "cuda"
-    compiled = s.compile if s.compile is not None else device.type == "cuda"
+    # Under a CUDA graph compiling saves only ~12% of the step (H100, SmolLM2: 15.9 vs 18.1 ms) and
+    # costs ~80 s once, more than it saves on a small model; so it is the default only without a graph.
+    compiled = s.compile if s.compile is not None else device.type == "cuda" and not graphed
     # autocast's weight-cast cache would keep tensors from one graph replay to the next
     autocast = lambda: torch.autocast(device.type, dtype=s.amp_dtype, enabled=amp, cache_enabled=not graphed)  # noqa: E731
     step_loss = _StepLoss(recipe, index, compiled, s.compile_backend, autocast)

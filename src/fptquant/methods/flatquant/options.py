@@ -33,7 +33,7 @@ class FlatQuantOptions:
     amp: bool = True  # autocast on CUDA; parameters stay float32
     amp_dtype: str = "bfloat16"
     offload: bool | None = None  # activations on the CPU (None: only when GPU memory is short)
-    compile: bool | None = None  # torch.compile the training step (None: on CUDA)
+    compile: bool | None = None  # torch.compile the training step (None: on CUDA without cuda_graph)
     cuda_graph: bool | None = None  # replay each training step as a CUDA graph (None: on CUDA)
     checkpoint_dir: str | None = None  # default: the cache, keyed by a fingerprint of the run
     resume: bool = True

@@ -155,6 +155,31 @@ def test_gptq_variant_runs_and_reloads(tmp_path, tokens):
     torch.testing.assert_close(logits(fresh, tokens), logits(model, tokens), rtol=0, atol=0)
 
 
+def test_gptq_weights_lie_on_the_grid_training_learned(monkeypatch):
+    """GPTQ must quantize each row onto the grid of its learned clip (LWC), applied once: clamping the
+    weights to the clip first and then deriving the grid from the clip again shrinks it twice."""
+    from fptquant.methods.flatquant import method as flatquant_method
+    from fptquant.pipelines.weights import learned_row_qparams
+
+    grids, real = {}, flatquant_method.FlatQuant._quantize_weights
+
+    def recording(self, model, adapter, calibration):  # the grids as trained, before any weight quantization
+        for name, linear in fptquant.fakequant.wrap.quant_linears(model):
+            grids[name] = learned_row_qparams(linear)
+        return real(self, model, adapter, calibration)
+
+    monkeypatch.setattr(flatquant_method.FlatQuant, "_quantize_weights", recording)
+    model = make_tiny_model("llama")
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(5))
+    recipe = fptquant.Recipe(method="flatquant", weight_quantizer="gptq", method_args=FAST)
+    fptquant.quantize(model, recipe, calibration)
+    for name, linear in fptquant.fakequant.wrap.quant_linears(model):
+        scale, zero = grids[name]
+        codes = linear.weight.float() / scale.reshape(-1, 1) + zero.reshape(-1, 1)
+        assert (codes - codes.round()).abs().max() < 1e-3, name
+        assert codes.round().min() >= -8 and codes.round().max() <= 7, name
+
+
 def test_nan_stops_calibration_naming_the_layer_and_a_rerun_resumes(tmp_path, caplog):
     calibration = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(6))
     args = {"epochs": 1, "batch_size": 2, "checkpoint_dir": str(tmp_path / "ckpt")}

@@ -159,17 +159,6 @@ class Quantizer(nn.Module):
             return []
         return [self.clip_max_logit, self.clip_min_logit]
 
-    @torch.no_grad()
-    def clamp_to_clip(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` clamped to the (learned) clip range of each unit: bakes LWC into a weight before GPTQ."""
-        s = self.spec
-        if not s.enabled or not s.dynamic:
-            return x
-        g = to_groups(x, s.axis, s.group_size)
-        lo, hi = self._clip_factors()
-        xmin, xmax = g.amin(dim=1, keepdim=True) * lo, g.amax(dim=1, keepdim=True) * hi
-        return from_groups(torch.minimum(torch.maximum(g, xmin), xmax), s.axis, x.shape)
-
     def _static(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         v = static_view(x, s.axis, s.group_size)

@@ -2,7 +2,7 @@
 
 ``apply``: fake-quantized structure -> per layer: build the transforms, SmoothQuant-style init of the
 diagonals, layer-wise calibration with LWC/LAC, merge into the deploy form -> RTN with the learned
-weight clip (exactly what training saw) or GPTQ on the clip-clamped weights. The learned state is
+weight clip (exactly what training saw) or GPTQ on the same learned per-row grid. The learned state is
 saved, so ``restore`` rebuilds the deploy model without calibrating again.
 """
 
@@ -20,7 +20,6 @@ from ...fakequant.wrap import (
     clip_parameters,
     learnable_clipping,
     named_clip_parameters,
-    quant_linears,
     quantize_model_structure,
     quantizers_bypassed,
 )
@@ -180,8 +179,8 @@ class FlatQuant(Method):
     @torch.no_grad()
     def _quantize_weights(self, model: nn.Module, adapter: ModelAdapter, calibration) -> None:
         if self.recipe.weight_quantizer == "gptq":
-            for _, linear in quant_linears(model):  # bake the learned weight clip, then GPTQ
-                linear.weight.copy_(linear.weight_quantizer.clamp_to_clip(linear.weight))
+            # GPTQ on each row's learned grid (LWC). The weights are not clamped to the clip first: that would
+            # apply the clip twice (the grid is derived from the clip) and hide the clipping error from GPTQ.
             gptq_weights(model, adapter, self.recipe, calibration)
             return
         rtn_with_learned_clip(model)  # what training saw

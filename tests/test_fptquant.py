@@ -235,6 +235,24 @@ def test_exploding_value_condition_number_stops_training():
         )
 
 
+def test_local_stage_lowers_the_weight_norm_and_stops_on_nan_naming_the_step():
+    from fptquant.methods.fptquant.local import SYNC_EVERY, optimize_local
+
+    model = make_tiny_model("llama", **GQA)
+    adapter, transforms = built(model)
+    attach(adapter, transforms)
+    try:
+        losses = optimize_local(adapter, transforms, SYNC_EVERY + 5, lr=1e-2)
+        assert len(losses) == SYNC_EVERY + 5 and losses[-1] < losses[0]
+        poison = transforms.layers[1].up_log_scale
+        with torch.no_grad():
+            poison[3] = float("nan")
+        with pytest.raises(TrainingError, match="local stage diverged at step 1: the loss became nan"):
+            optimize_local(adapter, transforms, 3, lr=1e-2)
+    finally:
+        detach(adapter)
+
+
 def test_lp_range_init_beats_minmax_on_heavy_tails():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4096, generator=g)

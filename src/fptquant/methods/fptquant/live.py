@@ -78,7 +78,7 @@ def computed_once(adapter: ModelAdapter, transforms: FPTTransforms):
     Computing them before the forward also keeps them out of activation-checkpointed regions, so a
     layer's recomputation in the backward pass finds the same tensors instead of redoing the math.
     """
-    with cached_all(transforms.rotations()), parametrize.cached():
+    with cached_all(transforms.rotations(), batched=True), parametrize.cached():  # one solve per matrix size
         for module, name, _, _ in _targets(adapter):
             getattr(module, name)
         yield

@@ -19,6 +19,8 @@ from ...models.base import ModelAdapter
 from .live import weight_lp_loss
 from .transforms import FPTTransforms
 
+SYNC_EVERY = 20
+
 
 def optimize_local(
     adapter: ModelAdapter, transforms: FPTTransforms, steps: int, lr: float, p: float = 4.0
@@ -27,17 +29,20 @@ def optimize_local(
     if steps == 0 or not params:
         return []
     optimizer = torch.optim.AdamW(params, lr=lr)
-    losses = []
+    losses: list[torch.Tensor] = []
     bar = tqdm(range(steps), desc="FPTQuant local stage", unit="step")
     for step in bar:
-        with cached_all(transforms.rotations()):
+        with cached_all(transforms.rotations(), batched=True):  # one float64 solve per matrix size
             loss = weight_lp_loss(adapter, p)
             loss.backward()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingError(f"FPTQuant local stage diverged at step {step + 1}: the loss became {value}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(value)
-        bar.set_postfix(loss=f"{value:.4f}")
-    return losses
+        losses.append(loss.detach())
+        if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:  # reading a loss waits for the GPU: not every step
+            recent = torch.stack(losses[-SYNC_EVERY:]).tolist()
+            bad = [i for i, v in enumerate(recent) if not math.isfinite(v)]
+            if bad:
+                first = len(losses) - len(recent) + bad[0] + 1
+                raise TrainingError(f"FPTQuant local stage diverged at step {first}: the loss became {recent[bad[0]]}")
+            bar.set_postfix(loss=f"{recent[-1]:.4f}")
+    return torch.stack(losses).tolist()

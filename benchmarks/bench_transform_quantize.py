@@ -5,8 +5,8 @@
 For each (M, K, n1×n2): codes checked against the PyTorch reference (±1 on ≤0.1% of codes, scales to
 2e-3), then, in the same run, a bf16 device copy of the input, the fused Triton kernel, and the unfused
 PyTorch path (two matmuls + quantize). Bandwidth = bytes read + written / median time. ``--sweep``
-times every tiling (tokens per tile, column chunk, warps), each checked, and reports the fastest (all
-of them in the JSON); ``--static`` uses a static scale (one pass) instead of per-token dynamic scales.
+times every tiling (tokens per tile, column chunk, warps, pipeline stages), each checked, and reports the
+fastest (all of them in the JSON); ``--static`` uses a static scale (one pass) instead of per-token dynamic scales.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def factors(n1: int, n2: int, kind: str, gen: torch.Generator):
     return random_orthogonal(n1, gen).float().cuda(), random_orthogonal(n2, gen).float().cuda()
 
 
+KNOBS = ("tokens", "chunk", "num_warps", "stages")
+
+
 def tilings(n1: int, n2: int, sweep: bool) -> list[dict]:
     if not sweep:
         return [{}]
@@ -51,7 +54,9 @@ def tilings(n1: int, n2: int, sweep: bool) -> list[dict]:
             continue
         for chunk in sorted({n2p, max(16, n2p // 2), max(16, n2p // 4)}):
             for warps in (4, 8):
-                out.append({"tokens": tokens, "chunk": chunk, "num_warps": warps})
+                # loads in flight: only with whole columns, the fastest chunk in every earlier sweep
+                for stages in (1, 2, 3) if chunk == n2p else (None,):
+                    out.append({"tokens": tokens, "chunk": chunk, "num_warps": warps, "stages": stages})
     return out
 
 
@@ -113,7 +118,7 @@ def main() -> int:
             rows.append(r)
             print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>8} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "
                   f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_GBps']:>11.0f} {r['ok']} "
-                  f"{ {key: r['best'].get(key) for key in ('tokens', 'chunk', 'num_warps')} }", flush=True)  # fmt: skip
+                  f"{ {key: r['best'].get(key) for key in KNOBS} }", flush=True)  # fmt: skip
             torch.cuda.empty_cache()
     return finish_report({**env, "rows": rows}, args.json, all(r["ok"] for r in rows))
 

@@ -24,11 +24,12 @@ q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits 
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the recipe with and without each transform,
-# at ABL_STEPS end-to-end steps (default: the recipe's 256).
+# at ABL_STEPS end-to-end steps (default: the recipe's 256); PAR=N runs N at once.
 ABL_STEPS=${ABL_STEPS:-256}
-q fptquant-ablation-local_only --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=0
-q "fptquant-ablation-all_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=$ABL_STEPS
+qpar fptquant-ablation-local_only --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=0
+qpar "fptquant-ablation-all_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=$ABL_STEPS
 for t in prerope values up_scale residual_scaling; do
-  q "fptquant-ablation-no_${t}_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
+  qpar "fptquant-ablation-no_${t}_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
     --method-arg $t=false --method-arg e2e_steps=$ABL_STEPS
 done
+wait

@@ -13,3 +13,7 @@ q() { name=$1; shift; [[ $ROWS == all || " $ROWS " == *" $name "* ]] || return 0
 reload() { name=$1; [[ -d "$OUT/$name" ]] || return 0
   python3 -m fptquant eval --quantized "$OUT/$name" --model "$M" --device cuda --batch-size 8 \
     --json "$OUT/${name}_reloaded.json" 2>&1 | grep -E "^[a-z].*W[0-9]|rror"; rm -rf "$OUT/$name"; }
+# `qpar NAME ARGS...`: like q, but up to PAR rows run at once (one small model leaves the H100 mostly idle:
+# rows whose time is not reported, e.g. ablations, finish sooner side by side); end the script with `wait`.
+PAR=${PAR:-1}
+qpar() { while (( $(jobs -rp | wc -l) >= PAR )); do wait -n; done; q "$@" & }

@@ -96,13 +96,16 @@ def _kron_quantize_kernel(
     x_ptr, bd_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax,
     n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, ONE_TILE: tl.constexpr, T: tl.constexpr,
     N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
+    STAGES: tl.constexpr,
 ):  # fmt: skip
     R: tl.constexpr = T * N1
     PIECES: tl.constexpr = N2 // CHUNK
     i = tl.arange(0, R)
     bd = tl.load(bd_ptr + i[:, None] * R + i[None, :])
     r = i % N1
-    for g in range(tl.program_id(0), tl.cdiv(M, T), tl.num_programs(0)):
+    # STAGES > 1: the next tile's loads are issued (cp.async) while this one is computed; without it a
+    # program waits for every tile's load, and a one-pass (dynamic, one-tile) loop was not pipelined at all
+    for g in tl.range(tl.program_id(0), tl.cdiv(M, T), tl.num_programs(0), num_stages=STAGES):
         tok_t = g * T + tl.arange(0, T)
         tok = g * T + i // N1
         row_ok = (tok < M) & (r < n1)
@@ -179,6 +182,9 @@ def tile_shape(n1: int, n2: int, tokens: int | None = None, chunk: int | None = 
     return t, n1p, n2p, chunk
 
 
+DEFAULT_STAGES = 2  # loads in flight per program; 3 overflows shared memory at 112×128 (229 KB > 227 KB)
+
+
 def default_warps(t: int, n1p: int, chunk: int) -> int:
     """4 warps (one warpgroup: wgmma needs 64 rows per warpgroup), 8 for the largest tiles."""
     return 8 if t * n1p * chunk >= 16384 else 4
@@ -196,12 +202,13 @@ def kron_quantize_rows(
     chunk: int | None = None,
     programs: int | None = None,
     num_warps: int | None = None,
+    stages: int | None = None,
     upcast: bool | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x`` (``K = nb·n1·n2``); ``clip_ratio``
     one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
-    ``tokens``, ``chunk``, ``programs`` and ``num_warps`` are tuning knobs (benchmarks sweep them)."""
+    ``tokens``, ``chunk``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them)."""
     M, K = x.shape
     t, n1p, n2p, chunk = tile_shape(p1.shape[0], p2.shape[0], tokens, chunk)
     bd, p2p = _block_diagonal_factors(p1, p2, t, n1p, n2p)
@@ -218,7 +225,7 @@ def kron_quantize_rows(
         x, bd, p2p, codes, scales, M, nb, x.stride(0), codes.stride(0),
         float(lo), float(hi), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, n1=p1.shape[0], n2=p2.shape[0],
         STATIC=static_scale is not None, ONE_TILE=nb == 1 and chunk == n2p, T=t, N1=n1p, N2=n2p, CHUNK=chunk,
-        UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(),
+        UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(), STAGES=stages or DEFAULT_STAGES,
         num_warps=num_warps or default_warps(t, n1p, chunk),
     )  # fmt: skip
     return codes, scales[:, None]

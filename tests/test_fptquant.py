@@ -341,6 +341,20 @@ def test_cuda_graph_training_matches_eager_training():
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_blockwise_stage_matches_eager():
+    """The block-wise stage runs FlatQuant's layer-wise loop, graphed by default on a GPU: same losses as eager."""
+    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0)).cuda()
+    losses = {}
+    for graph in (False, True):
+        model = make_tiny_model("llama", **GQA).cuda()
+        args = {**FAST, "e2e_steps": 0, "blockwise_epochs": 3, "cuda_graph": graph, "amp": False}
+        recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+        method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
+        losses[graph] = method.stats["blockwise_losses"]
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-7)
+
+
 def test_blockwise_stage_lowers_each_layers_error_and_resumes(tmp_path):
     """The optional block-wise stage trains each layer's own parameters (not T_r) against its
     full-precision output; its result is checkpointed and loaded by a rerun."""

@@ -9,7 +9,8 @@ For every layer shape (K, N) and token count M, in one run:
 - times (CUDA events, medians, rotated buffers): BF16 ``F.linear`` (cuBLAS), FP8 ``torch._scaled_mm``
   with tensor-wise scales (the exact-FP8 ceiling), our GEMM (``--codes int8``, the default and what
   deploy uses: INT8 MMA with exact int32 sums; ``--codes fp8``: e4m3 with promotion; the heuristic
-  config, and with ``--sweep`` the best of a candidate list), and the whole linear: bf16 activations
+  config, and with ``--sweep`` the best of a candidate list; at M = 1 the CUDA-core GEMV, against the
+  tensor-core decode configs), and the whole linear: bf16 activations
   → per-token quantize → GEMM → bf16. (The 2026-11-23 table in docs/RESULTS.md used fp8 codes.)
 """
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
+from fptquant.kernels.triton_w4a4_gemv import GemvConfig, pick_gemv_config
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference
 from fptquant.math.packing import pack_int4
@@ -54,6 +56,19 @@ DECODE_SWEEP = [
     GemmConfig(16, 32, 256, num_warps=4, num_stages=4),
     GemmConfig(16, 64, 1024, swap=True, num_warps=4, num_stages=3),
 ]
+
+
+GEMV_SWEEP = [  # one token: the CUDA-core GEMV (what w4a4_matmul picks at M = 1)
+    GemvConfig(16, 256, 1, 4, 4),
+    GemvConfig(16, 256, 2, 4, 4),
+    GemvConfig(16, 256, 1, 4, 6),
+    GemvConfig(16, 512, 1, 4, 3),
+    GemvConfig(32, 256, 1, 4, 4),
+    GemvConfig(32, 256, 1, 8, 4),
+    GemvConfig(8, 256, 1, 2, 4),
+    GemvConfig(16, 128, 1, 2, 8),
+]
+CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig}
 
 
 def variants(m: int, k: int, n: int) -> list[dict]:
@@ -101,7 +116,7 @@ def random_problem(m: int, n: int, k: int, gen: torch.Generator):
     return [t.cuda() for t in (a, w, sa, sw, bias)]
 
 
-def check(m: int, n: int, k: int, cfg: GemmConfig, non_negative: bool = False) -> dict:
+def check(m: int, n: int, k: int, cfg: GemmConfig | GemvConfig, non_negative: bool = False) -> dict:
     gen = torch.Generator().manual_seed(m * 7 + n + k)
     a, w, sa, sw, bias = random_problem(m, n, k, gen)
     if non_negative:
@@ -125,6 +140,10 @@ def check(m: int, n: int, k: int, cfg: GemmConfig, non_negative: bool = False) -
 CODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
+def kind_of(cfg) -> str:
+    return "gemv" if isinstance(cfg, GemvConfig) else "gemm"
+
+
 def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torch.int8) -> dict:
     gen = torch.Generator().manual_seed(0)
     bufs = rotations(n * k * 2)
@@ -145,10 +164,13 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
     packs = [pack_int4(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)).cuda() for _ in range(q_bufs)]
     sw = torch.rand(n, device="cuda") * 0.01
     codes, sa = quantize_per_token(x, codes_dtype=codes_dtype, backend="triton")
-    heuristic = pick_config(m, n, k)
+    heuristic = pick_gemv_config(n, k) if m == 1 else pick_config(m, n, k)
     candidates = [heuristic] + ((DECODE_SWEEP if m <= 64 else PREFILL_SWEEP) if sweep else [])
     if m <= 64:
-        candidates = [replace(c, block_m=max(16, min(64, 1 << (m - 1).bit_length()))) for c in candidates]
+        block_m = max(16, min(64, 1 << (m - 1).bit_length()))
+        candidates = [replace(c, block_m=block_m) if isinstance(c, GemmConfig) else c for c in candidates]
+    if m == 1 and sweep:
+        candidates += GEMV_SWEEP
     results = []
     for cfg in candidates:
         try:
@@ -157,14 +179,16 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
                 q_bufs,
                 graph=graph,
             )
-            results.append({"config": asdict(cfg), "time": t})
+            results.append({"kind": kind_of(cfg), "config": asdict(cfg), "time": t})
         except Exception as e:  # a config the compiler rejects must not end the sweep
-            results.append({"config": asdict(cfg), "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            results.append(
+                {"kind": kind_of(cfg), "config": asdict(cfg), "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            )
     timed = [r for r in results if "time" in r]
     best = min(timed, key=lambda r: r["time"]["median_us"]) if timed else None
     row.update(heuristic=results[0], best=best, sweep=results if sweep else None)
     if best:
-        cfg = GemmConfig(**best["config"])
+        cfg = CONFIG_TYPES[best["kind"]](**best["config"])
         row["check"] = check(min(m, 2048), n, k, cfg)
 
         def whole(i: int, c=cfg):

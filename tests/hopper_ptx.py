@@ -29,6 +29,11 @@ class HopperBuild:
         """The distinct ``ld.global…`` / ``st.global…`` instructions (``kind`` "ld" or "st")."""
         return set(re.findall(rf"\b{kind}\.global[a-z0-9.]*", self.ptx))
 
+    def async_copy_bytes(self) -> set[int]:
+        """Byte widths of the ``cp.async`` copies (global to shared, issued ahead by the pipeliner)."""
+        found = re.findall(r"cp\.async\.c[ag]\.shared\.global \[[^\]]*\], \[[^\]]*\], (0x[0-9a-f]+|\d+)", self.ptx)
+        return {int(v, 0) for v in found}
+
     @property
     def uses_wgmma(self) -> bool:
         return "wgmma.mma_async" in self.ptx

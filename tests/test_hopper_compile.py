@@ -88,6 +88,27 @@ def gemm_job(m: int, n: int, k: int, fp8: bool) -> dict:
     return {"module": module, "kernel": "_w4a4_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
 
 
+def gemv_job(n: int, k: int, fp8: bool) -> dict:
+    """The one-token W4A4 GEMV with the config ``pick_gemv_config`` chooses."""
+    from fptquant.kernels.triton_w4a4_gemv import pick_gemv_config
+
+    cfg = pick_gemv_config(n, k)
+    args = {
+        "a_ptr": "*fp8e4nv" if fp8 else "*i8", "w_ptr": "*u8", "sa_ptr": "*fp32", "sw_ptr": "*fp32",
+        "bias_ptr": "*fp32", "out_ptr": "*fp32" if cfg.split_k > 1 else "*bf16", "N": "i32", "KH": "i32",
+        "stride_wn": "i32", "kh_per_split": "i32", "HAS_BIAS": False, "SPLIT": cfg.split_k, "FP8": fp8,
+        "EVEN_K": True, "BN": cfg.block_n, "BKH": cfg.block_k_bytes, "STAGES": cfg.num_stages,
+    }  # fmt: skip
+    aligned = ["a_ptr", "w_ptr", "sa_ptr", "sw_ptr", "out_ptr", "N", "KH", "stride_wn", "kh_per_split"]
+    module = "fptquant.kernels.triton_w4a4_gemv"
+    return {"module": module, "kernel": "_gemv_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
+
+
+GEMV_CASES = {  # LLaMA-3-8B batch-1 decode: gate+up (no split) and down (K split in two)
+    "gemv-gate_up-int8": (28672, 4096, False),
+    "gemv-down-fp8": (4096, 14336, True),
+}
+
 GEMM_CASES = {  # LLaMA-3-8B gate+up: prefill and decode, both 8-bit routes
     "prefill-fp8": (8192, 28672, 4096, True),
     "prefill-int8": (8192, 28672, 4096, False),
@@ -103,6 +124,7 @@ def builds() -> dict:
             for static in (False, True)}  # fmt: skip
     jobs["kv"] = kv_attention_job()
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
+    jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
 
 
@@ -131,3 +153,13 @@ def test_int4_kv_decode_attention_compiles_without_spills(builds):
 def test_w4a4_gemm_compiles_to_wgmma_without_spills(builds, name):
     build = builds[name]
     assert build.spill_bytes == 0 and build.uses_wgmma
+
+
+@pytest.mark.parametrize("name", list(GEMV_CASES))
+def test_one_token_gemv_streams_the_weights_pipelined_without_spills(builds, name):
+    build = builds[name]
+    assert build.spill_bytes == 0
+    # the weights travel as 16-byte asynchronous copies, several tiles ahead (the K offsets are passed in
+    # bytes: derived in the kernel by halving, their alignment was unknown and the copies shrank to 8 bytes)
+    assert 16 in build.async_copy_bytes()
+    assert "ld.global.b8" not in build.memory_ops("ld")

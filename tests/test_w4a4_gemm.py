@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("triton")
 
 from fptquant.errors import ConfigError  # noqa: E402
+from fptquant.kernels.triton_w4a4_gemv import GemvConfig  # noqa: E402
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig  # noqa: E402
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
 from fptquant.math.packing import pack_int4  # noqa: E402
@@ -52,6 +53,35 @@ def test_integer_sums_exact_and_scaled_output_close(name, m, n, k, codes_dtype):
     torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-5)
     ref = w4a4_matmul_reference(codes, sa, packed, sw, bias, torch.bfloat16)
     torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+
+
+GEMV_CONFIGS = {
+    "default": None,  # w4a4_matmul picks the GEMV for one token
+    "split": GemvConfig(block_n=16, block_k_bytes=64, split_k=3),
+    "wide": GemvConfig(block_n=32, block_k_bytes=128, num_stages=2),
+}
+
+
+@pytest.mark.parametrize("name", GEMV_CONFIGS)
+@pytest.mark.parametrize("n,k", [(96, 576), (80, 1536), (48, 9 * 64), (40, 2048), (17, 130)])
+@pytest.mark.parametrize("codes_dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "fp8"])
+def test_one_token_gemv_sums_exact_and_scaled_output_close(name, n, k, codes_dtype):
+    a, w, sa, sw, bias = problem(1, n, k, seed=n + k)
+    codes, packed, cfg = a.to(codes_dtype), pack_int4(w), GEMV_CONFIGS[name]
+    ones_m, ones_n = torch.ones(1, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    acc = w4a4_matmul(codes, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
+    assert torch.equal(acc.double(), a.double() @ w.double().T)
+    out = w4a4_matmul(codes, sa, packed, sw, bias, torch.bfloat16, backend="triton", config=cfg)
+    ref = w4a4_matmul_reference(codes, sa, packed, sw, bias, torch.bfloat16)
+    torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+
+
+def test_gemv_long_k_all_non_negative_is_exact():
+    a, w, *_ = problem(1, 32, 14336, seed=7, non_negative=True)
+    ones_m, ones_n = torch.ones(1, 1, device=DEVICE), torch.ones(32, device=DEVICE)
+    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton")
+    exact = a.double() @ w.double().T
+    assert exact.min() > 2**16 and torch.equal(acc.double(), exact)
 
 
 def test_long_k_all_non_negative_is_exact():

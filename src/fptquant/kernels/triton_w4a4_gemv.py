@@ -1,0 +1,98 @@
+"""Batch-1 decode of :mod:`.w4a4_matmul` on the CUDA cores: one token's codes against packed INT4 weights.
+
+At M = 1 a tensor-core tile is at most 1/16 used, and all the kernel has to do is stream the weights
+at HBM speed: ``N·K/2`` bytes against ``2·N·K`` multiply-adds, a few integer operations a byte. Each
+program owns ``BN`` output channels and walks K in ``BKH``-byte steps (``2·BKH`` codes), with the loads
+software-pipelined (``STAGES`` tiles in flight). The nibbles are sign-extended with shifts, multiplied
+by the activation codes and summed in int32 lanes: exact, like the GEMM, and reduced across lanes once
+at the end rather than every step. ``SPLIT > 1`` shares K between programs (float32 atomics) when N
+alone leaves SMs idle. The epilogue is the GEMM's: ``(acc · s_tok) · s_ch + bias``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int = 16  # output channels a program
+    block_k_bytes: int = 256  # packed bytes a row and step (2x as many codes)
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+@triton.jit
+def _gemv_kernel(
+    a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, N, KH, stride_wn, kh_per_split,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FP8: tl.constexpr, EVEN_K: tl.constexpr, BN: tl.constexpr,
+    BKH: tl.constexpr, STAGES: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    j = tl.arange(0, BKH)
+    c = tl.arange(0, 2 * BKH)
+    w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + j[None, :]  # wrapped rows: no row masks
+    acc = tl.zeros((BN, BKH), dtype=tl.int32)
+    start = split * kh_per_split  # in bytes (pairs of codes): passed as such so that its alignment is known
+    end = tl.minimum(KH, start + kh_per_split)
+    for kb in tl.range(start, end, BKH, num_stages=STAGES):
+        if EVEN_K:
+            wp = tl.load(w_ptrs + kb)
+            a = tl.load(a_ptr + 2 * kb + c)
+        else:  # zero codes past K: the masked weight bytes unpack to zeros too
+            wp = tl.load(w_ptrs + kb, mask=(kb + j < end)[None, :], other=0)
+            a = tl.load(a_ptr + 2 * kb + c, mask=2 * kb + c < 2 * end, other=0.0)
+        if FP8:
+            a = a.to(tl.float32)
+        a_lo, a_hi = tl.split(tl.reshape(a.to(tl.int32), (BKH, 2)))  # codes 2j (low nibble), 2j + 1 (high)
+        s = wp.to(tl.int8, bitcast=True).to(tl.int32)
+        acc += ((s << 28) >> 28) * a_lo[None, :] + (s >> 4) * a_hi[None, :]
+    total = tl.sum(acc, axis=1)
+    out = total.to(tl.float32) * tl.load(sa_ptr) * tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32) * (split == 0)
+    if SPLIT > 1:
+        tl.atomic_add(out_ptr + rn, out, mask=rn < N, sem="relaxed")
+    else:
+        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+
+def pick_gemv_config(n: int, k: int) -> GemvConfig:
+    """Split K in two when N gives fewer than ~2 programs an SM (H100: 132 SMs)."""
+    split = 2 if n // 16 < 264 and k >= 4096 else 1
+    return GemvConfig(split_k=split)
+
+
+def gemv(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: GemvConfig | None = None,
+) -> torch.Tensor:
+    """``(1, K)`` codes × ``(N, K/2)`` packed weights → ``(1, N)``, like :func:`.w4a4_matmul.w4a4_matmul`."""
+    k, n = codes.shape[1], packed.shape[0]
+    cfg = config or pick_gemv_config(n, k)
+    step = 2 * cfg.block_k_bytes
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), step) * step
+    split = triton.cdiv(k, k_per_split)  # K/2 and k_per_split/2 go to the kernel: bytes, not codes
+    codes = codes.contiguous()
+    out = torch.zeros if split > 1 else torch.empty
+    out = out((1, n), dtype=torch.float32 if split > 1 else out_dtype, device=codes.device)
+    _gemv_kernel[(triton.cdiv(n, cfg.block_n), split)](
+        codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, n, k // 2,
+        packed.stride(0), k_per_split // 2,
+        HAS_BIAS=bias is not None, SPLIT=split, FP8=codes.dtype == torch.float8_e4m3fn,
+        EVEN_K=k_per_split * split == k, BN=cfg.block_n, BKH=cfg.block_k_bytes, STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return out.to(out_dtype) if split > 1 else out

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 on the GPU machine: every kernel compiled and checked (the kernel tests on CUDA), then the
 # benchmarks. Needs no model or data staging. Writes JSON to $OUT (default ./out).
-#   STEPS="tests train gemm gemmfp8 gemm70 tq tqstatic quant kvattn" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
+#   STEPS="tests train gemm gemmfp8 decode gemm70 tq tqstatic quant kvattn" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -14,11 +14,15 @@ for step in $STEPS; do
              timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_w4a4_gemm.py tests/test_kv_attention.py 2>&1 | tail -25
            else echo "pytest missing on this machine"; fi ;;
     train) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kv_cache.py \
-             tests/test_flatquant.py::test_compiled_calibration_trains_like_eager_on_the_gpu \
-             tests/test_fptquant.py::test_cuda_graph_training_matches_eager_training 2>&1 | tail -15 ;;
+             tests/test_flatquant.py::test_compiled_and_graphed_calibration_train_like_eager_on_the_gpu \
+             tests/test_fptquant.py::test_cuda_graph_training_matches_eager_training \
+             tests/test_fptquant.py::test_cuda_graph_blockwise_stage_matches_eager 2>&1 | tail -15 ;;
     gemm) timeout 480 python3 benchmarks/bench_w4a4_gemm.py --sweep --variants --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b.json" ;;
     # the INT8 main loop waits on every wgmma group (sm_90a PTX, docs/RESULTS.md); FP8 keeps one in flight
     gemmfp8) timeout 480 python3 benchmarks/bench_w4a4_gemm.py --codes fp8 --sweep --variants --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b_fp8.json" ;;
+    # decode only (M = 1: the CUDA-core GEMV against the tensor-core configs; M = 16), 8B and 70B gate+up
+    decode) timeout 300 python3 benchmarks/bench_w4a4_gemm.py --sweep --m 1,16 --json "$OUT/gemm_decode_8b.json"
+            timeout 120 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_decode_70b.json" ;;
     gemm70) timeout 200 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_70b.json" ;;
     tq) timeout 420 python3 benchmarks/bench_transform_quantize.py --sweep --m 8192 --json "$OUT/transform_quantize_sweep.json"
         timeout 150 python3 benchmarks/bench_transform_quantize.py --m 32768 --json "$OUT/transform_quantize.json" ;;

@@ -253,6 +253,22 @@ def test_local_stage_lowers_the_weight_norm_and_stops_on_nan_naming_the_step():
         detach(adapter)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_local_stage_matches_eager():
+    from fptquant.methods.fptquant.local import optimize_local
+
+    losses = {}
+    for graph in (False, True):
+        model = make_tiny_model("llama", **GQA).cuda()
+        adapter, transforms = built(model)
+        attach(adapter, transforms)
+        try:
+            losses[graph] = optimize_local(adapter, transforms, 25, lr=1e-2, cuda_graph=graph)
+        finally:
+            detach(adapter)
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-7)
+
+
 def test_lp_range_init_beats_minmax_on_heavy_tails():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4096, generator=g)

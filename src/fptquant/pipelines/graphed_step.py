@@ -14,11 +14,14 @@ them. Replaying the step as one CUDA graph removes that cost. What a graph needs
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
 from ..errors import TrainingError
+
+log = logging.getLogger(__name__)
 
 
 class GraphedStep:
@@ -89,3 +92,28 @@ def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device
         if not torch.is_tensor(group["lr"]):
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
     return [group["lr"] for group in optimizer.param_groups]
+
+
+def graphed_or_none(
+    step_fn: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    first_batch: torch.Tensor,
+    what: str,
+) -> GraphedStep | None:
+    """A captured :class:`GraphedStep` (learning rates made device tensors first), or None with a warning
+    if this torch refuses to capture the step: the caller then runs it without a graph."""
+    try:
+        runner = GraphedStep(
+            step_fn, optimizer, params, tensor_learning_rates(optimizer, first_batch.device), first_batch
+        )
+        runner.capture()
+        return runner
+    except TrainingError:
+        raise
+    except Exception as error:  # noqa: BLE001 - capture refused by some operation: run the step without a graph
+        log.warning("CUDA-graph capture failed (%s); %s without it", str(error).splitlines()[0][:200], what)
+        torch.cuda.synchronize()
+        for p in params:
+            p.grad = None
+        return None

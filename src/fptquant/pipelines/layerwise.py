@@ -31,7 +31,7 @@ from ..errors import TrainingError
 from ..fakequant.wrap import quantizers_bypassed
 from ..models.base import ModelAdapter, model_device
 from .checkpoints import CheckpointStore
-from .graphed_step import GraphedStep, tensor_learning_rates
+from .graphed_step import graphed_or_none
 from .sequential import capture_first_layer_inputs
 
 log = logging.getLogger(__name__)
@@ -164,25 +164,6 @@ def cosine_learning_rates(base: float, floor: float, steps: int) -> list[float]:
     return [floor + (base - floor) * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
 
 
-def _graphed(step_loss, layer, kwargs, optimizer, params, first: torch.Tensor, device) -> GraphedStep | None:
-    """The whole step (forward, backward, AdamW) as one CUDA graph; None, with a warning, if this torch
-    refuses to capture it (then the step runs as before)."""
-
-    def step_fn(batch: torch.Tensor) -> torch.Tensor:
-        return step_loss(layer, batch[0], batch[1], kwargs)
-
-    try:
-        runner = GraphedStep(step_fn, optimizer, params, tensor_learning_rates(optimizer, device), first)
-        runner.capture()
-        return runner
-    except Exception as error:  # noqa: BLE001 - capture refused by some operation: run the step without a graph
-        log.warning("CUDA-graph capture failed (%s); calibrating without it", str(error).splitlines()[0][:200])
-        torch.cuda.synchronize()
-        for p in params:
-            p.grad = None
-        return None
-
-
 def train_layer(
     recipe: LayerRecipe, index: int, layer: nn.Module, inputs, targets, kwargs, s: LayerwiseSettings, bar
 ) -> float:
@@ -214,7 +195,10 @@ def train_layer(
     def batch(idx: torch.Tensor) -> torch.Tensor:
         return torch.stack((inputs[idx], targets[idx])).to(device, non_blocking=True)
 
-    runner = _graphed(step_loss, layer, kwargs, optimizer, params, batch(orders[0][0]), device) if graphed else None
+    def step_fn(b: torch.Tensor) -> torch.Tensor:
+        return step_loss(layer, b[0], b[1], kwargs)
+
+    runner = graphed_or_none(step_fn, optimizer, params, batch(orders[0][0]), "calibrating") if graphed else None
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1 + first step with a non-finite loss
     step, loss_mean = 0, float("nan")
     for epoch in range(s.epochs):
@@ -229,8 +213,7 @@ def train_layer(
             else:
                 for group, schedule in zip(optimizer.param_groups, schedules, strict=True):
                     group["lr"] = schedule[step]
-                b = batch(idx)
-                loss = step_loss(layer, b[0], b[1], kwargs)  # forward and backward
+                loss = step_fn(batch(idx))  # forward and backward
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -169,7 +169,7 @@ class FPTQuant(Method):
             t.load_state_dict({k: v.to(model_device(model)) for k, v in local.items()})
             log.warning("FPTQuant: local stage loaded from %s", store.root)
         else:
-            self.stats["local_losses"] = optimize_local(adapter, t, o.local_steps, o.local_lr, o.local_p)
+            self.stats["local_losses"] = optimize_local(adapter, t, o.local_steps, o.local_lr, o.local_p, o.cuda_graph)
             if store is not None:
                 store.save("local", t.state_dict())
         self.stats["local_seconds"] = time.perf_counter() - start

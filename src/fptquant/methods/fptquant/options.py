@@ -76,7 +76,7 @@ class FPTQuantOptions:
     amp: bool = True
     amp_dtype: str = "bfloat16"
     gradient_checkpointing: bool = True
-    cuda_graph: bool | None = None  # replay each e2e and block-wise step as one CUDA graph (None: on CUDA)
+    cuda_graph: bool | None = None  # replay each local, block-wise and e2e step as a CUDA graph (None: on CUDA)
     max_condition: float = 1e4  # stop when a T_v's condition number exceeds this
     checkpoint_every: int = 50
     checkpoint_dir: str | None = None

@@ -51,7 +51,7 @@ def main() -> None:
         b = base.get(key)
         calls = (e.count - (b.count if b else 0)) / a.steps
         cpu = (e.self_cpu_time_total - (b.self_cpu_time_total if b else 0)) / a.steps / 1e3
-        gpu = (getattr(e, "self_device_time_total", 0) - (getattr(b, "self_device_time_total", 0) if b else 0))
+        gpu = getattr(e, "self_device_time_total", 0) - (getattr(b, "self_device_time_total", 0) if b else 0)
         rows.append((key, calls, cpu, gpu / a.steps / 1e3))
     print(f"wall per end-to-end step: {(wall - base_wall) / a.steps:.3f} s (batch {a.batch} x {a.seqlen} tokens)")
     print(f"operator calls per step: {sum(r[1] for r in rows):.0f}; self CPU ms {sum(r[2] for r in rows):.1f}; "

@@ -43,7 +43,7 @@ def _user_errors(fn):
     return wrapper
 
 
-def _parse_method_args(items: list[str]) -> dict:
+def parse_method_args(items: list[str]) -> dict:
     from .errors import ConfigError
 
     parsed = {}
@@ -171,7 +171,7 @@ def quantize(
         kv_clip_ratio=kv_clip,
     )
     base.update({k: v for k, v in overrides.items() if v is not None})
-    base["method_args"] = {**base.get("method_args", {}), **_parse_method_args(method_arg or [])}
+    base["method_args"] = {**base.get("method_args", {}), **parse_method_args(method_arg or [])}
     recipe = Recipe.from_dict(base)
     from .methods import get_method
 

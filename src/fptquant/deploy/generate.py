@@ -79,14 +79,18 @@ def generate(model, tokenizer, prompts: list[str], options: GenerationOptions, s
     return tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
-def new_token_ids(model, tokenizer, prompts: list[str], options: GenerationOptions) -> list[list[int]]:
-    """Greedy continuations as token ids (for comparing a packed model with its fake-quant twin)."""
+def new_token_ids(
+    model, tokenizer, prompts: list[str], options: GenerationOptions, int4_cache: bool = True
+) -> list[list[int]]:
+    """Greedy continuations as token ids (for comparing a packed model with its fake-quant twin).
+    ``int4_cache=False``: transformers' own cache, K/V fake-quantized at every step, attention by SDPA
+    (the fake-quant model's path), to tell the INT4 attention kernel's rounding apart from the rest."""
     texts = [format_prompt(tokenizer, p, options.chat) for p in prompts]
     device = next(model.parameters()).device
     ids = []
     for text in texts:
         batch = tokenizer(text, return_tensors="pt", add_special_tokens=not options.chat).to(device)
-        cache = kv_cache_for(model, batch["input_ids"].shape[1] + options.max_new_tokens)
+        cache = kv_cache_for(model, batch["input_ids"].shape[1] + options.max_new_tokens) if int4_cache else None
         out = model.generate(
             **batch, **options.generate_kwargs(), pad_token_id=tokenizer.eos_token_id, past_key_values=cache
         )

@@ -119,3 +119,23 @@ def test_graphed_decoder_steps_eagerly_like_generate(tokens):
         expected = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0,
                                   past_key_values=int4_kv_cache(model, capacity=20))  # fmt: skip
     assert torch.equal(torch.cat(steps, dim=1), expected[:, 8:])
+
+
+def test_new_token_ids_with_the_int4_cache_or_the_fake_attention_path(monkeypatch):
+    """deploy_check's two packed paths: the INT4 cache runs the decode kernel, ``int4_cache=False`` never
+    does (transformers' cache, fake-quantized K/V); on a tiny model both give the same greedy tokens."""
+    from conftest import make_tokenizer
+
+    import fptquant.deploy.kv_cache as kv_cache
+    from fptquant.deploy.generate import GenerationOptions, new_token_ids
+
+    calls = []
+    real_kernel = kv_cache.int4_kv_decode_attention
+    monkeypatch.setattr(kv_cache, "int4_kv_decode_attention", lambda *a, **k: calls.append(1) or real_kernel(*a, **k))
+    model, tok = quantized("llama", "rtn"), make_tokenizer()
+    options = GenerationOptions(max_new_tokens=6, chat=False)
+    with_cache = new_token_ids(model, tok, ["hello there"], options)
+    assert calls
+    calls.clear()
+    dense = new_token_ids(model, tok, ["hello there"], options, int4_cache=False)
+    assert not calls and len(dense[0]) == 6 and dense == with_cache

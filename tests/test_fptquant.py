@@ -344,31 +344,23 @@ def test_dynamic_activation_and_kv_clips_are_learned():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_training_matches_eager_training():
-    """The graphed e2e step (the GPU default) must train like the eager one: same losses, step by step."""
+@pytest.mark.parametrize(
+    "stage,args",
+    [("e2e_losses", {"e2e_steps": 6}), ("blockwise_losses", {"e2e_steps": 0, "blockwise_epochs": 3})],
+    ids=["end_to_end", "blockwise"],
+)
+def test_cuda_graph_training_matches_eager_training(stage, args):
+    """The graphed steps (the GPU default) must train like eager ones, step by step: the end-to-end stage,
+    and the block-wise stage (FlatQuant's layer-wise loop)."""
     calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0)).cuda()
     losses = {}
     for graph in (False, True):
         model = make_tiny_model("llama", **GQA).cuda()
-        args = {**FAST, "e2e_steps": 6, "cuda_graph": graph, "amp": False}
-        recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+        method_args = {**FAST, **args, "cuda_graph": graph, "amp": False}
+        recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=method_args)
         method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
-        losses[graph] = method.stats["e2e_losses"]
+        losses[graph] = method.stats[stage]
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-6)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_blockwise_stage_matches_eager():
-    """The block-wise stage runs FlatQuant's layer-wise loop, graphed by default on a GPU: same losses as eager."""
-    calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0)).cuda()
-    losses = {}
-    for graph in (False, True):
-        model = make_tiny_model("llama", **GQA).cuda()
-        args = {**FAST, "e2e_steps": 0, "blockwise_epochs": 3, "cuda_graph": graph, "amp": False}
-        recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
-        method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
-        losses[graph] = method.stats["blockwise_losses"]
-    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-7)
 
 
 def test_blockwise_stage_lowers_each_layers_error_and_resumes(tmp_path):

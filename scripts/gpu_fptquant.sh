@@ -17,10 +17,13 @@ q fptquant-gptq-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 -
   --out "$OUT/fptquant-gptq-static"
 reload fptquant-gptq-static
 # GPTQ on the learned per-row clips (transforms trained with learned-clip RTN weights); best on the CPU quick preset
+# E2E_STEPS: end-to-end steps of these rows (default: the recipe's 256); pick it from the static row's e2e_seconds
+E2E_STEPS=${E2E_STEPS:-256}
 q fptquant-gptq-learned-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --act-static \
-  --method-arg gptq_scales=learned --out "$OUT/fptquant-gptq-learned-static"
+  --method-arg gptq_scales=learned --method-arg e2e_steps=$E2E_STEPS --out "$OUT/fptquant-gptq-learned-static"
 reload fptquant-gptq-learned-static
-q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --method-arg gptq_scales=learned
+q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --method-arg gptq_scales=learned \
+  --method-arg e2e_steps=$E2E_STEPS
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the recipe with and without each transform,

@@ -311,3 +311,23 @@ def test_closed_form_cosine_schedule_is_torchs():
         opt.step()
         sched.step()
     assert cosine_learning_rates(5e-3, 5e-6, 40) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_a_refused_capture_warns_and_leaves_the_step_to_run_without_a_graph(caplog):
+    """graphed_or_none: any failure while recording (here: no CUDA at all, or an operation capture refuses)
+    is a warning and None, with the gradients of the failed attempt cleared."""
+    from fptquant.pipelines.graphed_step import graphed_or_none
+
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.full((3,), 5.0)
+    optimizer = torch.optim.AdamW([w], lr=1e-2)
+
+    def step_fn(batch):
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device")
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with caplog.at_level("WARNING"):
+        assert graphed_or_none(step_fn, optimizer, [w], torch.zeros(1), "calibrating") is None
+    assert "CUDA-graph capture failed" in caplog.text and "calibrating without it" in caplog.text
+    assert w.grad is None

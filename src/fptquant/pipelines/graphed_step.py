@@ -113,7 +113,8 @@ def graphed_or_none(
         raise
     except Exception as error:  # noqa: BLE001 - capture refused by some operation: run the step without a graph
         log.warning("CUDA-graph capture failed (%s); %s without it", str(error).splitlines()[0][:200], what)
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         for p in params:
             p.grad = None
         return None

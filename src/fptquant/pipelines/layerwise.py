@@ -172,7 +172,7 @@ def train_layer(
     params = [p for g in groups for p in g["params"]]
     if not params or s.epochs == 0:
         return float("nan")
-    graphed = (s.cuda_graph if s.cuda_graph is not None else True) and device.type == "cuda"
+    graphed = device.type == "cuda" and s.cuda_graph is not False
     optimizer = torch.optim.AdamW(
         [{"params": g["params"], "lr": getattr(s, g["lr_key"])} for g in groups],
         weight_decay=s.weight_decay,

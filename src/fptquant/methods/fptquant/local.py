@@ -38,7 +38,7 @@ def optimize_local(
     if steps == 0 or not params:
         return []
     device = params[0].device
-    graphed = (cuda_graph if cuda_graph is not None else True) and device.type == "cuda"
+    graphed = device.type == "cuda" and cuda_graph is not False
     optimizer = torch.optim.AdamW(params, lr=lr, capturable=graphed)
 
     def step_fn(_: torch.Tensor) -> torch.Tensor:

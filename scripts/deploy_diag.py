@@ -11,6 +11,7 @@ import copy
 import os
 
 import torch
+from deploy_check import common_prefixes  # scripts/ is on the path when a script here runs
 
 import fptquant
 from fptquant.deploy import to_deploy
@@ -90,9 +91,7 @@ def main() -> None:
             print(f"{backend}: argmax fake {f.argmax().item()} real {r.argmax().item()}, "
                   f"max |diff| {(f - r).abs().max().item():.3e} of {f.abs().max().item():.1f}")  # fmt: skip
         real_ids = new_token_ids(real, tok, PROMPTS, opts)
-        same = [next((i for i, (x, y) in enumerate(zip(u, v, strict=False)) if x != y), len(u))
-                for u, v in zip(fake_ids, real_ids, strict=True)]  # fmt: skip
-        print(f"{backend}: common greedy prefix {same}")
+        print(f"{backend}: common greedy prefix {common_prefixes(fake_ids, real_ids)}")
     first_divergence(fake, real, tok, a.device)
     x = torch.randn(7, 576, device=a.device)
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):

@@ -86,8 +86,10 @@ def gemv(
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), step) * step
     split = triton.cdiv(k, k_per_split)  # K/2 and k_per_split/2 go to the kernel: bytes, not codes
     codes = codes.contiguous()
-    out = torch.zeros if split > 1 else torch.empty
-    out = out((1, n), dtype=torch.float32 if split > 1 else out_dtype, device=codes.device)
+    if split > 1:  # float32 partial sums added atomically
+        out = torch.zeros((1, n), dtype=torch.float32, device=codes.device)
+    else:
+        out = torch.empty((1, n), dtype=out_dtype, device=codes.device)
     _gemv_kernel[(triton.cdiv(n, cfg.block_n), split)](
         codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, n, k // 2,
         packed.stride(0), k_per_split // 2,

@@ -11,7 +11,6 @@ stops it with the last good checkpoint kept.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 from collections.abc import Callable
@@ -26,10 +25,9 @@ from tqdm.auto import tqdm
 from ..errors import TrainingError
 from ..fakequant.wrap import quantizers_bypassed
 from ..models.base import model_device
-from .graphed_step import GraphedStep, tensor_learning_rates
+from .graphed_step import GraphedStep, graphed_or_none, tensor_learning_rates
 
 LOSSES = ("jsd", "kl", "ce")
-log = logging.getLogger(__name__)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, labels=None, temperature=1.0):
@@ -132,28 +130,22 @@ def _load_eager(optimizer, scheduler, saved: dict) -> None:
 def _graphed(forward_backward, optimizer, scheduler, params, first_batch, saved, s: DistillSettings, groups):
     """The step as a CUDA graph, with any saved optimizer state loaded; if this torch cannot capture it,
     a warning and the eager optimizer (``runner`` None)."""
-    lrs = [g["lr"] for g in optimizer.param_groups]
-    try:
-        runner = GraphedStep(forward_backward, optimizer, params, lrs, first_batch)
-        if saved is not None:
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            for group, lr in zip(optimizer.param_groups, lrs, strict=True):  # loading may bring plain floats
-                lr.fill_(float(group["lr"]))
-                group["lr"] = lr
-        runner.capture()
+
+    def load_saved(runner: GraphedStep) -> None:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        for group, lr in zip(optimizer.param_groups, runner.lr_tensors, strict=True):  # loading may bring floats
+            lr.fill_(float(group["lr"]))
+            group["lr"] = lr
+
+    hook = load_saved if saved is not None else None
+    runner = graphed_or_none(forward_backward, optimizer, params, first_batch, "training", before_capture=hook)
+    if runner is not None:
         return runner, optimizer, scheduler
-    except TrainingError:
-        raise
-    except Exception as error:  # noqa: BLE001 - capture refused by some operation: train eagerly instead
-        log.warning("CUDA-graph capture failed (%s); training eagerly", str(error).splitlines()[0][:200])
-        torch.cuda.synchronize()
-        for p in params:
-            p.grad = None
-        optimizer, scheduler = _optimizer(groups, s, None)
-        if saved is not None:
-            _load_eager(optimizer, scheduler, saved)
-        return None, optimizer, scheduler
+    optimizer, scheduler = _optimizer(groups, s, None)
+    if saved is not None:
+        _load_eager(optimizer, scheduler, saved)
+    return None, optimizer, scheduler
 
 
 def train_end_to_end(

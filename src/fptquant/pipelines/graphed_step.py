@@ -100,13 +100,17 @@ def graphed_or_none(
     params: list[torch.Tensor],
     first_batch: torch.Tensor,
     what: str,
+    before_capture: Callable[[GraphedStep], None] | None = None,
 ) -> GraphedStep | None:
     """A captured :class:`GraphedStep` (learning rates made device tensors first), or None with a warning
-    if this torch refuses to capture the step: the caller then runs it without a graph."""
+    if this torch refuses to capture the step: the caller then runs it without a graph. ``before_capture``
+    runs between the warm-up and the capture (e.g. loading a saved optimizer state, which replaces tensors)."""
     try:
         runner = GraphedStep(
             step_fn, optimizer, params, tensor_learning_rates(optimizer, first_batch.device), first_batch
         )
+        if before_capture is not None:
+            before_capture(runner)
         runner.capture()
         return runner
     except TrainingError:

@@ -8,10 +8,10 @@ the divergence checks. The loop never synchronises with the GPU inside an epoch,
 queueing work and the GPU stays busy on small layers.
 
 On small models an eager step is thousands of tiny kernels and bound by the CPU that launches them,
-so on CUDA the step's forward and backward are compiled (``torch.compile``) once and reused by every
-layer: all layers share one structure, and the live transforms keep the modules' types unchanged.
-Even compiled, the step is hundreds of small kernels, so each layer's whole step (forward, backward,
-AdamW) is recorded once as a CUDA graph and replayed: the GPU no longer waits for the CPU at all.
+so on CUDA each layer's whole step (forward, backward, AdamW) is recorded once as a CUDA graph and
+replayed: the GPU no longer waits for the CPU. The step can also be compiled (``torch.compile``, the
+default only without a graph): one graph serves every layer, since all layers share one structure and
+the live transforms keep the modules' types unchanged.
 """
 
 from __future__ import annotations

@@ -14,10 +14,12 @@ q flatquant-rtn_w4a8kv8   --method flatquant --bits w4a8kv8
 q flatquant-gptq_w4a8kv8  --method flatquant --weights gptq --bits w4a8kv8
 q flatquant-rtn_w4a16     --method flatquant --bits w4a16
 q flatquant-gptq_w4a16    --method flatquant --weights gptq --bits w4a16
-# Ablation (paper Table 16: LT, PS, LCT on/off), RTN weights, W4A4KV4, full recipe; PAR=N runs N at once.
+# Ablation (paper Table 16: LT, PS, LCT on/off), RTN weights, W4A4KV4, on the reduced recipe of the official-code
+# anchors (ABL_SAMPLES=64 windows, ABL_EPOCHS=5 epochs), all 8 rows incl. all-on; PAR=N runs N at once.
+ABL_SAMPLES=${ABL_SAMPLES:-64}; ABL_EPOCHS=${ABL_EPOCHS:-5}
 for lt in true false; do for ps in true false; do for lct in true false; do
-  [[ $lt$ps$lct == truetruetrue ]] && continue
   qpar "flatquant-ablation-lt_${lt}-ps_${ps}-lct_${lct}" --method flatquant --bits w4a4kv4 \
+    --calib-samples "$ABL_SAMPLES" --method-arg epochs="$ABL_EPOCHS" \
     --method-arg transforms=$lt --method-arg diag=$ps --method-arg clip=$lct
 done; done; done
 wait

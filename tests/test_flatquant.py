@@ -331,3 +331,19 @@ def test_a_refused_capture_warns_and_leaves_the_step_to_run_without_a_graph(capl
         assert graphed_or_none(step_fn, optimizer, [w], torch.zeros(1), "calibrating") is None
     assert "CUDA-graph capture failed" in caplog.text and "calibrating without it" in caplog.text
     assert w.grad is None
+
+
+@pytest.mark.parametrize(
+    ("transforms", "diag", "clip"), [(False, False, False), (False, True, False), (True, False, True)]
+)
+def test_ablation_switches_remove_their_parameters_and_still_calibrate(transforms, diag, clip):
+    model = make_tiny_model("llama")
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(3))
+    switches = {"transforms": transforms, "diag": diag, "clip": clip}
+    recipe = fptquant.Recipe(method="flatquant", model="tiny", method_args={**FAST, **switches})
+    fptquant.quantize(model, recipe, calibration)
+    names = list(model.fptquant_method.learned)
+    assert any(".p1." in n for n in names) == transforms
+    assert any("diag" in n for n in names) == diag
+    assert any("clip" in n for n in names) == clip
+    assert all(torch.isfinite(logits(model, torch.randint(0, 128, (1, 16)))).flatten())

@@ -277,7 +277,8 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog, to
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled (inductor) step is the GPU default")
-def test_compiled_and_graphed_calibration_train_like_eager_on_the_gpu(tokens):
+def test_compiled_and_graphed_calibration_train_like_eager_on_the_gpu(tokens, caplog):
+    caplog.set_level("WARNING")
     from fptquant.pipelines.layerwise import LayerwiseSettings, layer_outputs, train_layer
     from fptquant.pipelines.sequential import capture_first_layer_inputs
 
@@ -296,6 +297,7 @@ def test_compiled_and_graphed_calibration_train_like_eager_on_the_gpu(tokens):
         layers.attach(0, layer)
         s = LayerwiseSettings(epochs=3, batch_size=1, amp=False, compile=compiled, cuda_graph=graphed)
         results[compiled, graphed] = train_layer(layers, 0, layer, x, y, captured.kwargs, s, Bar())
+    assert "capture failed" not in caplog.text  # a refused capture falls back to eager and would also match
     for key, loss in results.items():
         assert loss == pytest.approx(results[False, False], rel=1e-3), key
 
@@ -311,26 +313,6 @@ def test_closed_form_cosine_schedule_is_torchs():
         opt.step()
         sched.step()
     assert cosine_learning_rates(5e-3, 5e-6, 40) == pytest.approx(expected, rel=1e-9, abs=1e-15)
-
-
-def test_a_refused_capture_warns_and_leaves_the_step_to_run_without_a_graph(caplog):
-    """graphed_or_none: any failure while recording (here: no CUDA at all, or an operation capture refuses)
-    is a warning and None, with the gradients of the failed attempt cleared."""
-    from fptquant.pipelines.graphed_step import graphed_or_none
-
-    w = torch.nn.Parameter(torch.ones(3))
-    w.grad = torch.full((3,), 5.0)
-    optimizer = torch.optim.AdamW([w], lr=1e-2)
-
-    def step_fn(batch):
-        if not torch.cuda.is_available():
-            raise RuntimeError("no CUDA device")
-        raise RuntimeError("operation not permitted when stream is capturing")
-
-    with caplog.at_level("WARNING"):
-        assert graphed_or_none(step_fn, optimizer, [w], torch.zeros(1), "calibrating") is None
-    assert "CUDA-graph capture failed" in caplog.text and "calibrating without it" in caplog.text
-    assert w.grad is None
 
 
 @pytest.mark.parametrize(

@@ -9,19 +9,35 @@ them. Replaying the step as one CUDA graph removes that cost. What a graph needs
 * lazy initialisation outside the capture: one eager forward/backward on a side stream, and the
   optimizer state created by a step at learning rate 0 (no parameter moves) and then zeroed;
 * a check: the first replay's loss and gradients must match that eager warm-up on the same batch
-  and parameters, so a graph that records something else (a host value frozen into it) is caught.
+  and parameters, so a graph that records something else (a host value frozen into it) is caught;
+* capturable linear algebra: by default torch hands batched LU solves (the Cayley maps) of some sizes
+  to MAGMA, which allocates and synchronises on its own and so breaks a capture; the warm-up and the
+  capture prefer cuSOLVER/cuBLAS, whose kernels record (replays never dispatch again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from ..errors import TrainingError
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def capturable_linear_algebra() -> Iterator[None]:
+    """Prefer cuSOLVER (and its cuBLAS batched paths) over MAGMA for the enclosed dispatches."""
+    previous = torch.backends.cuda.preferred_linalg_library()
+    if torch.cuda.is_available():  # a CPU-only torch has no cuSOLVER to prefer
+        torch.backends.cuda.preferred_linalg_library("cusolver")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_linalg_library(previous)
 
 
 class GraphedStep:
@@ -34,7 +50,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), capturable_linear_algebra():
             for p in params:
                 p.grad = None
             loss = step_fn(self.batch)
@@ -61,7 +77,7 @@ class GraphedStep:
     def capture(self) -> None:
         """Record the step (call after loading any optimizer state to resume: loading replaces tensors)."""
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph), capturable_linear_algebra():
             torch._foreach_zero_([p.grad for p in self.params])
             self.loss = self.step_fn(self.batch)
             self.optimizer.step()

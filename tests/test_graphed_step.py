@@ -1,0 +1,63 @@
+"""The CUDA-graph training step: refused captures fall back, and the Cayley solves of a real model record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fptquant.pipelines.graphed_step import capturable_linear_algebra, graphed_or_none
+
+
+def test_a_refused_capture_warns_and_leaves_the_step_to_run_without_a_graph(caplog):
+    """graphed_or_none: any failure while recording (here: no CUDA at all, or an operation capture refuses)
+    is a warning and None, with the gradients of the failed attempt cleared."""
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.full((3,), 5.0)
+    optimizer = torch.optim.AdamW([w], lr=1e-2)
+
+    def step_fn(batch):
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device")
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with caplog.at_level("WARNING"):
+        assert graphed_or_none(step_fn, optimizer, [w], torch.zeros(1), "calibrating") is None
+    assert "CUDA-graph capture failed" in caplog.text and "calibrating without it" in caplog.text
+    assert w.grad is None
+
+
+def test_linear_algebra_preference_is_restored_even_after_an_error():
+    before = torch.backends.cuda.preferred_linalg_library()
+    with pytest.raises(ValueError), capturable_linear_algebra():
+        raise ValueError("inside")
+    assert torch.backends.cuda.preferred_linalg_library() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_batched_cayley_solves_of_smollm2_sizes_record_and_replay(caplog):
+    """SmolLM2's FPTQuant step solves 90 per-head 64×64 Cayley maps at once and one 576×576 (T_r). Batches
+    like these went to MAGMA under torch's default choice, and the capture failed on the H100; tiny
+    models' small batches did not. The graph must record, and its first replay equal the eager step."""
+    caplog.set_level("WARNING")
+    g = torch.Generator().manual_seed(0)
+    params = [
+        torch.nn.Parameter((0.1 * torch.randn(shape, generator=g)).cuda()) for shape in ((90, 64, 64), (1, 576, 576))
+    ]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, capturable=True)
+
+    def step_fn(batch: torch.Tensor) -> torch.Tensor:
+        loss = batch.sum() * 0
+        for a in params:
+            skew = (a - a.transpose(-1, -2)).double()
+            eye = torch.eye(a.shape[-1], dtype=torch.float64, device=a.device).expand_as(skew)
+            rotation = torch.linalg.solve_ex(eye - skew / 2, eye + skew / 2)[0]
+            loss = loss + rotation.float().pow(4).mean()
+        loss.backward()
+        return loss.detach()
+
+    batch = torch.ones(1, device="cuda")
+    runner = graphed_or_none(step_fn, optimizer, params, batch, "training")
+    assert runner is not None, caplog.text
+    runner(batch)
+    runner.verify(rtol=1e-4)
+    assert "capture failed" not in caplog.text

@@ -35,13 +35,14 @@ def test_linear_algebra_preference_is_restored_even_after_an_error():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_batched_cayley_solves_of_smollm2_sizes_record_and_replay(caplog):
-    """SmolLM2's FPTQuant step solves 90 per-head 64×64 Cayley maps at once and one 576×576 (T_r). Batches
-    like these went to MAGMA under torch's default choice, and the capture failed on the H100; tiny
-    models' small batches did not. The graph must record, and its first replay equal the eager step."""
+    """SmolLM2's FPTQuant step solves 180 per-head 64×64 Cayley maps at once (U and V of 90 T_v) and one
+    576×576 (T_r). Under torch's default choice, batches like these may go to MAGMA, which a capture cannot
+    record (the likely cause of the H100 failure; tiny models' small batches captured). The graph must
+    record, and its first replay must equal the eager step."""
     caplog.set_level("WARNING")
     g = torch.Generator().manual_seed(0)
     params = [
-        torch.nn.Parameter((0.1 * torch.randn(shape, generator=g)).cuda()) for shape in ((90, 64, 64), (1, 576, 576))
+        torch.nn.Parameter((0.1 * torch.randn(shape, generator=g)).cuda()) for shape in ((180, 64, 64), (1, 576, 576))
     ]
     optimizer = torch.optim.AdamW(params, lr=1e-3, capturable=True)
 

@@ -43,6 +43,8 @@ PREFILL_SWEEP = [
     GemmConfig(128, 256, 128, num_warps=8, num_stages=3, unpack_first=True),
     GemmConfig(128, 128, 256, num_warps=8, num_stages=3, unpack_first=True),
     GemmConfig(256, 128, 128, num_warps=8, num_stages=4, unpack_first=True),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=3, split_nibbles=True),  # unpacked in the loop, no shuffle
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, split_nibbles=True),
 ]
 DECODE_SWEEP = [
     GemmConfig(16, 64, 512, swap=True, num_warps=4, num_stages=3),
@@ -55,6 +57,12 @@ DECODE_SWEEP = [
     GemmConfig(16, 128, 512, 2, swap=True, num_warps=8, num_stages=4),
     GemmConfig(16, 32, 256, num_warps=4, num_stages=4),
     GemmConfig(16, 64, 1024, swap=True, num_warps=4, num_stages=3),
+    # even and odd k as two dots: the 4x smaller activation tile is shuffled instead of the weights
+    GemmConfig(16, 32, 256, num_warps=4, num_stages=4, split_nibbles=True),
+    GemmConfig(16, 64, 256, num_warps=4, num_stages=4, split_nibbles=True),
+    GemmConfig(16, 64, 512, swap=True, num_warps=4, num_stages=3, split_nibbles=True),
+    GemmConfig(16, 128, 512, swap=True, num_warps=8, num_stages=4, split_nibbles=True),
+    GemmConfig(16, 64, 512, 2, swap=True, num_warps=4, num_stages=4, split_nibbles=True),
 ]
 
 
@@ -69,6 +77,12 @@ GEMV_SWEEP = [  # one token: the CUDA-core GEMV (what w4a4_matmul picks at M = 1
     GemvConfig(16, 128, 1, 2, 8),
 ]
 CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig}
+
+
+def changed(result: dict) -> dict:
+    """The fields of a timed config that differ from its class's defaults (what the printout needs)."""
+    default = asdict(CONFIG_TYPES[result["kind"]]())
+    return {key: v for key, v in result["config"].items() if default.get(key) != v}
 
 
 def variants(m: int, k: int, n: int) -> list[dict]:
@@ -246,7 +260,7 @@ def main() -> int:
                           f"{r['best']['time']['median_us']:>9.1f} {r['gemm_speedup']:>6.2f}x "
                           f"{r['whole_speedup']:>7.2f}x {r.get('fp8_ceiling_speedup', float('nan')):>5.2f}x "
                           f"{r['check']['ok']}  quant {r['quantize']['median_us']:.1f} us, "
-                          f"best {tuple(r['best']['config'].values())[:6]}", flush=True)  # fmt: skip
+                          f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
                 torch.cuda.empty_cache()
     report["rows"] = rows
     return finish_report(report, args.json, long_k["ok"] and all(r.get("check", {}).get("ok") for r in rows))

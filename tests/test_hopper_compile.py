@@ -68,18 +68,21 @@ def kv_attention_job() -> dict:
     return {"module": module, "kernel": "_decode_kernel", "args": args, "num_warps": 4, "aligned": aligned}
 
 
-def gemm_job(m: int, n: int, k: int, fp8: bool) -> dict:
+def gemm_job(m: int, n: int, k: int, fp8: bool, split_nibbles: bool = False) -> dict:
     """The W4A4 GEMM with the tiling ``pick_config`` chooses (prefill: weights unpacked to a byte first)."""
+    from dataclasses import replace
+
     from fptquant.kernels.triton_w4a4_matmul import pick_config
 
-    cfg = pick_config(m, n, k)
+    cfg = replace(pick_config(m, n, k), split_nibbles=split_nibbles)
     code = "*fp8e4nv" if fp8 else "*i8"
     args = {
         "a_ptr": code, "w_ptr": code if cfg.unpack_first else "*u8", "sa_ptr": "*fp32", "sw_ptr": "*fp32",
         "bias_ptr": "*fp32", "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
         "stride_wn": "i32", "stride_om": "i32", "k_per_split": "i32", "HAS_BIAS": False, "SPLIT": cfg.split_k,
         "SWAP": cfg.swap, "FP8": fp8, "MAGIC": cfg.magic_unpack, "DOT_TY": "tl.float8e4nv" if fp8 else "tl.int8",
-        "ACC_TY": "tl.float32" if fp8 else "tl.int32", "PACKED": not cfg.unpack_first, "PROMOTE": cfg.block_k,
+        "ACC_TY": "tl.float32" if fp8 else "tl.int32", "PACKED": not cfg.unpack_first,
+        "PROMOTE": cfg.block_k // (2 if cfg.split_nibbles else 1), "SPLIT_NIBBLES": cfg.split_nibbles,
         "EVEN_K": True, "BM": cfg.block_m, "BN": cfg.block_n, "BK": cfg.block_k, "GROUP_M": cfg.group_m,
     }  # fmt: skip
     aligned = ["a_ptr", "w_ptr", "sa_ptr", "sw_ptr", "out_ptr", "M", "N", "K", "stride_am", "stride_wn",
@@ -114,6 +117,8 @@ GEMM_CASES = {  # LLaMA-3-8B gate+up: prefill and decode, both 8-bit routes
     "prefill-int8": (8192, 28672, 4096, False),
     "decode-fp8": (16, 28672, 4096, True),
     "decode-int8": (16, 28672, 4096, False),
+    "decode-int8-split-nibbles": (16, 28672, 4096, False, True),
+    "decode-fp8-split-nibbles": (16, 28672, 4096, True, True),
 }
 
 

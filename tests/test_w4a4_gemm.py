@@ -20,6 +20,11 @@ CONFIGS = {
     "prefill_shift_unpack": GemmConfig(32, 64, 128, num_warps=4, magic_unpack=False),
     "decode_swap_split": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4),
     "unpack_first": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True),
+    "prefill_split_nibbles": GemmConfig(32, 32, 64, num_warps=4, split_nibbles=True),
+    "decode_swap_split_nibbles": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4, split_nibbles=True),
+    "decode_nibbles_shift_unpack": GemmConfig(
+        16, 64, 128, swap=True, num_warps=4, split_nibbles=True, magic_unpack=False
+    ),
 }
 # SmolLM2's 576 = 9 heads of 64 and 1536 (neither a multiple of 128), a 3-row decode, a tall thin one.
 SHAPES = [(37, 96, 576), (3, 80, 1536), (1, 48, 9 * 64), (70, 40, 256)]

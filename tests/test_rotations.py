@@ -48,6 +48,23 @@ def test_block_fast_transform_equals_block_diagonal_product(n, block):
     torch.testing.assert_close(OnlineHadamard(n, block).matrix(), dense, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("n,block", [(1536, 512), (576, 576), (96, 12)])
+def test_online_hadamard_dense_and_fast_paths_agree(n, block):
+    """The GPU's one-matmul path and the fast transform: the same float32 map (also under bf16 autocast)."""
+    x = torch.randn(2, 7, n, generator=torch.Generator().manual_seed(n)).to(torch.bfloat16)
+    online = OnlineHadamard(n, block)
+    reference = x.double() @ online.matrix()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = online.apply_to(x, dense=True)
+    fast = online.apply_to(x, dense=False)
+    assert dense.dtype == fast.dtype == torch.bfloat16
+    for y in (dense, fast):  # one bf16 rounding of the float32 result
+        torch.testing.assert_close(y.double(), reference, rtol=2**-8, atol=1e-6)
+    torch.testing.assert_close(
+        online.apply_to(x.float(), True), online.apply_to(x.float(), False), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_no_hadamard_of_order_9_and_random_fallbacks_are_orthogonal():
     assert not hadamard_exists(9) and not hadamard_exists(172) and hadamard_exists(344)
     g = torch.Generator().manual_seed(3)

@@ -14,15 +14,37 @@ from .hadamard import block_fwht, fwht, hadamard
 from .kronecker import kron_apply
 from .rotation import across_chunks, block_diagonal
 
+DENSE_HADAMARD_MAX = 1024  # on a GPU, blocks up to this size are one float32 matmul (≤ 4 MB matrix)
+_dense_blocks: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _dense_block(block: int, device: torch.device) -> torch.Tensor:
+    """``H_block / √block`` in float32 on ``device``, built once (the first, eager, call: not in a CUDA graph)."""
+    key = (block, device)
+    if key not in _dense_blocks:
+        _dense_blocks[key] = hadamard(block, torch.float32).to(device)
+    return _dense_blocks[key]
+
 
 class OnlineHadamard(nn.Module):
-    """``x -> x H`` over the last dim (block-diagonal with ``block`` when given), via the fast transform."""
+    """``x -> x H`` over the last dim (block-diagonal with ``block`` when given), in float32.
+
+    On a GPU a block of at most ``DENSE_HADAMARD_MAX`` is one matmul: the fast transform's butterflies are
+    dozens of small kernels a call, and they bounded FPTQuant's end-to-end training step by launch cost.
+    Elsewhere (and for larger blocks) the O(n log n) fast transform runs."""
 
     def __init__(self, size: int, block: int | None = None):
         super().__init__()
         self.size, self.block = size, block or size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_to(x, dense=x.is_cuda and self.block <= DENSE_HADAMARD_MAX)
+
+    def apply_to(self, x: torch.Tensor, dense: bool) -> torch.Tensor:
+        if dense:
+            with torch.autocast(x.device.type, enabled=False):  # float32, also inside bf16-autocast training
+                blocks = x.float().reshape(*x.shape[:-1], self.size // self.block, self.block)
+                return (blocks @ _dense_block(self.block, x.device)).reshape(x.shape).to(x.dtype)
         if self.block == self.size:
             return fwht(x.float()).to(x.dtype)
         return block_fwht(x.float(), self.block).to(x.dtype)

@@ -36,9 +36,9 @@ def test_linear_algebra_preference_is_restored_even_after_an_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_batched_cayley_solves_of_smollm2_sizes_record_and_replay(caplog):
     """SmolLM2's FPTQuant step solves 180 per-head 64×64 Cayley maps at once (U and V of 90 T_v) and one
-    576×576 (T_r). Under torch's default choice, batches like these may go to MAGMA, which a capture cannot
-    record (the likely cause of the H100 failure; tiny models' small batches captured). The graph must
-    record, and its first replay must equal the eager step."""
+    576×576 (T_r); its capture failed on the H100 while tiny models' small batches captured. Under torch's
+    default choice such batches may go to MAGMA, which a capture cannot record; graphed_or_none then
+    retries preferring cuSOLVER. Either way the step must end up recorded, its first replay equal to eager."""
     caplog.set_level("WARNING")
     g = torch.Generator().manual_seed(0)
     params = [

@@ -10,9 +10,10 @@ them. Replaying the step as one CUDA graph removes that cost. What a graph needs
   optimizer state created by a step at learning rate 0 (no parameter moves) and then zeroed;
 * a check: the first replay's loss and gradients must match that eager warm-up on the same batch
   and parameters, so a graph that records something else (a host value frozen into it) is caught;
-* capturable linear algebra: by default torch hands batched LU solves (the Cayley maps) of some sizes
-  to MAGMA, which allocates and synchronises on its own and so breaks a capture; the warm-up and the
-  capture prefer cuSOLVER/cuBLAS, whose kernels record (replays never dispatch again).
+* capturable linear algebra: by default torch may hand batched LU solves (the Cayley maps) of some
+  sizes to MAGMA, which allocates and synchronises on its own and so would break a capture; when a
+  capture with torch's default choice fails, it is tried once more preferring cuSOLVER/cuBLAS (replays
+  never dispatch again, so the preference only matters while recording).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), capturable_linear_algebra():
+        with torch.cuda.stream(side):
             for p in params:
                 p.grad = None
             loss = step_fn(self.batch)
@@ -77,7 +78,7 @@ class GraphedStep:
     def capture(self) -> None:
         """Record the step (call after loading any optimizer state to resume: loading replaces tensors)."""
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), capturable_linear_algebra():
+        with torch.cuda.graph(self.graph):
             torch._foreach_zero_([p.grad for p in self.params])
             self.loss = self.step_fn(self.batch)
             self.optimizer.step()
@@ -121,20 +122,27 @@ def graphed_or_none(
     """A captured :class:`GraphedStep` (learning rates made device tensors first), or None with a warning
     if this torch refuses to capture the step: the caller then runs it without a graph. ``before_capture``
     runs between the warm-up and the capture (e.g. loading a saved optimizer state, which replaces tensors)."""
-    try:
-        runner = GraphedStep(
-            step_fn, optimizer, params, tensor_learning_rates(optimizer, first_batch.device), first_batch
-        )
-        if before_capture is not None:
-            before_capture(runner)
-        runner.capture()
-        return runner
-    except TrainingError:
-        raise
-    except Exception as error:  # noqa: BLE001 - capture refused by some operation: run the step without a graph
-        log.warning("CUDA-graph capture failed (%s); %s without it", str(error).splitlines()[0][:200], what)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        for p in params:
-            p.grad = None
-        return None
+    failure = None
+    for linear_algebra in (contextlib.nullcontext, capturable_linear_algebra):
+        try:
+            with linear_algebra():
+                runner = GraphedStep(
+                    step_fn, optimizer, params, tensor_learning_rates(optimizer, first_batch.device), first_batch
+                )
+                if before_capture is not None:
+                    before_capture(runner)
+                runner.capture()
+            return runner
+        except TrainingError:
+            raise
+        except Exception as error:  # noqa: BLE001 - capture refused by some operation: retry, then no graph
+            failure = error
+            log.debug("CUDA-graph capture failed", exc_info=True)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            for p in params:
+                p.grad = None
+            if not torch.cuda.is_available():
+                break
+    log.warning("CUDA-graph capture failed (%s); %s without it", str(failure).splitlines()[0][:200], what)
+    return None

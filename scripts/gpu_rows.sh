@@ -1,6 +1,7 @@
 # Sourced by the scripts/gpu_*.sh acceptance scripts: `q NAME ARGS...` runs one results row
 # (`fptquant quantize` on $M, JSON and log to $OUT) unless ROWS names others; `reload NAME` evaluates
-# a model the row saved under $OUT/NAME, then deletes it.
+# a model the row saved under $OUT/NAME, then deletes it. EXTRA="ARGS" is appended to every row's command
+# (e.g. EXTRA="--method-arg e2e_steps=1024"; record it with the figure).
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FPTQUANT_CACHE=${FPTQUANT_CACHE:-$HOME/fqcache}
@@ -8,7 +9,7 @@ M=${FPTQ_GGUF:?run source .stage/common/setup.sh first}
 ROWS=${ROWS:-all}
 q() { name=$1; shift; [[ $ROWS == all || " $ROWS " == *" $name "* ]] || return 0
   /usr/bin/time -f "$name wall %e s" python3 -m fptquant quantize --model "$M" --no-compare --device cuda --batch-size 8 \
-    --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
+    --json "$OUT/$name.json" "$@" ${EXTRA:-} > "$OUT/$name.log" 2>&1
   grep -E "perplexity|^[a-z].*W[0-9]|wall|error|Error|peak|seconds|calibration time" "$OUT/$name.log" | tr '\r' '\n' | tail -6; }
 reload() { name=$1; [[ -d "$OUT/$name" ]] || return 0
   python3 -m fptquant eval --quantized "$OUT/$name" --model "$M" --device cuda --batch-size 8 \

@@ -120,7 +120,8 @@ def graphed_or_none(
     before_capture: Callable[[GraphedStep], None] | None = None,
 ) -> GraphedStep | None:
     """A captured :class:`GraphedStep` (learning rates made device tensors first), or None with a warning
-    if this torch refuses to capture the step: the caller then runs it without a graph. ``before_capture``
+    if this torch refuses to capture the step, also when preferring cuSOLVER on a second try: the caller
+    then runs it without a graph. ``before_capture``
     runs between the warm-up and the capture (e.g. loading a saved optimizer state, which replaces tensors)."""
     failure = None
     for linear_algebra in (contextlib.nullcontext, capturable_linear_algebra):

@@ -134,25 +134,18 @@ def _w4a4_kernel(
     for k in range(k_start, k_end, BK):
         kw = k // 2 if PACKED else k
         if EVEN_K:
+            a = tl.load(a_ptrs + k)
             wp = tl.load(w_ptrs + kw)
         else:  # zero activations past K make whatever the weight tail unpacks to harmless
+            a = tl.load(a_ptrs + k, mask=(k + rk < k_end)[None, :], other=0.0)
             wp = tl.load(w_ptrs + kw, mask=(kw + rkw < (k_end // 2 if PACKED else k_end))[None, :], other=0)
         if PACKED and SPLIT_NIBBLES:
             w_even, w_odd = _nibble_values(wp, MAGIC, FP8)
-            w_even, w_odd = w_even.to(DOT_TY), w_odd.to(DOT_TY)
-            if EVEN_K:
-                a = tl.load(a_ptrs + k)
-            else:
-                a = tl.load(a_ptrs + k, mask=(k + rk < k_end)[None, :], other=0.0)
             a_even, a_odd = tl.split(tl.reshape(a, (BM, BK // 2, 2)))  # the small tile is the one shuffled
-            acc = _dot(a_even, w_even, acc, SWAP, FP8, PROMOTE)
-            acc = _dot(a_odd, w_odd, acc, SWAP, FP8, PROMOTE)
+            acc = _dot(a_even, w_even.to(DOT_TY), acc, SWAP, FP8, PROMOTE)
+            acc = _dot(a_odd, w_odd.to(DOT_TY), acc, SWAP, FP8, PROMOTE)
         else:
             w = _unpack(wp, BN, BK, MAGIC, FP8, DOT_TY) if PACKED else wp
-            if EVEN_K:
-                a = tl.load(a_ptrs + k)
-            else:
-                a = tl.load(a_ptrs + k, mask=(k + rk < k_end)[None, :], other=0.0)
             acc = _dot(a, w, acc, SWAP, FP8, PROMOTE)
 
     sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)

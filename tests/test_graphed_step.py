@@ -67,3 +67,24 @@ def test_batched_cayley_solves_of_smollm2_sizes_record_and_replay(caplog):
     runner(batch)
     runner.verify(rtol=1e-4)
     assert "capture failed" not in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_fptquant_stages_record_on_a_smollm2_shaped_model(caplog):
+    """SmolLM2's shapes (30 layers, hidden 576 = 9 heads of 64, 3 KV heads, MLP 1536) with random weights
+    and a small vocabulary: the local and end-to-end stages, whose captures failed on the real model on the
+    H100, must run as CUDA graphs (no fallback warning). No model download needed."""
+    from conftest import make_tiny_model
+
+    import fptquant
+
+    caplog.set_level("WARNING")
+    shape = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, head_dim=64)  # fmt: skip
+    model = make_tiny_model("llama", **shape).cuda()
+    calibration = torch.randint(0, 128, (4, 64), generator=torch.Generator().manual_seed(0)).cuda()
+    args = {"local_steps": 3, "e2e_steps": 2, "batch_size": 2, "range_windows": 2, "resume": False}
+    recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+    method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
+    assert "capture failed" not in caplog.text, caplog.text
+    assert len(method.stats["e2e_losses"]) == 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 on the GPU machine: every kernel compiled and checked (the kernel tests on CUDA), then the
 # benchmarks. Needs no model or data staging. Writes JSON to $OUT (default ./out).
-#   STEPS="tests train gemm gemmfp8 decode gemm70 tq tqstatic quant kvattn model modelsmol" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
+#   STEPS="tests train gemm gemmfp8 decode gemm70 tq tqstatic quant kvattn model model32 modelsmol" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -31,6 +31,9 @@ for step in $STEPS; do
     quant) timeout 200 python3 benchmarks/bench_quantize.py --json "$OUT/quantize.json" ;;
     # whole model (issue 9): the 8B-shaped 2-layer model, and SmolLM2 (needs the staged GGUF: FPTQ_GGUF)
     model) timeout 400 python3 benchmarks/bench_model.py --shape 8b --layers 2 --json "$OUT/model_8b.json" ;;
+    # all 32 layers: with 2, the BF16 lm_head (1 GB a token) caps batch-1 decode at ~1.4x whatever the layers do
+    model32) timeout 500 python3 benchmarks/bench_model.py --shape 8b --layers 32 --batches 1,8 --steps 64 \
+               --profile-batch 1 --json "$OUT/model_8b_32layers.json" ;;
     modelsmol) timeout 400 python3 benchmarks/bench_model.py --model "${FPTQ_GGUF:?stage the model first}" \
                  --json "$OUT/model_smollm2.json" ;;
   esac

@@ -31,7 +31,7 @@ for step in $STEPS; do
     quant) timeout 200 python3 benchmarks/bench_quantize.py --json "$OUT/quantize.json" ;;
     # whole model (issue 9): the 8B-shaped 2-layer model, and SmolLM2 (needs the staged GGUF: FPTQ_GGUF)
     model) timeout 400 python3 benchmarks/bench_model.py --shape 8b --layers 2 --json "$OUT/model_8b.json" ;;
-    # all 32 layers: with 2, the BF16 lm_head (1 GB a token) caps batch-1 decode at ~1.4x whatever the layers do
+    # all 32 layers: with 2, the BF16 lm_head (1 GB a token) caps batch-1 decode near 1.5x (bytes read a token: 1.9 GB vs 1.3 GB)
     model32) timeout 500 python3 benchmarks/bench_model.py --shape 8b --layers 32 --batches 1,8 --steps 64 \
                --profile-batch 1 --json "$OUT/model_8b_32layers.json" ;;
     modelsmol) timeout 400 python3 benchmarks/bench_model.py --model "${FPTQ_GGUF:?stage the model first}" \

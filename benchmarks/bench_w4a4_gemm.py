@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
-from fptquant.kernels.triton_w4a4_gemv import GemvConfig, pick_gemv_config
+from fptquant.kernels.triton_w4a4_gemv import GemvConfig, pick_gemv_config, quantize_gemv
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference
 from fptquant.math.packing import pack_int4
@@ -214,6 +214,12 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
         base = bf16["median_us"]
         row["gemm_speedup"] = base / best["time"]["median_us"]
         row["whole_speedup"] = base / row["whole_linear"]["median_us"]
+        if m == 1:  # the GEMV that quantizes the token itself: the whole linear in one launch
+            gemv_cfg = cfg if isinstance(cfg, GemvConfig) else None
+            row["fused_whole_linear"] = time_us(
+                lambda i: quantize_gemv(x, packs[i], sw, None, torch.bfloat16, config=gemv_cfg), q_bufs, graph=graph
+            )
+            row["fused_whole_speedup"] = base / row["fused_whole_linear"]["median_us"]
         if "fp8_scaled_mm" in row:
             row["fp8_ceiling_speedup"] = base / row["fp8_scaled_mm"]["median_us"]
     return row
@@ -260,6 +266,7 @@ def main() -> int:
                           f"{r['best']['time']['median_us']:>9.1f} {r['gemm_speedup']:>6.2f}x "
                           f"{r['whole_speedup']:>7.2f}x {r.get('fp8_ceiling_speedup', float('nan')):>5.2f}x "
                           f"{r['check']['ok']}  quant {r['quantize']['median_us']:.1f} us, "
+                          f"fused whole {r.get('fused_whole_speedup', float('nan')):.2f}x, "
                           f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
                 torch.cuda.empty_cache()
     report["rows"] = rows

@@ -15,10 +15,12 @@ from hopper_ptx import compile_for_hopper  # noqa: E402
 from test_hopper_compile import (  # noqa: E402
     GEMM_CASES,
     GEMV_CASES,
+    QUANTIZE_GEMV_CASES,
     TQ_CASES,
     gemm_job,
     gemv_job,
     kv_attention_job,
+    quantize_gemv_job,
     transform_quantize_job,
 )
 
@@ -29,6 +31,7 @@ def main() -> None:
     jobs["int4-kv decode attention"] = kv_attention_job()
     jobs.update({f"w4a4 gemm {name}": gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({f"w4a4 {name}": gemv_job(*case) for name, case in GEMV_CASES.items()})
+    jobs.update({f"w4a4 {name}": quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
     print(f"{'kernel case':<44} {'regs':>5} {'spill B':>8} {'smem KB':>8} {'wgmma':>6}  loads / async copies (bytes)")
     for name, b in zip(jobs, compile_for_hopper(list(jobs.values())), strict=True):
         loads = ",".join(sorted(op.replace("ld.global.", "") for op in b.memory_ops("ld")))

@@ -107,6 +107,29 @@ def gemv_job(n: int, k: int, fp8: bool) -> dict:
     return {"module": module, "kernel": "_gemv_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
 
 
+def quantize_gemv_job(n: int, k: int, static: bool) -> dict:
+    """The one-token GEMV that quantizes its input as it reads it."""
+    from fptquant.kernels.triton_w4a4_gemv import pick_gemv_config
+
+    cfg = pick_gemv_config(n, k)
+    args = {
+        "x_ptr": "*bf16", "w_ptr": "*u8", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
+        "out_ptr": "*fp32" if cfg.split_k > 1 else "*bf16", "N": "i32", "KH": "i32", "stride_wn": "i32",
+        "kh_per_split": "i32", "clip": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "STATIC": static,
+        "HAS_BIAS": False, "SPLIT": cfg.split_k, "EVEN_K": True, "BN": cfg.block_n, "BKH": cfg.block_k_bytes,
+        "STAGES": cfg.num_stages, "XBLOCK": min(4096, 1 << (k - 1).bit_length()), "INTERPRET": False,
+    }  # fmt: skip
+    aligned = ["x_ptr", "w_ptr", "sw_ptr", "out_ptr", "N", "KH", "stride_wn", "kh_per_split"]
+    module = "fptquant.kernels.triton_w4a4_gemv"
+    return {"module": module, "kernel": "_quantize_gemv_kernel", "args": args, "num_warps": cfg.num_warps,
+            "aligned": aligned}  # fmt: skip
+
+
+QUANTIZE_GEMV_CASES = {  # the same shapes, the input quantized in the kernel
+    "quantize-gemv-gate_up-dynamic": (28672, 4096, False),
+    "quantize-gemv-down-static": (4096, 14336, True),
+}
+
 GEMV_CASES = {  # LLaMA-3-8B batch-1 decode: gate+up (no split) and down (K split in two)
     "gemv-gate_up-int8": (28672, 4096, False),
     "gemv-down-fp8": (4096, 14336, True),
@@ -130,6 +153,7 @@ def builds() -> dict:
     jobs["kv"] = kv_attention_job()
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
+    jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
     return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
 
 
@@ -166,5 +190,13 @@ def test_one_token_gemv_streams_the_weights_pipelined_without_spills(builds, nam
     assert build.spill_bytes == 0
     # the weights travel as 16-byte asynchronous copies, several tiles ahead (the K offsets are passed in
     # bytes: derived in the kernel by halving, their alignment was unknown and the copies shrank to 8 bytes)
+    assert 16 in build.async_copy_bytes()
+    assert "ld.global.b8" not in build.memory_ops("ld")
+
+
+@pytest.mark.parametrize("name", list(QUANTIZE_GEMV_CASES))
+def test_quantizing_gemv_streams_the_weights_pipelined_without_spills(builds, name):
+    build = builds[name]
+    assert build.spill_bytes == 0
     assert 16 in build.async_copy_bytes()
     assert "ld.global.b8" not in build.memory_ops("ld")

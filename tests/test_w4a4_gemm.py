@@ -129,3 +129,42 @@ def test_bad_inputs_are_named():
         w4a4_matmul(a, sa, packed.to(torch.int8), sw, backend="torch")
     with pytest.raises(ConfigError, match="scales must be"):
         w4a4_matmul(a, sa[:2], packed, sw, backend="torch")
+
+
+@pytest.mark.parametrize("n,k", [(96, 576), (80, 1536), (48, 9 * 64), (17, 130)])
+@pytest.mark.parametrize("quantizer", [{"clip_ratio": 1.0}, {"clip_ratio": 0.9}, {"static_scale": 0.07}])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "config", [None, GemvConfig(block_n=16, block_k_bytes=64, split_k=3)], ids=["default", "split"]
+)
+def test_quantizing_gemv_equals_quantize_then_matmul(n, k, quantizer, dtype, config):
+    """One launch for quantize + GEMV: the same codes as quantize_per_token (bit for bit), so the integer
+    sums are exact and the output matches the two-kernel path and the float64 reference."""
+    from fptquant.kernels import quantize_per_token_reference
+    from fptquant.kernels.triton_w4a4_gemv import quantize_gemv
+
+    g = torch.Generator().manual_seed(n + k)
+    x = (torch.randn(1, k, generator=g) * 3).to(dtype).to(DEVICE)
+    x[0, 5] = 40.0  # an outlier: with the static scale it clips at the grid's ends
+    _, w, _, sw, bias = problem(1, n, k, seed=k)
+    packed = pack_int4(w)
+    out = quantize_gemv(x, packed, sw, bias, torch.float32, config=config, **quantizer)
+    codes, scales = quantize_per_token_reference(x, **quantizer)
+    assert codes.abs().sum() > 0
+    two_kernels = w4a4_matmul(codes, scales, packed, sw, bias, torch.float32, backend="triton")
+    exact = (codes.double() @ w.double().T) * scales.double() * sw.double() + bias.double()
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)  # float32 epilogue, split-K order
+    torch.testing.assert_close(out, two_kernels, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_w4a4_matmul_dispatch_matches_the_reference_path():
+    from fptquant.kernels.w4a4_matmul import quantize_w4a4_matmul
+
+    _, w, _, sw, bias = problem(3, 40, 256, seed=2)
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    for rows in (x[:1], x):  # one token: the fused GEMV; three: quantize, then the GEMM
+        fused = quantize_w4a4_matmul(rows, pack_int4(w), sw, bias, torch.float32, clip_ratio=0.95)
+        ref = quantize_w4a4_matmul(rows, pack_int4(w), sw, bias, torch.float32, clip_ratio=0.95, backend="torch")
+        torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="do not match"):
+        quantize_w4a4_matmul(x[:, :100], pack_int4(w), sw)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import quantize_per_token, quantize_per_token_reference, transform_quantize
-from ..kernels.w4a4_matmul import w4a4_matmul
+from ..kernels.w4a4_matmul import quantize_w4a4_matmul, w4a4_matmul
 from ..math.hadamard import hadamard
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
@@ -164,6 +164,16 @@ class QuantizedLinear(nn.Module):
             return quantize_per_token(x, clip_ratio=lo)
         return quantize_per_token_reference(x, clip_ratio=(lo, hi))  # no Triton kernel for two clips yet
 
+    def _one_launch_quantizer(self) -> dict | None:
+        """The input quantizer as :func:`quantize_w4a4_matmul` arguments, when the fused one-token GEMV can run
+        it: no online transform before it, and a static scale or one symmetric clip ratio."""
+        if self.input_transform is not None:
+            return None
+        kind, value = self._input_plan()
+        if kind == "static":
+            return {"static_scale": value}
+        return {"clip_ratio": value[0]} if value[0] == value[1] else None
+
     def dequantized_weight(self) -> torch.Tensor:
         return unpack_int4(self.qweight).float() * self.weight_scale[:, None]
 
@@ -174,11 +184,15 @@ class QuantizedLinear(nn.Module):
                 rows = self.input_transform(rows)
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        bias = self.bias.float() if self.bias is not None else None
+        one_token = self._one_launch_quantizer() if rows.shape[0] == 1 else None
+        if one_token is not None:  # decode: quantize inside the GEMV, one launch instead of two
+            y = quantize_w4a4_matmul(rows, self.qweight, self.weight_scale, bias, out_dtype=x.dtype, **one_token)
+            return y.reshape(*x.shape[:-1], self.out_features)
         cached = self.shared_input.lookup(x) if self.shared_input is not None else None
         codes, scales = cached if cached is not None else self._transform_and_quantize(rows)
         if self.shared_input is not None and cached is None:
             self.shared_input.store(x, (codes, scales))
-        bias = self.bias.float() if self.bias is not None else None
         y = w4a4_matmul(codes, scales.float(), self.qweight, self.weight_scale, bias, out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 

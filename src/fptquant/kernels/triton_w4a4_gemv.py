@@ -7,6 +7,10 @@ software-pipelined (``STAGES`` tiles in flight). The nibbles are sign-extended w
 by the activation codes and summed in int32 lanes: exact, like the GEMM, and reduced across lanes once
 at the end rather than every step. ``SPLIT > 1`` shares K between programs (float32 atomics) when N
 alone leaves SMs idle. The epilogue is the GEMM's: ``(acc · s_tok) · s_ch + bias``.
+
+:func:`quantize_gemv` also quantizes the token inside the kernel (each program reads the whole row for its
+max, from L2 after the first): at one token the separate quantize launch took up to a quarter of the
+linear's time. Its codes are :func:`.quantize.quantize_per_token`'s, bit for bit (the same formula).
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from ..math.quantization import SCALE_EPS
+from .backend import interpreting
+from .quantize import QMAX
+from .triton_quantize import _rint
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,52 @@ def _gemv_kernel(
         tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
 
 
+@triton.jit
+def _quantize_gemv_kernel(
+    x_ptr, w_ptr, sw_ptr, bias_ptr, out_ptr, N, KH, stride_wn, kh_per_split, clip, static_amax, eps_amax,
+    STATIC: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BN: tl.constexpr,
+    BKH: tl.constexpr, STAGES: tl.constexpr, XBLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    if STATIC:
+        amax = static_amax
+    else:  # the row's max over all of K (not just this program's split), as quantize_per_token takes it
+        top = tl.zeros((XBLOCK,), dtype=tl.float32)
+        for k0 in range(0, 2 * KH, XBLOCK):
+            cols = k0 + tl.arange(0, XBLOCK)
+            top = tl.maximum(top, tl.abs(tl.load(x_ptr + cols, mask=cols < 2 * KH, other=0.0).to(tl.float32)))
+        amax = tl.maximum(tl.max(top, axis=0) * clip, eps_amax)
+    seven = amax * 0.0 + 7.0  # div_rn takes tensors: one IEEE division each, as quantize_per_token does
+    inv = tl.math.div_rn(seven, amax)
+    rn = pid_n * BN + tl.arange(0, BN)
+    j = tl.arange(0, BKH)
+    c = tl.arange(0, 2 * BKH)
+    w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + j[None, :]
+    acc = tl.zeros((BN, BKH), dtype=tl.int32)
+    start = split * kh_per_split
+    end = tl.minimum(KH, start + kh_per_split)
+    for kb in tl.range(start, end, BKH, num_stages=STAGES):
+        if EVEN_K:
+            wp = tl.load(w_ptrs + kb)
+            x = tl.load(x_ptr + 2 * kb + c)
+        else:  # zero activations past K quantize to zero codes
+            wp = tl.load(w_ptrs + kb, mask=(kb + j < end)[None, :], other=0)
+            x = tl.load(x_ptr + 2 * kb + c, mask=2 * kb + c < 2 * end, other=0.0)
+        q = tl.minimum(tl.maximum(_rint(x.to(tl.float32) * inv, INTERPRET), -8.0), 7.0).to(tl.int32)
+        q_lo, q_hi = tl.split(tl.reshape(q, (BKH, 2)))
+        s = wp.to(tl.int8, bitcast=True).to(tl.int32)
+        acc += ((s << 28) >> 28) * q_lo[None, :] + (s >> 4) * q_hi[None, :]
+    total = tl.sum(acc, axis=1)
+    out = total.to(tl.float32) * tl.math.div_rn(amax, seven) * tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32) * (split == 0)
+    if SPLIT > 1:
+        tl.atomic_add(out_ptr + rn, out, mask=rn < N, sem="relaxed")
+    else:
+        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+
 def pick_gemv_config(n: int, k: int) -> GemvConfig:
     """Split K in two when N gives fewer than ~2 programs an SM (H100: 132 SMs)."""
     split = 2 if n // 16 < 264 and k >= 4096 else 1
@@ -96,5 +151,37 @@ def gemv(
         HAS_BIAS=bias is not None, SPLIT=split, FP8=codes.dtype == torch.float8_e4m3fn,
         EVEN_K=k_per_split * split == k, BN=cfg.block_n, BKH=cfg.block_k_bytes, STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return out.to(out_dtype) if split > 1 else out
+
+
+def quantize_gemv(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    clip_ratio: float = 1.0,
+    static_scale: float | None = None,
+    config: GemvConfig | None = None,
+) -> torch.Tensor:
+    """One token ``x (1, K)`` (float) quantized per token (symmetric INT4, ``clip_ratio`` or a static scale)
+    and multiplied by the packed weights: :func:`gemv` after :func:`.quantize.quantize_per_token`, one launch."""
+    k, n = x.shape[1], packed.shape[0]
+    cfg = config or pick_gemv_config(n, k)
+    step = 2 * cfg.block_k_bytes
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), step) * step
+    split = triton.cdiv(k, k_per_split)
+    x = x.contiguous()
+    if split > 1:
+        out = torch.zeros((1, n), dtype=torch.float32, device=x.device)
+    else:
+        out = torch.empty((1, n), dtype=out_dtype, device=x.device)
+    _quantize_gemv_kernel[(triton.cdiv(n, cfg.block_n), split)](
+        x, packed, weight_scale, bias if bias is not None else weight_scale, out, n, k // 2, packed.stride(0),
+        k_per_split // 2, float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
+        STATIC=static_scale is not None, HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k_per_split * split == k,
+        BN=cfg.block_n, BKH=cfg.block_k_bytes, STAGES=cfg.num_stages, XBLOCK=min(4096, triton.next_power_of_2(k)),
+        INTERPRET=interpreting(), num_warps=cfg.num_warps,
     )  # fmt: skip
     return out.to(out_dtype) if split > 1 else out

@@ -19,7 +19,7 @@ import torch
 from ..errors import ConfigError
 from ..math.packing import unpack_int4
 from .backend import backend_for
-from .quantize import check_codes_dtype
+from .quantize import check_codes_dtype, quantize_per_token
 
 
 def _check(codes: torch.Tensor, act_scale: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor) -> None:
@@ -78,3 +78,25 @@ def w4a4_matmul(
             raise ConfigError(f"the GEMV takes one token, got {codes.shape[0]}")
         return gemv(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
     return matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
+
+
+def quantize_w4a4_matmul(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    clip_ratio: float = 1.0,
+    static_scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """:func:`~fptquant.kernels.quantize_per_token` of the rows of ``x`` (float), then :func:`w4a4_matmul`;
+    for one token on the Triton backend both happen in one kernel (the GEMV quantizes as it reads ``x``)."""
+    if x.dim() != 2 or x.shape[1] != 2 * packed.shape[1]:
+        raise ConfigError(f"activations {tuple(x.shape)} do not match packed weights {tuple(packed.shape)}")
+    if x.shape[0] == 1 and packed.dtype == torch.uint8 and backend_for(x, backend) == "triton":
+        from .triton_w4a4_gemv import quantize_gemv
+
+        return quantize_gemv(x, packed, weight_scale, bias, out_dtype, clip_ratio, static_scale)
+    codes, scales = quantize_per_token(x, clip_ratio, static_scale, backend=backend)
+    return w4a4_matmul(codes, scales.float(), packed, weight_scale, bias, out_dtype, backend=backend)

@@ -222,7 +222,32 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
             row["fused_whole_speedup"] = base / row["fused_whole_linear"]["median_us"]
         if "fp8_scaled_mm" in row:
             row["fp8_ceiling_speedup"] = base / row["fp8_scaled_mm"]["median_us"]
+    if m >= 2048:  # prefill through cuBLAS: e4m3 codes × one-byte e4m3 weights, per-token × per-channel scales
+        row.update(cublas_fp8_route(x, w8, fp8_bufs, sw, k, n, base=bf16["median_us"]))
     return row
+
+
+def cublas_fp8_route(x, w8, bufs: int, sw, k: int, n: int, base: float) -> dict:
+    """The whole linear as quantize (e4m3 codes) + ``torch._scaled_mm`` with row-wise scales and bf16 out, if
+    this torch has it; with the weights kept one byte a code (unpacked once at load: 1 byte/param more).
+    Usable for W4A4 only if cuBLAS sums exactly: checked on the worst case, all codes -8 (sums 64·K)."""
+    try:
+        ones_m, ones_n = torch.ones(x.shape[0], 1, device="cuda"), torch.ones(1, n, device="cuda")
+        worst = torch.full((x.shape[0], k), -8.0, device="cuda").to(torch.float8_e4m3fn)
+        worst_w = torch.full((n, k), -8.0, device="cuda").to(torch.float8_e4m3fn)
+        sums = torch._scaled_mm(worst, worst_w.T, ones_m, ones_n, out_dtype=torch.float32)
+        exact = bool((sums == 64.0 * k).all())
+        del worst, worst_w, sums
+        sw_row = sw[None, :].float()
+
+        def whole(i: int):
+            q, s = quantize_per_token(x, codes_dtype=torch.float8_e4m3fn, backend="triton")
+            return torch._scaled_mm(q, w8[i].T, s.float(), sw_row, out_dtype=torch.bfloat16)
+
+        t = time_us(whole, bufs)
+        return {"cublas_fp8_whole": t, "cublas_fp8_whole_speedup": base / t["median_us"], "cublas_fp8_exact": exact}
+    except Exception as e:  # an older torch without row-wise scales: report, do not fail the run
+        return {"cublas_fp8_error": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
 def main() -> int:
@@ -267,6 +292,8 @@ def main() -> int:
                           f"{r['whole_speedup']:>7.2f}x {r.get('fp8_ceiling_speedup', float('nan')):>5.2f}x "
                           f"{r['check']['ok']}  quant {r['quantize']['median_us']:.1f} us, "
                           f"fused whole {r.get('fused_whole_speedup', float('nan')):.2f}x, "
+                          f"cuBLAS-fp8 whole {r.get('cublas_fp8_whole_speedup', float('nan')):.2f}x "
+                          f"(exact {r.get('cublas_fp8_exact', '-')}), "
                           f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
                 torch.cuda.empty_cache()
     report["rows"] = rows

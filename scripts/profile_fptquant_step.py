@@ -1,6 +1,9 @@
 """Where an FPTQuant end-to-end step spends its time: operator launches and CPU/GPU time per step.
 
-Usage: python3 scripts/profile_fptquant_step.py MODEL [--device cuda] [--seqlen 2048] [--batch 4]
+Usage: python3 scripts/profile_fptquant_step.py MODEL [--device cuda] [--seqlen 2048] [--batch 4] [--dense-hadamard]
+
+``--dense-hadamard``: the online Hadamard as it runs on a GPU (one matmul per block) also on the CPU, to
+count the calls a GPU step makes (the count does not depend on ``--seqlen``).
 
 Runs the whole method twice under torch.profiler, with 0 and with ``--steps`` end-to-end steps (local
 stage and range setting cut to the minimum), and reports the difference per step: operator calls,
@@ -17,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fptquant
 from fptquant.data.text import calibration_windows, read_text, tokenize
+from fptquant.math.online import OnlineHadamard
 
 
 def run(model_name: str, device: str, steps: int, seqlen: int, batch: int):
@@ -43,7 +47,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--dense-hadamard", action="store_true")
     a = p.parse_args()
+    if a.dense_hadamard:
+        OnlineHadamard.forward = lambda self, x: self.apply_to(x, dense=True)
     base_wall, base = run(a.model, a.device, 0, a.seqlen, a.batch)
     wall, full = run(a.model, a.device, a.steps, a.seqlen, a.batch)
     rows = []

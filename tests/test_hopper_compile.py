@@ -184,19 +184,11 @@ def test_w4a4_gemm_compiles_to_wgmma_without_spills(builds, name):
     assert build.spill_bytes == 0 and build.uses_wgmma
 
 
-@pytest.mark.parametrize("name", list(GEMV_CASES))
+@pytest.mark.parametrize("name", list(GEMV_CASES) + list(QUANTIZE_GEMV_CASES))
 def test_one_token_gemv_streams_the_weights_pipelined_without_spills(builds, name):
     build = builds[name]
     assert build.spill_bytes == 0
     # the weights travel as 16-byte asynchronous copies, several tiles ahead (the K offsets are passed in
     # bytes: derived in the kernel by halving, their alignment was unknown and the copies shrank to 8 bytes)
-    assert 16 in build.async_copy_bytes()
-    assert "ld.global.b8" not in build.memory_ops("ld")
-
-
-@pytest.mark.parametrize("name", list(QUANTIZE_GEMV_CASES))
-def test_quantizing_gemv_streams_the_weights_pipelined_without_spills(builds, name):
-    build = builds[name]
-    assert build.spill_bytes == 0
     assert 16 in build.async_copy_bytes()
     assert "ld.global.b8" not in build.memory_ops("ld")

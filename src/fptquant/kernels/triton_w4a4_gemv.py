@@ -37,6 +37,25 @@ class GemvConfig:
 
 
 @triton.jit
+def _nibble_products(wp, lo, hi):
+    """``(BN, BKH)`` int32 products of the packed weights' low and high nibbles with codes 2j and 2j + 1."""
+    s = wp.to(tl.int8, bitcast=True).to(tl.int32)
+    return ((s << 28) >> 28) * lo[None, :] + (s >> 4) * hi[None, :]
+
+
+@triton.jit
+def _epilogue(acc, token_scale, sw_ptr, bias_ptr, out_ptr, rn, N, split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """``(Σ acc · s_tok) · s_ch (+ bias once)``, stored, or added atomically when K is split."""
+    out = tl.sum(acc, axis=1).to(tl.float32) * token_scale * tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32) * (split == 0)
+    if SPLIT > 1:
+        tl.atomic_add(out_ptr + rn, out, mask=rn < N, sem="relaxed")
+    else:
+        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+
+@triton.jit
 def _gemv_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, N, KH, stride_wn, kh_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FP8: tl.constexpr, EVEN_K: tl.constexpr, BN: tl.constexpr,
@@ -61,16 +80,8 @@ def _gemv_kernel(
         if FP8:
             a = a.to(tl.float32)
         a_lo, a_hi = tl.split(tl.reshape(a.to(tl.int32), (BKH, 2)))  # codes 2j (low nibble), 2j + 1 (high)
-        s = wp.to(tl.int8, bitcast=True).to(tl.int32)
-        acc += ((s << 28) >> 28) * a_lo[None, :] + (s >> 4) * a_hi[None, :]
-    total = tl.sum(acc, axis=1)
-    out = total.to(tl.float32) * tl.load(sa_ptr) * tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32) * (split == 0)
-    if SPLIT > 1:
-        tl.atomic_add(out_ptr + rn, out, mask=rn < N, sem="relaxed")
-    else:
-        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+        acc += _nibble_products(wp, a_lo, a_hi)
+    _epilogue(acc, tl.load(sa_ptr), sw_ptr, bias_ptr, out_ptr, rn, N, split, HAS_BIAS, SPLIT)
 
 
 @triton.jit
@@ -107,16 +118,8 @@ def _quantize_gemv_kernel(
             x = tl.load(x_ptr + 2 * kb + c, mask=2 * kb + c < 2 * end, other=0.0)
         q = tl.minimum(tl.maximum(_rint(x.to(tl.float32) * inv, INTERPRET), -8.0), 7.0).to(tl.int32)
         q_lo, q_hi = tl.split(tl.reshape(q, (BKH, 2)))
-        s = wp.to(tl.int8, bitcast=True).to(tl.int32)
-        acc += ((s << 28) >> 28) * q_lo[None, :] + (s >> 4) * q_hi[None, :]
-    total = tl.sum(acc, axis=1)
-    out = total.to(tl.float32) * tl.math.div_rn(amax, seven) * tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32) * (split == 0)
-    if SPLIT > 1:
-        tl.atomic_add(out_ptr + rn, out, mask=rn < N, sem="relaxed")
-    else:
-        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+        acc += _nibble_products(wp, q_lo, q_hi)
+    _epilogue(acc, tl.math.div_rn(amax, seven), sw_ptr, bias_ptr, out_ptr, rn, N, split, HAS_BIAS, SPLIT)
 
 
 def pick_gemv_config(n: int, k: int) -> GemvConfig:

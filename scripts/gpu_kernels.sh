@@ -13,7 +13,7 @@ for step in $STEPS; do
     tests) if python3 -c "import pytest" 2>/dev/null; then
              timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_w4a4_gemm.py tests/test_kv_attention.py 2>&1 | tail -25
            else echo "pytest missing on this machine"; fi ;;
-    train) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kv_cache.py tests/test_graphed_step.py \
+    train) timeout 450 python3 -m pytest -q -p no:cacheprovider tests/test_kv_cache.py tests/test_graphed_step.py \
              tests/test_flatquant.py::test_compiled_and_graphed_calibration_train_like_eager_on_the_gpu \
              tests/test_fptquant.py::test_cuda_graph_training_matches_eager_training \
              tests/test_fptquant.py::test_cuda_graph_local_stage_matches_eager 2>&1 | tail -15 ;;

@@ -156,19 +156,14 @@ class QuantizedLinear(nn.Module):
         return self._quantize_input(rows)
 
     def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kind, value = self._input_plan()
-        if kind == "static":
-            return quantize_per_token(x, static_scale=value)
-        lo, hi = value
-        if lo == hi:
-            return quantize_per_token(x, clip_ratio=lo)
-        return quantize_per_token_reference(x, clip_ratio=(lo, hi))  # no Triton kernel for two clips yet
+        args = self._per_token_args()
+        if args is None:  # no Triton kernel for two clips yet
+            return quantize_per_token_reference(x, clip_ratio=self._input_plan()[1])
+        return quantize_per_token(x, **args)
 
-    def _one_launch_quantizer(self) -> dict | None:
-        """The input quantizer as :func:`quantize_w4a4_matmul` arguments, when the fused one-token GEMV can run
-        it: no online transform before it, and a static scale or one symmetric clip ratio."""
-        if self.input_transform is not None:
-            return None
+    def _per_token_args(self) -> dict | None:
+        """The input quantizer as ``quantize_per_token`` / ``quantize_w4a4_matmul`` arguments: a static scale or
+        one clip ratio; None for a learned clip per end of the row, which only the reference takes."""
         kind, value = self._input_plan()
         if kind == "static":
             return {"static_scale": value}
@@ -185,7 +180,7 @@ class QuantizedLinear(nn.Module):
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         bias = self.bias.float() if self.bias is not None else None
-        one_token = self._one_launch_quantizer() if rows.shape[0] == 1 else None
+        one_token = self._per_token_args() if rows.shape[0] == 1 and self.input_transform is None else None
         if one_token is not None:  # decode: quantize inside the GEMV, one launch instead of two
             y = quantize_w4a4_matmul(rows, self.qweight, self.weight_scale, bias, out_dtype=x.dtype, **one_token)
             return y.reshape(*x.shape[:-1], self.out_features)

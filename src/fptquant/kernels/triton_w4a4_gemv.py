@@ -25,6 +25,7 @@ from ..math.quantization import SCALE_EPS
 from .backend import interpreting
 from .quantize import QMAX
 from .triton_quantize import _rint
+from .triton_w4a4_matmul import split_k_output
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,14 @@ def pick_gemv_config(n: int, k: int) -> GemvConfig:
     return GemvConfig(split_k=split)
 
 
+def _plan(k: int, n: int, config: GemvConfig | None) -> tuple[GemvConfig, int, int]:
+    """``(config, split, codes per split)``: K shared in whole ``2·block_k_bytes`` steps."""
+    cfg = config or pick_gemv_config(n, k)
+    step = 2 * cfg.block_k_bytes
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), step) * step
+    return cfg, triton.cdiv(k, k_per_split), k_per_split
+
+
 def gemv(
     codes: torch.Tensor,
     act_scale: torch.Tensor,
@@ -139,15 +148,9 @@ def gemv(
 ) -> torch.Tensor:
     """``(1, K)`` codes × ``(N, K/2)`` packed weights → ``(1, N)``, like :func:`.w4a4_matmul.w4a4_matmul`."""
     k, n = codes.shape[1], packed.shape[0]
-    cfg = config or pick_gemv_config(n, k)
-    step = 2 * cfg.block_k_bytes
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), step) * step
-    split = triton.cdiv(k, k_per_split)  # K/2 and k_per_split/2 go to the kernel: bytes, not codes
+    cfg, split, k_per_split = _plan(k, n, config)  # K/2 and k_per_split/2 go to the kernel: bytes, not codes
     codes = codes.contiguous()
-    if split > 1:  # float32 partial sums added atomically
-        out = torch.zeros((1, n), dtype=torch.float32, device=codes.device)
-    else:
-        out = torch.empty((1, n), dtype=out_dtype, device=codes.device)
+    out = split_k_output((1, n), split, out_dtype, codes.device)
     _gemv_kernel[(triton.cdiv(n, cfg.block_n), split)](
         codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, n, k // 2,
         packed.stride(0), k_per_split // 2,
@@ -155,7 +158,7 @@ def gemv(
         EVEN_K=k_per_split * split == k, BN=cfg.block_n, BKH=cfg.block_k_bytes, STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
     )  # fmt: skip
-    return out.to(out_dtype) if split > 1 else out
+    return out.to(out_dtype)
 
 
 def quantize_gemv(
@@ -171,15 +174,9 @@ def quantize_gemv(
     """One token ``x (1, K)`` (float) quantized per token (symmetric INT4, ``clip_ratio`` or a static scale)
     and multiplied by the packed weights: :func:`gemv` after :func:`.quantize.quantize_per_token`, one launch."""
     k, n = x.shape[1], packed.shape[0]
-    cfg = config or pick_gemv_config(n, k)
-    step = 2 * cfg.block_k_bytes
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), step) * step
-    split = triton.cdiv(k, k_per_split)
+    cfg, split, k_per_split = _plan(k, n, config)
     x = x.contiguous()
-    if split > 1:
-        out = torch.zeros((1, n), dtype=torch.float32, device=x.device)
-    else:
-        out = torch.empty((1, n), dtype=out_dtype, device=x.device)
+    out = split_k_output((1, n), split, out_dtype, x.device)
     _quantize_gemv_kernel[(triton.cdiv(n, cfg.block_n), split)](
         x, packed, weight_scale, bias if bias is not None else weight_scale, out, n, k // 2, packed.stride(0),
         k_per_split // 2, float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
@@ -187,4 +184,4 @@ def quantize_gemv(
         BN=cfg.block_n, BKH=cfg.block_k_bytes, STAGES=cfg.num_stages, XBLOCK=min(4096, triton.next_power_of_2(k)),
         INTERPRET=interpreting(), num_warps=cfg.num_warps,
     )  # fmt: skip
-    return out.to(out_dtype) if split > 1 else out
+    return out.to(out_dtype)

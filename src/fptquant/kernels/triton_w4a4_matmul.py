@@ -168,6 +168,14 @@ def _w4a4_kernel(
         tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def split_k_output(shape: tuple[int, int], split: int, out_dtype: torch.dtype, device) -> torch.Tensor:
+    """The kernel's output buffer: zeroed float32 where ``split`` programs add partial sums atomically, else
+    ``out_dtype`` itself (``.to(out_dtype)`` afterwards is then a no-op)."""
+    if split > 1:
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+    return torch.empty(shape, dtype=out_dtype, device=device)
+
+
 def pick_config(m: int, n: int, k: int) -> GemmConfig:
     """The best configs of the H100 sweep (docs/RESULTS.md, W4A4 GEMM): decode streams the weights with
     the weight rows on the MMA's 64-row side, split in two along K when N leaves SMs idle; prefill unpacks
@@ -203,10 +211,7 @@ def matmul(
     promote = cfg.block_k if cfg.promote is None else cfg.promote
     if cfg.split_nibbles:  # each of the two dots sums half of the block's products
         promote = min(promote, cfg.block_k // 2)
-    if split > 1:
-        out = torch.zeros((m, n), dtype=torch.float32, device=codes.device)
-    else:
-        out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
+    out = split_k_output((m, n), split, out_dtype, codes.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
     _w4a4_kernel[grid](
         codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, m, n, k,
@@ -217,4 +222,4 @@ def matmul(
         EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k, BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return out.to(out_dtype) if split > 1 else out
+    return out.to(out_dtype)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import traceback
 from collections.abc import Callable, Iterator
 
 import torch
@@ -145,5 +146,31 @@ def graphed_or_none(
                 p.grad = None
             if not torch.cuda.is_available():
                 break
-    log.warning("CUDA-graph capture failed (%s); %s without it", str(failure).splitlines()[0][:200], what)
+    log.warning("CUDA-graph capture failed (%s); %s without it", _describe(failure, step_fn, first_batch, params), what)
     return None
+
+
+def _describe(failure: BaseException, step_fn, batch: torch.Tensor, params: list[torch.Tensor]) -> str:
+    """The failure's first line, the error that started it (a capture that an operation broke ends with a
+    generic "previous error during capture"), and on CUDA the first operation of an eager step that
+    synchronises with the host, where the step's own code called it."""
+    causes = [failure]
+    while causes[-1].__context__ is not None and len(causes) < 4:
+        causes.append(causes[-1].__context__)
+    text = " <- ".join(str(c).strip().splitlines()[0][:160] for c in causes if str(c).strip())
+    if not torch.cuda.is_available() or batch.device.type != "cuda":
+        return text
+    previous = torch.cuda.get_sync_debug_mode()
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        step_fn(batch)
+    except RuntimeError as error:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if "/torch/" not in f.filename]
+        last = frames[-1] if frames else None
+        where = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.line})" if last else ""
+        text += f"; an eager step synchronises{where}: {str(error).splitlines()[0][:120]}"
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+        for p in params:
+            p.grad = None
+    return text

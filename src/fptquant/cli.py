@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -393,4 +395,7 @@ def methods():
 
 
 def main() -> None:  # pragma: no cover
-    sys.exit(app())
+    level = os.environ.get("FPTQUANT_LOG_LEVEL")  # e.g. INFO: also the library's progress notes
+    if level:
+        logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(app(prog_name="fptquant"))

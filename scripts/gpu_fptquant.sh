@@ -6,7 +6,7 @@ set -uo pipefail
 source "$(dirname "$0")/gpu_rows.sh"
 q fptquant-static_w4a4kv4   --method fptquant --bits w4a4kv4 --act-static --out "$OUT/fptquant-static"
 reload fptquant-static
-q fptquant-dynamic_w4a4kv4  --method fptquant --bits w4a4kv4 --method-arg e2e_steps=128
+q fptquant-dynamic_w4a4kv4  --method fptquant --bits w4a4kv4
 # With the optional block-wise stage (BLOCK_EPOCHS epochs over all calibration windows) before e2e.
 BLOCK_EPOCHS=${BLOCK_EPOCHS:-2}
 q fptquant-static-blockwise_w4a4kv4 --method fptquant --bits w4a4kv4 --act-static \

@@ -25,8 +25,8 @@ def test_a_refused_capture_warns_and_leaves_the_step_to_run_without_a_graph(capl
         assert graphed_or_none(step_fn, optimizer, [w], torch.zeros(1), "calibrating") is None
     assert caplog.text.count("CUDA-graph capture failed") == 1 and "calibrating without it" in caplog.text
     assert w.grad is None
-    if torch.cuda.is_available():  # tried with torch's default linear algebra, then preferring cuSOLVER
-        assert [str(a).split(".")[-1] for a in attempts] == ["Default", "Cusolver"]
+    if torch.cuda.is_available():  # tried preferring cuSOLVER, then with torch's default linear algebra
+        assert [str(a).split(".")[-1] for a in attempts] == ["Cusolver", "Default"]
     else:  # no CUDA stream to record on: one failed attempt, before any step
         assert attempts == []
 
@@ -42,8 +42,8 @@ def test_linear_algebra_preference_is_restored_even_after_an_error():
 def test_batched_cayley_solves_of_smollm2_sizes_record_and_replay(caplog):
     """SmolLM2's FPTQuant step solves 180 per-head 64×64 Cayley maps at once (U and V of 90 T_v) and one
     576×576 (T_r); its capture failed on the H100 while tiny models' small batches captured. Under torch's
-    default choice such batches may go to MAGMA, which a capture cannot record; graphed_or_none then
-    retries preferring cuSOLVER. Either way the step must end up recorded, its first replay equal to eager."""
+    default choice such batches go to MAGMA, which a capture cannot record; graphed_or_none therefore
+    records preferring cuSOLVER. Either way the step must end up recorded, its first replay equal to eager."""
     caplog.set_level("WARNING")
     g = torch.Generator().manual_seed(0)
     params = [
@@ -88,3 +88,28 @@ def test_fptquant_stages_record_on_a_smollm2_shaped_model(caplog):
     method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
     assert "capture failed" not in caplog.text, caplog.text
     assert len(method.stats["e2e_losses"]) == 2
+
+
+def test_a_failed_attempt_leaves_no_autograd_graph_alive():
+    """The tensors of a failed capture attempt live on in its traceback; their autograd graph binds the
+    parameters' gradient accumulators to that attempt's stream, so _forget must free them before a retry."""
+    import weakref
+
+    from fptquant.pipelines.graphed_step import _forget
+
+    w = torch.nn.Parameter(torch.ones(4))
+    seen = []
+
+    def failing_step():
+        hidden = (w * 2).exp()  # an intermediate with a grad_fn, referenced only by this frame
+        seen.append(weakref.ref(hidden))
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    try:
+        failing_step()
+    except RuntimeError as error:
+        kept = error
+    assert seen[0]() is not None  # the traceback keeps the frame, hence the tensor, alive
+    w.grad = torch.ones(4)
+    _forget(kept, [w])
+    assert seen[0]() is None and w.grad is None

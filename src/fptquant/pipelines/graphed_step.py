@@ -10,16 +10,18 @@ them. Replaying the step as one CUDA graph removes that cost. What a graph needs
   optimizer state created by a step at learning rate 0 (no parameter moves) and then zeroed;
 * a check: the first replay's loss and gradients must match that eager warm-up on the same batch
   and parameters, so a graph that records something else (a host value frozen into it) is caught;
-* capturable linear algebra: by default torch may hand batched LU solves (the Cayley maps) of some
-  sizes to MAGMA, which allocates and synchronises on its own and so would break a capture; when a
-  capture with torch's default choice fails, it is tried once more preferring cuSOLVER/cuBLAS (replays
-  never dispatch again, so the preference only matters while recording).
+* capturable linear algebra: by default torch hands batched LU solves (the Cayley maps) of some sizes
+  to MAGMA, which synchronises on its own and so breaks a capture (it did for SmolLM2's 180 64×64 solves
+  on the H100); the capture prefers cuSOLVER/cuBLAS, and only if that fails tries torch's default
+  (replays never dispatch again, so the preference only matters while recording).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import os
 import traceback
 from collections.abc import Callable, Iterator
 
@@ -134,11 +136,11 @@ def graphed_or_none(
     before_capture: Callable[[GraphedStep], None] | None = None,
 ) -> GraphedStep | None:
     """A captured :class:`GraphedStep` (learning rates made device tensors first), or None with a warning
-    if this torch refuses to capture the step, also when preferring cuSOLVER on a second try: the caller
-    then runs it without a graph. ``before_capture``
-    runs between the warm-up and the capture (e.g. loading a saved optimizer state, which replaces tensors)."""
+    if this torch refuses to capture the step, preferring cuSOLVER and then with torch's default linear
+    algebra: the caller then runs it without a graph. ``before_capture`` runs between the warm-up and the
+    capture (e.g. loading a saved optimizer state, which replaces tensors)."""
     failure = None
-    for linear_algebra in (contextlib.nullcontext, capturable_linear_algebra):
+    for linear_algebra in (capturable_linear_algebra, contextlib.nullcontext):
         try:
             with linear_algebra():
                 runner = GraphedStep(
@@ -151,37 +153,55 @@ def graphed_or_none(
         except TrainingError:
             raise
         except Exception as error:  # noqa: BLE001 - capture refused by some operation: retry, then no graph
-            failure = error
-            log.info("a CUDA-graph capture attempt failed: %r", error, exc_info=True)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            for p in params:
-                p.grad = None
+            if log.isEnabledFor(logging.INFO):  # as text: a record holding the traceback would keep it alive
+                log.info("a CUDA-graph capture attempt failed:\n%s", "".join(traceback.format_exception(error)))
+            failure = _summary(error)
+            _forget(error, params)
             if not torch.cuda.is_available():
                 break
     log.warning("CUDA-graph capture failed (%s); %s without it", _describe(failure, step_fn, first_batch, params), what)
     return None
 
 
-def _describe(failure: BaseException, step_fn, batch: torch.Tensor, params: list[torch.Tensor]) -> str:
-    """The failure's first line, the error that started it (a capture that an operation broke ends with a
-    generic "previous error during capture"), and on CUDA the first operation of an eager step that
-    synchronises with the host, where the step's own code called it."""
+def _summary(failure: BaseException) -> str:
+    """The failure's first line and the errors that started it (a capture that an operation broke ends with a
+    generic "previous error during capture")."""
     causes = [failure]
     while causes[-1].__context__ is not None and len(causes) < 4:
         causes.append(causes[-1].__context__)
-    text = " <- ".join(str(c).strip().splitlines()[0][:160] for c in causes if str(c).strip())
+    return " <- ".join(str(c).strip().splitlines()[0][:160] for c in causes if str(c).strip())
+
+
+def _forget(error: BaseException, params: list[torch.Tensor]) -> None:
+    """Drop everything a failed attempt left alive. Its traceback frames hold tensors whose autograd graph
+    keeps the parameters' gradient accumulators bound to the failed capture's stream; a retry, or the eager
+    steps after it, would then accumulate gradients there (on the H100 a retry failed that way, and the eager
+    fallback after it stopped with a checkpoint recomputation mismatch)."""
+    while error is not None:
+        error.__traceback__, error = None, error.__context__
+    for p in params:
+        p.grad = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _describe(text: str, step_fn, batch: torch.Tensor, params: list[torch.Tensor]) -> str:
+    """``text`` and, on CUDA, the first operation of an eager step that synchronises with the host, named by
+    the innermost frame outside torch that called it."""
     if not torch.cuda.is_available() or batch.device.type != "cuda":
         return text
     previous = torch.cuda.get_sync_debug_mode()
+    torch_dir = os.path.dirname(torch.__file__)
     try:
         torch.cuda.set_sync_debug_mode("error")
         step_fn(batch)
     except RuntimeError as error:
-        frames = [f for f in traceback.extract_tb(error.__traceback__) if "/torch/" not in f.filename]
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(torch_dir)]
         last = frames[-1] if frames else None
         where = f" at {last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.line})" if last else ""
         text += f"; an eager step synchronises{where}: {str(error).splitlines()[0][:120]}"
+        _forget(error, params)
     finally:
         torch.cuda.set_sync_debug_mode(previous)
         for p in params:

@@ -58,6 +58,7 @@ class DistillSettings:
     checkpoint_every: int = 50
     seed: int = 0
     cuda_graph: bool | None = None  # replay each step as a CUDA graph; None: on CUDA
+    max_grad_norm: float | None = None  # clip the global gradient norm (all groups together); None: no clipping
 
 
 class StepCheckpoint:
@@ -117,6 +118,24 @@ def _forward_backward(model, batch, s: DistillSettings, context, device, graphed
     return total
 
 
+def _group_norms_and_clip(groups: list[dict], max_norm: float | None, out: torch.Tensor) -> None:
+    """Each parameter group's gradient norm into ``out`` (before clipping), then, with ``max_norm``, every
+    gradient scaled so that their global norm is at most ``max_norm``. No host synchronisation: it runs
+    inside a CUDA-graph step, and a non-finite norm turns the parameters non-finite, which the loss shows."""
+    norms = []
+    for group in groups:
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else out.new_zeros(()))
+    norms = torch.stack(norms).float()
+    out.copy_(norms)
+    if max_norm is not None:
+        coef = (max_norm / (norms.norm() + 1e-6)).clamp(max=1.0)
+        for group in groups:
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+
+
 def _load_eager(optimizer, scheduler, saved: dict) -> None:
     """Resume an eager optimizer, also from a CUDA-graph run's state (whose learning rates are tensors)."""
     optimizer.load_state_dict(saved["optimizer"])
@@ -157,8 +176,12 @@ def train_end_to_end(
     check: Callable[[], str | None] = lambda: None,
     checkpoint: StepCheckpoint | None = None,
     desc: str = "end-to-end",
+    grad_norms: list[list[float]] | None = None,
 ) -> list[float]:
     """``s.steps`` AdamW steps over seeded batches of ``windows``; returns the loss of every step run.
+
+    ``grad_norms``, if given, receives each step's gradient norm per group (before any clipping; the steps
+    run in this call only, not those a resumed run loaded).
 
     ``groups`` are AdamW parameter groups (each with its ``lr``); every lr follows a cosine to 0.
     ``context`` wraps each micro-batch (e.g. caching shared matrices); ``check`` returns an error
@@ -186,8 +209,12 @@ def train_end_to_end(
     def batch_of(step: int) -> torch.Tensor:
         return windows[order[step * s.batch_size : (step + 1) * s.batch_size]].to(device)
 
+    norms = torch.zeros(len(groups), device=device)
+
     def forward_backward(batch: torch.Tensor) -> torch.Tensor:
-        return _forward_backward(model, batch, s, context, device, graphed)
+        loss = _forward_backward(model, batch, s, context, device, graphed)
+        _group_norms_and_clip(groups, s.max_grad_norm, norms)
+        return loss
 
     if s.gradient_checkpointing:
         _checkpointing(model, True, graphed)
@@ -223,6 +250,8 @@ def train_end_to_end(
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             losses.append(loss)
+            if grad_norms is not None:
+                grad_norms.append(norms.tolist())
             bar.set_postfix(loss=f"{loss:.4f}")
             done = step + 1
             if checkpoint is not None and (done % s.checkpoint_every == 0 or done == s.steps):

@@ -189,15 +189,16 @@ class FPTQuant(Method):
         groups = [
             g
             for g in (
-                {"params": others, "lr": o.lr},
-                {"params": rotation, "lr": o.rotation_lr},
-                {"params": scales, "lr": o.scale_lr},
-                {"params": clips, "lr": o.clip_lr},
+                {"params": others, "lr": o.lr, "name": "transforms"},
+                {"params": rotation, "lr": o.rotation_lr, "name": "residual rotation"},
+                {"params": scales, "lr": o.scale_lr, "name": "static scales"},
+                {"params": clips, "lr": o.clip_lr, "name": "clips"},
             )
             if g["params"]
         ]
         start = time.perf_counter()
         checkpoint = StepCheckpoint(store.root, "e2e") if store is not None else None
+        norms: list[list[float]] = []
         self.stats["e2e_losses"] = train_end_to_end(
             model,
             groups,
@@ -207,7 +208,10 @@ class FPTQuant(Method):
             check=self._check,
             checkpoint=checkpoint,
             desc="FPTQuant end-to-end",
+            grad_norms=norms,
         )
+        self.stats["e2e_grad_norm_groups"] = [g["name"] for g in groups]
+        self.stats["e2e_grad_norms"] = norms
         self.stats["e2e_seconds"] = time.perf_counter() - start
 
     def apply(self, model: nn.Module, adapter: ModelAdapter, calibration: torch.Tensor | None) -> None:

@@ -72,6 +72,7 @@ class FPTQuantOptions:
     clip_lr: float = 5e-3  # the clip logits (weights, activations, K/V)
     loss: str = "jsd"
     temperature: float = 1.0
+    max_grad_norm: float | None = None  # clip the end-to-end gradients' global norm (None: off)
     e2e_seqlen: int | None = None  # None: the recipe's calibration length
     amp: bool = True
     amp_dtype: str = "bfloat16"
@@ -109,6 +110,9 @@ class FPTQuantOptions:
             raise ConfigError(f"fptquant option e2e_seqlen must be an integer >= 2, got {self.e2e_seqlen!r}")
         rates = (self.local_lr, self.lr, self.rotation_lr, self.scale_lr, self.clip_lr, self.blockwise_lr,
                  self.blockwise_clip_lr)  # fmt: skip
+        clip = self.max_grad_norm
+        if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip > 0):
+            raise ConfigError(f"fptquant option max_grad_norm must be a positive number, got {self.max_grad_norm!r}")
         if min(*rates, self.temperature, self.max_condition) <= 0:
             raise ConfigError("fptquant learning rates, temperature and max_condition must be positive")
 
@@ -146,6 +150,7 @@ class FPTQuantOptions:
             checkpoint_every=self.checkpoint_every,
             seed=seed,
             cuda_graph=self.cuda_graph,
+            max_grad_norm=self.max_grad_norm,
         )
 
     def fingerprint_dict(self) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import pytest
 import torch
 
@@ -113,3 +116,62 @@ def test_a_failed_attempt_leaves_no_autograd_graph_alive():
     w.grad = torch.ones(4)
     _forget(kept, [w])
     assert seen[0]() is None and w.grad is None
+
+
+def test_a_failed_attempt_inside_an_activation_checkpoint_does_not_break_later_backwards():
+    """torch < 2.13 leaves an activation checkpoint that an error interrupted suspended, its saved-tensor
+    hooks installed, for as long as the error's traceback lives; the next backward then fails. That
+    checkpoint is emulated here (the current torch closes it itself); _forget must close it."""
+    import inspect
+
+    import torch.utils.checkpoint as cp
+
+    from fptquant.pipelines.graphed_step import _forget
+
+    gen_fn = getattr(cp, "_checkpoint_without_reentrant_generator", None)
+    names = list(inspect.signature(gen_fn).parameters)[:6] if gen_fn else []
+    if names != ["fn", "preserve_rng_state", "context_fn", "determinism_check", "debug", "early_stop"]:
+        pytest.skip("this torch's checkpoint internals differ from the emulated torch 2.11 ones")
+
+    def old_checkpoint(function, x):  # torch 2.11's non-reentrant checkpoint: no cleanup when function raises
+        gen = gen_fn(function, False, cp.noop_context_fn, "default", False, None, x)
+        next(gen)
+        out = function(x)
+        with contextlib.suppress(StopIteration):
+            next(gen)
+        return out
+
+    linear = torch.nn.Linear(4, 4)
+    fail = [True]
+
+    def layer(x):
+        y = torch.relu(linear(x))
+        if fail[0]:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return linear(y).sigmoid()
+
+    x = torch.randn(2, 4, requires_grad=True)
+
+    def attempt():
+        try:
+            old_checkpoint(layer, x)
+        except RuntimeError as error:
+            return error
+
+    def later_backward():
+        h = old_checkpoint(layer, x)
+        (h.exp() * h).sum().backward()  # saves tensors outside any live checkpoint
+
+    fail[0] = True
+    kept = attempt()
+    fail[0] = False
+    with pytest.raises(Exception, match="different number of tensors"):
+        later_backward()  # the failure mode: the interrupted checkpoint's hooks still installed
+    del kept
+    gc.collect()
+    fail[0] = True
+    kept = attempt()
+    fail[0] = False
+    _forget(kept, [])
+    later_backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -173,15 +173,24 @@ def _summary(failure: BaseException) -> str:
 
 
 def _forget(error: BaseException, params: list[torch.Tensor]) -> None:
-    """Drop everything a failed attempt left alive. Its traceback frames hold tensors whose autograd graph
-    keeps the parameters' gradient accumulators bound to the failed capture's stream; a retry, or the eager
-    steps after it, would then accumulate gradients there (on the H100 a retry failed that way, and the eager
-    fallback after it stopped with a checkpoint recomputation mismatch)."""
-    while error is not None:
-        error.__traceback__, error = None, error.__context__
+    """Drop everything a failed attempt left alive, before a retry or the eager steps that follow.
+
+    Its traceback frames hold (1) tensors whose autograd graph keeps the parameters' gradient accumulators
+    bound to the failed capture's stream, and (2) on torch < 2.13, any activation checkpoint the error
+    interrupted: that checkpoint's generator stays suspended with its saved-tensor hooks still installed,
+    so later forwards save into it and the backward stops with "a different number of tensors was saved"
+    (what the W4A8KV8 row hit on the H100 after a refused capture)."""
+    seen, pending = set(), [error]
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        pending += [e.__context__, e.__cause__]
     for p in params:
         p.grad = None
-    gc.collect()
+    gc.collect()  # frames, tracebacks and generators form cycles: closes the interrupted checkpoints now
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 

@@ -197,3 +197,26 @@ def test_invalid_specs_raise():
         QuantSpec(bits=4, clip_ratio=1.5)
     with pytest.raises(ValueError, match="does not divide"):
         Quantizer(QuantSpec(bits=4, axis=Axis.GROUP, group_size=7))(torch.randn(2, FEATURES))
+
+
+@pytest.mark.parametrize(
+    "shape, scale_shape",
+    [((5, 7), (5, 1)), ((3, 4, 6), (1, 4, 1)), ((8, 9), (1, 1)), ((2, 3, 5), (2, 3, 5)), ((4, 6), (6,)), ((3, 5), ())],
+)
+def test_fused_symmetric_fake_quantize_equals_the_autograd_composition(shape, scale_shape):
+    """The one-node symmetric fake quantizer: the same values, bit for bit, and the gradients autograd gives
+    ``clamp(round_ste(x / s)) * s`` (straight-through for x inside the grid, LSQ for s), in float64, with
+    values on both sides of the clamp and scales per row, per column, per tensor (also 0-d) and per element."""
+    from fptquant.math.quantization import _SymmetricFakeQuantize, round_ste
+
+    g = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
+    s = (0.3 + torch.rand(scale_shape, generator=g, dtype=torch.float64)).requires_grad_()
+    w = torch.randn(shape, generator=g, dtype=torch.float64)
+    fused = _SymmetricFakeQuantize.apply(x, s, -8, 7)
+    reference = torch.clamp(round_ste(x / s), -8, 7) * s
+    assert torch.equal(fused, reference)
+    assert (reference.detach() / s.detach()).abs().max() == 8  # some values are clamped
+    fused_grads = torch.autograd.grad((fused * w).sum(), [x, s])
+    for a, b in zip(fused_grads, torch.autograd.grad((reference * w).sum(), [x, s]), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

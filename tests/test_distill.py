@@ -60,3 +60,29 @@ def test_fptquant_records_each_steps_gradient_norm_per_group():
 def test_max_grad_norm_must_be_positive(value):
     with pytest.raises(ConfigError, match="max_grad_norm"):
         FPTQuant(fptquant.Recipe(method="fptquant", method_args={"max_grad_norm": value}))
+
+
+def test_static_scales_train_in_log_space_and_come_back_as_the_same_plain_parameters():
+    """scales_in_log_space: the quantizer computes the same output with exp(log-scale), an AdamW step moves
+    a small and a large scale by the same factor, and on exit each scale is its original Parameter again,
+    holding the trained value."""
+    from fptquant.math.quantizer import Quantizer, QuantSpec
+    from fptquant.pipelines.static_ranges import scales_in_log_space
+
+    quantizers = [Quantizer(QuantSpec(bits=4, symmetric=True, dynamic=False, axis="tensor"), 8) for _ in range(2)]
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    for q, scale in zip(quantizers, (0.012, 3.3), strict=True):
+        q.set_range(torch.tensor([-7.0 * scale]), torch.tensor([7.0 * scale]))
+        q.scale.requires_grad_(True)
+    before = [q.scale for q in quantizers]
+    expected = [q(x) for q in quantizers]
+    with scales_in_log_space(quantizers) as logs:
+        for q, e in zip(quantizers, expected, strict=True):
+            torch.testing.assert_close(q(x), e, rtol=1e-6, atol=1e-7)
+        optimizer = torch.optim.AdamW(logs, lr=1e-2, weight_decay=0.0)
+        sum(q(x * 10).pow(2).sum() for q in quantizers).backward()  # pushes every scale
+        optimizer.step()
+    ratios = [float(q.scale.detach().reshape(-1)[0]) / s for q, s in zip(quantizers, (0.012, 3.3), strict=True)]
+    assert all(q.scale is b for q, b in zip(quantizers, before, strict=True))
+    assert not any(hasattr(q, "parametrizations") and "scale" in q.parametrizations for q in quantizers)
+    assert abs(ratios[0] - ratios[1]) < 1e-4 and abs(ratios[0] - 1) > 5e-3  # the same relative step, a real one

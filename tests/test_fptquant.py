@@ -74,13 +74,14 @@ def test_prerope_transform_commutes_with_rope_and_keeps_scores(position):
 
 
 @pytest.mark.parametrize(
-    "only", ["residual", "prerope", "values", "up_scale", "residual_scaling", "down_rotation", "all"]
+    "only", ["residual", "prerope", "values", "up_scale", "residual_scaling", "down_rotation", "o_rotation", "all"]
 )
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_each_transform_alone_and_all_together_is_exact(arch, only, tokens):
     model = make_tiny_model(arch, **GQA)
     reference = logits(model, tokens)
-    args = {} if only == "all" else {**ALL_OFF, only: "block" if only == "down_rotation" else True}
+    value = {"down_rotation": "block", "o_rotation": "full"}.get(only, True)
+    args = {"o_rotation": "full"} if only == "all" else {**ALL_OFF, only: value}
     if only == "all":
         args["residual_scaling"] = True
     adapter, transforms = built(model, **args)
@@ -110,7 +111,7 @@ def test_residual_scaling_on_off_equal_and_detach_restores_bits(tokens):
 def test_merged_equals_live_with_quantization_on(tokens):
     """Float64 model, quantizers on: the merged deploy model reproduces the live transformed one."""
     model = make_tiny_model("llama", **GQA).double()
-    adapter, transforms = built(model, bits="w16a4kv4")
+    adapter, transforms = built(model, bits="w16a4kv4", o_rotation="full")
     transforms.double()
     attach(adapter, transforms)
     live = logits(model, tokens)

@@ -107,15 +107,15 @@ def test_flatquant_transforms_are_exact_on_the_real_model(reference_logits):
 
 def test_fptquant_transforms_are_exact_on_the_real_model(reference_logits):
     """Every FPTQuant transform (T_r Hadamard-576, T_k over 3 KV heads × 32 pairs, T_v 3×64×64, T_u 1536,
-    T_d block-512 Hadamard, S_n) with random parameters and quantization off keeps SmolLM2's logits;
-    the float64 merge equals the live model."""
+    T_d block-512 Hadamard, S_n, and the optional online Hadamard-576 before o_proj) with random parameters
+    and quantization off keeps SmolLM2's logits; the float64 merge equals the live model."""
     from test_fptquant import built
 
     from fptquant.methods.fptquant.live import attach, detach, merge
 
     reference, tokens, before = reference_logits
     model = copy.deepcopy(reference)
-    adapter, transforms = built(model, residual_scaling=True)
+    adapter, transforms = built(model, residual_scaling=True, o_rotation="full")
     attach(adapter, transforms)
     with torch.no_grad():
         live = model(input_ids=tokens).logits
@@ -127,6 +127,7 @@ def test_fptquant_transforms_are_exact_on_the_real_model(reference_logits):
     assert (live - before).abs().max() <= 2e-5 * scale, (live - before).abs().max()
     assert (merged - before).abs().max() <= 2e-5 * scale, (merged - before).abs().max()
     assert transforms.down_online.block == 512 and transforms.layers[0].key_angle.shape == (3, 32)
+    assert transforms.o_online.size == 576 and transforms.o_online.block == 576
 
 
 def test_packed_checkpoint_round_trip_on_the_real_model(smollm2, reference_logits, tmp_path):

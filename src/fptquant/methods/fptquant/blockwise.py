@@ -17,7 +17,7 @@ from ...fakequant.wrap import clip_parameters
 from ...math.cayley import cached_all
 from ...models.base import ModelAdapter
 from ...pipelines.layerwise import LayerRecipe, LayerwiseSettings, calibrate_layerwise
-from ...pipelines.static_ranges import static_quantizers
+from ...pipelines.static_ranges import scale_parameter, static_quantizers
 from .transforms import FPTTransforms
 
 
@@ -41,7 +41,7 @@ class FPTQuantBlocks(LayerRecipe):
 
     def param_groups(self, index: int, layer: nn.Module) -> list[dict]:
         own = list(self.transforms.layers[index].parameters())
-        scales = [q.scale for q in static_quantizers(layer)]
+        scales = [scale_parameter(q) for q in static_quantizers(layer)]
         groups = ({"params": own + scales, "lr_key": "lr"}, {"params": clip_parameters(layer), "lr_key": "clip_lr"})
         return [g for g in groups if g["params"]]
 

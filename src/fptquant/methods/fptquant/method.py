@@ -9,6 +9,7 @@ transform into the weights in float64 and quantize the weights (RTN, or GPTQ aft
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -28,7 +29,7 @@ from ...models.base import ModelAdapter, model_device
 from ...pipelines.checkpoints import CheckpointStore
 from ...pipelines.distill import StepCheckpoint, train_end_to_end
 from ...pipelines.residual import fold_norms
-from ...pipelines.static_ranges import init_static_ranges_lp, static_quantizers
+from ...pipelines.static_ranges import init_static_ranges_lp, scales_in_log_space, static_quantizers
 from ...pipelines.weights import (
     init_learned_weight_clip,
     quantize_weights,
@@ -46,6 +47,13 @@ from .transforms import FPTTransforms
 log = logging.getLogger(__name__)
 PREFIX = "fptquant.transforms."
 CLIP_PREFIX = "fptquant.weight_clip."
+
+
+def _online_rotation(kind: str, n: int) -> OnlineHadamard | None:
+    """An online Hadamard over ``n`` features: ``block`` (largest power-of-two blocks), ``full`` or ``none``."""
+    if kind == "block":
+        return OnlineHadamard(n, largest_power_of_two_factor(n))
+    return online_hadamard_for(n) if kind == "full" else None
 
 
 @register_method
@@ -100,20 +108,18 @@ class FPTQuant(Method):
         """Quantizers, folded norms, online T_d and S_n, and identity-initialised learnable transforms."""
         self._structure(model, adapter, recipe)
         fold_norms(adapter)
-        d_ff, o = adapter.intermediate_size, self.options
-        down = None
-        if o.down_rotation == "block":
-            down = OnlineHadamard(d_ff, largest_power_of_two_factor(d_ff))
-        elif o.down_rotation == "full":
-            down = online_hadamard_for(d_ff)
+        o = self.options
+        down = _online_rotation(o.down_rotation, adapter.intermediate_size)
+        attn_out = _online_rotation(o.o_rotation, adapter.num_heads * adapter.head_dim)
         for layer in adapter.layers():
             adapter.linear(layer, "down").input_transform = down
+            adapter.linear(layer, "o").input_transform = attn_out
         if self._residual_scaling():
             enable_residual_scaling(adapter)
         gen = torch.Generator().manual_seed(self.recipe.seed)
         init = orthogonal_or_fallback(adapter.hidden_size, gen, "T_r (hidden size)") if o.residual else None
         device = adapter.embeddings().weight.device
-        return FPTTransforms(adapter, init, self._prerope(adapter), o.values, o.up_scale, down).to(device)
+        return FPTTransforms(adapter, init, self._prerope(adapter), o.values, o.up_scale, down, attn_out).to(device)
 
     def _training_recipe(self) -> Recipe:
         # GPTQ follows, so the transforms are trained with full-precision weights (as SpinQuant does),
@@ -143,6 +149,13 @@ class FPTQuant(Method):
             return f"a value transform T_v's condition number reached {float(cond):.3g} (> max_condition)"
         return None
 
+    def _scale_space(self, model: nn.Module):
+        """A block in which the static scales train as ``scale_space`` says; yields their trainable tensors."""
+        quantizers = static_quantizers(model)
+        if self.options.scale_space == "log":
+            return scales_in_log_space(quantizers)
+        return contextlib.nullcontext([q.scale for q in quantizers])
+
     def _blockwise(self, model, adapter: ModelAdapter, calibration: torch.Tensor, store) -> None:
         saved = store.load("blockwise") if store is not None else None
         start = time.perf_counter()
@@ -154,7 +167,8 @@ class FPTQuant(Method):
             return
         windows = calibration[: self.options.blockwise_windows]
         settings = self.options.blockwise(self.recipe.seed)
-        self.stats["blockwise_losses"] = train_blockwise(model, adapter, self.transforms, windows, settings)
+        with self._scale_space(model):
+            self.stats["blockwise_losses"] = train_blockwise(model, adapter, self.transforms, windows, settings)
         self.stats["blockwise_seconds"] = time.perf_counter() - start
         if store is not None:
             state = {f"t.{k}": v for k, v in self.transforms.state_dict().items()}
@@ -180,36 +194,36 @@ class FPTQuant(Method):
         self.stats["range_seconds"] = time.perf_counter() - start
         rotation = [t.residual.weight] if t.residual is not None else []
         others = [p for name, p in t.named_parameters() if not name.startswith("residual.")]
-        scales = [q.scale for q in static_quantizers(model)]
         clips = clip_parameters(model)
-        for p in rotation + others + scales + clips:
+        for p in rotation + others + [q.scale for q in static_quantizers(model)] + clips:
             p.requires_grad_(True)
         if o.blockwise_epochs:
             self._blockwise(model, adapter, calibration, store)
-        groups = [
-            g
-            for g in (
-                {"params": others, "lr": o.lr, "name": "transforms"},
-                {"params": rotation, "lr": o.rotation_lr, "name": "residual rotation"},
-                {"params": scales, "lr": o.scale_lr, "name": "static scales"},
-                {"params": clips, "lr": o.clip_lr, "name": "clips"},
-            )
-            if g["params"]
-        ]
         start = time.perf_counter()
         checkpoint = StepCheckpoint(store.root, "e2e") if store is not None else None
         norms: list[list[float]] = []
-        self.stats["e2e_losses"] = train_end_to_end(
-            model,
-            groups,
-            self._e2e_windows(calibration),
-            o.distill(self.recipe.seed),
-            context=lambda: computed_once(adapter, t),
-            check=self._check,
-            checkpoint=checkpoint,
-            desc="FPTQuant end-to-end",
-            grad_norms=norms,
-        )
+        with self._scale_space(model) as scales:
+            groups = [
+                g
+                for g in (
+                    {"params": others, "lr": o.lr, "name": "transforms"},
+                    {"params": rotation, "lr": o.rotation_lr, "name": "residual rotation"},
+                    {"params": scales, "lr": o.scale_lr, "name": "static scales"},
+                    {"params": clips, "lr": o.clip_lr, "name": "clips"},
+                )
+                if g["params"]
+            ]
+            self.stats["e2e_losses"] = train_end_to_end(
+                model,
+                groups,
+                self._e2e_windows(calibration),
+                o.distill(self.recipe.seed),
+                context=lambda: computed_once(adapter, t),
+                check=self._check,
+                checkpoint=checkpoint,
+                desc="FPTQuant end-to-end",
+                grad_norms=norms,
+            )
         self.stats["e2e_grad_norm_groups"] = [g["name"] for g in groups]
         self.stats["e2e_grad_norms"] = norms
         self.stats["e2e_seconds"] = time.perf_counter() - start

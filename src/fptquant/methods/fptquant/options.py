@@ -18,6 +18,7 @@ DOWN_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
 WEIGHT_CLIPS = ("learned", "minmax")
 GPTQ_SCALES = ("minmax", "learned")
+SCALE_SPACES = ("linear", "log")
 ACT_CLIPS = ("learned", "fixed")
 NOT_IN_FINGERPRINT = ("checkpoint_dir", "resume", "checkpoint_every", "preset", "cuda_graph")
 # A CPU-sized run (a few minutes on 2 cores for SmolLM2): every stage runs, briefly.
@@ -43,6 +44,8 @@ class FPTQuantOptions:
     up_scale: bool = True  # T_u
     residual_scaling: bool | None = None  # S_n: None = on with static activations (a no-op for per-token ones)
     down_rotation: str = "block"  # T_d: block-diagonal Hadamard (largest power-of-two block), full, none
+    # not in the paper: an online Hadamard on o_proj's input (across heads, as QuaRot's), its inverse merged
+    o_rotation: str = "none"  # none, full (block-diagonal where no Hadamard of that order exists), block
     # local stage (data-free)
     local_steps: int = 200
     local_lr: float = 1e-2
@@ -63,6 +66,7 @@ class FPTQuantOptions:
     lr: float = 1e-3  # T_k, T_v, T_u
     rotation_lr: float = 1e-4  # T_r (its Cayley generator has d² entries: AdamW moves each by ~lr per step)
     scale_lr: float = 1e-3  # static activation scales (LSQ)
+    scale_space: str = "linear"  # train static scales as they are, or as log-scales (relative steps)
     weight_clip: str = "learned"  # RTN weights: a clip per row learned end to end (init: MSE search) or min-max
     act_clip: str = "learned"  # dynamic activation and K/V quantizers: a learned clip each (FlatQuant's LAC) or fixed
     # --weights gptq: "minmax" trains the transforms with full-precision weights, then GPTQ with min-max
@@ -87,6 +91,8 @@ class FPTQuantOptions:
     def __post_init__(self):
         choices = {
             "down_rotation": DOWN_ROTATIONS,
+            "o_rotation": DOWN_ROTATIONS,
+            "scale_space": SCALE_SPACES,
             "static_granularity": GRANULARITIES,
             "weight_clip": WEIGHT_CLIPS,
             "act_clip": ACT_CLIPS,

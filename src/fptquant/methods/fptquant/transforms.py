@@ -70,12 +70,14 @@ class FPTTransforms(nn.Module):
         values: bool,
         up_scale: bool,
         down_online: nn.Module | None,
+        o_online: nn.Module | None = None,
     ):
         super().__init__()
         self.residual = CayleyRotation(residual_init) if residual_init is not None else None
         self.layers = nn.ModuleList(LayerTransforms(adapter, prerope, values, up_scale) for _ in adapter.layers())
-        # T_d, the fixed online rotation before down_proj (x -> x H); down_proj's weight gets W H.
-        self.down_online = down_online
+        # T_d, the fixed online rotation before down_proj (x -> x H); down_proj's weight gets W H. The same for
+        # the optional online rotation before o_proj.
+        self.down_online, self.o_online = down_online, o_online
 
     def rotations(self) -> list[CayleyRotation]:
         own = [self.residual] if self.residual is not None else []
@@ -105,6 +107,14 @@ def _per_head_columns(w: torch.Tensor, per_kv: torch.Tensor, heads: int) -> torc
     b = per_kv.repeat_interleave(heads // per_kv.shape[0], dim=0)
     blocks = w.reshape(w.shape[0], heads, b.shape[-1])
     return torch.einsum("ohj,hjk->ohk", blocks, b).reshape(w.shape)
+
+
+def _online_columns(w: torch.Tensor, h: nn.Module | None, dtype: torch.dtype) -> torch.Tensor:
+    """``W H`` for an online rotation ``x -> x H`` of the weight's input: the fast transform while training,
+    the exact dense matrix for the float64 merge."""
+    if h is None:
+        return w
+    return w @ h.matrix().to(w.device, dtype) if dtype == torch.float64 else h(w)
 
 
 def transformed(
@@ -137,13 +147,12 @@ def transformed(
         m_inv_t = layer.value(dtype, inverse_transpose=True)
         if m_inv_t is not None:
             x = _per_head_columns(x, m_inv_t, heads)
+        x = _online_columns(x, t.o_online, dtype)
     elif role == "down" and not is_bias:
         s = layer.up(dtype)
         if s is not None:
             x = x / s[None, :]
-        if t.down_online is not None:  # fast transform while training, the exact dense matrix for the merge
-            h = t.down_online
-            x = x @ h.matrix().to(x.device, dtype) if dtype == torch.float64 else h(x)
+        x = _online_columns(x, t.down_online, dtype)
     if r is None:
         return x
     if role in ("o", "down"):  # writers of the residual: W <- Rᵀ W, b <- b R

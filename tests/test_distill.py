@@ -86,3 +86,21 @@ def test_static_scales_train_in_log_space_and_come_back_as_the_same_plain_parame
     assert all(q.scale is b for q, b in zip(quantizers, before, strict=True))
     assert not any(hasattr(q, "parametrizations") and "scale" in q.parametrizations for q in quantizers)
     assert abs(ratios[0] - ratios[1]) < 1e-4 and abs(ratios[0] - 1) > 5e-3  # the same relative step, a real one
+
+
+def test_fptquant_trains_log_space_scales_through_checkpointed_layers():
+    """With scale_space=log the static scales are parametrized too; they must be computed before the
+    checkpointed layers (else the recomputation saves fewer tensors than the forward and the backward stops),
+    and come back as plain trained scales."""
+    model = make_tiny_model("llama", num_attention_heads=6, num_key_value_heads=2, head_dim=12)
+    calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    args = {"local_steps": 2, "e2e_steps": 3, "batch_size": 2, "range_windows": 2, "resume": False}
+    args.update(scale_space="log", scale_lr=0.05)
+    recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+    method = fptquant.quantize(model, recipe, calibration_data=calibration).fptquant_method
+    assert len(method.stats["e2e_losses"]) == 3
+    from fptquant.pipelines.static_ranges import static_quantizers
+
+    quantizers = static_quantizers(model)
+    assert quantizers and all(not hasattr(q, "parametrizations") for q in quantizers)
+    assert all(isinstance(q.scale, torch.nn.Parameter) and (q.scale > 0).all() for q in quantizers)

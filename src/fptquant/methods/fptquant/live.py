@@ -73,12 +73,14 @@ def weight_lp_loss(adapter: ModelAdapter, p: float) -> torch.Tensor:
 
 @contextlib.contextmanager
 def computed_once(adapter: ModelAdapter, transforms: FPTTransforms):
-    """Every transformed tensor computed once, up front, and reused inside the block.
+    """Every parametrized tensor of the model computed once, up front, and reused inside the block.
 
     Computing them before the forward also keeps them out of activation-checkpointed regions, so a
     layer's recomputation in the backward pass finds the same tensors instead of redoing the math.
     """
     with cached_all(transforms.rotations(), batched=True), parametrize.cached():  # one solve per matrix size
-        for module, name, _, _ in _targets(adapter):
-            getattr(module, name)
+        for module in adapter.model.modules():  # the transformed weights, and log-space static scales if any
+            if parametrize.is_parametrized(module):
+                for name in module.parametrizations:
+                    getattr(module, name)
         yield

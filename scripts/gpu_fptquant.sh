@@ -24,6 +24,11 @@ q fptquant-gptq-learned-static_w4a4kv4 --method fptquant --weights gptq --bits w
 reload fptquant-gptq-learned-static
 q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --method-arg gptq_scales=learned \
   --method-arg e2e_steps=$E2E_STEPS
+# Not the paper's recipe: log-space static scales and an online Hadamard before o_proj (docs/FPTQUANT.md)
+q fptquant-static-logscale-orot_w4a4kv4 --method fptquant --bits w4a4kv4 --act-static --method-arg scale_space=log \
+  --method-arg o_rotation=full --out "$OUT/fptquant-static-logscale-orot"
+reload fptquant-static-logscale-orot
+q fptquant-dynamic-orot_w4a4kv4 --method fptquant --bits w4a4kv4 --method-arg o_rotation=full
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the recipe with and without each transform,

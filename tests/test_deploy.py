@@ -298,3 +298,22 @@ def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform,
     assert int(diff.max()) <= 1 and diff.bool().double().mean() <= 0.01
     torch.testing.assert_close(scales, reference[1], rtol=1e-6, atol=0)
     assert fused_factors(OnlineHadamard(96, 12)) is None  # a Paley block has no Kronecker factors here
+
+
+def test_fptquant_with_the_o_proj_hadamard_exports_and_reloads(tmp_path, tokens):
+    """Dynamic-activation FPTQuant with both online rotations (T_d before down_proj, the optional one before
+    o_proj) packs with them as Hadamard transforms and reloads to the same logits."""
+    model = make_tiny_model("llama", num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96)
+    args = dict(local_steps=2, e2e_steps=1, batch_size=2, range_windows=2, resume=False, o_rotation="full")
+    recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", model="tiny", method_args=args)
+    fptquant.quantize(model, recipe, torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0)))
+    with kernel_transform_numerics(model):
+        fake = logits(model, tokens)
+    save_packed(model, None, tmp_path / "f")
+    qc = json.loads((tmp_path / "f" / "config.json").read_text())["quantization_config"]
+    for role in ("self_attn.o_proj", "mlp.down_proj"):
+        assert qc["modules"][f"model.layers.0.{role}"]["transform"]["kind"] == "hadamard", role
+    deployed = logits(model, tokens)
+    reloaded, _ = load(tmp_path / "f")
+    assert torch.equal(logits(reloaded, tokens), deployed)
+    assert (deployed - fake).abs().max() <= 2e-2 * fake.abs().max()

@@ -129,14 +129,16 @@ def test_prerope_refused_with_qk_norm_and_off_by_default():
 
 
 @pytest.mark.parametrize("static", [True, False])
-@pytest.mark.parametrize("weights", ["rtn", "gptq", "gptq-learned"])
+@pytest.mark.parametrize("weights", ["rtn", "gptq", "gptq-learned", "rtn-options"])
 def test_quantize_save_reload_gives_identical_logits(static, weights, tmp_path, tokens):
+    """``rtn-options``: with the non-paper options (online o_proj Hadamard, log-space static scales)."""
     model = make_tiny_model("llama", **GQA)
     reference = logits(model, tokens)
     calibration = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
-    args = {**FAST, "gptq_scales": "learned"} if weights == "gptq-learned" else FAST
+    extra = {"gptq-learned": {"gptq_scales": "learned"}, "rtn-options": {"o_rotation": "full", "scale_space": "log"}}
+    args = {**FAST, **extra.get(weights, {})}
     recipe = fptquant.Recipe(
-        method="fptquant", bits="w4a4kv4", act_static=static, weight_quantizer=weights[:4], method_args=args
+        method="fptquant", bits="w4a4kv4", act_static=static, weight_quantizer=weights.split("-")[0], method_args=args
     )
     fptquant.quantize(model, recipe, calibration_data=calibration)
     quantized = logits(model, tokens)

@@ -122,16 +122,14 @@ def _group_norms_and_clip(groups: list[dict], max_norm: float | None, out: torch
     """Each parameter group's gradient norm into ``out`` (before clipping), then, with ``max_norm``, every
     gradient scaled so that their global norm is at most ``max_norm``. No host synchronisation: it runs
     inside a CUDA-graph step, and a non-finite norm turns the parameters non-finite, which the loss shows."""
-    norms = []
-    for group in groups:
-        grads = [p.grad for p in group["params"] if p.grad is not None]
-        norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else out.new_zeros(()))
-    norms = torch.stack(norms).float()
+    per_group = [[p.grad for p in group["params"] if p.grad is not None] for group in groups]
+    norms = torch.stack(
+        [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g))) if g else out.new_zeros(()) for g in per_group]
+    ).float()
     out.copy_(norms)
     if max_norm is not None:
         coef = (max_norm / (norms.norm() + 1e-6)).clamp(max=1.0)
-        for group in groups:
-            grads = [p.grad for p in group["params"] if p.grad is not None]
+        for grads in per_group:
             if grads:
                 torch._foreach_mul_(grads, coef.to(grads[0].dtype))
 

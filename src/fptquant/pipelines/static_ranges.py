@@ -12,10 +12,11 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import DataError
 from ..fakequant.wrap import quantizers_bypassed
-from ..math.quantization import fake_quantize, minmax_qparams, static_view
+from ..math.quantization import SCALE_EPS, fake_quantize, minmax_qparams, static_view
 from ..math.quantizer import Quantizer
 from .calibration import run_windows
 
@@ -26,8 +27,7 @@ def static_quantizers(model: nn.Module) -> list[Quantizer]:
 
 def scale_parameter(q: Quantizer) -> nn.Parameter:
     """The trainable tensor behind a static quantizer's scale (its log inside :func:`scales_in_log_space`)."""
-    parametrizations = getattr(q, "parametrizations", None)
-    return parametrizations.scale.original if parametrizations is not None and "scale" in parametrizations else q.scale
+    return q.parametrizations.scale.original if parametrize.is_parametrized(q, "scale") else q.scale
 
 
 class _Exp(nn.Module):
@@ -37,7 +37,7 @@ class _Exp(nn.Module):
         return log_scale.exp()
 
     def right_inverse(self, scale: torch.Tensor) -> torch.Tensor:
-        return scale.abs().clamp_min(1e-8).log()
+        return scale.abs().clamp_min(SCALE_EPS).log()
 
 
 @contextlib.contextmanager
@@ -48,8 +48,6 @@ def scales_in_log_space(quantizers: list[Quantizer]):
     Why: SmolLM2's static scales span 0.012 (o_proj and down_proj inputs after S_n) to 3.3. AdamW moves every
     entry by about its learning rate per step, so a shared lr of 1e-3 moved the smallest scales by 8% a step
     while barely moving the largest; in log space each moves by the same fraction."""
-    from torch.nn.utils import parametrize
-
     for q in quantizers:
         parametrize.register_parametrization(q, "scale", _Exp(), unsafe=True)
     try:

@@ -14,7 +14,7 @@ from ...errors import ConfigError
 from ...pipelines.distill import LOSSES, DistillSettings
 from ...pipelines.layerwise import LayerwiseSettings
 
-DOWN_ROTATIONS = ("block", "full", "none")
+ONLINE_ROTATIONS = ("block", "full", "none")
 GRANULARITIES = ("tensor", "channel")
 WEIGHT_CLIPS = ("learned", "minmax")
 GPTQ_SCALES = ("minmax", "learned")
@@ -90,8 +90,8 @@ class FPTQuantOptions:
 
     def __post_init__(self):
         choices = {
-            "down_rotation": DOWN_ROTATIONS,
-            "o_rotation": DOWN_ROTATIONS,
+            "down_rotation": ONLINE_ROTATIONS,
+            "o_rotation": ONLINE_ROTATIONS,
             "scale_space": SCALE_SPACES,
             "static_granularity": GRANULARITIES,
             "weight_clip": WEIGHT_CLIPS,

@@ -17,27 +17,30 @@ q fptquant-gptq-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 -
   --out "$OUT/fptquant-gptq-static"
 reload fptquant-gptq-static
 # GPTQ on the learned per-row clips (transforms trained with learned-clip RTN weights); best on the CPU quick preset
-# E2E_STEPS: end-to-end steps of these rows (default: the recipe's 256); pick it from the static row's e2e_seconds
-E2E_STEPS=${E2E_STEPS:-256}
+# E2E_STEPS: end-to-end steps of these rows (default: the recipe's 512); pick it from the static row's e2e_seconds
+E2E_STEPS=${E2E_STEPS:-512}
 q fptquant-gptq-learned-static_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --act-static \
   --method-arg gptq_scales=learned --method-arg e2e_steps=$E2E_STEPS --out "$OUT/fptquant-gptq-learned-static"
 reload fptquant-gptq-learned-static
 q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits w4a4kv4 --method-arg gptq_scales=learned \
   --method-arg e2e_steps=$E2E_STEPS
-# Not the paper's recipe: log-space static scales and an online Hadamard before o_proj (docs/FPTQUANT.md)
-q fptquant-static-logscale-orot_w4a4kv4 --method fptquant --bits w4a4kv4 --act-static --method-arg scale_space=log \
-  --method-arg o_rotation=full --out "$OUT/fptquant-static-logscale-orot"
-reload fptquant-static-logscale-orot
-q fptquant-dynamic-orot_w4a4kv4 --method fptquant --bits w4a4kv4 --method-arg o_rotation=full
+# The paper's transform set (no o_proj Hadamard, S_n on with static scales) at session 10's 256 steps
+PAPER="--method-arg o_rotation=none --method-arg scale_space=linear --method-arg e2e_steps=256"
+q fptquant-static-paper_w4a4kv4 --method fptquant --bits w4a4kv4 --act-static $PAPER --method-arg residual_scaling=true
+q fptquant-dynamic-no_orot_w4a4kv4 --method fptquant --bits w4a4kv4 --method-arg o_rotation=none
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the recipe with and without each transform,
-# at ABL_STEPS end-to-end steps (default: the recipe's 256); PAR=N runs N at once.
-ABL_STEPS=${ABL_STEPS:-256}
+# at ABL_STEPS end-to-end steps (default: the recipe's 512); PAR=N runs N at once.
+ABL_STEPS=${ABL_STEPS:-512}
 qpar fptquant-ablation-local_only --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=0
 qpar "fptquant-ablation-all_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static --method-arg e2e_steps=$ABL_STEPS
-for t in prerope values up_scale residual_scaling; do
-  qpar "fptquant-ablation-no_${t}_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
-    --method-arg $t=false --method-arg e2e_steps=$ABL_STEPS
+for t in prerope values up_scale o_rotation=none; do
+  [[ $t == *=* ]] && arg=$t || arg=$t=false
+  qpar "fptquant-ablation-no_${t%%=*}_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
+    --method-arg $arg --method-arg e2e_steps=$ABL_STEPS
 done
+# S_n is off by default (docs/FPTQUANT.md): its row adds it
+qpar "fptquant-ablation-with_residual_scaling_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
+  --method-arg residual_scaling=true --method-arg e2e_steps=$ABL_STEPS
 wait

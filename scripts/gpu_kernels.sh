@@ -5,7 +5,7 @@
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src:$PWD/benchmarks
+export PYTHONPATH=$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}  # keep the staged gguf wheel
 STEPS=${STEPS:-"tests gemm gemm70 tq"}
 for step in $STEPS; do
   echo "=== $step ($(date +%T))"

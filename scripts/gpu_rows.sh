@@ -16,5 +16,11 @@ reload() { name=$1; [[ -d "$OUT/$name" ]] || return 0
     --json "$OUT/${name}_reloaded.json" 2>&1 | grep -E "^[a-z].*W[0-9]|rror"; rm -rf "$OUT/$name"; }
 # `qpar NAME ARGS...`: like q, but up to PAR rows run at once (one small model leaves the H100 mostly idle:
 # rows whose time is not reported, e.g. ablations, finish sooner side by side); end the script with `wait`.
-PAR=${PAR:-1}
-qpar() { while (( $(jobs -rp | wc -l) >= PAR )); do wait -n; done; q "$@" & }
+# Only qpar's own rows count against PAR (a caller's background timer must not serialise them).
+PAR=${PAR:-1}; QPAR_PIDS=()
+qpar() {
+  while :; do
+    local live=() p; for p in "${QPAR_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && live+=("$p"); done
+    QPAR_PIDS=("${live[@]}"); (( ${#QPAR_PIDS[@]} < PAR )) && break; wait -n
+  done
+  q "$@" & QPAR_PIDS+=($!); }

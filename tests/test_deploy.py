@@ -227,7 +227,7 @@ def test_flatquant_exports_with_its_online_transforms(tmp_path, tokens):
 def test_fptquant_residual_scaling_is_refused_before_anything_changes(tmp_path):
     """S_n lives in hooks that a replaced linear would silently lose: export must refuse it."""
     model = make_tiny_model("llama", intermediate_size=96)
-    args = dict(local_steps=2, e2e_steps=1, batch_size=2, range_windows=2, resume=False)
+    args = dict(local_steps=2, e2e_steps=1, batch_size=2, range_windows=2, resume=False, residual_scaling=True)
     recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, model="tiny", method_args=args)
     fptquant.quantize(model, recipe, torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0)))
     with pytest.raises(ConfigError, match="residual scaling"):

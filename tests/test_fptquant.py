@@ -183,17 +183,23 @@ def test_gptq_on_learned_clips_trains_at_w4_and_keeps_each_rows_learned_grid(mon
         assert torch.allclose(steps, steps.round(), atol=1e-3) and steps.abs().max() <= 8
 
 
-def test_end_to_end_training_lowers_the_divergence():
-    model = make_tiny_model("llama", **GQA)
+def test_end_to_end_training_brings_the_student_closer_to_the_teacher():
+    """KL to the full-precision model on the calibration windows, with and without the e2e stage (the per-step
+    losses of a tiny model are too noisy a signal: each step sees another random batch)."""
     calibration = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
-    args = {**FAST, "e2e_steps": 12, "lr": 1e-2, "scale_lr": 1e-2}
-    method = fptquant.quantize(
-        model,
-        fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args),
-        calibration_data=calibration,
-    ).fptquant_method
-    losses = method.stats["e2e_losses"]
-    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    divergence = []
+    for steps in (0, 16):
+        model = make_tiny_model("llama", initializer_range=0.05, **GQA)  # peaked outputs: quantization matters
+        teacher = copy.deepcopy(model)
+        args = {**FAST, "e2e_steps": steps}
+        recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, method_args=args)
+        student = fptquant.quantize(model, recipe, calibration_data=calibration)
+        with torch.no_grad():
+            p = torch.log_softmax(teacher(calibration).logits.float(), -1)
+            q = torch.log_softmax(student(calibration).logits.float(), -1)
+        divergence.append(torch.nn.functional.kl_div(q, p, log_target=True, reduction="batchmean").item())
+        assert len(student.fptquant_method.stats.get("e2e_losses", [])) == steps
+    assert divergence[1] < 0.98 * divergence[0], divergence
 
 
 def test_divergence_stops_with_clear_error_and_resume_from_checkpoint(tmp_path, monkeypatch):

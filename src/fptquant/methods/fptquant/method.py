@@ -80,10 +80,6 @@ class FPTQuant(Method):
             log.info("FPTQuant: pre-RoPE transform off (q/k norms before RoPE make it non-mergeable)")
         return bool(self.options.prerope if self.options.prerope is not None else not has_qk_norm)
 
-    def _residual_scaling(self) -> bool:
-        o = self.options.residual_scaling
-        return self.recipe.act_static if o is None else o
-
     def _learns_weight_clip(self, recipe: Recipe) -> bool:
         """Weights get a clip per row learned end to end: RTN ones, and GPTQ ones with ``gptq_scales=learned``
         (otherwise GPTQ trains at W16 and sets its own grid)."""
@@ -114,7 +110,7 @@ class FPTQuant(Method):
         for layer in adapter.layers():
             adapter.linear(layer, "down").input_transform = down
             adapter.linear(layer, "o").input_transform = attn_out
-        if self._residual_scaling():
+        if self.options.residual_scaling:
             enable_residual_scaling(adapter)
         gen = torch.Generator().manual_seed(self.recipe.seed)
         init = orthogonal_or_fallback(adapter.hidden_size, gen, "T_r (hidden size)") if o.residual else None

@@ -42,10 +42,12 @@ class FPTQuantOptions:
     prerope: bool | None = None  # T_k: None = on, except for models with q/k norms (not mergeable there)
     values: bool = True  # T_v
     up_scale: bool = True  # T_u
-    residual_scaling: bool | None = None  # S_n: None = on with static activations (a no-op for per-token ones)
+    # S_n: off by default; with it, static training diverged past ~250 steps on SmolLM2 (docs/FPTQUANT.md)
+    residual_scaling: bool = False
     down_rotation: str = "block"  # T_d: block-diagonal Hadamard (largest power-of-two block), full, none
-    # not in the paper: an online Hadamard on o_proj's input (across heads, as QuaRot's), its inverse merged
-    o_rotation: str = "none"  # none, full (block-diagonal where no Hadamard of that order exists), block
+    # not in the paper: an online Hadamard on o_proj's input (across heads, as QuaRot's), its inverse merged;
+    # on by default (it lowered perplexity in every measured pair, docs/FPTQUANT.md)
+    o_rotation: str = "full"  # full (block-diagonal where no Hadamard of that order exists), block, none
     # local stage (data-free)
     local_steps: int = 200
     local_lr: float = 1e-2
@@ -60,13 +62,13 @@ class FPTQuantOptions:
     range_p: float = 2.0
     range_windows: int = 16
     # end-to-end stage
-    e2e_steps: int = 256
+    e2e_steps: int = 512
     batch_size: int = 4
     micro_batch: int = 4  # one forward per step: the transformed weights are computed once per forward
     lr: float = 1e-3  # T_k, T_v, T_u
     rotation_lr: float = 1e-4  # T_r (its Cayley generator has d² entries: AdamW moves each by ~lr per step)
     scale_lr: float = 1e-3  # static activation scales (LSQ)
-    scale_space: str = "linear"  # train static scales as they are, or as log-scales (relative steps)
+    scale_space: str = "log"  # train static scales as log-scales (relative steps) or as they are
     weight_clip: str = "learned"  # RTN weights: a clip per row learned end to end (init: MSE search) or min-max
     act_clip: str = "learned"  # dynamic activation and K/V quantizers: a learned clip each (FlatQuant's LAC) or fixed
     # --weights gptq: "minmax" trains the transforms with full-precision weights, then GPTQ with min-max
@@ -109,7 +111,9 @@ class FPTQuantOptions:
             or min(self.batch_size, self.micro_batch) < 1
         ):
             raise ConfigError("fptquant needs local_steps, e2e_steps >= 0, range_windows, batch_size, micro_batch >= 1")
-        for key in ("prerope", "residual_scaling", "cuda_graph"):
+        if self.residual_scaling not in (True, False):
+            raise ConfigError(f"fptquant option residual_scaling must be true or false, got {self.residual_scaling!r}")
+        for key in ("prerope", "cuda_graph"):
             if getattr(self, key) not in (None, True, False):
                 raise ConfigError(f"fptquant option {key} must be true or false, got {getattr(self, key)!r}")
         if self.e2e_seqlen is not None and (not isinstance(self.e2e_seqlen, int) or self.e2e_seqlen < 2):

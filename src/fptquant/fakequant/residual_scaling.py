@@ -1,4 +1,5 @@
-"""FPTQuant's dynamic per-token scaling S_n, the online part that makes static activation scales work.
+"""FPTQuant's dynamic per-token scaling S_n, meant to make static activation scales work (``residual_scaling``;
+off by default: it made long static training diverge on SmolLM2, docs/FPTQUANT.md).
 
 The inputs of o_proj and down_proj have the widest per-token range of all quantized activations,
 and it follows the residual stream's: a block's contribution grows with the residual it is added

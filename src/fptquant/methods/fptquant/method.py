@@ -59,7 +59,7 @@ def _online_rotation(kind: str, n: int) -> OnlineHadamard | None:
 @register_method
 class FPTQuant(Method):
     name = "fptquant"
-    summary = "FPTQuant: pre-RoPE/value/MLP/residual transforms + S_n, local L4 then end-to-end (JSD) training"
+    summary = "FPTQuant: pre-RoPE/value/MLP/residual transforms, online Hadamards, local L4 then e2e (JSD) training"
     needs_calibration = True
 
     def __init__(self, recipe: Recipe):

@@ -46,7 +46,7 @@ class FPTQuantOptions:
     residual_scaling: bool = False
     down_rotation: str = "block"  # T_d: block-diagonal Hadamard (largest power-of-two block), full, none
     # not in the paper: an online Hadamard on o_proj's input (across heads, as QuaRot's), its inverse merged;
-    # on by default (it lowered perplexity in every measured pair, docs/FPTQUANT.md)
+    # on by default (it lowered perplexity in both measured pairs, docs/FPTQUANT.md)
     o_rotation: str = "full"  # full (block-diagonal where no Hadamard of that order exists), block, none
     # local stage (data-free)
     local_steps: int = 200

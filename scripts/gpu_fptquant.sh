@@ -26,7 +26,7 @@ q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits 
   --method-arg e2e_steps=$E2E_STEPS
 # The paper's transform set (no o_proj Hadamard, S_n on with static scales) at session 10's 256 steps
 PAPER="--method-arg o_rotation=none --method-arg scale_space=linear --method-arg e2e_steps=256"
-q fptquant-static-paper_w4a4kv4 --method fptquant --bits w4a4kv4 --act-static $PAPER --method-arg residual_scaling=true
+q fptquant-static-paper_w4a4kv4 --method fptquant --bits w4a4kv4 --act-static $PAPER --method-arg residual_scaling=all
 q fptquant-dynamic-no_orot_w4a4kv4 --method fptquant --bits w4a4kv4 --method-arg o_rotation=none
 q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
 q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
@@ -42,5 +42,8 @@ for t in prerope values up_scale o_rotation=none; do
 done
 # S_n is off by default (docs/FPTQUANT.md): its row adds it
 qpar "fptquant-ablation-with_residual_scaling_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
-  --method-arg residual_scaling=true --method-arg e2e_steps=$ABL_STEPS
+  --method-arg residual_scaling=all --method-arg e2e_steps=$ABL_STEPS
+# S_n around down_proj only (its static error falls with S_n; o_proj's rises: scripts/residual_scaling_profile.py)
+qpar "fptquant-ablation-with_residual_scaling_down_e2e$ABL_STEPS" --method fptquant --bits w4a4kv4 --act-static \
+  --method-arg residual_scaling=down --method-arg e2e_steps=$ABL_STEPS
 wait

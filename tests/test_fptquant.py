@@ -16,6 +16,7 @@ from fptquant.math.prerope import pair_transform, rope_rotation
 from fptquant.math.quantizer import Quantizer, QuantSpec
 from fptquant.methods.fptquant import FPTQuant
 from fptquant.methods.fptquant.live import attach, detach, merge
+from fptquant.methods.fptquant.options import FPTQuantOptions
 from fptquant.models import get_adapter
 from fptquant.pipelines.distill import distillation_loss
 from fptquant.pipelines.static_ranges import init_static_ranges_lp
@@ -94,11 +95,14 @@ def test_each_transform_alone_and_all_together_is_exact(arch, only, tokens):
     torch.testing.assert_close(logits(model, tokens), live, rtol=0, atol=1e-4 * scale)
 
 
-def test_residual_scaling_on_off_equal_and_detach_restores_bits(tokens):
+@pytest.mark.parametrize("where", [True, "all", "down"])
+def test_residual_scaling_on_off_equal_and_detach_restores_bits(where, tokens):
     model = make_tiny_model("llama", **GQA)
     on, off = copy.deepcopy(model), copy.deepcopy(model)
-    built(on, **{**ALL_OFF, "residual_scaling": True})
+    built(on, **{**ALL_OFF, "residual_scaling": where})
     built(off, **ALL_OFF)
+    wrapped = {block.linear_name for layer in on.model.layers for block in layer.fptquant_residual_scaling}
+    assert wrapped == ({"down"} if where == "down" else {"o", "down"})
     torch.testing.assert_close(logits(on, tokens), logits(off, tokens), rtol=0, atol=1e-5)
     adapter, transforms = built(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -118,6 +122,15 @@ def test_merged_equals_live_with_quantization_on(tokens):
     detach(adapter)
     merge(adapter, transforms)
     torch.testing.assert_close(logits(model, tokens), live, rtol=0, atol=1e-8)
+
+
+def test_residual_scaling_choices():
+    options = FPTQuantOptions.from_method_args
+    assert options({"residual_scaling": True}).residual_scaling == "all"
+    assert options({"residual_scaling": False}).residual_scaling == "none"
+    assert options({}).residual_scaling == "none"
+    with pytest.raises(ConfigError, match="residual_scaling must be one of"):
+        options({"residual_scaling": "up"})
 
 
 def test_prerope_refused_with_qk_norm_and_off_by_default():

@@ -30,7 +30,8 @@ def token_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
 class _BlockScaling:
     """The RMS seen by one norm, applied around the linear that closes the block (hooks, no state dict)."""
 
-    def __init__(self, norm: nn.Module, linear: nn.Module):
+    def __init__(self, norm: nn.Module, linear: nn.Module, linear_name: str):
+        self.linear_name = linear_name
         self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
         self.rms: torch.Tensor | None = None
         self.handles = [
@@ -57,13 +58,14 @@ class _BlockScaling:
             h.remove()
 
 
-def enable_residual_scaling(adapter: ModelAdapter) -> None:
-    """Insert S_n around o_proj and down_proj of every decoder layer (idempotent)."""
+def enable_residual_scaling(adapter: ModelAdapter, roles: tuple[str, ...] = ("o", "down")) -> None:
+    """Insert S_n around the given closing linears (``o``, ``down``) of every decoder layer (idempotent)."""
+    unknown = set(roles) - {"o", "down"}
+    if unknown:
+        raise ValueError(f"S_n wraps o_proj and down_proj only, not {sorted(unknown)}")
     for layer in adapter.layers():
         if getattr(layer, ATTRIBUTE, None) is not None:
             continue
-        blocks = [
-            _BlockScaling(adapter.input_norm(layer), adapter.linear(layer, "o")),
-            _BlockScaling(adapter.post_attention_norm(layer), adapter.linear(layer, "down")),
-        ]
+        norms = {"o": adapter.input_norm(layer), "down": adapter.post_attention_norm(layer)}
+        blocks = [_BlockScaling(norms[role], adapter.linear(layer, role), role) for role in roles]
         layer.__dict__[ATTRIBUTE] = blocks  # plain attribute: not a submodule, not in the state dict

@@ -41,7 +41,7 @@ from ..quarot import online_hadamard_for, orthogonal_or_fallback
 from .blockwise import train_blockwise
 from .live import attach, computed_once, detach, merge
 from .local import optimize_local
-from .options import FPTQuantOptions
+from .options import RESIDUAL_SCALINGS, FPTQuantOptions
 from .transforms import FPTTransforms
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,8 @@ class FPTQuant(Method):
         for layer in adapter.layers():
             adapter.linear(layer, "down").input_transform = down
             adapter.linear(layer, "o").input_transform = attn_out
-        if self.options.residual_scaling:
-            enable_residual_scaling(adapter)
+        if RESIDUAL_SCALINGS[o.residual_scaling]:
+            enable_residual_scaling(adapter, RESIDUAL_SCALINGS[o.residual_scaling])
         gen = torch.Generator().manual_seed(self.recipe.seed)
         init = orthogonal_or_fallback(adapter.hidden_size, gen, "T_r (hidden size)") if o.residual else None
         device = adapter.embeddings().weight.device

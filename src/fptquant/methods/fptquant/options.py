@@ -15,6 +15,7 @@ from ...pipelines.distill import LOSSES, DistillSettings
 from ...pipelines.layerwise import LayerwiseSettings
 
 ONLINE_ROTATIONS = ("block", "full", "none")
+RESIDUAL_SCALINGS = {"none": (), "down": ("down",), "all": ("o", "down")}  # the linears S_n wraps
 GRANULARITIES = ("tensor", "channel")
 WEIGHT_CLIPS = ("learned", "minmax")
 GPTQ_SCALES = ("minmax", "learned")
@@ -42,8 +43,9 @@ class FPTQuantOptions:
     prerope: bool | None = None  # T_k: None = on, except for models with q/k norms (not mergeable there)
     values: bool = True  # T_v
     up_scale: bool = True  # T_u
-    # S_n: off by default; with it, static training diverged past ~250 steps on SmolLM2 (docs/FPTQUANT.md)
-    residual_scaling: bool = False
+    # S_n around none, down (down_proj only) or all (o_proj and down_proj, the paper's; true = all, false = none);
+    # off by default: with it, static training diverged past ~250 steps on SmolLM2 (docs/FPTQUANT.md)
+    residual_scaling: str = "none"
     down_rotation: str = "block"  # T_d: block-diagonal Hadamard (largest power-of-two block), full, none
     # not in the paper: an online Hadamard on o_proj's input (across heads, as QuaRot's), its inverse merged;
     # on by default (it lowered perplexity in both measured pairs, docs/FPTQUANT.md)
@@ -111,8 +113,14 @@ class FPTQuantOptions:
             or min(self.batch_size, self.micro_batch) < 1
         ):
             raise ConfigError("fptquant needs local_steps, e2e_steps >= 0, range_windows, batch_size, micro_batch >= 1")
-        if self.residual_scaling not in (True, False):
-            raise ConfigError(f"fptquant option residual_scaling must be true or false, got {self.residual_scaling!r}")
+        aliases = {True: "all", False: "none", "true": "all", "false": "none"}
+        if isinstance(self.residual_scaling, (bool, str)) and self.residual_scaling in aliases:
+            object.__setattr__(self, "residual_scaling", aliases[self.residual_scaling])
+        if self.residual_scaling not in RESIDUAL_SCALINGS:
+            raise ConfigError(
+                f"fptquant option residual_scaling must be one of {tuple(RESIDUAL_SCALINGS)} (or true/false), "
+                f"got {self.residual_scaling!r}"
+            )
         for key in ("prerope", "cuda_graph"):
             if getattr(self, key) not in (None, True, False):
                 raise ConfigError(f"fptquant option {key} must be true or false, got {getattr(self, key)!r}")

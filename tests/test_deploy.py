@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -12,7 +13,9 @@ import fptquant
 from fptquant.deploy import load, save_packed
 from fptquant.deploy.modules import QuantizedLinear
 from fptquant.errors import ConfigError, ModelLoadError, OutputExistsError
+from fptquant.fakequant.residual_scaling import disable_residual_scaling
 from fptquant.math.grid import recover_symmetric_grid
+from fptquant.models import get_adapter
 
 
 def logits(model, tokens):
@@ -105,10 +108,10 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         return d
 
     def newer(d):
-        c = dict(config, quantization_config={**config["quantization_config"], "format_version": 2})
+        c = dict(config, quantization_config={**config["quantization_config"], "format_version": 3})
         (d / "config.json").write_text(json.dumps(c))
 
-    with pytest.raises(ConfigError, match="format version 2.*reads version 1 only: upgrade"):
+    with pytest.raises(ConfigError, match="format version 3.*reads versions 1, 2: upgrade"):
         load(broken("newer", newer))
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
     with pytest.raises(ModelLoadError, match="shard missing"):
@@ -224,16 +227,29 @@ def test_flatquant_exports_with_its_online_transforms(tmp_path, tokens):
     assert (deployed - fake).abs().max() <= 2e-2 * fake.abs().max()
 
 
-def test_fptquant_residual_scaling_is_refused_before_anything_changes(tmp_path):
-    """S_n lives in hooks that a replaced linear would silently lose: export must refuse it."""
+@pytest.mark.parametrize("where", ["down", "all"])
+def test_fptquant_residual_scaling_exports_and_reloads(where, tmp_path, tokens):
+    """S_n's hooks move from the fake-quant linears to the packed ones, are recorded in the config (format
+    version 2, which version-1 readers refuse instead of dropping S_n) and come back on reload."""
     model = make_tiny_model("llama", intermediate_size=96)
-    args = dict(local_steps=2, e2e_steps=1, batch_size=2, range_windows=2, resume=False, residual_scaling=True)
+    args = dict(local_steps=2, e2e_steps=1, batch_size=2, range_windows=2, resume=False, residual_scaling=where)
     recipe = fptquant.Recipe(method="fptquant", bits="w4a4kv4", act_static=True, model="tiny", method_args=args)
     fptquant.quantize(model, recipe, torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0)))
-    with pytest.raises(ConfigError, match="residual scaling"):
-        save_packed(model, None, tmp_path / "f")
-    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
-    assert not (tmp_path / "f").exists()
+    with kernel_transform_numerics(model):
+        fake = logits(model, tokens)
+    save_packed(model, None, tmp_path / "f")
+    qc = json.loads((tmp_path / "f" / "config.json").read_text())["quantization_config"]
+    roles = ["down"] if where == "down" else ["o", "down"]
+    assert qc["format_version"] == 2 and qc["residual_scaling"] == roles
+    deployed = logits(model, tokens)
+    reloaded, _ = load(tmp_path / "f")
+    hooked = [block.linear_name for block in reloaded.model.layers[0].fptquant_residual_scaling]
+    assert hooked == roles and isinstance(reloaded.model.layers[0].mlp.down_proj, QuantizedLinear)
+    assert torch.equal(logits(reloaded, tokens), deployed)
+    assert (deployed - fake).abs().max() <= 2e-2 * fake.abs().max()
+    disabled = copy.deepcopy(reloaded)  # S_n really acts in the deploy model: without it, static scales misfit
+    disable_residual_scaling(get_adapter(disabled))
+    assert not torch.allclose(logits(disabled, tokens), deployed, atol=1e-3 * deployed.abs().max().item())
 
 
 def test_quantized_linear_reads_host_values_once_and_again_after_a_change():

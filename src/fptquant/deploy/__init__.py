@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..pipelines.quantize import prepare_output_dir
-from .checkpoint import quantization_config, read_config, read_state, write_state
+from .checkpoint import format_version, quantization_config, read_config, read_state, write_state
 from .export import attention_manifest, shared_transform_prefixes, tied_output_key, to_deploy
 from .loading import build_model
 
@@ -47,8 +47,10 @@ def save_packed(
     recipe = model.fptquant_recipe
     config = model.config.to_dict()
     config["tie_word_embeddings"] = tied is not None
-    config["quantization_config"] = quantization_config(recipe.method, recipe.bits, manifest, attention_manifest(model))
-    write_state(state, out, max_shard_size)
+    scaled = getattr(model, "fptquant_residual_scaling_roles", ())
+    qc = quantization_config(recipe.method, recipe.bits, manifest, attention_manifest(model), scaled)
+    config["quantization_config"] = qc
+    write_state(state, out, max_shard_size, format_version(scaled))
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

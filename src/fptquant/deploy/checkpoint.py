@@ -23,16 +23,22 @@ from ..config.jsonfile import read_json
 from ..errors import ConfigError, ModelLoadError
 
 FORMAT_NAME = "fptquant-packed"
-FORMAT_VERSION = 1
+# 2 adds S_n (``residual_scaling``), which a version-1 reader would silently drop; other checkpoints stay 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-def quantization_config(method: str, bits: str, modules: dict, attention: dict) -> dict:
-    return {
+def format_version(residual_scaling: tuple[str, ...]) -> int:
+    return 2 if residual_scaling else 1
+
+
+def quantization_config(method: str, bits: str, modules: dict, attention: dict, residual_scaling=()) -> dict:
+    config = {
         "quant_method": "fptquant",
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(residual_scaling),
         "fptquant_version": __version__,
         "method": method,
         "bits": bits,
@@ -40,13 +46,18 @@ def quantization_config(method: str, bits: str, modules: dict, attention: dict) 
         "modules": modules,
         "attention": attention,
     }
+    if residual_scaling:  # S_n around these closing linears (o, down) of every layer
+        config["residual_scaling"] = list(residual_scaling)
+    return config
 
 
-def write_state(state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "2GB") -> list[str]:
+def write_state(
+    state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "2GB", version: int = 1
+) -> list[str]:
     """Shard ``state`` into safetensors files (written to temporary names, then renamed)."""
     split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
                                                max_shard_size=max_shard_size)  # fmt: skip
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    meta = {"format": FORMAT_NAME, "format_version": str(version)}
     for filename, names in split.filename_to_tensors.items():
         tmp = out / (filename + ".tmp")
         save_file({n: state[n].detach().cpu().contiguous() for n in names}, tmp, metadata=meta)
@@ -69,10 +80,11 @@ def read_config(directory: Path) -> dict:
         raise ModelLoadError(f"{directory} is not a packed fptquant checkpoint (quantization_config names "
                              f"{qc.get('quant_method')!r}/{qc.get('format')!r})")  # fmt: skip
     version = qc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise ConfigError(
-            f"{directory} has checkpoint format version {version}; this fptquant ({__version__}) reads version "
-            f"{FORMAT_VERSION} only: {'upgrade fptquant' if isinstance(version, int) and version > 1 else 're-export'}"
+            f"{directory} has checkpoint format version {version}; this fptquant ({__version__}) reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: {'upgrade fptquant' if newer else 're-export'}"
         )
     return config
 

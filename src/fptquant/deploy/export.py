@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..fakequant.linear import QuantLinear
-from ..fakequant.residual_scaling import ATTRIBUTE as RESIDUAL_SCALING
+from ..fakequant.residual_scaling import disable_residual_scaling, enable_residual_scaling, residual_scaling_roles
 from ..math.grid import recover_symmetric_grid
 from ..math.packing import pack_int4
 from ..math.quantization import Axis
@@ -30,8 +30,6 @@ def link_siblings(model: nn.Module) -> int:
 
 
 def _check_exportable(model: nn.Module) -> None:
-    if any(hasattr(m, RESIDUAL_SCALING) for m in model.modules()):  # modules() includes the model itself
-        raise ConfigError("FPTQuant's dynamic residual scaling (S_n) cannot be exported yet")
     recipe = getattr(model, "fptquant_recipe", None)
     if recipe is None:
         raise ConfigError("this model was not quantized by fptquant.quantize; nothing to export")
@@ -65,6 +63,11 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
     if not targets:
         raise ConfigError("the model has no quantized linear layers to export")
     built = {name: quantized_linear_from(name, lin) for name, lin in targets}  # all checks before any change
+    from ..models import get_adapter
+
+    adapter = get_adapter(model)
+    scaled = residual_scaling_roles(adapter)  # S_n's hooks sit on the linears being replaced: move them over
+    disable_residual_scaling(adapter)
     manifest, owners = {}, {}
     for name, q in built.items():
         parent, _, child = name.rpartition(".")
@@ -82,6 +85,9 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
             "transform": transform,
         }
     model.fptquant_deploy_manifest = manifest
+    if scaled:
+        enable_residual_scaling(adapter, scaled)
+    model.fptquant_residual_scaling_roles = scaled
     link_siblings(model)
     return manifest
 

@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..errors import ModelLoadError
 from ..fakequant.attention import AttentionQuantizers, register
+from ..fakequant.residual_scaling import enable_residual_scaling
 from ..math.quantizer import QuantSpec
 from ..models.loading import parse_dtype
 from .export import link_siblings, shared_transform_prefixes, tied_output_key
@@ -54,6 +55,14 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
     if qc["attention"]:
         model.set_attn_implementation(register())
     _load_state(model, state, bool(config.get("tie_word_embeddings")), tuple(shared_transform_prefixes(qc["modules"])))
+    scaled = tuple(qc.get("residual_scaling", ()))
+    if scaled:
+        from ..models import get_adapter
+
+        if not set(scaled) <= {"o", "down"}:
+            raise ModelLoadError(f"checkpoint residual_scaling names {scaled}; S_n wraps o and down only")
+        enable_residual_scaling(get_adapter(model), scaled)
+    model.fptquant_residual_scaling_roles = scaled
     link_siblings(model)
     model.fptquant_deploy_manifest = qc["modules"]
     model.fptquant_quantization_config = qc

@@ -58,6 +58,19 @@ class _BlockScaling:
             h.remove()
 
 
+def residual_scaling_roles(adapter: ModelAdapter) -> tuple[str, ...]:
+    """The closing linears S_n wraps in every layer (``()`` when it is off)."""
+    blocks = getattr(adapter.layers()[0], ATTRIBUTE, None) or []
+    return tuple(block.linear_name for block in blocks)
+
+
+def disable_residual_scaling(adapter: ModelAdapter) -> None:
+    """Remove S_n's hooks from every decoder layer (before its linears are replaced)."""
+    for layer in adapter.layers():
+        for block in layer.__dict__.pop(ATTRIBUTE, None) or []:
+            block.remove()
+
+
 def enable_residual_scaling(adapter: ModelAdapter, roles: tuple[str, ...] = ("o", "down")) -> None:
     """Insert S_n around the given closing linears (``o``, ``down``) of every decoder layer (idempotent)."""
     unknown = set(roles) - {"o", "down"}

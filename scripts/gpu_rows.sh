@@ -7,6 +7,12 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export FPTQUANT_CACHE=${FPTQUANT_CACHE:-$HOME/fqcache}
 M=${FPTQ_GGUF:?run source .stage/common/setup.sh first}
 ROWS=${ROWS:-all}
+# DEADLINE=S: stop every row still training after S seconds (keep it under the call's limit); a rerun of the same
+# command on the same machine resumes those rows from their checkpoints ($FPTQUANT_CACHE)
+if [[ -n ${DEADLINE:-} ]]; then
+  (sleep "$DEADLINE"; pkill -f "fptquant quantize") & DEADLINE_PID=$!; disown
+  trap 'kill $DEADLINE_PID 2>/dev/null' EXIT  # a finished script must not leave its timer for the next call
+fi
 q() { name=$1; shift; [[ $ROWS == all || " $ROWS " == *" $name "* ]] || return 0
   /usr/bin/time -f "$name wall %e s" python3 -m fptquant quantize --model "$M" --no-compare --device cuda --batch-size 8 \
     --json "$OUT/$name.json" "$@" ${EXTRA:-} > "$OUT/$name.log" 2>&1

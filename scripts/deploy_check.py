@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--weights", default=None, help="rtn or gptq (default: the method's)")
     p.add_argument("--calib-samples", type=int, default=128, help="smoke tests only: the figures use 128")
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE", help="as fptquant quantize")
+    p.add_argument("--act-static", action="store_true", help="static activation scales, as fptquant quantize")
     p.add_argument("--sdpa-math", action="store_true",
                    help="PyTorch's math SDPA everywhere (one summation order in both models' attention)")  # fmt: skip
     a = p.parse_args()
@@ -90,9 +91,11 @@ def run(a: argparse.Namespace) -> None:
     start = time.time()
     method_args = parse_method_args(a.method_arg)
     recipe = fptquant.Recipe(method=a.method, bits=a.bits, model=a.model, weight_quantizer=a.weights,
-                             calib_samples=a.calib_samples, method_args=method_args)  # fmt: skip
+                             act_static=a.act_static, calib_samples=a.calib_samples,
+                             method_args=method_args)  # fmt: skip
     fptquant.quantize(model, recipe, None, tok)
-    report = {"method": a.method, "bits": a.bits, "weights": a.weights, "quantize_seconds": time.time() - start}
+    report = {"method": a.method, "bits": a.bits, "weights": a.weights, "act_static": a.act_static,
+              "method_args": method_args, "quantize_seconds": time.time() - start}  # fmt: skip
     greedy = GenerationOptions(max_new_tokens=64)
     report["fake_perplexity"] = ppl(model, tok, text, a)
     fake_ids = new_token_ids(model, tok, PROMPTS, greedy)

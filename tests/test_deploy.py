@@ -189,6 +189,8 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
     monkeypatch.setattr(modules.QuantizedLinear, "_transform_and_quantize", counting)
     logits(model, tokens)
     assert len(calls) == 4 * len(model.model.layers)  # qkv, o, gate/up, down
+    # each entry is dropped once all its members read it, so no layer's input outlives its forward
+    assert all(m.shared_input.source is None for m in model.modules() if getattr(m, "shared_input", None))
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
             m.shared_input = None

@@ -252,6 +252,11 @@ def test_fptquant_residual_scaling_exports_and_reloads(where, tmp_path, tokens):
     disabled = copy.deepcopy(reloaded)  # S_n really acts in the deploy model: without it, static scales misfit
     disable_residual_scaling(get_adapter(disabled))
     assert not torch.allclose(logits(disabled, tokens), deployed, atol=1e-3 * deployed.abs().max().item())
+    config = json.loads((tmp_path / "f" / "config.json").read_text())
+    config["quantization_config"]["residual_scaling"] = ["up"]
+    (tmp_path / "f" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"residual_scaling \['up'\].*o_proj and down_proj only"):
+        load(tmp_path / "f")
 
 
 def test_quantized_linear_reads_host_values_once_and_again_after_a_change():

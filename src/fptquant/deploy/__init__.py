@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..fakequant.residual_scaling import residual_scaling_roles
+from ..models import get_adapter
 from ..pipelines.quantize import prepare_output_dir
 from .checkpoint import format_version, quantization_config, read_config, read_state, write_state
 from .export import attention_manifest, shared_transform_prefixes, tied_output_key, to_deploy
@@ -47,7 +49,7 @@ def save_packed(
     recipe = model.fptquant_recipe
     config = model.config.to_dict()
     config["tie_word_embeddings"] = tied is not None
-    scaled = getattr(model, "fptquant_residual_scaling_roles", ())
+    scaled = residual_scaling_roles(get_adapter(model))  # S_n's hooks, moved onto the packed linears
     qc = quantization_config(recipe.method, recipe.bits, manifest, attention_manifest(model), scaled)
     config["quantization_config"] = qc
     write_state(state, out, max_shard_size, format_version(scaled))

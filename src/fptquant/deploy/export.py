@@ -87,7 +87,6 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
     model.fptquant_deploy_manifest = manifest
     if scaled:
         enable_residual_scaling(adapter, scaled)
-    model.fptquant_residual_scaling_roles = scaled
     link_siblings(model)
     return manifest
 

@@ -59,10 +59,10 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
     if scaled:
         from ..models import get_adapter
 
-        if not set(scaled) <= {"o", "down"}:
-            raise ModelLoadError(f"checkpoint residual_scaling names {scaled}; S_n wraps o and down only")
-        enable_residual_scaling(get_adapter(model), scaled)
-    model.fptquant_residual_scaling_roles = scaled
+        try:
+            enable_residual_scaling(get_adapter(model), scaled)
+        except ValueError as e:
+            raise ModelLoadError(f"checkpoint residual_scaling {list(scaled)}: {e}") from None
     link_siblings(model)
     model.fptquant_deploy_manifest = qc["modules"]
     model.fptquant_quantization_config = qc

@@ -28,8 +28,9 @@ q fptquant-gptq-learned-dynamic_w4a4kv4 --method fptquant --weights gptq --bits 
 PAPER="--method-arg o_rotation=none --method-arg scale_space=linear --method-arg e2e_steps=256"
 q fptquant-static-paper_w4a4kv4 --method fptquant --bits w4a4kv4 --act-static $PAPER --method-arg residual_scaling=all
 q fptquant-dynamic-no_orot_w4a4kv4 --method fptquant --bits w4a4kv4 --method-arg o_rotation=none
-q fptquant-static_w4a8kv4   --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=128
-q fptquant-static_w4a8kv8   --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=128
+# W4A8 rows at 256 e2e steps (the ablation's length); PAR=N runs them beside the ablation rows below
+qpar fptquant-static_w4a8kv4 --method fptquant --bits w4a8kv4 --act-static --method-arg e2e_steps=256
+qpar fptquant-static_w4a8kv8 --method fptquant --bits w4a8kv8 --act-static --method-arg e2e_steps=256
 # Ablation, static W4A4KV4, RTN weights: local stage only, and the recipe with and without each transform,
 # at ABL_STEPS end-to-end steps (default: the recipe's 512); PAR=N runs N at once.
 ABL_STEPS=${ABL_STEPS:-512}

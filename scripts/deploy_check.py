@@ -7,14 +7,16 @@ Quantizes, measures WikiText-2 perplexity (all windows) and greedy 64-token gene
 model, writes the packed checkpoint, reloads it from disk and measures the same through the real
 kernels; reports the checkpoint size and the bytes per linear-layer parameter. For the generations it
 also reports two references: the packed model with the fake model's attention path (SDPA, no INT4
-kernel), and the fake model against itself with its embeddings nudged by 1e-6 (relative), which shows how
-far rounding-order differences alone move a W4A4 model's greedy output.
+kernel), the fake model against itself with its embeddings nudged by 1e-6 (relative), and the fake model
+against its own float64 copy, which show how far rounding-order differences alone move a W4A4 model's
+greedy output; and, where fake and packed part, each model's logit gap between the two candidate tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ import fptquant
 from fptquant.cli import parse_method_args
 from fptquant.data.text import read_text
 from fptquant.deploy import load, save_packed
-from fptquant.deploy.generate import GenerationOptions, new_token_ids
+from fptquant.deploy.generate import GenerationOptions, format_prompt, new_token_ids
 from fptquant.deploy.modules import QuantizedLinear
 
 PROMPTS = [
@@ -57,6 +59,25 @@ def nudged_embeddings(model, relative: float = 1e-6):
         yield
     finally:
         handle.remove()
+
+
+@torch.no_grad()
+def parting_gaps(model, tok, own: list[list[int]], other: list[list[int]], options) -> list[float | None]:
+    """Per prompt, at the first step where the two greedy paths part: ``model``'s logit of its own pick minus its
+    logit of the other path's pick, on the shared context (None where they never part). A gap far below the
+    logits' spread is a near-tie, which rounding order alone can flip."""
+    device = next(model.parameters()).device
+    gaps = []
+    for prompt, mine, theirs, n in zip(PROMPTS, own, other, common_prefixes(own, other), strict=True):
+        if n >= min(len(mine), len(theirs)):
+            gaps.append(None)
+            continue
+        text = format_prompt(tok, prompt, options.chat)
+        ids = tok(text, return_tensors="pt", add_special_tokens=not options.chat)["input_ids"].to(device)
+        context = torch.cat([ids, torch.tensor([mine[:n]], dtype=ids.dtype, device=device)], dim=1)
+        logits = model(context).logits[0, -1].double()
+        gaps.append(float(logits[mine[n]] - logits[theirs[n]]))
+    return gaps
 
 
 def main() -> None:
@@ -104,10 +125,15 @@ def run(a: argparse.Namespace) -> None:
     with nudged_embeddings(model):
         nudged_ids = new_token_ids(model, tok, PROMPTS, greedy)
     report["fake_vs_fake_nudged_common_prefix_tokens"] = common_prefixes(fake_ids, nudged_ids)
+    # the same quantized model computed in float64: every activation code that sits within float32 rounding of a
+    # rounding boundary may go the other way, as in the packed model, with no kernel involved
+    twin = copy.deepcopy(model).to(torch.float64)
+    twin_ids = new_token_ids(twin, tok, PROMPTS, greedy)
+    report["fake_vs_fake_float64_common_prefix_tokens"] = common_prefixes(fake_ids, twin_ids)
+    del twin
+    fake = copy.deepcopy(model)  # save_packed converts ``model`` in place; the parting gaps below need the fake one
     save_packed(model, tok, a.out, overwrite=True)
     del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     packed, tok2 = load(a.out, device=a.device, dtype="float32")
     report["packed_perplexity"] = ppl(packed, tok2, text, a)
     packed_ids = new_token_ids(packed, tok2, PROMPTS, greedy)
@@ -117,6 +143,9 @@ def run(a: argparse.Namespace) -> None:
     report["relative_ppl_difference"] = report["packed_perplexity"] / report["fake_perplexity"] - 1
     report["generation_common_prefix_tokens"] = common_prefixes(fake_ids, packed_ids)
     report["generation_common_prefix_tokens_dense_attention"] = common_prefixes(fake_ids, dense_ids)
+    # where fake and packed part: how close each model's two candidates were (packed: one prefill, no cache)
+    report["parting_logit_gap_fake"] = parting_gaps(fake, tok, fake_ids, packed_ids, greedy)
+    report["parting_logit_gap_packed"] = parting_gaps(packed, tok2, packed_ids, fake_ids, greedy)
     report["generations"] = [{"prompt": pr, "fake": tok.decode(f), "packed": tok2.decode(q)}
                              for pr, f, q in zip(PROMPTS, fake_ids, packed_ids, strict=True)]  # fmt: skip
     files = sorted(Path(a.out).glob("*.safetensors"))

@@ -39,6 +39,9 @@ def save_packed(
 ) -> Path:
     """Write ``model`` (quantized by :func:`fptquant.quantize`, or already deployed) as a packed checkpoint.
 
+    A fake-quant ``model`` is converted to the deploy form in place (``to_deploy``) first; deep-copy it
+    beforehand to keep the fake-quant model.
+
     Returns the directory. Refuses a non-empty directory unless ``overwrite``.
     """
     manifest = getattr(model, "fptquant_deploy_manifest", None) or to_deploy(model)

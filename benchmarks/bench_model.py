@@ -128,15 +128,18 @@ def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: 
             "decode_peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
 
 
-CATEGORIES = (("gemm (w4a4)", ("_w4a4_kernel", "_unpack_kernel")), ("quantize", ("_quantize_rows",)),
+CATEGORIES = (("gemm (w4a4)", ("_w4a4_kernel", "_unpack_kernel", "_gemv_kernel")),  # incl. the fused quantize_gemv
+              ("quantize", ("_quantize_rows", "_kron_quantize")),
               ("attention", ("fmha", "flash", "attention", "sdpa", "efficient", "_decode_kernel")),
               ("bf16 gemm (cuBLAS)", ("gemm", "cutlass", "sm90_xmma", "nvjet")))  # fmt: skip
 
 
 @torch.no_grad()
-def breakdown(model, batch: int, prompt: int, vocab: int, decode_steps: int = 0, int4_cache: bool = False) -> dict:
+def breakdown(
+    model, batch: int, prompt: int, vocab: int, decode_steps: int = 0, int4_cache: bool = False
+) -> tuple[dict, dict]:
     """GPU ms by kernel category (torch.profiler) of one prefill, or with ``decode_steps`` of that many
-    decode steps after a prefill (per step)."""
+    decode steps after a prefill (per step); and the 12 costliest kernels of category "other" (ms, calls)."""
     from torch.profiler import ProfilerActivity, profile
 
     ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
@@ -161,12 +164,17 @@ def breakdown(model, batch: int, prompt: int, vocab: int, decode_steps: int = 0,
         run()
         torch.cuda.synchronize()
     totals: dict[str, float] = {}
+    other: dict[str, tuple[float, float]] = {}
     for event in prof.key_averages():
         us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
         name = event.key.lower()
         cat = next((c for c, keys in CATEGORIES if any(k.lower() in name for k in keys)), "other")
-        totals[cat] = totals.get(cat, 0.0) + us / 1e3 / max(decode_steps, 1)
-    return totals
+        ms = us / 1e3 / max(decode_steps, 1)
+        totals[cat] = totals.get(cat, 0.0) + ms
+        if cat == "other" and ms > 0:
+            other[event.key[:90]] = (ms, event.count / max(decode_steps, 1))
+    top = dict(sorted(other.items(), key=lambda kv: -kv[1][0])[:12])
+    return totals, top
 
 
 def main() -> int:
@@ -221,8 +229,9 @@ def main() -> int:
         for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):
             for phase, steps in (("prefill", 0), ("decode", 8)):
                 int4 = name != "bf16" and a.kv == "int4"
-                found = breakdown(model, a.profile_batch, a.prompt, vocab, steps, int4)
+                found, top = breakdown(model, a.profile_batch, a.prompt, vocab, steps, int4)
                 parts[f"{phase}/{name}"] = found
+                parts[f"{phase}/{name}/other kernels (ms, calls)"] = top
                 print(f"{phase} batch {a.profile_batch} GPU ms {'per step ' if steps else ''}by part, {name}: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in sorted(found.items())))  # fmt: skip
     if a.json:

@@ -20,7 +20,7 @@ import torch
 import fptquant
 from fptquant.data.text import calibration_windows, read_text, tokenize
 from fptquant.fakequant.residual_scaling import token_rms
-from fptquant.methods.fptquant.method import _online_rotation
+from fptquant.math.online import online_hadamard
 from fptquant.models import get_adapter
 
 
@@ -52,8 +52,8 @@ def main() -> None:
     model, tok = fptquant.load_model(a.model)
     adapter = get_adapter(model)
     tokens = calibration_windows(tokenize(tok, read_text("wikitext2-valid")), a.windows)
-    rotations = {"o": _online_rotation("full", adapter.num_heads * adapter.head_dim),
-                 "down": _online_rotation("block", adapter.intermediate_size)}  # fmt: skip
+    rotations = {"o": online_hadamard("full", adapter.num_heads * adapter.head_dim),
+                 "down": online_hadamard("block", adapter.intermediate_size)}  # fmt: skip
     seen: dict[tuple[int, str], list[torch.Tensor]] = {}
     hooks = []
     for i, layer in enumerate(adapter.layers()):

@@ -23,15 +23,18 @@ from ..config.jsonfile import read_json
 from ..errors import ConfigError, ModelLoadError
 
 FORMAT_NAME = "fptquant-packed"
-# 2 adds S_n (``residual_scaling``), which a version-1 reader would silently drop; other checkpoints stay 1
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+BASE_VERSION = 1
+# adds S_n (``residual_scaling``), which a version-1 reader would silently drop; other checkpoints stay version 1
+RESIDUAL_SCALING_VERSION = 2
+FORMAT_VERSION = RESIDUAL_SCALING_VERSION  # the newest this code writes
+READABLE_VERSIONS = (BASE_VERSION, RESIDUAL_SCALING_VERSION)
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
 def format_version(residual_scaling: tuple[str, ...]) -> int:
-    return 2 if residual_scaling else 1
+    """The oldest version that holds everything written: readers of older versions refuse what they would drop."""
+    return RESIDUAL_SCALING_VERSION if residual_scaling else BASE_VERSION
 
 
 def quantization_config(method: str, bits: str, modules: dict, attention: dict, residual_scaling=()) -> dict:

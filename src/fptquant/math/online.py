@@ -7,10 +7,12 @@ float32/16-bit models) and the merge inverts exactly the stored matrix, so both 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
-from .hadamard import block_fwht, fwht, hadamard
+from .hadamard import block_fwht, fwht, hadamard, hadamard_exists, largest_power_of_two_factor
 from .kronecker import kron_apply
 from .rotation import across_chunks, block_diagonal
 
@@ -54,6 +56,24 @@ class OnlineHadamard(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, block={self.block}"
+
+
+def online_hadamard(kind: str, n: int) -> OnlineHadamard | None:
+    """An online Hadamard over ``n`` features: ``full`` (of order ``n`` where one exists, else block-diagonal
+    over the largest power-of-two factor, with a warning), ``block`` (that block-diagonal one) or ``none``."""
+    if kind == "none":
+        return None
+    block = largest_power_of_two_factor(n)
+    if kind == "block":
+        return OnlineHadamard(n, block)
+    if kind != "full":
+        raise ValueError(f"unknown online Hadamard kind {kind!r} (full, block or none)")
+    if hadamard_exists(n):
+        return OnlineHadamard(n)
+    logging.getLogger(__name__).warning(
+        "no Hadamard matrix of order %d: using a block-diagonal Hadamard with blocks of %d", n, block
+    )
+    return OnlineHadamard(n, block)
 
 
 class HeadMixing(nn.Module):

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..fakequant.wrap import quantize_model_structure
-from ..math.hadamard import hadamard, hadamard_exists, largest_power_of_two_factor, random_hadamard, random_orthogonal
-from ..math.online import HeadMixing, OnlineHadamard, QKHadamard
+from ..math.hadamard import hadamard, hadamard_exists, random_hadamard, random_orthogonal
+from ..math.online import HeadMixing, QKHadamard, online_hadamard
 from ..math.rotation import merge_input_transform
 from ..models.base import ModelAdapter
 from ..pipelines.residual import fold_norms, rotate_residual, transform_values
@@ -31,15 +31,6 @@ def orthogonal_or_fallback(n: int, generator: torch.Generator, what: str, random
         return random_hadamard(n, generator) if randomize else hadamard(n)
     log.warning("no Hadamard matrix of order %d for %s: using a seeded random orthogonal matrix", n, what)
     return random_orthogonal(n, generator)
-
-
-def online_hadamard_for(n: int) -> OnlineHadamard:
-    """Full Hadamard over ``n`` when one exists, else block-diagonal over its largest power-of-two factor."""
-    if hadamard_exists(n):
-        return OnlineHadamard(n)
-    block = largest_power_of_two_factor(n)
-    log.warning("no Hadamard matrix of order %d: using a block-diagonal Hadamard with blocks of %d", n, block)
-    return OnlineHadamard(n, block)
 
 
 def hadamard_or_fallback_r2(adapter: ModelAdapter, gen: torch.Generator) -> torch.Tensor:
@@ -71,7 +62,7 @@ def apply_rotations(
         o_proj.input_transform = HeadMixing(head_mix, adapter.head_dim).to(o_proj.weight.device)
         merge_input_transform(o_proj.weight, o_proj.input_transform.matrix())
         down = adapter.linear(layer, "down")
-        down.input_transform = online_hadamard_for(adapter.intermediate_size)
+        down.input_transform = online_hadamard("full", adapter.intermediate_size)
         merge_input_transform(down.weight, down.input_transform.matrix())
         if rotate_qk:
             if not hadamard_exists(adapter.head_dim):

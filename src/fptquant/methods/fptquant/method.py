@@ -21,8 +21,7 @@ from ...config.recipe import Recipe
 from ...errors import ConfigError
 from ...fakequant.residual_scaling import enable_residual_scaling
 from ...fakequant.wrap import clip_parameters, learnable_clipping, quant_linears, quantize_model_structure
-from ...math.hadamard import largest_power_of_two_factor
-from ...math.online import OnlineHadamard
+from ...math.online import online_hadamard
 from ...math.quantization import Axis
 from ...math.quantizer import Quantizer
 from ...models.base import ModelAdapter, model_device
@@ -37,7 +36,7 @@ from ...pipelines.weights import (
     rtn_with_learned_clip,
 )
 from ..base import Method, load_quantizer_state, quantizer_state, register_method
-from ..quarot import online_hadamard_for, orthogonal_or_fallback
+from ..quarot import orthogonal_or_fallback
 from .blockwise import train_blockwise
 from .live import attach, computed_once, detach, merge
 from .local import optimize_local
@@ -47,13 +46,6 @@ from .transforms import FPTTransforms
 log = logging.getLogger(__name__)
 PREFIX = "fptquant.transforms."
 CLIP_PREFIX = "fptquant.weight_clip."
-
-
-def _online_rotation(kind: str, n: int) -> OnlineHadamard | None:
-    """An online Hadamard over ``n`` features: ``block`` (largest power-of-two blocks), ``full`` or ``none``."""
-    if kind == "block":
-        return OnlineHadamard(n, largest_power_of_two_factor(n))
-    return online_hadamard_for(n) if kind == "full" else None
 
 
 @register_method
@@ -105,8 +97,8 @@ class FPTQuant(Method):
         self._structure(model, adapter, recipe)
         fold_norms(adapter)
         o = self.options
-        down = _online_rotation(o.down_rotation, adapter.intermediate_size)
-        attn_out = _online_rotation(o.o_rotation, adapter.num_heads * adapter.head_dim)
+        down = online_hadamard(o.down_rotation, adapter.intermediate_size)
+        attn_out = online_hadamard(o.o_rotation, adapter.num_heads * adapter.head_dim)
         for layer in adapter.layers():
             adapter.linear(layer, "down").input_transform = down
             adapter.linear(layer, "o").input_transform = attn_out

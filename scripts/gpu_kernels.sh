@@ -11,7 +11,7 @@ for step in $STEPS; do
   echo "=== $step ($(date +%T))"
   case $step in
     tests) if python3 -c "import pytest" 2>/dev/null; then
-             timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_w4a4_gemm.py tests/test_kv_attention.py 2>&1 | tail -25
+             timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_w4a4_gemm.py tests/test_kv_attention.py tests/test_kv_write.py 2>&1 | tail -25
            else echo "pytest missing on this machine"; fi ;;
     train) timeout 450 python3 -m pytest -q -p no:cacheprovider tests/test_kv_cache.py tests/test_graphed_step.py \
              tests/test_flatquant.py::test_compiled_and_graphed_calibration_train_like_eager_on_the_gpu \

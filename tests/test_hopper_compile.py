@@ -145,12 +145,23 @@ GEMM_CASES = {  # LLaMA-3-8B gate+up: prefill and decode, both 8-bit routes
 }
 
 
+def kv_write_job() -> dict:
+    """LLaMA-3-8B's K/V (head dim 128) in bf16, quantized and written to the INT4 cache."""
+    args = {"x_ptr": "*bf16", "codes_ptr": "*u8", "scale_ptr": "*bf16", "zero_ptr": "*u8", "start_ptr": "*i64"}
+    args.update({name: "i32" for name in ("H", "T", "S", "stride_b", "stride_h", "stride_t")})
+    args.update(lo="fp32", hi="fp32", eps="fp32", D=128, DTYPE="tl.bfloat16", INTERPRET=False)
+    aligned = ["x_ptr", "codes_ptr", "stride_b", "stride_h", "stride_t"]
+    module = "fptquant.kernels.triton_kv_write"
+    return {"module": module, "kernel": "_kv_write_kernel", "args": args, "num_warps": 1, "aligned": aligned}
+
+
 @pytest.fixture(scope="module")
 def builds() -> dict:
     """One child process compiles them all (each test reads its own)."""
     jobs = {(name, static): transform_quantize_job(*case, static) for name, case in TQ_CASES.items()
             for static in (False, True)}  # fmt: skip
     jobs["kv"] = kv_attention_job()
+    jobs["kv-write"] = kv_write_job()
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
@@ -176,6 +187,14 @@ def test_int4_kv_decode_attention_compiles_without_spills(builds):
     # the packed codes arrive as vectors (the per-position scales and zero points, 3 bytes of every 35,
     # are masked at the sequence's end and load one by one)
     assert build.memory_ops("ld") & VECTOR_LOADS
+
+
+def test_int4_kv_write_compiles_to_vector_memory_without_spills(builds):
+    build = builds["kv-write"]
+    assert build.spill_bytes == 0
+    # one warp a row: each thread reads its bf16 values of each half in one 32-bit access, not one by one
+    assert "ld.global.b32" in build.memory_ops("ld") and "ld.global.b16" not in build.memory_ops("ld")
+    assert "cvt.rni" in build.ptx  # round half to even (libdevice rint), as torch.round
 
 
 @pytest.mark.parametrize("name", list(GEMM_CASES))

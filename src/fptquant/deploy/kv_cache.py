@@ -18,6 +18,7 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from ..errors import ConfigError
+from ..kernels.backend import backend_for
 from ..kernels.kv_attention import PackedKV, int4_kv_decode_attention
 from ..math.quantization import Axis
 
@@ -32,6 +33,24 @@ def _check_quantizer(name: str, quantizer, head_dim: int) -> None:
         )
 
 
+def fused_write_plan(quantizer, x: torch.Tensor) -> tuple[float, float, torch.dtype] | None:
+    """``(lo, hi, compute dtype)`` when the one-launch Triton write applies to ``x``, else None: asymmetric codes,
+    a power-of-two head dimension and one clip pair (read to the host once, as plain floats)."""
+    d = x.shape[-1]
+    if quantizer.spec.symmetric or d < 2 or d & (d - 1) or backend_for(x) != "triton":
+        return None
+    factors = quantizer.clip_factors()
+    if any(torch.is_tensor(f) and f.numel() != 1 for f in factors):
+        return None
+    # torch's type promotion of ``x.amin(...) * factor``: a factor tensor with dimensions takes part, a float not
+    dtype = x.dtype
+    for f in factors:
+        if torch.is_tensor(f) and f.dim() > 0:
+            dtype = torch.promote_types(dtype, f.dtype)
+    lo, hi = (float(torch.as_tensor(f).detach().reshape(-1)[0]) for f in factors)
+    return lo, hi, dtype
+
+
 class Int4KVLayer(DynamicLayer):
     """One attention layer's INT4 cache; ``capacity`` positions are allocated on the first update."""
 
@@ -42,6 +61,7 @@ class Int4KVLayer(DynamicLayer):
         self.attention, self.capacity, self.unpadded = attention, capacity, unpadded
         self.state = attention.fptquant_kv
         self.packed: tuple[PackedKV, PackedKV] | None = None
+        self.plans = None  # per K and V: fused_write_plan, decided on the first (eager) update
         self.length = 0  # on the host, for eager calls; the device counter below is what a CUDA graph uses
         self.cumulative_length = torch.zeros((), dtype=torch.long)
 
@@ -67,16 +87,32 @@ class Int4KVLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         if self.state.qk_transform is not None:
             key_states = self.state.qk_transform.key(key_states)
-        new = [self._codes(self.state.k_quantizer, key_states), self._codes(self.state.v_quantizer, value_states)]
-        if self.packed is None:
-            b, h, _, d = key_states.shape
-            self.packed = tuple(PackedKV.empty(b, h, self.capacity, d, scale.dtype, self.device) for _, scale, _ in new)
-        positions = torch.arange(t, device=self.device) + self.cumulative_length
-        self.cumulative_length.add_(t)  # in place: a CUDA graph replays this increment
-        for packed, (codes, scale, zero) in zip(self.packed, new, strict=True):
-            packed.write(positions, codes, scale, zero)
+        quantizers = (self.state.k_quantizer, self.state.v_quantizer)
+        if self.plans is None:
+            self.plans = [fused_write_plan(q, x) for q, x in zip(quantizers, (key_states, value_states), strict=True)]
+        if all(self.plans):
+            self._write_fused(key_states, value_states)
+        else:
+            new = [self._codes(q, x) for q, x in zip(quantizers, (key_states, value_states), strict=True)]
+            if self.packed is None:
+                b, h, _, d = key_states.shape
+                self.packed = tuple(PackedKV.empty(b, h, self.capacity, d, s.dtype, self.device) for _, s, _ in new)
+            positions = torch.arange(t, device=self.device) + self.cumulative_length
+            for packed, (codes, scale, zero) in zip(self.packed, new, strict=True):
+                packed.write(positions, codes, scale, zero)
+        self.cumulative_length.add_(t)  # in place, after the writes read it: a CUDA graph replays this increment
         self.length += t
         return self, self
+
+    def _write_fused(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Quantize, pack and store K and V with one Triton launch each (the torch path's numbers, bit for bit)."""
+        from ..kernels.triton_kv_write import quantize_and_write
+
+        if self.packed is None:
+            b, h, _, d = key_states.shape
+            self.packed = tuple(PackedKV.empty(b, h, self.capacity, d, dtype, self.device) for *_, dtype in self.plans)
+        for packed, x, (lo, hi, dtype) in zip(self.packed, (key_states, value_states), self.plans, strict=True):
+            quantize_and_write(x.to(dtype), packed.codes, packed.scale, packed.zero, self.cumulative_length, lo, hi)
 
     def get_seq_length(self) -> int:
         return self.length

@@ -104,7 +104,8 @@ class Quantizer(nn.Module):
         learnable = " learnable" if s.learnable_clip else ""
         return f"int{s.bits} {sym} {s.axis.value}{grp} {kind} clip={s.clip_ratio}{learnable}"
 
-    def _clip_factors(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    def clip_factors(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """The factors of a row's min and max: the clip ratio, or the learned ``sigmoid(logit) · ratio``."""
         ratio = self.spec.clip_ratio
         if not self.spec.learnable_clip:
             return ratio, ratio
@@ -132,7 +133,7 @@ class Quantizer(nn.Module):
     def dynamic_qparams(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero)`` per row of the grouped view ``g``, from its min and max times the clip factors."""
         s = self.spec
-        lo, hi = self._clip_factors()
+        lo, hi = self.clip_factors()
         if s.learnable_clip and g.shape[0] != self.clip_max_logit.shape[0] and self.clip_max_logit.shape[0] != 1:
             raise ValueError(f"{self.clip_max_logit.shape[0]} clip pairs do not match {g.shape[0]} rows")
         return minmax_qparams(g.amin(dim=1, keepdim=True) * lo, g.amax(dim=1, keepdim=True) * hi, s.bits, s.symmetric)

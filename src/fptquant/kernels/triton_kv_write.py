@@ -1,0 +1,88 @@
+"""Triton kernel of :func:`.kv_write.quantize_and_write`: asymmetric INT4 codes per (token, head), packed
+and stored in the cache in one launch.
+
+The torch path runs about 25 small kernels for each of K and V at every decode step (min, max, the
+scale and zero formulas, rounding, packing, three index copies); at batch 1 they cost more than the
+attention. One program per (batch, head, token) row reads its ``D`` values once and writes ``D/2``
+bytes, a scale and a zero point.
+
+The numbers are the quantizer's bit for bit: torch computes each operation of a bf16/fp16 tensor in
+float32 and rounds the result to the tensor's dtype, so :func:`_r` rounds after every operation the
+same way, and every division is IEEE (``div_rn``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..math.quantization import SCALE_EPS
+from .backend import interpreting
+from .triton_quantize import _rint
+
+_STORAGE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _r(x, DTYPE: tl.constexpr):
+    """``x`` rounded to the input's dtype, as a torch operation on a tensor of that dtype stores it."""
+    if DTYPE == tl.float32:
+        return x
+    if DTYPE == tl.bfloat16:  # round to nearest even by hand: the interpreter's float32 -> bf16 cast truncates
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def _kv_write_kernel(
+    x_ptr, codes_ptr, scale_ptr, zero_ptr, start_ptr, H, T, S, stride_b, stride_h, stride_t, lo, hi, eps,
+    D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)  # (b, h, t) flattened, t fastest
+    t = row % T
+    h = (row // T) % H
+    b = row // (T * H)
+    half = tl.arange(0, D // 2)
+    x_row = x_ptr + b.to(tl.int64) * stride_b + h * stride_h + t * stride_t
+    x_lo = tl.load(x_row + half).to(tl.float32)  # features 0..D/2-1: the low nibbles
+    x_hi = tl.load(x_row + D // 2 + half).to(tl.float32)
+    xmin = _r(tl.minimum(tl.min(x_lo, axis=0), tl.min(x_hi, axis=0)) * lo, DTYPE)
+    xmax = _r(tl.maximum(tl.max(x_lo, axis=0), tl.max(x_hi, axis=0)) * hi, DTYPE)
+    xmin = tl.minimum(xmin, 0.0)
+    xmax = tl.maximum(xmax, 0.0)
+    fifteen = xmin * 0.0 + 15.0  # codes 0..15; div_rn takes tensors
+    scale = _r(tl.maximum(_r(tl.math.div_rn(_r(xmax - xmin, DTYPE), fifteen), DTYPE), eps), DTYPE)
+    zero = tl.minimum(tl.maximum(_rint(_r(tl.math.div_rn(-xmin, scale), DTYPE), INTERPRET), 0.0), 15.0)
+    q_lo = _rint(_r(tl.math.div_rn(x_lo, scale + 0.0 * x_lo), DTYPE), INTERPRET)
+    q_hi = _rint(_r(tl.math.div_rn(x_hi, scale + 0.0 * x_hi), DTYPE), INTERPRET)
+    q_lo = tl.minimum(tl.maximum(_r(q_lo + zero, DTYPE), 0.0), 15.0).to(tl.int32)
+    q_hi = tl.minimum(tl.maximum(_r(q_hi + zero, DTYPE), 0.0), 15.0).to(tl.int32)
+    pos = tl.load(start_ptr) + t
+    slot = (b.to(tl.int64) * H + h) * S + pos
+    tl.store(codes_ptr + slot * (D // 2) + half, (q_lo | (q_hi << 4)).to(tl.uint8))
+    tl.store(scale_ptr + slot, scale.to(scale_ptr.dtype.element_ty))
+    tl.store(zero_ptr + slot, zero.to(tl.uint8))
+
+
+def quantize_and_write(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    start: torch.Tensor,
+    lo: float,
+    hi: float,
+) -> None:
+    """``x (B, H, T, D)`` (last dim contiguous) into ``codes (B, H, S, D/2)``, ``scale``, ``zero (B, H, S)`` at
+    positions ``start + 0..T-1`` (``start``: a device scalar, read by the kernel, so CUDA graphs can replay it)."""
+    b, h, t, d = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    _kv_write_kernel[(b * h * t,)](
+        x, codes, scale, zero, start, h, t, codes.shape[2], x.stride(0), x.stride(1), x.stride(2),
+        float(lo), float(hi), SCALE_EPS, D=d, DTYPE=_STORAGE[x.dtype], INTERPRET=interpreting(),
+        num_warps=1,
+    )  # fmt: skip

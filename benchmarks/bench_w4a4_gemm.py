@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
+from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
 from fptquant.kernels.triton_w4a4_gemv import GemvConfig, pick_gemv_config, quantize_gemv
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference
@@ -76,7 +77,17 @@ GEMV_SWEEP = [  # one token: the CUDA-core GEMV (what w4a4_matmul picks at M = 1
     GemvConfig(8, 256, 1, 2, 4),
     GemvConfig(16, 128, 1, 2, 8),
 ]
-CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig}
+DP4A_SWEEP = [  # up to 16 tokens: the CUDA cores' 4-way integer dot (not picked by w4a4_matmul until timed)
+    Dp4aConfig(32, 16, 1, 4, 4),
+    Dp4aConfig(32, 16, 2, 4, 4),
+    Dp4aConfig(16, 16, 1, 4, 4),
+    Dp4aConfig(64, 16, 1, 8, 4),
+    Dp4aConfig(32, 32, 1, 8, 3),
+    Dp4aConfig(16, 32, 1, 4, 6),
+    Dp4aConfig(32, 8, 1, 2, 6),
+    Dp4aConfig(64, 8, 1, 4, 4),
+]
+CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig, "dp4a": Dp4aConfig}
 
 
 def changed(result: dict) -> dict:
@@ -130,12 +141,13 @@ def random_problem(m: int, n: int, k: int, gen: torch.Generator):
     return [t.cuda() for t in (a, w, sa, sw, bias)]
 
 
-def check(m: int, n: int, k: int, cfg: GemmConfig | GemvConfig, non_negative: bool = False) -> dict:
+def check(m: int, n: int, k: int, cfg: GemmConfig | GemvConfig | Dp4aConfig, non_negative: bool = False) -> dict:
     gen = torch.Generator().manual_seed(m * 7 + n + k)
     a, w, sa, sw, bias = random_problem(m, n, k, gen)
     if non_negative:
         a, w = a.abs().clamp(max=7), w.abs().clamp(max=7)
-    packed, codes = pack_int4(w), a.to(torch.float8_e4m3fn)
+    # the dp4a kernel takes int8 codes only: its "fp8" check repeats the int8 one
+    packed, codes = pack_int4(w), a if isinstance(cfg, Dp4aConfig) else a.to(torch.float8_e4m3fn)
     ones_m, ones_n = torch.ones(m, 1, device="cuda"), torch.ones(n, device="cuda")
     acc = w4a4_matmul(codes, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
     exact = (a.double() @ w.double().T).float()
@@ -155,7 +167,7 @@ CODES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
 def kind_of(cfg) -> str:
-    return "gemv" if isinstance(cfg, GemvConfig) else "gemm"
+    return next(kind for kind, cls in CONFIG_TYPES.items() if isinstance(cfg, cls))
 
 
 def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torch.int8) -> dict:
@@ -185,6 +197,8 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
         candidates = [replace(c, block_m=block_m) if isinstance(c, GemmConfig) else c for c in candidates]
     if m == 1 and sweep:
         candidates += GEMV_SWEEP
+    if m <= 16 and sweep and codes_dtype == torch.int8:
+        candidates += DP4A_SWEEP
     results = []
     for cfg in candidates:
         try:

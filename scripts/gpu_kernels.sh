@@ -20,9 +20,9 @@ for step in $STEPS; do
     gemm) timeout 480 python3 benchmarks/bench_w4a4_gemm.py --sweep --variants --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b.json" ;;
     # the INT8 main loop waits on every wgmma group (sm_90a PTX, docs/RESULTS.md); FP8 keeps one in flight
     gemmfp8) timeout 480 python3 benchmarks/bench_w4a4_gemm.py --codes fp8 --sweep --variants --m "${GEMM_M:-1,16,2048,8192}" --json "$OUT/gemm_8b_fp8.json" ;;
-    # decode only (M = 1: the CUDA-core GEMV against the tensor-core configs; M = 16), 8B and 70B gate+up
-    decode) timeout 300 python3 benchmarks/bench_w4a4_gemm.py --sweep --m 1,16 --json "$OUT/gemm_decode_8b.json"
-            timeout 120 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_decode_70b.json" ;;
+    # decode only (M = 1: the CUDA-core GEMV against the tensor-core configs; M = 8, 16: the dp4a kernel too), 8B and 70B gate+up
+    decode) timeout 300 python3 benchmarks/bench_w4a4_gemm.py --sweep --m 1,8,16 --json "$OUT/gemm_decode_8b.json"
+            timeout 120 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,8,16 --json "$OUT/gemm_decode_70b.json" ;;
     gemm70) timeout 200 python3 benchmarks/bench_w4a4_gemm.py --sweep --shapes 70b --layers gate_up --m 1,16 --json "$OUT/gemm_70b.json" ;;
     tq) timeout 420 python3 benchmarks/bench_transform_quantize.py --sweep --m 8192 --json "$OUT/transform_quantize_sweep.json"
         timeout 150 python3 benchmarks/bench_transform_quantize.py --m 32768 --json "$OUT/transform_quantize.json" ;;

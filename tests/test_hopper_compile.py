@@ -155,6 +155,21 @@ def kv_write_job() -> dict:
     return {"module": module, "kernel": "_kv_write_kernel", "args": args, "num_warps": 1, "aligned": aligned}
 
 
+def dp4a_job(m_pad: int) -> dict:
+    """LLaMA-3-8B gate+up at M = 8–16 (K = 4096: 512 weight words a row) on the dp4a kernel, default tiles."""
+    from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
+
+    cfg = Dp4aConfig()
+    args = {"a_ptr": "*i32", "w_ptr": "*i32", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
+            "out_ptr": "*bf16"}  # fmt: skip
+    args.update({name: "i32" for name in ("M", "N", "KW", "stride_am", "stride_wn", "stride_om", "kw_per_split")})
+    args.update(HAS_BIAS=False, SPLIT=1, BM=m_pad, BN=cfg.block_n, BKW=cfg.block_k_words, STAGES=cfg.num_stages)
+    args["INTERPRET"] = False
+    aligned = ["a_ptr", "w_ptr", "out_ptr", "stride_am", "stride_wn", "stride_om", "kw_per_split"]
+    module = "fptquant.kernels.triton_w4a4_dp4a"
+    return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
+
+
 @pytest.fixture(scope="module")
 def builds() -> dict:
     """One child process compiles them all (each test reads its own)."""
@@ -162,6 +177,7 @@ def builds() -> dict:
             for static in (False, True)}  # fmt: skip
     jobs["kv"] = kv_attention_job()
     jobs["kv-write"] = kv_write_job()
+    jobs.update({f"dp4a-{m}": dp4a_job(m) for m in (8, 16)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
@@ -195,6 +211,14 @@ def test_int4_kv_write_compiles_to_vector_memory_without_spills(builds):
     # one warp a row: each thread reads its bf16 values of each half in one 32-bit access, not one by one
     assert "ld.global.b32" in build.memory_ops("ld") and "ld.global.b16" not in build.memory_ops("ld")
     assert "cvt.rni" in build.ptx  # round half to even (libdevice rint), as torch.round
+
+
+@pytest.mark.parametrize("m", [8, 16])
+def test_dp4a_decode_compiles_to_dp4a_without_spills(builds, m):
+    build = builds[f"dp4a-{m}"]
+    assert build.spill_bytes == 0
+    assert "dp4a.u32.s32" in build.ptx
+    assert "ld.global.b8" not in build.memory_ops("ld")  # weights and codes travel as words
 
 
 @pytest.mark.parametrize("name", list(GEMM_CASES))

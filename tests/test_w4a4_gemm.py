@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("triton")
 
 from fptquant.errors import ConfigError  # noqa: E402
+from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig  # noqa: E402
 from fptquant.kernels.triton_w4a4_gemv import GemvConfig  # noqa: E402
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig  # noqa: E402
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
@@ -79,6 +80,38 @@ def test_one_token_gemv_sums_exact_and_scaled_output_close(name, n, k, codes_dty
     out = w4a4_matmul(codes, sa, packed, sw, bias, torch.bfloat16, backend="triton", config=cfg)
     ref = w4a4_matmul_reference(codes, sa, packed, sw, bias, torch.bfloat16)
     torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+
+
+DP4A_CONFIGS = {
+    "default": Dp4aConfig(),
+    "split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3),
+}
+
+
+@pytest.mark.parametrize("name", DP4A_CONFIGS)
+@pytest.mark.parametrize("m,n,k", [(3, 96, 576), (16, 40, 1536), (5, 17, 9 * 64), (1, 48, 2048)])
+def test_few_token_dp4a_sums_exact_and_scaled_output_close(name, m, n, k):
+    a, w, sa, sw, bias = problem(m, n, k, seed=m + n + k)
+    packed, cfg = pack_int4(w), DP4A_CONFIGS[name]
+    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    acc = w4a4_matmul(a, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
+    assert torch.equal(acc.double(), a.double() @ w.double().T)
+    out = w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16, backend="triton", config=cfg)
+    ref = w4a4_matmul_reference(a, sa, packed, sw, bias, torch.bfloat16)
+    torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+
+
+def test_dp4a_extremes_are_exact_and_bad_shapes_named():
+    """Every weight −8 and every code −8 or 7: the nibble offset and its correction at their limits."""
+    m, n, k = 4, 24, 4096
+    w = torch.full((n, k), -8, dtype=torch.int8, device=DEVICE)
+    a = torch.where(torch.arange(k, device=DEVICE) % 3 == 0, 7, -8).to(torch.int8).expand(m, k).contiguous()
+    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton", config=Dp4aConfig())
+    assert torch.equal(acc.double(), a.double() @ w.double().T) and acc.abs().min() > 2**14
+    with pytest.raises(ConfigError, match="at most 16 rows"):
+        w4a4_matmul(a.repeat(5, 1), torch.ones(20, 1, device=DEVICE), pack_int4(w), ones_n, None,
+                    backend="triton", config=Dp4aConfig())  # fmt: skip
 
 
 def test_gemv_long_k_all_non_negative_is_exact():

@@ -65,14 +65,18 @@ def w4a4_matmul(
 ) -> torch.Tensor:
     """Like :func:`w4a4_matmul_reference`, on the backend the switch picks. ``config``: a Triton
     :class:`~fptquant.kernels.triton_w4a4_matmul.GemmConfig` (tensor cores) or, for one token,
-    :class:`~fptquant.kernels.triton_w4a4_gemv.GemvConfig` (CUDA cores); else a heuristic picks: the
+    :class:`~fptquant.kernels.triton_w4a4_gemv.GemvConfig` (CUDA cores), or for up to 16 tokens
+    :class:`~fptquant.kernels.triton_w4a4_dp4a.Dp4aConfig` (CUDA cores, dp4a); else a heuristic picks: the
     GEMV for one token, the GEMM otherwise."""
     if backend_for(codes, backend) == "torch":
         return w4a4_matmul_reference(codes, act_scale, packed, weight_scale, bias, out_dtype)
     _check(codes, act_scale, packed, weight_scale)
+    from .triton_w4a4_dp4a import Dp4aConfig, dp4a_matmul
     from .triton_w4a4_gemv import GemvConfig, gemv
     from .triton_w4a4_matmul import matmul
 
+    if isinstance(config, Dp4aConfig):  # few tokens on the CUDA cores' dp4a; only when asked for (not yet timed)
+        return dp4a_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
     if isinstance(config, GemvConfig) or (config is None and codes.shape[0] == 1 and packed.dtype == torch.uint8):
         if codes.shape[0] != 1:
             raise ConfigError(f"the GEMV takes one token, got {codes.shape[0]}")

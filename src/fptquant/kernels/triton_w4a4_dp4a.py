@@ -1,0 +1,140 @@
+"""Few-token decode of :mod:`.w4a4_matmul` on the CUDA cores' 4-way integer dot (``dp4a``).
+
+At M = 2–16 a tensor-core tile is mostly padding, and the GEMM's cost is unpacking the weights into
+the MMA's register layout; the one-token GEMV (:mod:`.triton_w4a4_gemv`) streams the weights but spends
+two multiply-adds a code and token. Here one ``dp4a`` multiplies four weight codes by four activation
+codes and adds them: a 32-bit weight word (8 codes) costs four integer operations to unpack, shared
+by all tokens, then two ``dp4a`` a token.
+
+The weight word's nibbles are two's complement; ``xor 0x88888888`` makes each ``v + 8`` (0..15), the
+low nibbles (even k) and high nibbles (odd k) are masked out as unsigned bytes, and the activation
+codes are regrouped into even-k and odd-k words to meet them. ``dp4a.u32.s32`` then sums
+``(v + 8)·a``; subtracting ``8·Σa`` (itself one ``dp4a`` of the activation words with ``0x01010101``)
+leaves ``Σ v·a`` exactly, in int32. The interpreter has no inline assembly, so there the same sums are
+spelled out byte by byte (the arithmetic is what the CPU tests check; ``tests/test_hopper_compile.py``
+checks the instruction).
+
+Not picked by default yet: the sweep of ``benchmarks/bench_w4a4_gemm.py`` times it against the GEMM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import ConfigError
+from .backend import interpreting
+from .triton_w4a4_matmul import split_k_output
+
+NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
+LOW_NIBBLES = tl.constexpr(0x0F0F0F0F)
+ONES = tl.constexpr(0x01010101)
+
+
+@dataclass(frozen=True)
+class Dp4aConfig:
+    block_n: int = 32  # output channels a program
+    block_k_words: int = 16  # 32-bit weight words (8 codes each) a row and step
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+@triton.jit
+def _dp4a(a, b, c, INTERPRET: tl.constexpr):
+    """``c + Σ_i u8(a_i) · s8(b_i)`` over the four bytes of int32 words ``a`` (unsigned) and ``b`` (signed)."""
+    if INTERPRET:
+        acc = c
+        for i in tl.static_range(4):
+            acc += ((a >> (8 * i)) & 0xFF) * ((b << (24 - 8 * i)) >> 24)
+        return acc
+    return tl.inline_asm_elementwise(
+        "dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c], dtype=tl.int32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _byte(w, i: tl.constexpr):
+    return (w >> (8 * i)) & 0xFF
+
+
+@triton.jit
+def _dp4a_kernel(
+    a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, KW, stride_am, stride_wn, stride_om, kw_per_split,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr,
+    STAGES: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rm = tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    j = tl.arange(0, BKW)
+    c = tl.arange(0, 2 * BKW)
+    w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + j[None, :]  # wrapped rows: no row masks
+    a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + c[None, :]
+    acc = tl.zeros((BM, BN, BKW), dtype=tl.int32)
+    row_sum = tl.zeros((BM, BKW), dtype=tl.int32)
+    start = split * kw_per_split
+    end = tl.minimum(KW, start + kw_per_split)
+    for kw in tl.range(start, end, BKW, num_stages=STAGES):
+        w = tl.load(w_ptrs + kw, mask=(kw + j < end)[None, :], other=0)
+        # two activation words (codes 8j..8j+3, 8j+4..8j+7) a weight word; padded rows and K load zeros
+        a = tl.load(a_ptrs + 2 * kw, mask=(rm < M)[:, None] & (2 * kw + c < 2 * end)[None, :], other=0)
+        a0, a1 = tl.split(tl.reshape(a, (BM, BKW, 2)))
+        even = _byte(a0, 0) | (_byte(a0, 2) << 8) | (_byte(a1, 0) << 16) | (_byte(a1, 2) << 24)
+        odd = _byte(a0, 1) | (_byte(a0, 3) << 8) | (_byte(a1, 1) << 16) | (_byte(a1, 3) << 24)
+        u = w ^ NIBBLE_BIAS
+        lo = (u & LOW_NIBBLES)[None, :, :]
+        hi = ((u >> 4) & LOW_NIBBLES)[None, :, :]
+        acc = _dp4a(lo, even[:, None, :], acc, INTERPRET)
+        acc = _dp4a(hi, odd[:, None, :], acc, INTERPRET)
+        row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), even, row_sum, INTERPRET)
+        row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), odd, row_sum, INTERPRET)
+    # zero weight words past K add (0 + 8)·0: the activation there is masked to zero too
+    total = tl.sum(acc, axis=2) - 8 * tl.sum(row_sum, axis=1)[:, None]
+    sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    out = total.to(tl.float32) * sa[:, None] * sw[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :] * (split == 0)
+    offs = rm[:, None].to(tl.int64) * stride_om + rn[None, :]
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    if SPLIT > 1:
+        tl.atomic_add(out_ptr + offs, out, mask=mask, sem="relaxed")
+    else:
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def dp4a_matmul(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: Dp4aConfig | None = None,
+) -> torch.Tensor:
+    """``(M, K)`` int8 codes (M ≤ 16) × ``(N, K/2)`` packed weights → ``(M, N)``, like
+    :func:`.w4a4_matmul.w4a4_matmul`."""
+    cfg = config or Dp4aConfig()
+    m, k = codes.shape
+    n = packed.shape[0]
+    if codes.dtype != torch.int8 or m > 16 or k % 8:
+        raise ConfigError(f"the dp4a kernel takes int8 codes of at most 16 rows and K a multiple of 8, got "
+                          f"{codes.dtype} ({m}, {k})")  # fmt: skip
+    kw = k // 8
+    kw_per_split = triton.cdiv(triton.cdiv(kw, cfg.split_k), cfg.block_k_words) * cfg.block_k_words
+    split = triton.cdiv(kw, kw_per_split)
+    words_a = codes.contiguous().view(torch.int32)  # 4 codes a word
+    words_w = packed.contiguous().view(torch.int32)  # 8 codes a word
+    out = split_k_output((m, n), split, out_dtype, codes.device)
+    _dp4a_kernel[(triton.cdiv(n, cfg.block_n), split)](
+        words_a, words_w, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
+        m, n, kw, words_a.stride(0), words_w.stride(0), out.stride(0), kw_per_split,
+        HAS_BIAS=bias is not None, SPLIT=split, BM=triton.next_power_of_2(m), BN=cfg.block_n,
+        BKW=cfg.block_k_words, STAGES=cfg.num_stages, INTERPRET=interpreting(), num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return out.to(out_dtype)

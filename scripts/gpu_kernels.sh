@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 on the GPU machine: every kernel compiled and checked (the kernel tests on CUDA), then the
 # benchmarks. Needs no model or data staging. Writes JSON to $OUT (default ./out).
-#   STEPS="tests train gemm gemmfp8 decode gemm70 tq tqstatic quant kvattn model model32 modelsmol" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
+#   STEPS="tests train gemm gemmfp8 decode gemm70 tq tqstatic quant kvattn model model32 model32dp4a modelsmol" GEMM_M=1,16,2048,8192 bash scripts/gpu_kernels.sh
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -34,6 +34,9 @@ for step in $STEPS; do
     # all 32 layers: with 2, the BF16 lm_head (1 GB a token) caps batch-1 decode near 1.5x (bytes read a token: 1.9 GB vs 1.3 GB)
     model32) timeout 500 python3 benchmarks/bench_model.py --shape 8b --layers 32 --batches 1,8 --steps 64 \
                --profile-batch 1 --json "$OUT/model_8b_32layers.json" ;;
+    # batch 8 with the few-token dp4a kernel in every decode linear (FPTQUANT_SMALL_M_KERNEL; default: the GEMM)
+    model32dp4a) FPTQUANT_SMALL_M_KERNEL=dp4a timeout 300 python3 benchmarks/bench_model.py --shape 8b --layers 32 \
+               --batches 8 --steps 256 --profile-batch 8 --json "$OUT/model_8b_32layers_dp4a.json" ;;
     modelsmol) timeout 400 python3 benchmarks/bench_model.py --model "${FPTQ_GGUF:?stage the model first}" \
                  --json "$OUT/model_smollm2.json" ;;
   esac

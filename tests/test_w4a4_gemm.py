@@ -114,6 +114,25 @@ def test_dp4a_extremes_are_exact_and_bad_shapes_named():
                     backend="triton", config=Dp4aConfig())  # fmt: skip
 
 
+def test_small_m_kernel_switch_routes_to_dp4a(monkeypatch):
+    import fptquant.kernels.triton_w4a4_dp4a as dp4a
+
+    calls = []
+    real = dp4a.dp4a_matmul
+    monkeypatch.setattr(dp4a, "dp4a_matmul", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    a, w, sa, sw, bias = problem(5, 40, 576, seed=3)
+    expected = w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="triton")  # default: the tensor-core GEMM
+    assert calls == []
+    monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "dp4a")
+    assert torch.equal(w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="triton"), expected)
+    assert calls == [(5, 576)]
+    w4a4_matmul(a[:1], sa[:1], pack_int4(w), sw, bias, backend="triton")  # one token stays on the GEMV
+    assert calls == [(5, 576)]
+    monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "cutlass")
+    with pytest.raises(ConfigError, match="FPTQUANT_SMALL_M_KERNEL"):
+        w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="triton")
+
+
 def test_gemv_long_k_all_non_negative_is_exact():
     a, w, *_ = problem(1, 32, 14336, seed=7, non_negative=True)
     ones_m, ones_n = torch.ones(1, 1, device=DEVICE), torch.ones(32, device=DEVICE)

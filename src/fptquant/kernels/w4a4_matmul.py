@@ -14,6 +14,8 @@ computes it in float64, then applies the same float32 epilogue ``(acc · s_tok) 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..errors import ConfigError
@@ -75,13 +77,27 @@ def w4a4_matmul(
     from .triton_w4a4_gemv import GemvConfig, gemv
     from .triton_w4a4_matmul import matmul
 
-    if isinstance(config, Dp4aConfig):  # few tokens on the CUDA cores' dp4a; only when asked for (not yet timed)
+    if isinstance(config, Dp4aConfig) or (config is None and _small_m_on_dp4a(codes, packed)):
         return dp4a_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
     if isinstance(config, GemvConfig) or (config is None and codes.shape[0] == 1 and packed.dtype == torch.uint8):
         if codes.shape[0] != 1:
             raise ConfigError(f"the GEMV takes one token, got {codes.shape[0]}")
         return gemv(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
     return matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
+
+
+SMALL_M_KERNELS = ("gemm", "dp4a")
+
+
+def _small_m_on_dp4a(codes: torch.Tensor, packed: torch.Tensor) -> bool:
+    """2–16 tokens go to the dp4a kernel when ``FPTQUANT_SMALL_M_KERNEL=dp4a`` (default ``gemm``: the
+    tensor-core GEMM, until the dp4a kernel has been timed on the H100)."""
+    choice = os.environ.get("FPTQUANT_SMALL_M_KERNEL", "gemm")
+    if choice not in SMALL_M_KERNELS:
+        raise ConfigError(f"FPTQUANT_SMALL_M_KERNEL must be one of {', '.join(SMALL_M_KERNELS)}, got {choice!r}")
+    m, k = codes.shape
+    fits = 2 <= m <= 16 and codes.dtype == torch.int8 and k % 8 == 0 and packed.dtype == torch.uint8
+    return choice == "dp4a" and fits
 
 
 def quantize_w4a4_matmul(

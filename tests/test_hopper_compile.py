@@ -130,9 +130,10 @@ QUANTIZE_GEMV_CASES = {  # the same shapes, the input quantized in the kernel
     "quantize-gemv-down-static": (4096, 14336, True),
 }
 
-GEMV_CASES = {  # LLaMA-3-8B batch-1 decode: gate+up (no split) and down (K split in two)
+GEMV_CASES = {  # LLaMA-3-8B batch-1 decode, each with the config pick_gemv_config gives it
     "gemv-gate_up-int8": (28672, 4096, False),
     "gemv-down-fp8": (4096, 14336, True),
+    "gemv-k_proj-int8": (1024, 4096, False),
 }
 
 GEMM_CASES = {  # LLaMA-3-8B gate+up: prefill and decode, both 8-bit routes

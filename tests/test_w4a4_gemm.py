@@ -65,6 +65,8 @@ GEMV_CONFIGS = {
     "default": None,  # w4a4_matmul picks the GEMV for one token
     "split": GemvConfig(block_n=16, block_k_bytes=64, split_k=3),
     "wide": GemvConfig(block_n=32, block_k_bytes=128, num_stages=2),
+    "narrow": GemvConfig(block_n=8, block_k_bytes=256, num_warps=2),  # the default below N = 2048 (K >= 4096)
+    "long_steps": GemvConfig(block_n=16, block_k_bytes=512, num_stages=3),  # the default from N = 2048
 }
 
 

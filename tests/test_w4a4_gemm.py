@@ -20,6 +20,7 @@ CONFIGS = {
     "prefill": GemmConfig(32, 32, 64, num_warps=4),
     "prefill_shift_unpack": GemmConfig(32, 64, 128, num_warps=4, magic_unpack=False),
     "decode_swap_split": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4),
+    "decode_default": GemmConfig(16, 32, 256, num_warps=4, num_stages=4),  # pick_config's up to 16 tokens
     "unpack_first": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True),
     "prefill_split_nibbles": GemmConfig(32, 32, 64, num_warps=4, split_nibbles=True),
     "decode_swap_split_nibbles": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4, split_nibbles=True),

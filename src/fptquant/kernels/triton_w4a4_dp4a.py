@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting
-from .triton_w4a4_matmul import split_k_output
+from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
 LOW_NIBBLES = tl.constexpr(0x0F0F0F0F)
@@ -95,17 +95,7 @@ def _dp4a_kernel(
         row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), odd, row_sum, INTERPRET)
     # zero weight words past K add (0 + 8)·0: the activation there is masked to zero too
     total = tl.sum(acc, axis=2) - 8 * tl.sum(row_sum, axis=1)[:, None]
-    sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
-    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
-    out = total.to(tl.float32) * sa[:, None] * sw[None, :]
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :] * (split == 0)
-    offs = rm[:, None].to(tl.int64) * stride_om + rn[None, :]
-    mask = (rm < M)[:, None] & (rn < N)[None, :]
-    if SPLIT > 1:
-        tl.atomic_add(out_ptr + offs, out, mask=mask, sem="relaxed")
-    else:
-        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
 
 
 def dp4a_matmul(
@@ -126,8 +116,7 @@ def dp4a_matmul(
         raise ConfigError(f"the dp4a kernel takes int8 codes of at most 16 rows and K a multiple of 8, got "
                           f"{codes.dtype} ({m}, {k})")  # fmt: skip
     kw = k // 8
-    kw_per_split = triton.cdiv(triton.cdiv(kw, cfg.split_k), cfg.block_k_words) * cfg.block_k_words
-    split = triton.cdiv(kw, kw_per_split)
+    split, kw_per_split = split_k_plan(kw, cfg.split_k, cfg.block_k_words)
     words_a = codes.contiguous().view(torch.int32)  # 4 codes a word
     words_w = packed.contiguous().view(torch.int32)  # 8 codes a word
     out = split_k_output((m, n), split, out_dtype, codes.device)

@@ -25,7 +25,7 @@ from ..math.quantization import SCALE_EPS
 from .backend import interpreting
 from .quantize import QMAX
 from .triton_quantize import _rint
-from .triton_w4a4_matmul import split_k_output
+from .triton_w4a4_matmul import split_k_output, split_k_plan
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,7 @@ def pick_gemv_config(n: int, k: int) -> GemvConfig:
 def _plan(k: int, n: int, config: GemvConfig | None) -> tuple[GemvConfig, int, int]:
     """``(config, split, codes per split)``: K shared in whole ``2·block_k_bytes`` steps."""
     cfg = config or pick_gemv_config(n, k)
-    step = 2 * cfg.block_k_bytes
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), step) * step
-    return cfg, triton.cdiv(k, k_per_split), k_per_split
+    return cfg, *split_k_plan(k, cfg.split_k, 2 * cfg.block_k_bytes)
 
 
 def gemv(

@@ -102,6 +102,33 @@ def _dot(a, w, acc, SWAP: tl.constexpr, FP8: tl.constexpr, PROMOTE: tl.constexpr
 
 
 @triton.jit
+def _tile_epilogue(
+    acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split,
+    HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, SPLIT: tl.constexpr,
+):  # fmt: skip
+    """``(acc · s_tok) · s_ch (+ bias once)`` of an ``(M, N)`` tile (``(N, M)`` with SWAP), stored, or added
+    atomically when K is split."""
+    sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
+    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+    if SWAP:
+        out = acc.to(tl.float32) * sa[None, :] * sw[:, None]
+        offs = rm[None, :].to(tl.int64) * stride_om + rn[:, None]
+        mask = (rm < M)[None, :] & (rn < N)[:, None]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[:, None] * (split == 0)
+    else:
+        out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
+        offs = rm[:, None].to(tl.int64) * stride_om + rn[None, :]
+        mask = (rm < M)[:, None] & (rn < N)[None, :]
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :] * (split == 0)
+    if SPLIT > 1:
+        tl.atomic_add(out_ptr + offs, out, mask=mask, sem="relaxed")
+    else:
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _w4a4_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, MAGIC: tl.constexpr,
@@ -148,24 +175,14 @@ def _w4a4_kernel(
             w = _unpack(wp, BN, BK, MAGIC, FP8, DOT_TY) if PACKED else wp
             acc = _dot(a, w, acc, SWAP, FP8, PROMOTE)
 
-    sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
-    sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
-    if SWAP:
-        out = acc.to(tl.float32) * sa[None, :] * sw[:, None]
-        offs = rm[None, :].to(tl.int64) * stride_om + rn[:, None]
-        mask = (rm < M)[None, :] & (rn < N)[:, None]
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[:, None] * (split == 0)
-    else:
-        out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
-        offs = rm[:, None].to(tl.int64) * stride_om + rn[None, :]
-        mask = (rm < M)[:, None] & (rn < N)[None, :]
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :] * (split == 0)
-    if SPLIT > 1:
-        tl.atomic_add(out_ptr + offs, out, mask=mask, sem="relaxed")
-    else:
-        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    _tile_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, SWAP, SPLIT)
+
+
+def split_k_plan(length: int, split_k: int, step: int) -> tuple[int, int]:
+    """``(programs, length per program)`` sharing ``length`` in whole ``step``s among at most ``split_k``
+    programs (fewer where the steps run out)."""
+    per_split = triton.cdiv(triton.cdiv(length, max(1, split_k)), step) * step
+    return triton.cdiv(length, per_split), per_split
 
 
 def split_k_output(shape: tuple[int, int], split: int, out_dtype: torch.dtype, device) -> torch.Tensor:
@@ -206,9 +223,7 @@ def matmul(
     m, k = codes.shape
     n = packed.shape[0]
     cfg = config or pick_config(m, n, k)
-    split = max(1, min(cfg.split_k, triton.cdiv(k, cfg.block_k)))
-    k_per_split = triton.cdiv(triton.cdiv(k, split), cfg.block_k) * cfg.block_k
-    split = triton.cdiv(k, k_per_split)
+    split, k_per_split = split_k_plan(k, cfg.split_k, cfg.block_k)
     fp8 = codes.dtype == torch.float8_e4m3fn
     if cfg.unpack_first and packed.dtype == torch.uint8:
         packed = unpack_weights(packed.contiguous(), codes.dtype)

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
-from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
+from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig, pick_dp4a_config
 from fptquant.kernels.triton_w4a4_gemv import GemvConfig, pick_gemv_config, quantize_gemv
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
-from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference
+from fptquant.kernels.w4a4_matmul import DP4A_MAX_TOKENS, w4a4_matmul, w4a4_matmul_reference
 from fptquant.math.packing import pack_int4
 
 SHAPES = {
@@ -77,7 +77,7 @@ GEMV_SWEEP = [  # one token: the CUDA-core GEMV (what w4a4_matmul picks at M = 1
     GemvConfig(8, 256, 1, 2, 4),
     GemvConfig(16, 128, 1, 2, 8),
 ]
-DP4A_SWEEP = [  # up to 16 tokens: the CUDA cores' 4-way integer dot (not picked by w4a4_matmul until timed)
+DP4A_SWEEP = [  # up to 16 tokens: the CUDA cores' 4-way integer dot (w4a4_matmul's pick for 2-8)
     Dp4aConfig(32, 16, 1, 4, 4),
     Dp4aConfig(32, 16, 2, 4, 4),
     Dp4aConfig(16, 16, 1, 4, 4),
@@ -190,7 +190,12 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
     packs = [pack_int4(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)).cuda() for _ in range(q_bufs)]
     sw = torch.rand(n, device="cuda") * 0.01
     codes, sa = quantize_per_token(x, codes_dtype=codes_dtype, backend="triton")
-    heuristic = pick_gemv_config(n, k) if m == 1 else pick_config(m, n, k)
+    if m == 1:  # what w4a4_matmul picks with no config given
+        heuristic = pick_gemv_config(n, k)
+    elif m <= DP4A_MAX_TOKENS and codes_dtype == torch.int8:
+        heuristic = pick_dp4a_config(n)
+    else:
+        heuristic = pick_config(m, n, k)
     candidates = [heuristic] + ((DECODE_SWEEP if m <= 64 else PREFILL_SWEEP) if sweep else [])
     if m <= 64:
         block_m = max(16, min(64, 1 << (m - 1).bit_length()))

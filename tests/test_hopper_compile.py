@@ -150,17 +150,19 @@ def kv_write_job() -> dict:
     """LLaMA-3-8B's K/V (head dim 128) in bf16, quantized and written to the INT4 cache."""
     args = {"x_ptr": "*bf16", "codes_ptr": "*u8", "scale_ptr": "*bf16", "zero_ptr": "*u8", "start_ptr": "*i64"}
     args.update({name: "i32" for name in ("H", "T", "S", "stride_b", "stride_h", "stride_t")})
-    args.update(lo="fp32", hi="fp32", eps="fp32", D=128, DTYPE="tl.bfloat16", INTERPRET=False)
+    args.update(lo="fp32", hi="fp32", eps="fp32", inv_levels="fp32", D=128, DTYPE="tl.bfloat16", INTERPRET=False)
+    args["RECIPROCAL"] = True  # on the GPU the scale is a product, as torch's CUDA kernel computes it
     aligned = ["x_ptr", "codes_ptr", "stride_b", "stride_h", "stride_t"]
     module = "fptquant.kernels.triton_kv_write"
     return {"module": module, "kernel": "_kv_write_kernel", "args": args, "num_warps": 1, "aligned": aligned}
 
 
-def dp4a_job(m_pad: int) -> dict:
-    """LLaMA-3-8B gate+up at M = 8–16 (K = 4096: 512 weight words a row) on the dp4a kernel, default tiles."""
-    from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
+def dp4a_job(m_pad: int, n: int) -> dict:
+    """LLaMA-3-8B at M = 8–16 (K = 4096: 512 weight words a row) on the dp4a kernel, the tiles
+    ``pick_dp4a_config`` gives N output channels."""
+    from fptquant.kernels.triton_w4a4_dp4a import pick_dp4a_config
 
-    cfg = Dp4aConfig()
+    cfg = pick_dp4a_config(n)
     args = {"a_ptr": "*i32", "w_ptr": "*i32", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
             "out_ptr": "*bf16"}  # fmt: skip
     args.update({name: "i32" for name in ("M", "N", "KW", "stride_am", "stride_wn", "stride_om", "kw_per_split")})
@@ -178,7 +180,7 @@ def builds() -> dict:
             for static in (False, True)}  # fmt: skip
     jobs["kv"] = kv_attention_job()
     jobs["kv-write"] = kv_write_job()
-    jobs.update({f"dp4a-{m}": dp4a_job(m) for m in (8, 16)})
+    jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
@@ -214,9 +216,10 @@ def test_int4_kv_write_compiles_to_vector_memory_without_spills(builds):
     assert "cvt.rni" in build.ptx  # round half to even (libdevice rint), as torch.round
 
 
+@pytest.mark.parametrize("n", [6144, 28672])
 @pytest.mark.parametrize("m", [8, 16])
-def test_dp4a_decode_compiles_to_dp4a_without_spills(builds, m):
-    build = builds[f"dp4a-{m}"]
+def test_dp4a_decode_compiles_to_dp4a_without_spills(builds, m, n):
+    build = builds[f"dp4a-{m}-{n}"]
     assert build.spill_bytes == 0
     assert "dp4a.u32.s32" in build.ptx
     assert "ld.global.b8" not in build.memory_ops("ld")  # weights and codes travel as words

@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("triton")
 
 from fptquant.errors import ConfigError  # noqa: E402
-from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig  # noqa: E402
+from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig, pick_dp4a_config  # noqa: E402
 from fptquant.kernels.triton_w4a4_gemv import GemvConfig  # noqa: E402
-from fptquant.kernels.triton_w4a4_matmul import GemmConfig  # noqa: E402
+from fptquant.kernels.triton_w4a4_matmul import GemmConfig, pick_config  # noqa: E402
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
 from fptquant.math.packing import pack_int4  # noqa: E402
 
@@ -20,7 +20,7 @@ CONFIGS = {
     "prefill": GemmConfig(32, 32, 64, num_warps=4),
     "prefill_shift_unpack": GemmConfig(32, 64, 128, num_warps=4, magic_unpack=False),
     "decode_swap_split": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4),
-    "decode_default": GemmConfig(16, 32, 256, num_warps=4, num_stages=4),  # pick_config's up to 16 tokens
+    "decode_default": pick_config(16, 4096, 4096),  # up to 16 tokens
     "unpack_first": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True),
     "prefill_split_nibbles": GemmConfig(32, 32, 64, num_warps=4, split_nibbles=True),
     "decode_swap_split_nibbles": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4, split_nibbles=True),
@@ -87,6 +87,8 @@ def test_one_token_gemv_sums_exact_and_scaled_output_close(name, n, k, codes_dty
 
 DP4A_CONFIGS = {
     "default": Dp4aConfig(),
+    "narrow": pick_dp4a_config(4096),
+    "wide": pick_dp4a_config(28672),
     "split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3),
 }
 
@@ -122,18 +124,24 @@ def test_small_m_kernel_switch_routes_to_dp4a(monkeypatch):
 
     calls = []
     real = dp4a.dp4a_matmul
-    monkeypatch.setattr(dp4a, "dp4a_matmul", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
-    a, w, sa, sw, bias = problem(5, 40, 576, seed=3)
-    expected = w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="triton")  # default: the tensor-core GEMM
-    assert calls == []
+    monkeypatch.setattr(dp4a, "dp4a_matmul", lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw))
+    a, w, sa, sw, bias = problem(12, 40, 576, seed=3)
+    packed = pack_int4(w)
+    expected = w4a4_matmul_reference(a, sa, packed, sw, bias)
+    for tokens in (1, 5, 8, 9, 12):  # default: the GEMV for one token, dp4a up to 8, the GEMM above
+        out = w4a4_matmul(a[:tokens], sa[:tokens], packed, sw, bias, backend="triton")
+        torch.testing.assert_close(out.double(), expected[:tokens].double(), rtol=2**-7, atol=1e-5)
+    assert calls == [5, 8]
     monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "dp4a")
-    assert torch.equal(w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="triton"), expected)
-    assert calls == [(5, 576)]
-    w4a4_matmul(a[:1], sa[:1], pack_int4(w), sw, bias, backend="triton")  # one token stays on the GEMV
-    assert calls == [(5, 576)]
+    w4a4_matmul(a, sa, packed, sw, bias, backend="triton")
+    w4a4_matmul(a[:1], sa[:1], packed, sw, bias, backend="triton")  # one token stays on the GEMV
+    assert calls == [5, 8, 12]
+    monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "gemm")
+    w4a4_matmul(a[:5], sa[:5], packed, sw, bias, backend="triton")
+    assert calls == [5, 8, 12]
     monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "cutlass")
     with pytest.raises(ConfigError, match="FPTQUANT_SMALL_M_KERNEL"):
-        w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="triton")
+        w4a4_matmul(a, sa, packed, sw, bias, backend="triton")
 
 
 def test_gemv_long_k_all_non_negative_is_exact():

@@ -8,7 +8,9 @@ bytes, a scale and a zero point.
 
 The numbers are the quantizer's bit for bit: torch computes each operation of a bf16/fp16 tensor in
 float32 and rounds the result to the tensor's dtype, so :func:`_r` rounds after every operation the
-same way, and every division is IEEE (``div_rn``).
+same way, and every tensor division is IEEE (``div_rn``). One exception follows torch's CUDA kernels: a
+tensor divided by a Python number is computed there as a product with the float32 reciprocal, so the
+scale's ``/ 15`` is a multiplication on the GPU and a division on the CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..math.quantization import SCALE_EPS
 from .backend import interpreting
 from .triton_quantize import _rint
 
+_INV_LEVELS = (torch.tensor(1.0) / 15).item()  # float32 1/15, exact as a Python float, as torch's CUDA kernel uses it
 _STORAGE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
@@ -39,7 +42,7 @@ def _r(x, DTYPE: tl.constexpr):
 @triton.jit
 def _kv_write_kernel(
     x_ptr, codes_ptr, scale_ptr, zero_ptr, start_ptr, H, T, S, stride_b, stride_h, stride_t, lo, hi, eps,
-    D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
+    inv_levels, D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr, RECIPROCAL: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)  # (b, h, t) flattened, t fastest
     t = row % T
@@ -53,8 +56,12 @@ def _kv_write_kernel(
     xmax = _r(tl.maximum(tl.max(x_lo, axis=0), tl.max(x_hi, axis=0)) * hi, DTYPE)
     xmin = tl.minimum(xmin, 0.0)
     xmax = tl.maximum(xmax, 0.0)
-    fifteen = xmin * 0.0 + 15.0  # codes 0..15; div_rn takes tensors
-    scale = _r(tl.maximum(_r(tl.math.div_rn(_r(xmax - xmin, DTYPE), fifteen), DTYPE), eps), DTYPE)
+    if RECIPROCAL:
+        scale = _r(_r(xmax - xmin, DTYPE) * inv_levels, DTYPE)
+    else:
+        fifteen = xmin * 0.0 + 15.0  # codes 0..15; div_rn takes tensors
+        scale = _r(tl.math.div_rn(_r(xmax - xmin, DTYPE), fifteen), DTYPE)
+    scale = _r(tl.maximum(scale, eps), DTYPE)
     zero = tl.minimum(tl.maximum(_rint(_r(tl.math.div_rn(-xmin, scale), DTYPE), INTERPRET), 0.0), 15.0)
     q_lo = _rint(_r(tl.math.div_rn(x_lo, scale + 0.0 * x_lo), DTYPE), INTERPRET)
     q_hi = _rint(_r(tl.math.div_rn(x_hi, scale + 0.0 * x_hi), DTYPE), INTERPRET)
@@ -83,6 +90,6 @@ def quantize_and_write(
         x = x.contiguous()
     _kv_write_kernel[(b * h * t,)](
         x, codes, scale, zero, start, h, t, codes.shape[2], x.stride(0), x.stride(1), x.stride(2),
-        float(lo), float(hi), SCALE_EPS, D=d, DTYPE=_STORAGE[x.dtype], INTERPRET=interpreting(),
-        num_warps=1,
+        float(lo), float(hi), SCALE_EPS, _INV_LEVELS, D=d, DTYPE=_STORAGE[x.dtype], INTERPRET=interpreting(),
+        RECIPROCAL=x.is_cuda, num_warps=1,
     )  # fmt: skip

@@ -14,7 +14,9 @@ leaves ``Σ v·a`` exactly, in int32. The interpreter has no inline assembly, so
 spelled out byte by byte (the arithmetic is what the CPU tests check; ``tests/test_hopper_compile.py``
 checks the instruction).
 
-Not picked by default yet: the sweep of ``benchmarks/bench_w4a4_gemm.py`` times it against the GEMM.
+:func:`.w4a4_matmul.w4a4_matmul` picks it for 2–8 tokens: on the H100 at M = 8 it beat every tensor-core
+tile on all five LLaMA-3 shapes (1.6–2.1× BF16 against 1.1–1.5×); at M = 16 the GEMM is ahead again
+(docs/RESULTS.md, session 13).
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class Dp4aConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
+
+
+def pick_dp4a_config(n: int) -> Dp4aConfig:
+    """The H100 sweep's best at M = 8 (session 13): 16 channels × 32 words, 6 stages on 8B qkv, o and down;
+    32 × 16 words on the widest layers (8B gate+up 43.4 µs; 70B gate+up 161 µs, 3% behind a 64-channel tile)."""
+    if n >= 16384:
+        return Dp4aConfig(32, 16, num_warps=4, num_stages=4)
+    return Dp4aConfig(16, 32, num_warps=4, num_stages=6)
 
 
 @triton.jit
@@ -109,7 +119,7 @@ def dp4a_matmul(
 ) -> torch.Tensor:
     """``(M, K)`` int8 codes (M ≤ 16) × ``(N, K/2)`` packed weights → ``(M, N)``, like
     :func:`.w4a4_matmul.w4a4_matmul`."""
-    cfg = config or Dp4aConfig()
+    cfg = config or pick_dp4a_config(packed.shape[0])
     m, k = codes.shape
     n = packed.shape[0]
     if codes.dtype != torch.int8 or m > 16 or k % 8:

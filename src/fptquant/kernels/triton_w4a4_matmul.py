@@ -195,13 +195,14 @@ def split_k_output(shape: tuple[int, int], split: int, out_dtype: torch.dtype, d
 
 def pick_config(m: int, n: int, k: int) -> GemmConfig:
     """The best configs of the H100 sweeps (docs/RESULTS.md, W4A4 GEMM; docs/results/2026-11-23-session9/
-    gemm_decode_*.json): up to 16 tokens a 16×32 tile along K in 256-code steps (mma.sync: 20.8, 14.7, 59.6,
-    42.6 µs on 8B qkv, o, gate+up, down at M = 16, against 27.9, 19.8, 75.6, 48.4 with the swapped tile);
+    gemm_decode_*.json; session 13): up to 16 tokens a 16×32 tile along K in 256-code steps, the weight's
+    low and high nibbles in two dots (mma.sync: 19.1, 12.6, 55.0, 37.1 µs on 8B qkv, o, gate+up, down at
+    M = 16, against 27.8, 19.8, 75.6, 48.4 with the swapped tile);
     up to 64 the weight rows on the MMA's 64-row side (swap), split in two along K when N leaves SMs idle;
     prefill unpacks the weights once, then runs the one-byte GEMM (unpacking in the main loop doubled its
     time)."""
-    if m <= 16:  # the sweep's best at M = 16 on four of the five shapes, and within 5% on 8B down_proj
-        return GemmConfig(16, 32, 256, num_warps=4, num_stages=4)
+    if m <= 16:  # session 13 at M = 16: the even/odd halves as two dots, 4-14% faster than one interleaved tile
+        return GemmConfig(16, 32, 256, num_warps=4, num_stages=4, split_nibbles=True)
     if m <= 64:
         block_m = max(16, triton.next_power_of_2(m))
         split = 2 if n <= 4096 and k >= 2048 else 1

@@ -69,7 +69,7 @@ def w4a4_matmul(
     :class:`~fptquant.kernels.triton_w4a4_matmul.GemmConfig` (tensor cores) or, for one token,
     :class:`~fptquant.kernels.triton_w4a4_gemv.GemvConfig` (CUDA cores), or for up to 16 tokens
     :class:`~fptquant.kernels.triton_w4a4_dp4a.Dp4aConfig` (CUDA cores, dp4a); else a heuristic picks: the
-    GEMV for one token, the GEMM otherwise."""
+    GEMV for one token, dp4a for 2–8 int8-coded tokens (:func:`_small_m_on_dp4a`), the GEMM otherwise."""
     if backend_for(codes, backend) == "torch":
         return w4a4_matmul_reference(codes, act_scale, packed, weight_scale, bias, out_dtype)
     _check(codes, act_scale, packed, weight_scale)
@@ -86,18 +86,20 @@ def w4a4_matmul(
     return matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
 
 
-SMALL_M_KERNELS = ("gemm", "dp4a")
+SMALL_M_KERNELS = ("auto", "gemm", "dp4a")
+DP4A_MAX_TOKENS = 8  # measured on the H100: dp4a wins at 8 tokens, the tensor-core GEMM at 16
 
 
 def _small_m_on_dp4a(codes: torch.Tensor, packed: torch.Tensor) -> bool:
-    """2–16 tokens go to the dp4a kernel when ``FPTQUANT_SMALL_M_KERNEL=dp4a`` (default ``gemm``: the
-    tensor-core GEMM, until the dp4a kernel has been timed on the H100)."""
-    choice = os.environ.get("FPTQUANT_SMALL_M_KERNEL", "gemm")
+    """Whether a few-token call goes to the dp4a kernel. ``FPTQUANT_SMALL_M_KERNEL``: ``auto`` (default)
+    sends 2–8 tokens there, ``dp4a`` sends 2–16, ``gemm`` none (the tensor-core GEMM)."""
+    choice = os.environ.get("FPTQUANT_SMALL_M_KERNEL", "auto")
     if choice not in SMALL_M_KERNELS:
         raise ConfigError(f"FPTQUANT_SMALL_M_KERNEL must be one of {', '.join(SMALL_M_KERNELS)}, got {choice!r}")
     m, k = codes.shape
-    fits = 2 <= m <= 16 and codes.dtype == torch.int8 and k % 8 == 0 and packed.dtype == torch.uint8
-    return choice == "dp4a" and fits
+    fits = codes.dtype == torch.int8 and k % 8 == 0 and packed.dtype == torch.uint8
+    limit = {"auto": DP4A_MAX_TOKENS, "dp4a": 16, "gemm": 1}[choice]
+    return fits and 2 <= m <= limit
 
 
 def quantize_w4a4_matmul(

@@ -46,6 +46,16 @@ PREFILL_SWEEP = [
     GemmConfig(256, 128, 128, num_warps=8, num_stages=4, unpack_first=True),
     GemmConfig(256, 128, 128, num_warps=8, num_stages=3, split_nibbles=True),  # unpacked in the loop, no shuffle
     GemmConfig(128, 256, 128, num_warps=8, num_stages=3, split_nibbles=True),
+    # persistent, TMA-fed (one byte a code, unpacked first)
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, unpack_first=True, tma=True),
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=4, unpack_first=True, tma=True),
+    GemmConfig(128, 256, 128, num_warps=8, num_stages=3, unpack_first=True, tma=True, warp_specialize=True),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=True),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=4, unpack_first=True, tma=True),
+    GemmConfig(128, 128, 128, num_warps=8, num_stages=4, unpack_first=True, tma=True),
+    GemmConfig(128, 128, 128, num_warps=4, num_stages=5, unpack_first=True, tma=True),
+    GemmConfig(128, 128, 256, num_warps=8, num_stages=3, unpack_first=True, tma=True),
+    GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=True, group_m=16),
 ]
 DECODE_SWEEP = [
     GemmConfig(16, 64, 512, swap=True, num_warps=4, num_stages=3),

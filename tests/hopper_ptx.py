@@ -82,7 +82,8 @@ def _build(job: dict) -> dict:
         constexprs={(names.index(n),): v for n, v in constant.items()},
         attrs={(names.index(n),): [["tt.divisibility", 16]] for n in job.get("aligned", ())},
     )
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": job["num_warps"]})
+    options = {"num_warps": job["num_warps"], "num_stages": job.get("num_stages", 3)}
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = kernel.asm["ptx"]
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "kernel.ptx")

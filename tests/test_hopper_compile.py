@@ -4,6 +4,8 @@ interpreter tests check the arithmetic; these check what the interpreter cannot 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytest.importorskip("triton.backends.nvidia")
@@ -89,6 +91,24 @@ def gemm_job(m: int, n: int, k: int, fp8: bool, split_nibbles: bool = False) -> 
                "stride_om", "k_per_split"]  # fmt: skip
     module = "fptquant.kernels.triton_w4a4_matmul"
     return {"module": module, "kernel": "_w4a4_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
+
+
+def tma_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages: int, fp8: bool) -> dict:
+    """The persistent TMA-fed prefill GEMM on one-byte codes (LLaMA-3-8B gate+up, K = 4096)."""
+    ty = "fp8e4nv" if fp8 else "i8"
+    args = {
+        "a_desc": f"tensordesc<{ty}[{block_m}, {block_k}]>", "w_desc": f"tensordesc<{ty}[{block_n}, {block_k}]>",
+        "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": "*bf16", "M": "i32", "N": "i32",
+        "K": "i32", "stride_om": "i32", "HAS_BIAS": False, "FP8": fp8, "ACC_TY": "tl.float32" if fp8 else "tl.int32",
+        "PROMOTE": block_k, "BM": block_m, "BN": block_n, "BK": block_k, "GROUP_M": 8, "PROGRAMS": 132,
+        "WARP_SPECIALIZE": False,
+    }  # fmt: skip
+    module = "fptquant.kernels.triton_w4a4_tma"
+    return {"module": module, "kernel": "_tma_kernel", "args": args, "num_warps": warps, "num_stages": stages,
+            "aligned": ["sa_ptr", "sw_ptr", "out_ptr", "N", "K", "stride_om"]}  # fmt: skip
+
+
+TMA_CASES = {"tma-int8-128x256": (128, 256, 128, 8, 3, False), "tma-fp8-128x128": (128, 128, 128, 8, 4, True)}
 
 
 def gemv_job(n: int, k: int, fp8: bool) -> dict:
@@ -182,6 +202,7 @@ def builds() -> dict:
     jobs["kv-write"] = kv_write_job()
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
+    jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
     return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
@@ -233,6 +254,15 @@ def test_w4a4_gemm_compiles_to_tensor_cores_without_spills(builds, name):
         assert "mma.sync" in build.ptx
     else:
         assert build.uses_wgmma
+
+
+@pytest.mark.parametrize("name", list(TMA_CASES))
+def test_tma_prefill_gemm_copies_by_tma_into_wgmma_without_spills(builds, name):
+    build = builds[name]
+    assert build.spill_bytes == 0
+    assert build.uses_wgmma
+    assert "cp.async.bulk.tensor" in build.ptx  # the tiles arrive by TMA, not by per-thread copies
+    assert not re.search(r"cp\.async\.c[ag]\.", build.ptx)  # and no per-thread asynchronous copies
 
 
 @pytest.mark.parametrize("name", list(GEMV_CASES) + list(QUANTIZE_GEMV_CASES))

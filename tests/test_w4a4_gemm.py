@@ -22,6 +22,8 @@ CONFIGS = {
     "decode_swap_split": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4),
     "decode_default": pick_config(16, 4096, 4096),  # up to 16 tokens
     "unpack_first": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True),
+    "tma": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True, tma=True),
+    "tma_warp_specialized": GemmConfig(16, 64, 128, num_warps=4, unpack_first=True, tma=True, warp_specialize=True),
     "prefill_split_nibbles": GemmConfig(32, 32, 64, num_warps=4, split_nibbles=True),
     "decode_swap_split_nibbles": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4, split_nibbles=True),
     "decode_nibbles_shift_unpack": GemmConfig(
@@ -60,6 +62,21 @@ def test_integer_sums_exact_and_scaled_output_close(name, m, n, k, codes_dtype):
     torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-5)
     ref = w4a4_matmul_reference(codes, sa, packed, sw, bias, torch.bfloat16)
     torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+
+
+def test_tma_prefill_takes_aligned_shapes_and_leaves_the_rest_to_the_pointer_gemm(monkeypatch):
+    """TMA copies need rows of a multiple of 16 bytes: K = 576 goes to the TMA kernel, K = 200 cannot."""
+    import fptquant.kernels.triton_w4a4_tma as tma
+
+    calls = []
+    real = tma.tma_matmul
+    monkeypatch.setattr(tma, "tma_matmul", lambda *a, **kw: calls.append(a[0].shape[1]) or real(*a, **kw))
+    for k in (576, 200):
+        a, w, sa, sw, bias = problem(40, 48, k, seed=k)
+        out = w4a4_matmul(a, sa, pack_int4(w), sw, bias, backend="triton", config=CONFIGS["tma"])
+        exact = (a.double() @ w.double().T) * sa.double() * sw.double() + bias.double()
+        torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-5)
+    assert calls == [576]
 
 
 GEMV_CONFIGS = {

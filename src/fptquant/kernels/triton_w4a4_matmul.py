@@ -32,6 +32,8 @@ class GemmConfig:
     promote: int | None = None  # FP8: products per exact float32 promotion (None: block_k; 0: never, inexact)
     unpack_first: bool = False  # prefill: unpack the weights to one byte a code in a scratch pass, then GEMM
     split_nibbles: bool = False  # even-k and odd-k halves as two dots (no interleave of the weight tile)
+    tma: bool = False  # with unpack_first: the persistent TMA kernel (.triton_w4a4_tma) where the shapes allow
+    warp_specialize: bool = False  # TMA kernel: Triton's producer/consumer warp split of the K loop
 
 
 @triton.jit
@@ -228,6 +230,11 @@ def matmul(
     fp8 = codes.dtype == torch.float8_e4m3fn
     if cfg.unpack_first and packed.dtype == torch.uint8:
         packed = unpack_weights(packed.contiguous(), codes.dtype)
+    if cfg.tma and packed.dtype == codes.dtype:
+        from .triton_w4a4_tma import tma_fits, tma_matmul
+
+        if tma_fits(codes, packed):
+            return tma_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg)
     packed_weights = packed.dtype == torch.uint8  # else one code a byte, in the codes' dtype
     promote = cfg.block_k if cfg.promote is None else cfg.promote
     if cfg.split_nibbles:  # each of the two dots sums half of the block's products

@@ -1,6 +1,6 @@
 """Per-token INT4 quantization kernel vs device copy bandwidth (issue 8, acceptance 4, plain quantize).
 
-    python3 benchmarks/bench_quantize.py [--json FILE]
+    python3 benchmarks/bench_quantize.py [--sweep] [--json FILE]
 
 Checks the Triton codes and scales bit-exact against the PyTorch reference for every shape, then times,
 in the same run: a bf16 device copy of the input (read + write), the Triton kernel (bf16 in, int8 codes
@@ -16,12 +16,14 @@ import torch
 from timing import finish_report, gbps, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token, quantize_per_token_reference
+from fptquant.kernels.triton_quantize import quantize_rows
 
 SHAPES_K = [4096, 14336, 576, 1536, 8192, 28672]
 SHAPES_M = [2048, 8192, 32768]
+TILES = [(1, 4), (1, 8), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16)]  # (rows a program, warps), --sweep
 
 
-def measure(m: int, k: int, codes_dtype: torch.dtype) -> dict:
+def measure(m: int, k: int, codes_dtype: torch.dtype, sweep: bool = False) -> dict:
     n = rotations(m * k * 3)
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
     ys = [torch.empty_like(x) for x in xs]
@@ -35,12 +37,26 @@ def measure(m: int, k: int, codes_dtype: torch.dtype) -> dict:
     row = {"M": m, "K": k, "codes": str(codes_dtype).replace("torch.", ""), "exact": bool(exact)}
     row.update(copy_GBps=gbps(copy, 4 * m * k), triton_GBps=gbps(kern, moved), torch_ref_GBps=gbps(ref, moved))
     row.update(fraction_of_copy=row["triton_GBps"] / row["copy_GBps"], copy=copy, triton=kern, torch_ref=ref)
+    if sweep:  # the default tile against others; each checked bit-exact before it is timed
+        tiles = []
+        for block_m, warps in TILES:
+            qt, st = quantize_rows(xs[0], codes_dtype=codes_dtype, block_m=block_m, num_warps=warps)
+            same = torch.equal(qt.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(st, sr)
+            t = time_us(
+                lambda i, b=block_m, w=warps: quantize_rows(xs[i], codes_dtype=codes_dtype, block_m=b, num_warps=w), n
+            )  # noqa: E501
+            tiles.append({"block_m": block_m, "num_warps": warps, "exact": bool(same), "GBps": gbps(t, moved)})
+        row["tiles"] = tiles
+        row["exact"] = row["exact"] and all(t["exact"] for t in tiles)
+        best = max(tiles, key=lambda t: t["GBps"])
+        row["best_tile_fraction_of_copy"] = best["GBps"] / row["copy_GBps"]
     return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default=None)
+    parser.add_argument("--sweep", action="store_true", help="also time other tiles (rows a program, warps)")
     args = parser.parse_args()
     env = start_report()
     if env is None:
@@ -51,10 +67,11 @@ def main() -> int:
     cases = [(torch.int8, m, k) for m in SHAPES_M for k in SHAPES_K if m * k * 2 <= 2 << 30]
     cases += [(torch.float8_e4m3fn, 8192, k) for k in (4096, 14336)]
     for codes_dtype, m, k in cases:
-        r = measure(m, k, codes_dtype)
+        r = measure(m, k, codes_dtype, args.sweep)
         rows.append(r)
+        best = f" best tile {100 * r['best_tile_fraction_of_copy']:.1f}%" if args.sweep else ""
         print(f"{r['codes']:>13} {m:>6} {k:>6} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>12.0f} "
-              f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_ref_GBps']:>15.0f} {r['exact']}")  # fmt: skip
+              f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_ref_GBps']:>15.0f} {r['exact']}{best}")  # fmt: skip
         torch.cuda.empty_cache()
     ok = all(r["exact"] for r in rows)
     return finish_report({**env, "rows": rows}, args.json, ok, "all exact", "MISMATCH against the reference")

@@ -67,20 +67,28 @@ def _quantize_rows_kernel(
 
 
 def quantize_rows(
-    x: torch.Tensor, clip_ratio: float = 1.0, static_scale: float | None = None, codes_dtype=torch.int8
+    x: torch.Tensor,
+    clip_ratio: float = 1.0,
+    static_scale: float | None = None,
+    codes_dtype=torch.int8,
+    block_m: int | None = None,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block_m`` rows a program and ``num_warps`` (default: about 8192 values a program, 8 warps) are
+    for the benchmark's tile sweep."""
     assert QMAX == 7 and QMIN == -8
     M, K = x.shape
     codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
     scales = torch.empty((M,), dtype=torch.float32, device=x.device)
     whole = triton.next_power_of_2(K)
     block_k = whole if whole <= 16384 else 4096
-    block_m = max(1, min(32, 8192 // block_k))
+    block_m = block_m or max(1, min(32, 8192 // block_k))
+    num_warps = num_warps or (8 if block_m * block_k >= 8192 else 4)
     grid = (triton.cdiv(M, block_m),)
     _quantize_rows_kernel[grid](
         x, codes, scales, M, K, x.stride(0), codes.stride(0), float(clip_ratio),
         QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k,
-        ONE_TILE=block_k >= K, INTERPRET=interpreting(), num_warps=8 if block_m * block_k >= 8192 else 4,
+        ONE_TILE=block_k >= K, INTERPRET=interpreting(), num_warps=num_warps,
     )  # fmt: skip
     return codes, scales[:, None]

@@ -43,9 +43,14 @@ def _tma_kernel(
             a = a_desc.load([pid_m * BM, ks * BK])
             w = w_desc.load([pid_n * BN, ks * BK])
             acc = _dot(a, w, acc, False, FP8, PROMOTE)
+        # the epilogue in two column halves: its register-to-store layout change goes through shared memory,
+        # which the pipeline's tile buffers already fill (a whole 256x128 float32 tile would not fit beside them)
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
         rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
-        _tile_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, 0, HAS_BIAS, False, 1)
+        rn = pid_n * BN + tl.arange(0, BN // 2)
+        _tile_epilogue(left, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, 0, HAS_BIAS, False, 1)
+        rn += BN // 2
+        _tile_epilogue(right, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, 0, HAS_BIAS, False, 1)
 
 
 def tma_fits(codes: torch.Tensor, weights: torch.Tensor) -> bool:
@@ -53,6 +58,19 @@ def tma_fits(codes: torch.Tensor, weights: torch.Tensor) -> bool:
     k = codes.shape[1]
     aligned = all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (codes, weights))
     return aligned and k % 16 == 0 and weights.shape[1] == k and weights.element_size() == 1
+
+
+SHARED_BYTES = 227 * 1024  # what one H100 program may have
+
+
+def pipeline_stages(cfg: GemmConfig, out_dtype: torch.dtype) -> int:
+    """``cfg.num_stages``, fewer where the tile buffers and the half-tile epilogue would not fit in shared
+    memory (a 256x128 tile with float32 out fits 3 stages, not 4)."""
+    epilogue = cfg.block_m * cfg.block_n // 2 * torch.empty((), dtype=out_dtype).element_size()
+    stages = cfg.num_stages
+    while stages > 2 and stages * (cfg.block_m + cfg.block_n) * cfg.block_k + epilogue + 1024 > SHARED_BYTES:
+        stages -= 1
+    return stages
 
 
 def _programs(device: torch.device) -> int:
@@ -85,6 +103,6 @@ def tma_matmul(
         out.stride(0), HAS_BIAS=bias is not None, FP8=fp8, ACC_TY=tl.float32 if fp8 else tl.int32,
         PROMOTE=cfg.block_k if cfg.promote is None else cfg.promote, BM=cfg.block_m, BN=cfg.block_n,
         BK=cfg.block_k, GROUP_M=cfg.group_m, PROGRAMS=programs, WARP_SPECIALIZE=cfg.warp_specialize,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=pipeline_stages(cfg, out_dtype),
     )  # fmt: skip
     return out

@@ -1,10 +1,12 @@
 """Per-token INT4 quantization kernel vs device copy bandwidth (issue 8, acceptance 4, plain quantize).
 
-    python3 benchmarks/bench_quantize.py [--sweep] [--json FILE]
+    python3 benchmarks/bench_quantize.py [--sweep] [--eager] [--json FILE]
 
 Checks the Triton codes and scales bit-exact against the PyTorch reference for every shape, then times,
 in the same run: a bf16 device copy of the input (read + write), the Triton kernel (bf16 in, int8 codes
-and fp32 scales out) and the PyTorch reference. Bandwidth = bytes read + written / median time.
+and fp32 scales out) and the PyTorch reference. Bandwidth = bytes read + written / median time. The copy and
+the kernel are timed by CUDA-graph replay (device time; ``--eager`` without graphs, which at M = 2048 times
+the host more than the GPU); the default tile is also timed eagerly (``triton_eager``).
 """
 
 from __future__ import annotations
@@ -23,28 +25,32 @@ SHAPES_M = [2048, 8192, 32768]
 TILES = [(1, 4), (1, 8), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16)]  # (rows a program, warps), --sweep
 
 
-def measure(m: int, k: int, codes_dtype: torch.dtype, sweep: bool = False) -> dict:
+def measure(m: int, k: int, codes_dtype: torch.dtype, sweep: bool = False, graph: bool = True) -> dict:
     n = rotations(m * k * 3)
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
     ys = [torch.empty_like(x) for x in xs]
     q, s = quantize_per_token(xs[0], backend="triton", codes_dtype=codes_dtype)
     qr, sr = quantize_per_token_reference(xs[0], codes_dtype=codes_dtype)
-    copy = time_us(lambda i: ys[i].copy_(xs[i]), n)
-    kern = time_us(lambda i: quantize_per_token(xs[i], backend="triton", codes_dtype=codes_dtype), n)
+    copy = time_us(lambda i: ys[i].copy_(xs[i]), n, graph=graph)
+    kern = time_us(lambda i: quantize_per_token(xs[i], backend="triton", codes_dtype=codes_dtype), n, graph=graph)
+    eager = time_us(lambda i: quantize_per_token(xs[i], backend="triton", codes_dtype=codes_dtype), n)
     ref = time_us(lambda i: quantize_per_token_reference(xs[i], codes_dtype=codes_dtype), n, samples=5)
     moved = m * k * 2 + m * k + m * 4
     exact = torch.equal(q.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(s, sr)
     row = {"M": m, "K": k, "codes": str(codes_dtype).replace("torch.", ""), "exact": bool(exact)}
     row.update(copy_GBps=gbps(copy, 4 * m * k), triton_GBps=gbps(kern, moved), torch_ref_GBps=gbps(ref, moved))
     row.update(fraction_of_copy=row["triton_GBps"] / row["copy_GBps"], copy=copy, triton=kern, torch_ref=ref)
+    row.update(triton_eager=eager, eager_fraction_of_copy=gbps(eager, moved) / row["copy_GBps"])
     if sweep:  # the default tile against others; each checked bit-exact before it is timed
         tiles = []
         for block_m, warps in TILES:
             qt, st = quantize_rows(xs[0], codes_dtype=codes_dtype, block_m=block_m, num_warps=warps)
             same = torch.equal(qt.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(st, sr)
             t = time_us(
-                lambda i, b=block_m, w=warps: quantize_rows(xs[i], codes_dtype=codes_dtype, block_m=b, num_warps=w), n
-            )  # noqa: E501
+                lambda i, b=block_m, w=warps: quantize_rows(xs[i], codes_dtype=codes_dtype, block_m=b, num_warps=w),
+                n,
+                graph=graph,
+            )
             tiles.append({"block_m": block_m, "num_warps": warps, "exact": bool(same), "GBps": gbps(t, moved)})
         row["tiles"] = tiles
         row["exact"] = row["exact"] and all(t["exact"] for t in tiles)
@@ -57,6 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default=None)
     parser.add_argument("--sweep", action="store_true", help="also time other tiles (rows a program, warps)")
+    parser.add_argument("--eager", action="store_true", help="time without CUDA graphs")
     args = parser.parse_args()
     env = start_report()
     if env is None:
@@ -67,9 +74,10 @@ def main() -> int:
     cases = [(torch.int8, m, k) for m in SHAPES_M for k in SHAPES_K if m * k * 2 <= 2 << 30]
     cases += [(torch.float8_e4m3fn, 8192, k) for k in (4096, 14336)]
     for codes_dtype, m, k in cases:
-        r = measure(m, k, codes_dtype, args.sweep)
+        r = measure(m, k, codes_dtype, args.sweep, not args.eager)
         rows.append(r)
-        best = f" best tile {100 * r['best_tile_fraction_of_copy']:.1f}%" if args.sweep else ""
+        best = f" eager {100 * r['eager_fraction_of_copy']:.1f}%"
+        best += f" best tile {100 * r['best_tile_fraction_of_copy']:.1f}%" if args.sweep else ""
         print(f"{r['codes']:>13} {m:>6} {k:>6} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>12.0f} "
               f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_ref_GBps']:>15.0f} {r['exact']}{best}")  # fmt: skip
         torch.cuda.empty_cache()

@@ -1,12 +1,15 @@
 """Fused online transform + per-token INT4 quantize vs device copy bandwidth (issue 8, acceptance 4).
 
-    python3 benchmarks/bench_transform_quantize.py [--json FILE] [--sweep] [--static]
+    python3 benchmarks/bench_transform_quantize.py [--json FILE] [--sweep] [--static] [--eager]
 
 For each (M, K, n1×n2): codes checked against the PyTorch reference (±1 on ≤0.1% of codes, scales to
 2e-3), then, in the same run, a bf16 device copy of the input, the fused Triton kernel, and the unfused
 PyTorch path (two matmuls + quantize). Bandwidth = bytes read + written / median time. ``--sweep``
 times every tiling (tokens per tile, column chunk, warps, pipeline stages), each checked, and reports the
 fastest (all of them in the JSON); ``--static`` uses a static scale (one pass) instead of per-token dynamic scales.
+The copy and the kernel are timed by CUDA-graph replay (device time: at M = 8192 a call's Python and launch
+cost is close to its GPU time and left gaps between eagerly queued calls); the best tiling is also timed
+eagerly (``triton_eager``), and ``--eager`` times everything that way.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def check(q, s, qr, sr) -> tuple[bool, int, float]:
     return ok, int(diff.gt(0).sum()), scale_rel
 
 
-def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: float | None) -> dict:
+def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: float | None, graph: bool) -> dict:
     gen = torch.Generator().manual_seed(k)
     p1, p2 = factors(n1, n2, kind, gen)
     nb = k // (n1 * n2)
@@ -77,7 +80,7 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
     ys = [torch.empty_like(x) for x in xs]
     qr, sr = transform_quantize_reference(xs[0], p1, p2, static_scale=static)
     moved = m * k * 2 + m * k + m * 4
-    copy = time_us(lambda i: ys[i].copy_(xs[i]), n)
+    copy = time_us(lambda i: ys[i].copy_(xs[i]), n, graph=graph)
     ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static), n, samples=5)
     tried = []
     for knobs in tilings(n1, n2, sweep):
@@ -87,7 +90,9 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
             tried.append({**knobs, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         ok, flips, scale_rel = check(q, s, qr, sr)
-        kern = time_us(lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **knobs), n)
+        kern = time_us(
+            lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **knobs), n, graph=graph
+        )
         tried.append({**knobs, "ok": ok, "codes_off_by_one": flips, "scale_rel": scale_rel, "triton": kern,
                       "triton_GBps": gbps(kern, moved)})  # fmt: skip
     good = [t for t in tried if t.get("ok")] or [t for t in tried if "triton" in t]
@@ -96,6 +101,10 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
     row.update(best=best, tried=tried, copy=copy, torch_ref=ref)
     row.update(copy_GBps=gbps(copy, 4 * m * k), triton_GBps=best["triton_GBps"], torch_GBps=gbps(ref, moved))
     row["fraction_of_copy"] = row["triton_GBps"] / row["copy_GBps"]
+    if graph and "triton" in best:
+        knobs = {key: best[key] for key in KNOBS if key in best}
+        eager = time_us(lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **knobs), n)
+        row.update(triton_eager=eager, eager_fraction_of_copy=gbps(eager, moved) / row["copy_GBps"])
     return row
 
 
@@ -105,6 +114,7 @@ def main() -> int:
     parser.add_argument("--m", default="8192,32768")
     parser.add_argument("--sweep", action="store_true", help="time every tiling and report the fastest")
     parser.add_argument("--static", action="store_true", help="a static scale (one pass) instead of dynamic")
+    parser.add_argument("--eager", action="store_true", help="time without CUDA graphs")
     args = parser.parse_args()
     env = start_report()
     if env is None:
@@ -114,10 +124,11 @@ def main() -> int:
     rows = []
     for m in [int(v) for v in args.m.split(",")]:
         for k, n1, n2, kind in CASES:
-            r = measure(m, k, n1, n2, kind, args.sweep, 0.05 if args.static else None)
+            r = measure(m, k, n1, n2, kind, args.sweep, 0.05 if args.static else None, not args.eager)
             rows.append(r)
             print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>8} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "
                   f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_GBps']:>11.0f} {r['ok']} "
+                  f"eager {100 * r.get('eager_fraction_of_copy', float('nan')):.1f}% "
                   f"{ {key: r['best'].get(key) for key in KNOBS} }", flush=True)  # fmt: skip
             torch.cuda.empty_cache()
     return finish_report({**env, "rows": rows}, args.json, all(r["ok"] for r in rows))

@@ -66,6 +66,15 @@ def _quantize_rows_kernel(
             tl.store(q_row + k + cols[None, :], q.to(tl.float16).to(q_ptr.dtype.element_ty), mask=mask)
 
 
+def quantize_tile(k: int) -> tuple[int, int, int]:
+    """``(rows a program, columns a tile, warps)`` for rows of ``k`` values: the whole row in one tile up to
+    32768 values (two passes ran 70B's K = 28672 at 57% of copy bandwidth), about 8192 values a program."""
+    whole = triton.next_power_of_2(k)
+    block_k = whole if whole <= 32768 else 4096
+    block_m = max(1, min(32, 8192 // block_k))
+    return block_m, block_k, 16 if block_m * block_k >= 32768 else 8 if block_m * block_k >= 8192 else 4
+
+
 def quantize_rows(
     x: torch.Tensor,
     clip_ratio: float = 1.0,
@@ -74,16 +83,15 @@ def quantize_rows(
     block_m: int | None = None,
     num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``block_m`` rows a program and ``num_warps`` (default: about 8192 values a program, 8 warps) are
-    for the benchmark's tile sweep."""
+    """``block_m`` rows a program and ``num_warps`` (default: :func:`quantize_tile`) are for the benchmark's
+    tile sweep."""
     assert QMAX == 7 and QMIN == -8
     M, K = x.shape
     codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
     scales = torch.empty((M,), dtype=torch.float32, device=x.device)
-    whole = triton.next_power_of_2(K)
-    block_k = whole if whole <= 16384 else 4096
-    block_m = block_m or max(1, min(32, 8192 // block_k))
-    num_warps = num_warps or (8 if block_m * block_k >= 8192 else 4)
+    default_m, block_k, default_warps = quantize_tile(K)
+    block_m = block_m or default_m
+    num_warps = num_warps or default_warps
     grid = (triton.cdiv(M, block_m),)
     _quantize_rows_kernel[grid](
         x, codes, scales, M, K, x.stride(0), codes.stride(0), float(clip_ratio),

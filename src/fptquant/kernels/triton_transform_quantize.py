@@ -52,13 +52,20 @@ def _token_range(y, T: tl.constexpr, N1: tl.constexpr):
 
 
 @triton.jit
+def _p2_columns(p2_ptr, j, N2: tl.constexpr, CHUNK: tl.constexpr):
+    cols = j * CHUNK + tl.arange(0, CHUNK)
+    return tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + cols[None, :])
+
+
+@triton.jit
 def _tile(
-    x_ptr, p2_ptr, bd, tok, row_ok, r, b, j, n1: tl.constexpr, n2: tl.constexpr, stride_x,
+    x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, b, j, n1: tl.constexpr, n2: tl.constexpr, stride_x,
     T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y[:, j·CHUNK : (j+1)·CHUNK]`` of block ``b`` of the tile's tokens, float32 ``(T·N1, CHUNK)``,
     with the numerics of the reference: a power-of-two prescale per (token, block), fp16 operands, float32
-    accumulation, ``Z`` rounded to fp16."""
+    accumulation, ``Z`` rounded to fp16. ``p2_whole``: all of P2, loaded once per program, when the tile
+    takes whole columns (else its columns are loaded here)."""
     c = tl.arange(0, N2)
     mask = row_ok[:, None] & (c < n2)[None, :]
     offs = tok.to(tl.int64)[:, None] * stride_x + (b * n1 * n2 + r * n2)[:, None] + c[None, :]
@@ -70,8 +77,10 @@ def _tile(
     scale = ((127 - e) << 23).to(tl.float32, bitcast=True)
     unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
     xn = (x * scale[:, None]).to(tl.float16)
-    cols = j * CHUNK + tl.arange(0, CHUNK)
-    p2 = tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + cols[None, :])
+    if CHUNK == N2:
+        p2 = p2_whole
+    else:
+        p2 = _p2_columns(p2_ptr, j, N2, CHUNK)
     if UPCAST:  # the interpreter's half-precision dot is unreliable; fp16 values are exact in fp32
         z = tl.dot(xn.to(tl.float32), p2.to(tl.float32), input_precision="ieee").to(tl.float16)
         y = tl.dot(bd.to(tl.float32), z.to(tl.float32), input_precision="ieee")
@@ -102,6 +111,11 @@ def _kron_quantize_kernel(
     PIECES: tl.constexpr = N2 // CHUNK
     i = tl.arange(0, R)
     bd = tl.load(bd_ptr + i[:, None] * R + i[None, :])
+    # the factors stay in the program across its tiles (P2 was read again for every tile: as many bytes as x at 64x64)
+    if CHUNK == N2:
+        p2_whole = _p2_columns(p2_ptr, 0, N2, N2)
+    else:  # column pieces load their own (P2 whole would hold the registers the pieces save)
+        p2_whole = bd
     r = i % N1
     # STAGES > 1: the next tile's loads are issued (cp.async) while this one is computed; without it a
     # program waits for every tile's load, and a one-pass (dynamic, one-tile) loop was not pipelined at all
@@ -112,14 +126,14 @@ def _kron_quantize_kernel(
         if STATIC:
             amax = tl.zeros((T,), dtype=tl.float32) + static_amax
         elif ONE_TILE:
-            y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, 0, 0, n1, n2, stride_x, T, N1, N2, CHUNK, UPCAST)
+            y = _tile(x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, 0, 0, n1, n2, stride_x, T, N1, N2, CHUNK, UPCAST)
             top, bottom = _token_range(y, T, N1)
             amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
         else:  # first pass: the row's min and max over all its tiles
             top = tl.full((T,), float("-inf"), dtype=tl.float32)
             bottom = tl.full((T,), float("inf"), dtype=tl.float32)
             for u in range(0, nb * PIECES):
-                y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
+                y = _tile(x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
                           T, N1, N2, CHUNK, UPCAST)  # fmt: skip
                 tile_top, tile_bottom = _token_range(y, T, N1)
                 top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
@@ -131,7 +145,7 @@ def _kron_quantize_kernel(
             _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, 0, 0, n1, n2, stride_q, CHUNK, INTERPRET)
         else:
             for u in range(0, nb * PIECES):
-                y = _tile(x_ptr, p2_ptr, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
+                y = _tile(x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
                           T, N1, N2, CHUNK, UPCAST)  # fmt: skip
                 _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_q,
                              CHUNK, INTERPRET)  # fmt: skip

@@ -14,6 +14,8 @@ TMA needs 16-byte aligned rows: K a multiple of 16 (:func:`tma_fits`); other sha
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -73,10 +75,15 @@ def pipeline_stages(cfg: GemmConfig, out_dtype: torch.dtype) -> int:
     return stages
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _programs(device: torch.device) -> int:
     if interpreting() or device.type != "cuda":
         return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def tma_matmul(

@@ -202,7 +202,7 @@ def pick_config(m: int, n: int, k: int) -> GemmConfig:
     M = 16, against 27.8, 19.8, 75.6, 48.4 with the swapped tile);
     up to 64 the weight rows on the MMA's 64-row side (swap), split in two along K when N leaves SMs idle;
     prefill unpacks the weights once, then runs the one-byte GEMM (unpacking in the main loop doubled its
-    time), from 1025 tokens the persistent TMA-fed one."""
+    time), from 4096 tokens the persistent TMA-fed one."""
     if m <= 16:  # session 13 at M = 16: the even/odd halves as two dots, 4-14% faster than one interleaved tile
         return GemmConfig(16, 32, 256, num_warps=4, num_stages=4, split_nibbles=True)
     if m <= 64:
@@ -211,9 +211,11 @@ def pick_config(m: int, n: int, k: int) -> GemmConfig:
         return GemmConfig(block_m, 64, 512, split, swap=True, num_warps=4, num_stages=4 if split > 1 else 3)
     if m <= 1024:
         return GemmConfig(64, 128, 128, num_warps=4, num_stages=4, unpack_first=True)
-    # session 13 at M = 8192: the persistent TMA kernel, 360 µs on 8B o (INT8; pointer GEMM 390) and 1808-1842 µs
-    # on 8B gate+up (FP8; 1984)
-    return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=True)
+    # session 13 at M = 8192, INT8: the persistent TMA kernel 477.8 / 1674.8 µs on 8B qkv / gate+up against the
+    # pointer GEMM's 499.7 / 1796.4, within 3% of it on o and down (337.4 / 889.8 against 327.6 / 874.8).
+    # Below 4096 tokens not: a TMA launch encodes its descriptors on the host, and the batch-1 prefill of the
+    # 8B-shaped model (2048 tokens) is bound by host time already.
+    return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=m >= 4096)
 
 
 def matmul(

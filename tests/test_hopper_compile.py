@@ -117,13 +117,14 @@ def tma_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages: i
 
 
 def quantize_job(k: int) -> dict:
-    """The per-token quantize with the tile ``quantize_tile`` picks for K."""
+    """The per-token quantize with the tiling ``quantize_tile`` picks for K."""
     from fptquant.kernels.triton_quantize import quantize_tile
 
-    block_m, block_k, warps = quantize_tile(k)
+    block_m, warps, block_k, pieces = quantize_tile(k)
     args = {"x_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32", "K": "i32", "stride_x": "i32",
             "stride_q": "i32", "clip": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "STATIC": False,
-            "BLOCK_M": block_m, "BLOCK_K": block_k, "ONE_TILE": block_k >= k, "INTERPRET": False}  # fmt: skip
+            "BLOCK_M": block_m, "BLOCK_K": block_k, "ONE_TILE": pieces is not None,
+            "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0, "INTERPRET": False}  # fmt: skip
     module = "fptquant.kernels.triton_quantize"
     return {"module": module, "kernel": "_quantize_rows_kernel", "args": args, "num_warps": warps,
             "aligned": ["x_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_q"]}  # fmt: skip
@@ -228,7 +229,7 @@ def builds() -> dict:
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
-    jobs.update({f"quantize-{k}": quantize_job(k) for k in (4096, 28672)})
+    jobs.update({f"quantize-{k}": quantize_job(k) for k in (4096, 28672, 576, 1536)})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
     return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
@@ -282,14 +283,16 @@ def test_w4a4_gemm_compiles_to_tensor_cores_without_spills(builds, name):
         assert build.uses_wgmma
 
 
-@pytest.mark.parametrize("k", [4096, 28672])
+@pytest.mark.parametrize("k", [4096, 28672, 576, 1536])
 def test_per_token_quantize_reads_the_row_once_without_spills(builds, k):
     from fptquant.kernels.triton_quantize import quantize_tile
 
-    assert quantize_tile(k)[1] >= k  # the whole row in one tile: one read of x
+    pieces = quantize_tile(k)[3]
+    assert pieces is not None and sum(pieces) == k  # the whole row at once, no padded lanes
     build = builds[f"quantize-{k}"]
     assert build.spill_bytes == 0  # 32768 values over 16 warps: 64 a thread
-    assert build.memory_ops("ld") <= VECTOR_LOADS  # bf16 in 16- or 8-byte vectors
+    assert build.memory_ops("ld") <= VECTOR_LOADS | {"ld.global.b32"}  # bf16 in 16-, 8- or 4-byte vectors
+    assert "st.global.b8" not in build.memory_ops("st")  # the codes leave as vectors too
 
 
 @pytest.mark.parametrize("name", list(TMA_CASES))

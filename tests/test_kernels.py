@@ -12,8 +12,9 @@ from fptquant.kernels import backend_for, quantize_per_token, quantize_per_token
 from fptquant.math.quantization import Axis, dynamic_fake_quantize  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Odd sizes on purpose: SmolLM2's hidden 576 (= 9 heads of 64) and MLP 1536, and K not a power of two.
-SHAPES = [(7, 576), (5, 1536), (3, 64 * 9), (2, 5000), (2, 20000)]  # 20000: the two-pass path
+# Odd sizes on purpose: SmolLM2's hidden 576 (= 9 heads of 64: two power-of-two pieces) and MLP 1536, 70B's
+# 28672 (three pieces), K that is no sum of three powers of two (one padded tile), and 40000 (two passes).
+SHAPES = [(7, 576), (5, 1536), (3, 64 * 9), (2, 5000), (2, 20000), (2, 28672), (2, 40000)]
 
 
 def rows(m: int, k: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Triton kernel of :mod:`.quantize`: one program per block of rows, two passes over K (amax, then codes)."""
+"""Triton kernel of :mod:`.quantize`: one program per block of rows, each row read once (up to 32768 values)
+or in two passes (amax, then codes)."""
 
 from __future__ import annotations
 
@@ -26,53 +27,86 @@ def _rint(y, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _load_piece(x_row, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, K):
+    cols = START + tl.arange(0, WIDTH)
+    return tl.load(x_row + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_piece(q_row, x, inv, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, K, INTERPRET: tl.constexpr):
+    cols = START + tl.arange(0, WIDTH)
+    q = tl.minimum(tl.maximum(_rint(x * inv[:, None], INTERPRET), -8.0), 7.0)
+    mask = row_ok[:, None] & (cols < K)[None, :]
+    tl.store(q_row + cols[None, :], q.to(tl.float16).to(q_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _quantize_rows_kernel(
     x_ptr, q_ptr, s_ptr, M, K, stride_x, stride_q, clip, static_amax, eps_amax,
     STATIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    W1: tl.constexpr, W2: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
+    """ONE_TILE: the row is read once, as up to three column pieces of power-of-two widths BLOCK_K, W1, W2
+    (0: absent) that add up to K where K allows (576 = 512 + 64, 28672 = 16384 + 8192 + 4096), so no lane
+    holds padding; else one padded piece. Otherwise two passes over K in BLOCK_K steps (amax, then codes)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    cols = tl.arange(0, BLOCK_K)
     x_row = x_ptr + rows[:, None].to(tl.int64) * stride_x
     q_row = q_ptr + rows[:, None].to(tl.int64) * stride_q
-    if ONE_TILE:  # the whole row fits one tile: read it once
-        mask = row_ok[:, None] & (cols[None, :] < K)
-        x = tl.load(x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if ONE_TILE:
+        x0 = _load_piece(x_row, row_ok, 0, BLOCK_K, K)
+        amax = tl.max(tl.abs(x0), axis=1)
+        if W1 > 0:
+            x1 = _load_piece(x_row, row_ok, BLOCK_K, W1, K)
+            amax = tl.maximum(amax, tl.max(tl.abs(x1), axis=1))
+        if W2 > 0:
+            x2 = _load_piece(x_row, row_ok, BLOCK_K + W1, W2, K)
+            amax = tl.maximum(amax, tl.max(tl.abs(x2), axis=1))
         if STATIC:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32) + static_amax
         else:
-            amax = tl.maximum(tl.max(tl.abs(x), axis=1) * clip, eps_amax)
+            amax = tl.maximum(amax * clip, eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + rows, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=row_ok)
-        q = tl.minimum(tl.maximum(_rint(x * inv[:, None], INTERPRET), -8.0), 7.0)
-        tl.store(q_row + cols[None, :], q.to(tl.float16).to(q_ptr.dtype.element_ty), mask=mask)
+        _store_piece(q_row, x0, inv, row_ok, 0, BLOCK_K, K, INTERPRET)
+        if W1 > 0:
+            _store_piece(q_row, x1, inv, row_ok, BLOCK_K, W1, K, INTERPRET)
+        if W2 > 0:
+            _store_piece(q_row, x2, inv, row_ok, BLOCK_K + W1, W2, K, INTERPRET)
     else:  # two passes over K: amax, then codes (the second read mostly hits L2)
         if STATIC:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32) + static_amax
         else:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for k in range(0, K, BLOCK_K):
-                mask = row_ok[:, None] & (k + cols[None, :] < K)
-                x = tl.load(x_row + k + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-                amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+                amax = tl.maximum(amax, tl.max(tl.abs(_load_piece(x_row + k, row_ok, 0, BLOCK_K, K - k)), axis=1))
             amax = tl.maximum(amax * clip, eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + rows, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=row_ok)
         for k in range(0, K, BLOCK_K):
-            mask = row_ok[:, None] & (k + cols[None, :] < K)
-            x = tl.load(x_row + k + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            q = tl.minimum(tl.maximum(_rint(x * inv[:, None], INTERPRET), -8.0), 7.0)
-            tl.store(q_row + k + cols[None, :], q.to(tl.float16).to(q_ptr.dtype.element_ty), mask=mask)
+            _store_piece(q_row + k, _load_piece(x_row + k, row_ok, 0, BLOCK_K, K - k), inv, row_ok, 0, BLOCK_K, K - k,
+                         INTERPRET)  # fmt: skip
 
 
-def quantize_tile(k: int) -> tuple[int, int, int]:
-    """``(rows a program, columns a tile, warps)`` for rows of ``k`` values: the whole row in one tile up to
-    32768 values (two passes ran 70B's K = 28672 at 57% of copy bandwidth), about 8192 values a program."""
-    whole = triton.next_power_of_2(k)
-    block_k = whole if whole <= 32768 else 4096
-    block_m = max(1, min(32, 8192 // block_k))
-    return block_m, block_k, 16 if block_m * block_k >= 32768 else 8 if block_m * block_k >= 8192 else 4
+def row_pieces(k: int) -> tuple[int, int, int]:
+    """``k`` as at most three power-of-two widths, widest first, zeros for absent ones (``(512, 64, 0)`` for
+    576); ``(next power of two, 0, 0)`` where three do not add up to ``k`` (that piece is then padded)."""
+    widths = [1 << b for b in range(k.bit_length() - 1, -1, -1) if k >> b & 1]
+    if len(widths) > 3:
+        return triton.next_power_of_2(k), 0, 0
+    return tuple(widths + [0] * (3 - len(widths)))
+
+
+def quantize_tile(k: int) -> tuple[int, int, int, tuple[int, int, int] | None]:
+    """``(rows a program, warps, widest piece, pieces)``: rows of up to 32768 values are read once, as the
+    pieces of :func:`row_pieces` (two padded passes ran 70B's K = 28672 at 57% of copy bandwidth, one padded
+    tile 78%), about 8192 values a program; longer rows take two passes of 4096-wide tiles (pieces None)."""
+    if triton.next_power_of_2(k) > 32768:
+        return max(1, min(32, 8192 // 4096)), 8, 4096, None
+    pieces = row_pieces(k)
+    block_m = max(1, min(32, 8192 // triton.next_power_of_2(k)))
+    values = block_m * triton.next_power_of_2(k)
+    return block_m, 16 if values >= 32768 else 8 if values >= 8192 else 4, pieces[0], pieces
 
 
 def quantize_rows(
@@ -89,14 +123,14 @@ def quantize_rows(
     M, K = x.shape
     codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
     scales = torch.empty((M,), dtype=torch.float32, device=x.device)
-    default_m, block_k, default_warps = quantize_tile(K)
+    default_m, default_warps, block_k, pieces = quantize_tile(K)
     block_m = block_m or default_m
     num_warps = num_warps or default_warps
     grid = (triton.cdiv(M, block_m),)
     _quantize_rows_kernel[grid](
         x, codes, scales, M, K, x.stride(0), codes.stride(0), float(clip_ratio),
         QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
-        STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k,
-        ONE_TILE=block_k >= K, INTERPRET=interpreting(), num_warps=num_warps,
+        STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
+        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, INTERPRET=interpreting(), num_warps=num_warps,
     )  # fmt: skip
     return codes, scales[:, None]

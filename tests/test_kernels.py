@@ -13,8 +13,9 @@ from fptquant.math.quantization import Axis, dynamic_fake_quantize  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Odd sizes on purpose: SmolLM2's hidden 576 (= 9 heads of 64: two power-of-two pieces) and MLP 1536, 70B's
-# 28672 (three pieces), K that is no sum of three powers of two (one padded tile), and 40000 (two passes).
-SHAPES = [(7, 576), (5, 1536), (3, 64 * 9), (2, 5000), (2, 20000), (2, 28672), (2, 40000)]
+# 28672, 4672 = 4096 + 512 + 64 (three pieces), K that is no sum of three powers of two (one padded tile),
+# and 40000 (two passes).
+SHAPES = [(7, 576), (5, 1536), (3, 64 * 9), (3, 4672), (2, 5000), (2, 20000), (2, 28672), (2, 40000)]
 
 
 def rows(m: int, k: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:

@@ -22,7 +22,7 @@ from fptquant.kernels.triton_quantize import quantize_rows
 
 SHAPES_K = [4096, 14336, 576, 1536, 8192, 28672]
 SHAPES_M = [2048, 8192, 32768]
-TILES = [(1, 4), (1, 8), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16)]  # (rows a program, warps), --sweep
+TILES = [(1, 4), (1, 8), (1, 16), (1, 32), (2, 4), (2, 8), (2, 16), (4, 8), (4, 16), (8, 16)]  # (rows, warps)
 
 
 def measure(m: int, k: int, codes_dtype: torch.dtype, sweep: bool = False, graph: bool = True) -> dict:
@@ -64,6 +64,8 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--sweep", action="store_true", help="also time other tiles (rows a program, warps)")
     parser.add_argument("--eager", action="store_true", help="time without CUDA graphs")
+    parser.add_argument("--m", default=",".join(map(str, SHAPES_M)), help="token counts, comma-separated")
+    parser.add_argument("--k", default=",".join(map(str, SHAPES_K)), help="row lengths, comma-separated")
     args = parser.parse_args()
     env = start_report()
     if env is None:
@@ -71,8 +73,9 @@ def main() -> int:
     head = f"{'codes':>13} {'M':>6} {'K':>6} {'copy GB/s':>10} {'triton GB/s':>12} {'of copy':>8}"
     print(head + f" {'torch ref GB/s':>15} exact")
     rows = []
-    cases = [(torch.int8, m, k) for m in SHAPES_M for k in SHAPES_K if m * k * 2 <= 2 << 30]
-    cases += [(torch.float8_e4m3fn, 8192, k) for k in (4096, 14336)]
+    ms, ks = [int(v) for v in args.m.split(",")], [int(v) for v in args.k.split(",")]
+    cases = [(torch.int8, m, k) for m in ms for k in ks if m * k * 2 <= 2 << 30]
+    cases += [(torch.float8_e4m3fn, 8192, k) for k in (4096, 14336) if 8192 in ms and k in ks]
     for codes_dtype, m, k in cases:
         r = measure(m, k, codes_dtype, args.sweep, not args.eager)
         rows.append(r)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fptquant.deploy.kv_cache import fused_write_plan
+from fptquant.fakequant.attention import fused_write_plan
 from fptquant.kernels.kv_attention import PackedKV
 from fptquant.kernels.triton_kv_write import quantize_and_write
 from fptquant.math.quantizer import Quantizer, QuantSpec
@@ -76,3 +76,38 @@ def test_plan_refuses_what_the_kernel_does_not_do():
     assert fused_write_plan(Quantizer(QuantSpec(bits=4, symmetric=True, axis="group", group_size=64)), x) is None
     odd = torch.randn(1, 2, 3, 24)  # not a power of two: the torch path
     assert fused_write_plan(Quantizer(QuantSpec(bits=4, symmetric=False, axis="group", group_size=24)), odd) is None
+
+
+@pytest.mark.parametrize("clip", ["none", "learned", "learned_lowp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_kv_fake_quantize_kernel_equals_the_quantizer_bit_for_bit(monkeypatch, clip, dtype):
+    """Outside autograd the attention's K/V quantizers run as one kernel; with gradients, the torch path."""
+    import fptquant.fakequant.attention as attention
+
+    heads, head_dim = 3, 64
+    g = torch.Generator().manual_seed(5)
+    spec = kv_quantizer(head_dim, clip, dtype).spec
+    state = attention.AttentionQuantizers(heads, head_dim, spec, spec).to(DEVICE)
+    reference = kv_quantizer(head_dim, clip, dtype).to(DEVICE)
+    state.k_quantizer.load_state_dict(reference.state_dict())
+    state.v_quantizer.load_state_dict(reference.state_dict())
+    state.to(dtype if clip == "learned_lowp" else torch.float32)
+    k = (torch.randn(2, 9, heads, head_dim, generator=g) * 2 - 0.3).transpose(1, 2).to(dtype).to(DEVICE)
+    v = torch.randn(2, heads, 9, head_dim, generator=g).to(dtype).to(DEVICE)
+    q = torch.randn(2, 6, 9, head_dim).to(dtype).to(DEVICE)
+    expected = [state._per_token(quantizer, x) for quantizer, x in ((state.k_quantizer, k), (state.v_quantizer, v))]
+    monkeypatch.setattr(attention, "KERNEL_ON_CPU", True)
+    import fptquant.kernels.triton_kv_write as kernel
+
+    calls = []
+    real = kernel.fake_quantize_heads
+    monkeypatch.setattr(kernel, "fake_quantize_heads", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        _, k_fast, v_fast = state(q, k, v)
+    assert len(calls) == 2
+    for got, want in zip((k_fast, v_fast), expected, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got, want)
+    k.requires_grad_(True)
+    state(q, k, v)  # with gradients: the torch path (the kernel has no backward)
+    assert len(calls) == 3  # only the value, which needs no gradient, took the kernel

@@ -18,7 +18,7 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from ..errors import ConfigError
-from ..kernels.backend import backend_for
+from ..fakequant.attention import fused_write_plan
 from ..kernels.kv_attention import PackedKV, int4_kv_decode_attention
 from ..math.quantization import Axis
 
@@ -31,24 +31,6 @@ def _check_quantizer(name: str, quantizer, head_dim: int) -> None:
         raise ConfigError(
             f"{name}: an INT4 KV cache needs 4-bit dynamic quantizers per (token, head), got {quantizer.extra_repr()}"
         )
-
-
-def fused_write_plan(quantizer, x: torch.Tensor) -> tuple[float, float, torch.dtype] | None:
-    """``(lo, hi, compute dtype)`` when the one-launch Triton write applies to ``x``, else None: asymmetric codes,
-    a power-of-two head dimension and one clip pair (read to the host once, as plain floats)."""
-    d = x.shape[-1]
-    if quantizer.spec.symmetric or d < 2 or d & (d - 1) or backend_for(x) != "triton":
-        return None
-    factors = quantizer.clip_factors()
-    if any(torch.is_tensor(f) and f.numel() != 1 for f in factors):
-        return None
-    # torch's type promotion of ``x.amin(...) * factor``: a factor tensor with dimensions takes part, a float not
-    dtype = x.dtype
-    for f in factors:
-        if torch.is_tensor(f) and f.dim() > 0:
-            dtype = torch.promote_types(dtype, f.dtype)
-    lo, hi = (float(torch.as_tensor(f).detach().reshape(-1)[0]) for f in factors)
-    return lo, hi, dtype
 
 
 class Int4KVLayer(DynamicLayer):

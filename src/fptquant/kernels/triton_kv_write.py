@@ -40,17 +40,14 @@ def _r(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _kv_write_kernel(
-    x_ptr, codes_ptr, scale_ptr, zero_ptr, start_ptr, H, T, S, stride_b, stride_h, stride_t, lo, hi, eps,
-    inv_levels, D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr, RECIPROCAL: tl.constexpr,
+def _quantize_row(
+    x_row, lo, hi, eps, inv_levels, D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
+    RECIPROCAL: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0)  # (b, h, t) flattened, t fastest
-    t = row % T
-    h = (row // T) % H
-    b = row // (T * H)
+    """One (token, head) row of ``D`` values: its codes in two halves (features 0..D/2-1, the low nibbles, and
+    D/2..D-1), as float32 integers 0..15, and its scale and zero point, as the quantizer computes them."""
     half = tl.arange(0, D // 2)
-    x_row = x_ptr + b.to(tl.int64) * stride_b + h * stride_h + t * stride_t
-    x_lo = tl.load(x_row + half).to(tl.float32)  # features 0..D/2-1: the low nibbles
+    x_lo = tl.load(x_row + half).to(tl.float32)
     x_hi = tl.load(x_row + D // 2 + half).to(tl.float32)
     xmin = _r(tl.minimum(tl.min(x_lo, axis=0), tl.min(x_hi, axis=0)) * lo, DTYPE)
     xmax = _r(tl.maximum(tl.max(x_lo, axis=0), tl.max(x_hi, axis=0)) * hi, DTYPE)
@@ -65,13 +62,46 @@ def _kv_write_kernel(
     zero = tl.minimum(tl.maximum(_rint(_r(tl.math.div_rn(-xmin, scale), DTYPE), INTERPRET), 0.0), 15.0)
     q_lo = _rint(_r(tl.math.div_rn(x_lo, scale + 0.0 * x_lo), DTYPE), INTERPRET)
     q_hi = _rint(_r(tl.math.div_rn(x_hi, scale + 0.0 * x_hi), DTYPE), INTERPRET)
-    q_lo = tl.minimum(tl.maximum(_r(q_lo + zero, DTYPE), 0.0), 15.0).to(tl.int32)
-    q_hi = tl.minimum(tl.maximum(_r(q_hi + zero, DTYPE), 0.0), 15.0).to(tl.int32)
+    q_lo = tl.minimum(tl.maximum(_r(q_lo + zero, DTYPE), 0.0), 15.0)
+    q_hi = tl.minimum(tl.maximum(_r(q_hi + zero, DTYPE), 0.0), 15.0)
+    return q_lo, q_hi, scale, zero
+
+
+@triton.jit
+def _kv_write_kernel(
+    x_ptr, codes_ptr, scale_ptr, zero_ptr, start_ptr, H, T, S, stride_b, stride_h, stride_t, lo, hi, eps,
+    inv_levels, D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr, RECIPROCAL: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)  # (b, h, t) flattened, t fastest
+    t = row % T
+    h = (row // T) % H
+    b = row // (T * H)
+    x_row = x_ptr + b.to(tl.int64) * stride_b + h * stride_h + t * stride_t
+    q_lo, q_hi, scale, zero = _quantize_row(x_row, lo, hi, eps, inv_levels, D, DTYPE, INTERPRET, RECIPROCAL)
     pos = tl.load(start_ptr) + t
     slot = (b.to(tl.int64) * H + h) * S + pos
-    tl.store(codes_ptr + slot * (D // 2) + half, (q_lo | (q_hi << 4)).to(tl.uint8))
+    half = tl.arange(0, D // 2)
+    tl.store(codes_ptr + slot * (D // 2) + half, (q_lo.to(tl.int32) | (q_hi.to(tl.int32) << 4)).to(tl.uint8))
     tl.store(scale_ptr + slot, scale.to(scale_ptr.dtype.element_ty))
     tl.store(zero_ptr + slot, zero.to(tl.uint8))
+
+
+@triton.jit
+def _kv_fake_quant_kernel(
+    x_ptr, out_ptr, H, T, stride_b, stride_h, stride_t, lo, hi, eps, inv_levels, D: tl.constexpr,
+    DTYPE: tl.constexpr, INTERPRET: tl.constexpr, RECIPROCAL: tl.constexpr,
+):  # fmt: skip
+    """``(codes - zero) · scale`` of each row, rounded to the dtype: the fake quantizer's output."""
+    row = tl.program_id(0)
+    t = row % T
+    h = (row // T) % H
+    b = row // (T * H)
+    x_row = x_ptr + b.to(tl.int64) * stride_b + h * stride_h + t * stride_t
+    q_lo, q_hi, scale, zero = _quantize_row(x_row, lo, hi, eps, inv_levels, D, DTYPE, INTERPRET, RECIPROCAL)
+    half = tl.arange(0, D // 2)
+    out_row = out_ptr + row.to(tl.int64) * D
+    tl.store(out_row + half, _r((q_lo - zero) * scale, DTYPE).to(out_ptr.dtype.element_ty))
+    tl.store(out_row + D // 2 + half, _r((q_hi - zero) * scale, DTYPE).to(out_ptr.dtype.element_ty))
 
 
 def quantize_and_write(
@@ -93,3 +123,17 @@ def quantize_and_write(
         float(lo), float(hi), SCALE_EPS, _INV_LEVELS, D=d, DTYPE=_STORAGE[x.dtype], INTERPRET=interpreting(),
         RECIPROCAL=x.is_cuda, num_warps=1,
     )  # fmt: skip
+
+
+def fake_quantize_heads(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``x (B, H, T, D)`` (last dim contiguous) quantized and dequantized per (token, head) in one launch, bit
+    for bit what the quantizer's forward gives in ``x``'s dtype; returned contiguous."""
+    b, h, t, d = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    out = torch.empty((b, h, t, d), dtype=x.dtype, device=x.device)
+    _kv_fake_quant_kernel[(b * h * t,)](
+        x, out, h, t, x.stride(0), x.stride(1), x.stride(2), float(lo), float(hi), SCALE_EPS, _INV_LEVELS, D=d,
+        DTYPE=_STORAGE[x.dtype], INTERPRET=interpreting(), RECIPROCAL=x.is_cuda, num_warps=1,
+    )  # fmt: skip
+    return out

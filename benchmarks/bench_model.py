@@ -91,8 +91,7 @@ def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: 
             graph: bool = True) -> dict:  # fmt: skip
     ids = torch.randint(0, vocab, (batch, prompt), device="cuda")
     torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():  # as inference runs (transformers' generate does the same)
-        prefill_ms = events(lambda: model.model(input_ids=ids))
+    prefill_ms = events(lambda: model.model(input_ids=ids))
     prefill_peak = torch.cuda.max_memory_allocated() / 2**30
 
     def decode():

@@ -95,7 +95,12 @@ def test_attention_kv_fake_quantize_kernel_equals_the_quantizer_bit_for_bit(monk
     k = (torch.randn(2, 9, heads, head_dim, generator=g) * 2 - 0.3).transpose(1, 2).to(dtype).to(DEVICE)
     v = torch.randn(2, heads, 9, head_dim, generator=g).to(dtype).to(DEVICE)
     q = torch.randn(2, 6, 9, head_dim).to(dtype).to(DEVICE)
-    expected = [state._per_token(quantizer, x) for quantizer, x in ((state.k_quantizer, k), (state.v_quantizer, v))]
+
+    def torch_path(quantizer, x):  # the quantizer's own forward, on the heads-side-by-side view
+        b, h, t, d = x.shape
+        return quantizer(x.transpose(1, 2).reshape(b, t, h * d)).reshape(b, t, h, d).transpose(1, 2)
+
+    expected = [torch_path(state.k_quantizer, k), torch_path(state.v_quantizer, v)]
     monkeypatch.setattr(attention, "KERNEL_ON_CPU", True)
     import fptquant.kernels.triton_kv_write as kernel
 

@@ -203,6 +203,17 @@ def kv_write_job() -> dict:
     return {"module": module, "kernel": "_kv_write_kernel", "args": args, "num_warps": 1, "aligned": aligned}
 
 
+def kv_fake_quant_job() -> dict:
+    """Prefill attention's K/V fake-quantize (LLaMA-3-8B, head dim 128, bf16) in one launch."""
+    args = {"x_ptr": "*bf16", "out_ptr": "*bf16"}
+    args.update({name: "i32" for name in ("H", "T", "stride_b", "stride_h", "stride_t")})
+    args.update(lo="fp32", hi="fp32", eps="fp32", inv_levels="fp32", D=128, DTYPE="tl.bfloat16", INTERPRET=False)
+    args["RECIPROCAL"] = True
+    module = "fptquant.kernels.triton_kv_write"
+    return {"module": module, "kernel": "_kv_fake_quant_kernel", "args": args, "num_warps": 1,
+            "aligned": ["x_ptr", "out_ptr", "stride_b", "stride_h", "stride_t"]}  # fmt: skip
+
+
 def dp4a_job(m_pad: int, n: int) -> dict:
     """LLaMA-3-8B at M = 8–16 (K = 4096: 512 weight words a row) on the dp4a kernel, the tiles
     ``pick_dp4a_config`` gives N output channels."""
@@ -226,6 +237,7 @@ def builds() -> dict:
             for static in (False, True)}  # fmt: skip
     jobs["kv"] = kv_attention_job()
     jobs["kv-write"] = kv_write_job()
+    jobs["kv-fake-quant"] = kv_fake_quant_job()
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
@@ -262,6 +274,13 @@ def test_int4_kv_write_compiles_to_vector_memory_without_spills(builds):
     # one warp a row: each thread reads its bf16 values of each half in one 32-bit access, not one by one
     assert "ld.global.b32" in build.memory_ops("ld") and "ld.global.b16" not in build.memory_ops("ld")
     assert "cvt.rni" in build.ptx  # round half to even (libdevice rint), as torch.round
+
+
+def test_kv_fake_quantize_compiles_to_vector_memory_without_spills(builds):
+    build = builds["kv-fake-quant"]
+    assert build.spill_bytes == 0
+    assert "ld.global.b16" not in build.memory_ops("ld") and "st.global.b16" not in build.memory_ops("st")
+    assert "cvt.rni" in build.ptx
 
 
 @pytest.mark.parametrize("n", [6144, 28672])

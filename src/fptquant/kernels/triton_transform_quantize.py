@@ -196,7 +196,11 @@ def tile_shape(n1: int, n2: int, tokens: int | None = None, chunk: int | None = 
     return t, n1p, n2p, chunk
 
 
-DEFAULT_STAGES = 2  # loads in flight per program; 3 overflows shared memory at 112×128 (229 KB > 227 KB)
+def default_stages(n1p: int) -> int:
+    """Tiles of x in flight per program. Graph-timed on the H100 (session 13, M = 8192, three repeats): 3 stages
+    for the wide factors (64×64: 61–63% of copy against 54–56% with 2; 112×128: 37% against 31%), 1 below
+    (32×48: 46–47% against 35–37%; 1 was also fastest for 24×24, 32×128 heads and 9×64 heads in the sweep)."""
+    return 3 if n1p >= 64 else 1
 
 
 def default_warps(t: int, n1p: int, chunk: int) -> int:
@@ -239,7 +243,7 @@ def kron_quantize_rows(
         x, bd, p2p, codes, scales, M, nb, x.stride(0), codes.stride(0),
         float(lo), float(hi), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, n1=p1.shape[0], n2=p2.shape[0],
         STATIC=static_scale is not None, ONE_TILE=nb == 1 and chunk == n2p, T=t, N1=n1p, N2=n2p, CHUNK=chunk,
-        UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(), STAGES=stages or DEFAULT_STAGES,
-        num_warps=num_warps or default_warps(t, n1p, chunk),
+        UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(),
+        STAGES=stages or default_stages(n1p), num_warps=num_warps or default_warps(t, n1p, chunk),
     )  # fmt: skip
     return codes, scales[:, None]

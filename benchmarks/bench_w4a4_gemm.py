@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
-from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig, pick_dp4a_config
-from fptquant.kernels.triton_w4a4_gemv import GemvConfig, pick_gemv_config, quantize_gemv
-from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul, pick_config
-from fptquant.kernels.w4a4_matmul import DP4A_MAX_TOKENS, w4a4_matmul, w4a4_matmul_reference
+from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
+from fptquant.kernels.triton_w4a4_gemv import GemvConfig, quantize_gemv
+from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul
+from fptquant.kernels.w4a4_matmul import default_config, w4a4_matmul, w4a4_matmul_reference
 from fptquant.math.packing import pack_int4
 
 SHAPES = {
@@ -200,12 +200,7 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
     packs = [pack_int4(torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)).cuda() for _ in range(q_bufs)]
     sw = torch.rand(n, device="cuda") * 0.01
     codes, sa = quantize_per_token(x, codes_dtype=codes_dtype, backend="triton")
-    if m == 1:  # what w4a4_matmul picks with no config given
-        heuristic = pick_gemv_config(n, k)
-    elif m <= DP4A_MAX_TOKENS and codes_dtype == torch.int8:
-        heuristic = pick_dp4a_config(n)
-    else:
-        heuristic = pick_config(m, n, k)
+    heuristic = default_config(codes, packs[0])  # what w4a4_matmul picks with no config given
     candidates = [heuristic] + ((DECODE_SWEEP if m <= 64 else PREFILL_SWEEP) if sweep else [])
     if m <= 64:
         block_m = max(16, min(64, 1 << (m - 1).bit_length()))

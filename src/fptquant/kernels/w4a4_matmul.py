@@ -68,8 +68,7 @@ def w4a4_matmul(
     """Like :func:`w4a4_matmul_reference`, on the backend the switch picks. ``config``: a Triton
     :class:`~fptquant.kernels.triton_w4a4_matmul.GemmConfig` (tensor cores) or, for one token,
     :class:`~fptquant.kernels.triton_w4a4_gemv.GemvConfig` (CUDA cores), or for up to 16 tokens
-    :class:`~fptquant.kernels.triton_w4a4_dp4a.Dp4aConfig` (CUDA cores, dp4a); else a heuristic picks: the
-    GEMV for one token, dp4a for 2–8 int8-coded tokens (:func:`_small_m_on_dp4a`), the GEMM otherwise."""
+    :class:`~fptquant.kernels.triton_w4a4_dp4a.Dp4aConfig` (CUDA cores, dp4a); else :func:`default_config`."""
     if backend_for(codes, backend) == "torch":
         return w4a4_matmul_reference(codes, act_scale, packed, weight_scale, bias, out_dtype)
     _check(codes, act_scale, packed, weight_scale)
@@ -77,13 +76,30 @@ def w4a4_matmul(
     from .triton_w4a4_gemv import GemvConfig, gemv
     from .triton_w4a4_matmul import matmul
 
-    if isinstance(config, Dp4aConfig) or (config is None and _small_m_on_dp4a(codes, packed)):
+    config = config or default_config(codes, packed)
+    if isinstance(config, Dp4aConfig):
         return dp4a_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
-    if isinstance(config, GemvConfig) or (config is None and codes.shape[0] == 1 and packed.dtype == torch.uint8):
+    if isinstance(config, GemvConfig):
         if codes.shape[0] != 1:
             raise ConfigError(f"the GEMV takes one token, got {codes.shape[0]}")
         return gemv(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
     return matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
+
+
+def default_config(codes: torch.Tensor, packed: torch.Tensor):
+    """The Triton config :func:`w4a4_matmul` runs with none given: dp4a for 2–8 int8-coded tokens
+    (:func:`_small_m_on_dp4a`), the GEMV for one token on packed weights, the GEMM's ``pick_config``
+    otherwise (the benchmarks time it as the "heuristic")."""
+    from .triton_w4a4_dp4a import pick_dp4a_config
+    from .triton_w4a4_gemv import pick_gemv_config
+    from .triton_w4a4_matmul import pick_config
+
+    (m, k), n = codes.shape, packed.shape[0]
+    if _small_m_on_dp4a(codes, packed):
+        return pick_dp4a_config(n)
+    if m == 1 and packed.dtype == torch.uint8:
+        return pick_gemv_config(n, k)
+    return pick_config(m, n, k)
 
 
 SMALL_M_KERNELS = ("auto", "gemm", "dp4a")

@@ -55,6 +55,7 @@ class AttentionQuantizers(nn.Module):
         features = num_kv_heads * head_dim
         self.k_quantizer = Quantizer(k_spec, features)
         self.v_quantizer = Quantizer(v_spec, features)
+        self._kernel_plans: dict[tuple, tuple | None] = {}  # see _kernel_plan
 
     def _kernel_plan(self, quantizer: Quantizer, x: torch.Tensor):
         """:func:`fused_write_plan` for a 4-bit per-(token, head) quantizer outside autograd, kept until the
@@ -67,7 +68,7 @@ class AttentionQuantizers(nn.Module):
         if s.axis is not Axis.GROUP or s.group_size != x.shape[-1]:
             return None
         key = (id(quantizer), s, x.dtype, x.device, *((id(t), t._version) for t in quantizer.parameters()))
-        plans = self.__dict__.setdefault("_kernel_plans", {})
+        plans = self._kernel_plans
         if key not in plans:
             if len(plans) >= 8:  # parameters that keep changing (training) would grow it without end
                 plans.clear()

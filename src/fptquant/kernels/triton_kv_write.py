@@ -1,5 +1,6 @@
-"""Triton kernel of :func:`.kv_write.quantize_and_write`: asymmetric INT4 codes per (token, head), packed
-and stored in the cache in one launch.
+"""Asymmetric INT4 quantization per (token, head) of K/V in one launch: :func:`quantize_and_write` packs the
+codes into the INT4 cache, :func:`fake_quantize_heads` returns the dequantized values (the fake quantizer's
+output, for prefill attention).
 
 The torch path runs about 25 small kernels for each of K and V at every decode step (min, max, the
 scale and zero formulas, rounding, packing, three index copies); at batch 1 they cost more than the
@@ -40,6 +41,16 @@ def _r(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _this_row(x_ptr, H, T, stride_b, stride_h, stride_t):
+    """This program's ``(b, h, t)`` row (programs enumerate them with t fastest) and its address in ``x``."""
+    row = tl.program_id(0)
+    t = row % T
+    h = (row // T) % H
+    b = row // (T * H)
+    return row, b, h, t, x_ptr + b.to(tl.int64) * stride_b + h * stride_h + t * stride_t
+
+
+@triton.jit
 def _quantize_row(
     x_row, lo, hi, eps, inv_levels, D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
     RECIPROCAL: tl.constexpr,
@@ -72,11 +83,7 @@ def _kv_write_kernel(
     x_ptr, codes_ptr, scale_ptr, zero_ptr, start_ptr, H, T, S, stride_b, stride_h, stride_t, lo, hi, eps,
     inv_levels, D: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr, RECIPROCAL: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0)  # (b, h, t) flattened, t fastest
-    t = row % T
-    h = (row // T) % H
-    b = row // (T * H)
-    x_row = x_ptr + b.to(tl.int64) * stride_b + h * stride_h + t * stride_t
+    _, b, h, t, x_row = _this_row(x_ptr, H, T, stride_b, stride_h, stride_t)
     q_lo, q_hi, scale, zero = _quantize_row(x_row, lo, hi, eps, inv_levels, D, DTYPE, INTERPRET, RECIPROCAL)
     pos = tl.load(start_ptr) + t
     slot = (b.to(tl.int64) * H + h) * S + pos
@@ -92,11 +99,7 @@ def _kv_fake_quant_kernel(
     DTYPE: tl.constexpr, INTERPRET: tl.constexpr, RECIPROCAL: tl.constexpr,
 ):  # fmt: skip
     """``(codes - zero) · scale`` of each row, rounded to the dtype: the fake quantizer's output."""
-    row = tl.program_id(0)
-    t = row % T
-    h = (row // T) % H
-    b = row // (T * H)
-    x_row = x_ptr + b.to(tl.int64) * stride_b + h * stride_h + t * stride_t
+    row, _, _, _, x_row = _this_row(x_ptr, H, T, stride_b, stride_h, stride_t)
     q_lo, q_hi, scale, zero = _quantize_row(x_row, lo, hi, eps, inv_levels, D, DTYPE, INTERPRET, RECIPROCAL)
     half = tl.arange(0, D // 2)
     out_row = out_ptr + row.to(tl.int64) * D

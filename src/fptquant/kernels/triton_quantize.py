@@ -104,9 +104,10 @@ def quantize_tile(k: int) -> tuple[int, int, int, tuple[int, int, int] | None]:
     """``(rows a program, warps, widest piece, pieces)``: rows of up to 32768 values are read once, as the
     pieces of :func:`row_pieces` (two passes ran 70B's K = 28672 at 57% of copy bandwidth, one tile 78%),
     about 8192 values a program; longer rows take two passes of 4096-wide tiles (pieces None)."""
-    if triton.next_power_of_2(k) > 32768:
-        return max(1, min(32, 8192 // 4096)), 8, 4096, None
-    pieces, whole = row_pieces(k), triton.next_power_of_2(k)
+    whole = triton.next_power_of_2(k)
+    if whole > 32768:
+        return 2, 8, 4096, None
+    pieces = row_pieces(k)
     if whole == 2048:  # graph-timed sweep, K = 1536: 2 rows on 4 warps 102.6% / 100.5% of copy at M = 8192 / 32768,
         return 2, 4, pieces[0], pieces  # 4 rows on 8 warps 90.3% / 92.9%
     block_m = max(1, min(32, 8192 // whole))

@@ -139,8 +139,7 @@ class QuantizedLinear(nn.Module):
             elif not spec.learnable_clip:
                 plan = ("clip", (spec.clip_ratio, spec.clip_ratio))
             else:
-                lo, hi = (float(torch.as_tensor(f).detach().reshape(-1)[0]) for f in q.clip_factors())
-                plan = ("clip", (lo, hi))
+                plan = ("clip", q.host_clip_pair())
             self._plan, self._plan_key = plan, key
         return self._plan
 

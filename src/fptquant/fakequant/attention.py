@@ -42,8 +42,7 @@ def fused_write_plan(quantizer, x: torch.Tensor) -> tuple[float, float, torch.dt
     for f in factors:
         if torch.is_tensor(f) and f.dim() > 0:
             dtype = torch.promote_types(dtype, f.dtype)
-    lo, hi = (float(torch.as_tensor(f).detach().reshape(-1)[0]) for f in factors)
-    return lo, hi, dtype
+    return *quantizer.host_clip_pair(), dtype
 
 
 class AttentionQuantizers(nn.Module):

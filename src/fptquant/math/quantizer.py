@@ -111,6 +111,12 @@ class Quantizer(nn.Module):
             return ratio, ratio
         return torch.sigmoid(self.clip_min_logit) * ratio, torch.sigmoid(self.clip_max_logit) * ratio
 
+    def host_clip_pair(self) -> tuple[float, float]:
+        """:meth:`clip_factors` as two Python floats (the first entry of a per-row factor); reading a learned
+        clip synchronises with its device, so callers keep the result."""
+        lo, hi = (float(torch.as_tensor(f).detach().reshape(-1)[0]) for f in self.clip_factors())
+        return lo, hi
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         if not s.enabled or self.bypass:

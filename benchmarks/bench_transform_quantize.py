@@ -5,7 +5,7 @@
 For each (M, K, n1×n2): codes checked against the PyTorch reference (±1 on ≤0.1% of codes, scales to
 2e-3), then, in the same run, a bf16 device copy of the input, the fused Triton kernel, and the unfused
 PyTorch path (two matmuls + quantize). Bandwidth = bytes read + written / median time. ``--sweep``
-times every tiling (tokens per tile, column chunk, warps, pipeline stages), each checked, and reports the
+times every tiling (tokens per tile, warps, pipeline stages), each checked, and reports the
 fastest (all of them in the JSON); ``--static`` uses a static scale (one pass) instead of per-token dynamic scales.
 The copy and the kernel are timed by CUDA-graph replay (device time: at M = 8192 a call's Python and launch
 cost is close to its GPU time and left gaps between eagerly queued calls); the best tiling is also timed
@@ -44,28 +44,26 @@ def factors(n1: int, n2: int, kind: str, gen: torch.Generator):
     return random_orthogonal(n1, gen).float().cuda(), random_orthogonal(n2, gen).float().cuda()
 
 
-KNOBS = ("tokens", "chunk", "num_warps", "stages")
+KNOBS = ("tokens", "num_warps", "stages")
 
 
 def tilings(n1: int, n2: int, sweep: bool) -> list[dict]:
     if not sweep:
         return [{}]
-    _, n1p, n2p, _ = tile_shape(n1, n2)
+    _, n1p, n2p = tile_shape(n1, n2)
     out = []
     for tokens in (1, 2, 4, 8):
         if tokens * n1p > 128 or tokens * n1p * n2p > MAX_TILE:
             continue
-        for chunk in sorted({n2p, max(16, n2p // 2), max(16, n2p // 4)}):
-            for warps in (4, 8):
-                # loads in flight: only with whole columns, the fastest chunk in every earlier sweep
-                for stages in (1, 2, 3) if chunk == n2p else (None,):
-                    out.append({"tokens": tokens, "chunk": chunk, "num_warps": warps, "stages": stages})
+        for warps in (4, 8):
+            for stages in (1, 2, 3):
+                out.append({"tokens": tokens, "num_warps": warps, "stages": stages})
     return out
 
 
 def check(q, s, qr, sr) -> tuple[bool, int, float]:
     diff = (q.int() - qr.int()).abs()
-    # a scale moves when summation order flips the fp16 rounding of a Z entry feeding the row's max
+    # a scale moves by float32 summation order (the reference sums in float64)
     scale_rel = ((s - sr).abs() / sr).max().item()
     ok = int(diff.max()) <= 1 and (diff > 0).double().mean().item() <= 1e-3 and scale_rel <= 2e-3
     return ok, int(diff.gt(0).sum()), scale_rel

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from timing import gbps, time_us
 
-from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
+from fptquant.kernels.triton_transform_quantize import SHARED_BYTES, kron_quantize_rows, shared_bytes, tile_shape
 from fptquant.math.hadamard import random_orthogonal
 
 
@@ -24,6 +24,8 @@ def case(k: int, n1: int, n2: int, g: torch.Generator, m: int = 8192, buffers: i
         copy = gbps(time_us(lambda i: ys[i].copy_(xs[i]), buffers, graph=True), 4 * m * k)
         res = []
         for stages in (1, 2, 3):
+            if shared_bytes(*tile_shape(n1, n2), stages) > SHARED_BYTES:
+                continue
             run = lambda i, s=stages: kron_quantize_rows(xs[i], p1, p2, 1, 1.0, None, stages=s)  # noqa: E731
             res.append(f"{stages}:{100 * gbps(time_us(run, buffers, graph=True), moved) / copy:.1f}%")
         print(k, n1, n2, "rep", rep, f"copy {copy:.0f}", " ".join(res), flush=True)

@@ -72,10 +72,10 @@ def tokens():
 @contextlib.contextmanager
 def kernel_transform_numerics(model: torch.nn.Module):
     """Run the fake-quant model's online transforms with the numerics of the fused transform+quantize
-    kernel (fp16 operands, float32 accumulation: kernels/transform_quantize.py) that the deploy model
+    kernel (bfloat16 operand pairs, float32 accumulation: kernels/transform_quantize.py) that the deploy model
     uses for them, so fake-quant and real-code logits can be compared tightly in a chaotic W4A4 model."""
     from fptquant.deploy.modules import fused_factors
-    from fptquant.kernels.transform_quantize import kron_apply_fp16
+    from fptquant.kernels.transform_quantize import kron_apply_split
 
     patched = []
     for module in model.modules():
@@ -86,7 +86,7 @@ def kernel_transform_numerics(model: torch.nn.Module):
 
         def forward(x, factors=factors, size=size):
             rows = x.reshape(-1, x.shape[-1])  # as the deploy model calls it: CPU matmuls round by shape
-            y = kron_apply_fp16(rows, *(f.to(x.device) for f in factors), x.shape[-1] // size)
+            y = kron_apply_split(rows, *(f.to(x.device) for f in factors), x.shape[-1] // size)
             return y.reshape(x.shape).to(x.dtype)
 
         module.forward = forward

@@ -6,8 +6,8 @@ row) or with a fixed scale (static) by :func:`fptquant.kernels.transform_quantiz
 for Kronecker, head-mixing and block-Hadamard transforms) or :func:`fptquant.kernels.quantize_per_token`,
 then multiplied by the packed weights in :func:`fptquant.kernels.w4a4_matmul` (Triton on CUDA, the
 PyTorch reference elsewhere: the ``FPTQUANT_KERNELS`` switch). The fused kernel computes the transform
-with fp16 operands and float32 accumulation (kernels/transform_quantize.py), so its codes may differ by
-one from a float32 transform's on a fraction of a percent of entries.
+with bfloat16 operand pairs and float32 accumulation, a float32 transform to about 15 bits
+(kernels/transform_quantize.py), so its codes differ by one from a float32 transform's only on rare entries.
 """
 
 from __future__ import annotations

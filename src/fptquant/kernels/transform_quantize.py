@@ -5,13 +5,13 @@
 block Hadamard with blocks of ``n1·n2`` (Sylvester ``H_{n1·n2} = H_{n1} ⊗ H_{n2}``, the same ``P`` in
 every block: QuaRot's / FPTQuant's online ``T_d``).
 
-Numerics (the kernel and this reference share them; they run on fp16 tensor cores):
-each ``n1·n2`` block of a row is first scaled by the power of two ``2^-e`` with ``max|x| = m·2^e``,
-``m ∈ [0.5, 1)`` over the block (exact, and keeps fp16 far from overflow whatever the activations'
-range; per block, not per row, since the blocks are transformed independently), rounded to fp16; then
-``Z = fp16(Xn · fp16(P2))`` and ``Y = (fp16(P1)ᵀ · Z) · 2^e`` with float32 accumulation. Against
-float32 transforms the codes move by one on a fraction of a percent of entries (fp16 keeps 11 bits);
-against this reference only where float32 summation order flips an fp16 rounding of ``Z``.
+Numerics (the kernel and this reference share them): every operand is a pair of bfloat16 values
+``hi + lo``, each truncated (:func:`bf16_split`; a bf16 ``x`` is its own ``hi``), products summed in float32. With
+``X`` a block as an ``n1×n2`` matrix: ``W = P1hᵀ·Xh + P1lᵀ·Xh + P1hᵀ·Xl`` rounded to float32, then
+``Y = Wh·P2h + Wl·P2h + Wh·P2l`` (the ``lo·lo`` terms, about 2^-16 of the result, are left out). That is a
+float32 transform to about 15 bits, with float32's range (activations of 1e6 or 1e-6 need no prescale).
+Against this reference (float64 sums, rounded to float32) the codes move by one only where float32
+summation order moves ``y`` across a rounding boundary.
 """
 
 from __future__ import annotations
@@ -32,20 +32,27 @@ def _check(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> int:
     return k // (n1 * n2)
 
 
-def row_exponent_scale(rows: torch.Tensor) -> torch.Tensor:
-    """``2^-e`` per row with ``max|row| = m·2^e``, ``m ∈ [0.5, 1)`` (1 for an all-zero row)."""
-    _, e = torch.frexp(rows.abs().amax(dim=-1, keepdim=True))
-    return torch.ldexp(torch.ones_like(rows[..., :1]), -e)
+def bf16_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (rounded to float32) as bfloat16 ``hi = trunc(t)`` and ``lo = trunc(t - hi)``: ``hi + lo = t`` to
+    16 significant bits. Truncation (the float32's upper half) is what the kernel gets without a conversion."""
+    t = t.float()
+    hi = _truncate_to_bf16(t)
+    return hi, _truncate_to_bf16(t - hi.float())
 
 
-def kron_apply_fp16(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int) -> torch.Tensor:
+def _truncate_to_bf16(t: torch.Tensor) -> torch.Tensor:
+    return (t.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)  # exact: the low half is zero
+
+
+def kron_apply_split(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int) -> torch.Tensor:
     """``x (I_nb ⊗ P1 ⊗ P2)`` in float32 by the numerics above (rows of ``x`` along the last dim)."""
-    blocks = x.float().reshape(*x.shape[:-1], nb, p1.shape[0] * p2.shape[0])
-    scale = row_exponent_scale(blocks)
-    xn = (blocks * scale).half().float().reshape(*blocks.shape[:-1], p1.shape[0], p2.shape[0])
-    z = (xn @ p2.half().float()).half().float()
-    y = (p1.half().float().t() @ z).reshape(blocks.shape) / scale
-    return y.reshape(x.shape)
+    n1, n2 = p1.shape[0], p2.shape[0]
+    xh, xl = (h.double().reshape(*x.shape[:-1], nb, n1, n2) for h in bf16_split(x))
+    p1h, p1l = (h.double().t() for h in bf16_split(p1))
+    p2h, p2l = (h.double() for h in bf16_split(p2))
+    w = (p1h @ xh + p1l @ xh + p1h @ xl).float()
+    wh, wl = (h.double() for h in bf16_split(w))
+    return (wh @ p2h + wl @ p2h + wh @ p2l).float().reshape(x.shape)
 
 
 def transform_quantize_reference(
@@ -57,7 +64,7 @@ def transform_quantize_reference(
     codes_dtype=torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     nb = _check(x, p1, p2)
-    return quantize_per_token_reference(kron_apply_fp16(x, p1, p2, nb), clip_ratio, static_scale, codes_dtype)
+    return quantize_per_token_reference(kron_apply_split(x, p1, p2, nb), clip_ratio, static_scale, codes_dtype)
 
 
 def transform_quantize(

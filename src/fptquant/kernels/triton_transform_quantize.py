@@ -1,23 +1,25 @@
 """Triton kernel of :mod:`.transform_quantize`: tiles of ``T`` tokens × one ``n1×n2`` block, 2-D dots only.
 
-A tile holds the block ``b`` of ``T`` tokens as a ``(T·N1) × N2`` matrix (row ``(t, r)``, column ``c``;
-``N1``, ``N2`` the factors padded to powers of two). Then ``Z = Xn · P2`` is one 2-D dot, and
-``Y = (I_T ⊗ P1ᵀ) · Z`` another, against the block-diagonal ``I_T ⊗ P1ᵀ`` built once on the host: the
-``T`` small products become one tensor-core-sized dot, at the price of multiplying zeros, which is cheap
-here because the kernel is bound by memory. Neither dot needs a permute or a 3-D (batched) dot: a
-permute between the dots gave wrong rows on the H100 under Triton 3.6, and the batched dots of the
-previous version ran at 0.1–12% of copy bandwidth.
+A tile holds the block ``b`` of ``T`` tokens as a ``(T·N1) × N2`` matrix ``X`` (row ``(t, r)``, column ``c``;
+``N1``, ``N2`` the factors padded to powers of two). ``W = (I_T ⊗ P1ᵀ) · X`` is one 2-D dot against the
+block-diagonal ``I_T ⊗ P1ᵀ`` built once on the host (the ``T`` small products become one tensor-core-sized
+dot, multiplying zeros, which is cheap in a kernel bound by memory), and ``Y = W · P2`` another. Neither
+needs a permute or a 3-D dot (a permute between the dots gave wrong rows on the H100 under Triton 3.6).
+
+In this order a bf16 ``X`` is the first dot's shared-memory operand straight from its pipelined load, and
+``W`` the second dot's register operand straight from the first dot's accumulator: no pass over ``X`` in
+registers and no trip of ``W`` through shared memory. The bfloat16 ``hi + lo`` pairs cost three tensor-core
+dots where fp16 cost one, and need no range check (bf16 has float32's exponents); the earlier fp16 kernel
+spent its time on the per-token prescale of ``X`` and the layout changes around its dots, not on the dots.
 
 Programs are persistent (a grid of at most a few waves, each looping over token groups) so the factors
-are read once per program. Rows that need two passes: dynamic scales over several tiles (``nb > 1``
-blocks, or the columns split into ``CHUNK``-wide pieces to bound registers) first find the row's max
-(recomputing the tiles) and then write the codes; the second read of ``x`` mostly hits L2. A static
-scale, or one tile per row, is one pass.
+are read once per program. Rows of several blocks (``nb > 1``) with dynamic scales take two passes: the
+row's range over all its blocks, then the codes (recomputing the tiles; the second read of ``x`` mostly hits
+L2). A static scale, or one block per row, is one pass.
 """
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
@@ -28,7 +30,8 @@ from ..errors import ConfigError
 from ..math.quantization import SCALE_EPS
 from .backend import interpreting
 from .quantize import QMAX
-from .triton_quantize import _rint
+from .transform_quantize import bf16_split
+from .triton_quantize import _int4_codes
 
 MAX_TILE = 16384  # padded elements of x a program holds at once (T·N1·N2)
 
@@ -46,166 +49,205 @@ def _to_rows(per_token, T: tl.constexpr, N1: tl.constexpr):
 
 
 @triton.jit
-def _token_range(y, T: tl.constexpr, N1: tl.constexpr):
-    """Per-token ``(max, min)`` of a tile's values ``(T·N1, C) -> (T,), (T,)``."""
+def _token_range(y, T: tl.constexpr, N1: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """Per-token ``(max, min)`` of a tile's values ``(T·N1, C) -> (T,), (T,)``; with SYMMETRIC (one clip ratio
+    for both ends) ``(max|y|, -max|y|)``, one reduction instead of two."""
+    if SYMMETRIC:
+        top = _token_max(tl.max(tl.abs(y), axis=1), T, N1)
+        return top, -top
     return _token_max(tl.max(y, axis=1), T, N1), -_token_max(-tl.min(y, axis=1), T, N1)
 
 
 @triton.jit
-def _p2_columns(p2_ptr, j, N2: tl.constexpr, CHUNK: tl.constexpr):
-    cols = j * CHUNK + tl.arange(0, CHUNK)
-    return tl.load(p2_ptr + tl.arange(0, N2)[:, None] * N2 + cols[None, :])
+def _upper_half(v):
+    """The upper 16 bits of float32 ``v`` as bfloat16: ``v`` truncated to bf16 (a byte move, no conversion)."""
+    return (v.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _split(v):
+    """float32 -> bfloat16 ``hi`` and ``lo``, each truncated (:func:`~.transform_quantize.bf16_split`)."""
+    hi = _upper_half(v)
+    return hi, _upper_half(v - hi.to(tl.float32))
+
+
+@triton.jit
+def _dot(a, b, acc, UPCAST: tl.constexpr):
+    if UPCAST:  # the interpreter has no bfloat16 dot; bf16 values and their products are exact in float32
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
 
 
 @triton.jit
 def _tile(
-    x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, b, j, n1: tl.constexpr, n2: tl.constexpr, stride_x,
-    T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr,
+    x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_x,
+    N2: tl.constexpr, X_SPLIT: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """``Y[:, j·CHUNK : (j+1)·CHUNK]`` of block ``b`` of the tile's tokens, float32 ``(T·N1, CHUNK)``,
-    with the numerics of the reference: a power-of-two prescale per (token, block), fp16 operands, float32
-    accumulation, ``Z`` rounded to fp16. ``p2_whole``: all of P2, loaded once per program, when the tile
-    takes whole columns (else its columns are loaded here)."""
+    """``Y`` of block ``b`` of the tile's tokens, float32 ``(T·N1, N2)``: ``W = (I_T ⊗ P1ᵀ) · X`` then
+    ``Y = W · P2``, every operand as bfloat16 ``hi + lo`` pairs (the reference's numerics). A bf16 ``x`` is
+    its own ``hi``: it goes from the pipelined load to the tensor cores untouched."""
     c = tl.arange(0, N2)
     mask = row_ok[:, None] & (c < n2)[None, :]
     offs = tok.to(tl.int64)[:, None] * stride_x + (b * n1 * n2 + r * n2)[:, None] + c[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # max|x| = m·2^e, m in [0.5, 1): scale by 2^-e, read off the fp32 exponent bits
-    xmax = _to_rows(_token_max(tl.max(tl.abs(x), axis=1), T, N1), T, N1)
-    biased = (xmax.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    e = tl.where(xmax > 0, biased - 126, 0)
-    scale = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    unscale = ((127 + e) << 23).to(tl.float32, bitcast=True)
-    xn = (x * scale[:, None]).to(tl.float16)
-    if CHUNK == N2:
-        p2 = p2_whole
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if X_SPLIT:
+        xh, xl = _split(x.to(tl.float32))
+        w = _dot(p1h, xh, None, UPCAST)
+        w = _dot(p1l, xh, w, UPCAST)
+        w = _dot(p1h, xl, w, UPCAST)
     else:
-        p2 = _p2_columns(p2_ptr, j, N2, CHUNK)
-    if UPCAST:  # the interpreter's half-precision dot is unreliable; fp16 values are exact in fp32
-        z = tl.dot(xn.to(tl.float32), p2.to(tl.float32), input_precision="ieee").to(tl.float16)
-        y = tl.dot(bd.to(tl.float32), z.to(tl.float32), input_precision="ieee")
-    else:
-        z = tl.dot(xn, p2).to(tl.float16)
-        y = tl.dot(bd, z)
-    return y * unscale[:, None]
+        w = _dot(p1h, x, None, UPCAST)
+        w = _dot(p1l, x, w, UPCAST)
+    wh, wl = _split(w)
+    y = _dot(wh, p2h, None, UPCAST)
+    y = _dot(wl, p2h, y, UPCAST)
+    return _dot(wh, p2l, y, UPCAST)
 
 
 @triton.jit
-def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, j, n1: tl.constexpr, n2: tl.constexpr, stride_q,
-                 CHUNK: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
-    q = tl.minimum(tl.maximum(_rint(y * inv_rows[:, None], INTERPRET), -8.0), 7.0)
-    q = q.to(tl.float16).to(q_ptr.dtype.element_ty)  # exact: |q| <= 8
-    cols = j * CHUNK + tl.arange(0, CHUNK)
+def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_q,
+                 N2: tl.constexpr):  # fmt: skip
+    q = _int4_codes(y * inv_rows[:, None], q_ptr.dtype.element_ty)
+    cols = tl.arange(0, N2)
     offs = tok.to(tl.int64)[:, None] * stride_q + (b * n1 * n2 + r * n2)[:, None] + cols[None, :]
     tl.store(q_ptr + offs, q, mask=row_ok[:, None] & (cols < n2)[None, :])
 
 
 @triton.jit
 def _kron_quantize_kernel(
-    x_ptr, bd_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax,
-    n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, ONE_TILE: tl.constexpr, T: tl.constexpr,
-    N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr, UPCAST: tl.constexpr, INTERPRET: tl.constexpr,
+    x_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax,
+    n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr, ONE_TILE: tl.constexpr,
+    T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr, UPCAST: tl.constexpr,
     STAGES: tl.constexpr,
 ):  # fmt: skip
     R: tl.constexpr = T * N1
-    PIECES: tl.constexpr = N2 // CHUNK
     i = tl.arange(0, R)
-    bd = tl.load(bd_ptr + i[:, None] * R + i[None, :])
-    # the factors stay in the program across its tiles (P2 was read again for every tile: as many bytes as x at 64x64)
-    if CHUNK == N2:
-        p2_whole = _p2_columns(p2_ptr, 0, N2, N2)
-    else:  # column pieces load their own (P2 whole would hold the registers the pieces save)
-        p2_whole = bd
+    c = tl.arange(0, N2)
+    # the factors' hi and lo halves, read once per program: (I_T ⊗ P1ᵀ) is (R, R), P2 is (N2, N2)
+    p1h = tl.load(p1_ptr + i[:, None] * R + i[None, :])
+    p1l = tl.load(p1_ptr + R * R + i[:, None] * R + i[None, :])
+    p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
+    p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
     r = i % N1
-    # STAGES > 1: the next tile's loads are issued (cp.async) while this one is computed; without it a
-    # program waits for every tile's load, and a one-pass (dynamic, one-tile) loop was not pipelined at all
+    # STAGES > 1: the next tile's loads are issued (cp.async) while this one is computed
     for g in tl.range(tl.program_id(0), tl.cdiv(M, T), tl.num_programs(0), num_stages=STAGES):
         tok_t = g * T + tl.arange(0, T)
         tok = g * T + i // N1
         row_ok = (tok < M) & (r < n1)
-        if STATIC:
+        if ONE_TILE:  # one pass: the tile is every value of its tokens
+            y = _tile(x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, 0, n1, n2, stride_x, N2, X_SPLIT, UPCAST)
+            if STATIC:
+                amax = tl.zeros((T,), dtype=tl.float32) + static_amax
+            else:
+                top, bottom = _token_range(y, T, N1, SYMMETRIC)
+                amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
+        elif STATIC:
             amax = tl.zeros((T,), dtype=tl.float32) + static_amax
-        elif ONE_TILE:
-            y = _tile(x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, 0, 0, n1, n2, stride_x, T, N1, N2, CHUNK, UPCAST)
-            top, bottom = _token_range(y, T, N1)
-            amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
-        else:  # first pass: the row's min and max over all its tiles
+        else:  # first pass: the row's min and max over all its blocks
             top = tl.full((T,), float("-inf"), dtype=tl.float32)
             bottom = tl.full((T,), float("inf"), dtype=tl.float32)
-            for u in range(0, nb * PIECES):
-                y = _tile(x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
-                          T, N1, N2, CHUNK, UPCAST)  # fmt: skip
-                tile_top, tile_bottom = _token_range(y, T, N1)
+            for b in range(0, nb):
+                y = _tile(x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, b, n1, n2, stride_x, N2, X_SPLIT, UPCAST)
+                tile_top, tile_bottom = _token_range(y, T, N1, SYMMETRIC)
                 top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
             amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + tok_t, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok_t < M)
         inv_rows = _to_rows(inv, T, N1)
-        if ONE_TILE and not STATIC:  # y is the tile just computed
-            _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, 0, 0, n1, n2, stride_q, CHUNK, INTERPRET)
+        if ONE_TILE:
+            _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, 0, n1, n2, stride_q, N2)
         else:
-            for u in range(0, nb * PIECES):
-                y = _tile(x_ptr, p2_ptr, p2_whole, bd, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_x,
-                          T, N1, N2, CHUNK, UPCAST)  # fmt: skip
-                _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, u // PIECES, u % PIECES, n1, n2, stride_q,
-                             CHUNK, INTERPRET)  # fmt: skip
+            for b in range(0, nb):
+                y = _tile(x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, b, n1, n2, stride_x, N2, X_SPLIT, UPCAST)
+                _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1, n2, stride_q, N2)
 
 
-@functools.cache
-def _program_slots(device_index: int) -> int:
-    return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
+_RESIDENT: dict[tuple, int] = {}  # (device, compile-time arguments) -> programs that fit on the GPU at once
 
 
-_PREPARED: dict[tuple, tuple] = {}  # (ids, versions, tiling) -> (weakrefs of P1 and P2, prepared factors)
+def _resident_programs(device_index: int, args: tuple, constants: dict) -> int:
+    """Programs of this compiled kernel that the GPU holds at once (at most 4 an SM), by its shared memory and
+    registers: the persistent grid must not exceed it, or the programs left over run their whole share of the
+    tokens as a second wave after the rest have finished."""
+    key = (device_index, *sorted(constants.items()))
+    if key not in _RESIDENT:
+        compiled = _kron_quantize_kernel.warmup(*args, grid=(1,), **constants)
+        compiled._init_handles()
+        props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+        reserved = 1024  # shared memory the driver keeps per program
+        by_shared = (props["max_shared_mem"] + reserved) // (compiled.metadata.shared + reserved)
+        by_registers = props["max_num_regs"] // max(1, compiled.n_regs * 32 * constants["num_warps"])
+        _RESIDENT[key] = max(1, min(4, by_shared, by_registers)) * props["multiprocessor_count"]
+    return _RESIDENT[key]
 
 
-def _block_diagonal_factors(p1: torch.Tensor, p2: torch.Tensor, t: int, n1p: int, n2p: int):
-    """``I_T ⊗ P1ᵀ`` (``T·N1`` square) and ``P2`` (``N2`` square), zero-padded, fp16; kept per factor pair
-    (until either is changed in place or freed) so a call launches nothing but the kernel."""
-    key = (id(p1), p1._version, id(p2), p2._version, t, n1p, n2p)
+_PREPARED: dict[tuple, tuple] = {}  # (ids, versions, tokens a tile) -> (weakrefs of P1 and P2, prepared factors)
+
+
+def _prepared_factors(p1: torch.Tensor, p2: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`split_factors`, kept per factor pair (until either is changed in place or freed) so a call
+    launches nothing but the kernel."""
+    key = (id(p1), p1._version, id(p2), p2._version, t)
     hit = _PREPARED.get(key)
     if hit is not None and hit[0]() is p1 and hit[1]() is p2:
         return hit[2]
     if len(_PREPARED) >= 64:
         _PREPARED.pop(next(iter(_PREPARED)))
-    prepared = _prepare(p1, p2, t, n1p, n2p)
+    prepared = split_factors(p1, p2, t)
     _PREPARED[key] = (weakref.ref(p1), weakref.ref(p2), prepared)
     return prepared
 
 
-def _prepare(p1: torch.Tensor, p2: torch.Tensor, t: int, n1p: int, n2p: int):
-    p1t = torch.zeros(n1p, n1p, dtype=torch.float16, device=p1.device)
-    p1t[: p1.shape[0], : p1.shape[0]] = p1.t().half()
-    bd = torch.kron(torch.eye(t, dtype=torch.float16, device=p1.device), p1t)
-    p2p = torch.zeros(n2p, n2p, dtype=torch.float16, device=p2.device)
-    p2p[: p2.shape[0], : p2.shape[0]] = p2.half()
-    return bd.contiguous(), p2p.contiguous()
+def split_factors(p1: torch.Tensor, p2: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``I_T ⊗ P1ᵀ`` and ``P2``, zero-padded to powers of two, each as its bfloat16 ``hi`` stacked on its ``lo``
+    (``(2, T·N1, T·N1)`` and ``(2, N2, N2)``)."""
+    n1p, n2p = padded(p1.shape[0]), padded(p2.shape[0])
+    p1t = torch.zeros(n1p, n1p, dtype=torch.float32, device=p1.device)
+    p1t[: p1.shape[0], : p1.shape[0]] = p1.t().float()
+    bd = torch.kron(torch.eye(t, dtype=torch.float32, device=p1.device), p1t)
+    p2p = torch.zeros(n2p, n2p, dtype=torch.float32, device=p2.device)
+    p2p[: p2.shape[0], : p2.shape[0]] = p2.float()
+    return torch.stack(bf16_split(bd)).contiguous(), torch.stack(bf16_split(p2p)).contiguous()
 
 
-def tile_shape(n1: int, n2: int, tokens: int | None = None, chunk: int | None = None) -> tuple[int, int, int, int]:
-    """``(T, N1, N2, CHUNK)``: tokens per tile and padded sizes. Defaults from the H100 sweep
-    (docs/RESULTS.md): whole columns (splitting them was always slower) and tiles of at most 4096 values
-    (4 tokens at most)."""
-    n1p, n2p = max(16, triton.next_power_of_2(n1)), max(16, triton.next_power_of_2(n2))
+def padded(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def tile_shape(n1: int, n2: int, tokens: int | None = None) -> tuple[int, int, int]:
+    """``(T, N1, N2)``: tokens per tile and the padded factor sizes. By default tiles of at most 4096 values
+    (4 tokens at most; the H100 sweeps of docs/RESULTS.md)."""
+    n1p, n2p = padded(n1), padded(n2)
     t = tokens or max(1, min(4, 4096 // (n1p * n2p)))
-    chunk = chunk or n2p
-    if t & (t - 1) or chunk & (chunk - 1) or chunk > n2p or n2p % chunk:
-        raise ConfigError(f"tokens per tile ({t}) and chunk ({chunk}) must be powers of two, chunk ≤ {n2p}")
+    if t & (t - 1):
+        raise ConfigError(f"tokens per tile ({t}) must be a power of two")
     if t * n1p * n2p > MAX_TILE:
         raise ConfigError(f"fused transform+quantize tile of {t}×{n1p}×{n2p} exceeds {MAX_TILE} values")
-    return t, n1p, n2p, chunk
+    return t, n1p, n2p
 
 
-def default_stages(n1p: int) -> int:
-    """Tiles of x in flight per program. Graph-timed on the H100 (session 13, M = 8192, three repeats): 3 stages
-    for the wide factors (64×64: 61–63% of copy against 54–56% with 2; 112×128: 37% against 31%), 1 below
-    (32×48: 46–47% against 35–37%; 1 was also fastest for 24×24, 32×128 heads and 9×64 heads in the sweep)."""
-    return 3 if n1p >= 64 else 1
+SHARED_BYTES = 227 * 1024  # what one H100 program may have
 
 
-def default_warps(t: int, n1p: int, chunk: int) -> int:
+def shared_bytes(t: int, n1p: int, n2p: int, stages: int) -> int:
+    """Shared memory a program uses at most (checked against sm_90a builds): ``stages`` bf16 tiles of x, the
+    factors' hi and lo halves (``I_T ⊗ P1ᵀ`` and ``P2``), and scratch for reductions and layout changes."""
+    tile = t * n1p * n2p
+    return stages * 2 * tile + 4 * (t * n1p) ** 2 + 4 * n2p**2 + tile + 8192
+
+
+def default_stages(t: int, n1p: int, n2p: int) -> int:
+    """Tiles of x in flight per program: 3 for the wide factors, 1 below (the H100's choice for the fp16 kernel
+    of session 13, graph-timed at M = 8192), fewer where shared memory would not hold them (2 at 112×128)."""
+    stages = 3 if n1p >= 64 else 1
+    while stages > 1 and shared_bytes(t, n1p, n2p, stages) > SHARED_BYTES:
+        stages -= 1
+    return stages
+
+
+def default_warps(t: int, n1p: int, n2p: int) -> int:
     """4 warps (one warpgroup: wgmma needs 64 rows per warpgroup), 8 for the largest tiles."""
-    return 8 if t * n1p * chunk >= 16384 else 4
+    return 8 if t * n1p * n2p >= 16384 else 4
 
 
 def kron_quantize_rows(
@@ -217,7 +259,6 @@ def kron_quantize_rows(
     static_scale: float | None,
     codes_dtype=torch.int8,
     tokens: int | None = None,
-    chunk: int | None = None,
     programs: int | None = None,
     num_warps: int | None = None,
     stages: int | None = None,
@@ -226,24 +267,25 @@ def kron_quantize_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x`` (``K = nb·n1·n2``); ``clip_ratio``
     one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
-    ``tokens``, ``chunk``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them)."""
+    ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them)."""
     M, K = x.shape
-    t, n1p, n2p, chunk = tile_shape(p1.shape[0], p2.shape[0], tokens, chunk)
-    bd, p2p = _block_diagonal_factors(p1, p2, t, n1p, n2p)
+    t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], tokens)
+    p1s, p2s = _prepared_factors(p1, p2, t)
     if out is None:
         codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
         scales = torch.empty((M,), dtype=torch.float32, device=x.device)
     else:  # preallocated (M, K) codes and (M,) scales, e.g. filled with a sentinel by a test
         codes, scales = out
     lo, hi = clip_ratio if isinstance(clip_ratio, tuple) else (clip_ratio, clip_ratio)
+    args = (x, p1s, p2s, codes, scales, M, nb, x.stride(0), codes.stride(0), float(lo), float(hi),
+            QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS)  # fmt: skip
+    constants = dict(
+        n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
+        N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, UPCAST=interpreting() if upcast is None else upcast,
+        STAGES=stages or default_stages(t, n1p, n2p), num_warps=num_warps or default_warps(t, n1p, n2p),
+    )  # fmt: skip
     groups = triton.cdiv(M, t)
     if programs is None:
-        programs = groups if not x.is_cuda else min(groups, _program_slots(x.device.index or 0))
-    _kron_quantize_kernel[(max(1, programs),)](
-        x, bd, p2p, codes, scales, M, nb, x.stride(0), codes.stride(0),
-        float(lo), float(hi), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, n1=p1.shape[0], n2=p2.shape[0],
-        STATIC=static_scale is not None, ONE_TILE=nb == 1 and chunk == n2p, T=t, N1=n1p, N2=n2p, CHUNK=chunk,
-        UPCAST=interpreting() if upcast is None else upcast, INTERPRET=interpreting(),
-        STAGES=stages or default_stages(n1p), num_warps=num_warps or default_warps(t, n1p, chunk),
-    )  # fmt: skip
+        programs = groups if not x.is_cuda else min(groups, _resident_programs(x.device.index or 0, args, constants))
+    _kron_quantize_kernel[(max(1, programs),)](*args, **constants)
     return codes, scales[:, None]

@@ -46,6 +46,15 @@ def test_quantize_rounds_half_to_even():
     assert torch.equal(q, quantize_per_token_reference(x, static_scale=1.0)[0])
 
 
+def test_quantize_e4m3_codes_match_the_reference_byte_for_byte():
+    """e4m3 codes as bytes: -0.4 rounds to zero, written as +0 (0x00) by both, never as e4m3's -0 (0x80)."""
+    x = torch.tensor([[7.0, -0.4, 0.4, -0.5, -2.5, -8.6, 3.5, 0.0]], device=DEVICE)
+    q, _ = quantize_per_token(x, backend="triton", static_scale=1.0, codes_dtype=torch.float8_e4m3fn)
+    qr, _ = quantize_per_token_reference(x, static_scale=1.0, codes_dtype=torch.float8_e4m3fn)
+    assert q.float().tolist() == [[7, 0, 0, 0, -2, -8, 4, 0]]
+    assert torch.equal(q.view(torch.uint8), qr.view(torch.uint8)) and int((q.view(torch.uint8) == 0x80).sum()) == 0
+
+
 @pytest.mark.parametrize("m,k", SHAPES)
 def test_quantize_against_float64_and_fake_quant(m, k):
     """Codes within ±1 of exact float64 rounding on at most 0.1% of entries; dequantized ≈ fake quant."""
@@ -177,9 +186,10 @@ def test_transform_quantize_sees_factors_changed_in_place():
 def test_transform_quantize_rejects_bad_tiles():
     from fptquant.kernels.triton_transform_quantize import tile_shape
 
-    assert tile_shape(24, 24) == (4, 32, 32)
+    assert tile_shape(24, 24) == (2, 32, 32)  # 64 rows: one warpgroup's wgmma tile
     assert tile_shape(112, 128) == (1, 128, 128)
     assert tile_shape(16, 32) == (4, 16, 32)
+    assert tile_shape(16, 512) == (2, 16, 512)  # 4 tokens would exceed MAX_TILE
     with pytest.raises(ConfigError, match="power of two"):
         tile_shape(24, 24, tokens=3)
     with pytest.raises(ConfigError, match="exceeds"):

@@ -52,7 +52,7 @@ def quantize_per_token_reference(
     if static_scale is None:
         amax = torch.clamp(amax, min=QMAX * SCALE_EPS)
     inv = torch.full_like(amax, float(QMAX)) / amax  # one IEEE division (``7 / t`` would be reciprocal(t) * 7)
-    codes = torch.clamp(_rint(rows * inv), QMIN, QMAX).to(codes_dtype)
+    codes = (torch.clamp(_rint(rows * inv), QMIN, QMAX) + 0.0).to(codes_dtype)  # + 0: no e4m3 negative zero
     scale = amax / torch.full_like(amax, float(QMAX))  # on CUDA, ``t / 7`` is t * (1/7): not the kernel's division
     return codes.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 

@@ -215,10 +215,13 @@ def padded(n: int) -> int:
 
 
 def tile_shape(n1: int, n2: int, tokens: int | None = None) -> tuple[int, int, int]:
-    """``(T, N1, N2)``: tokens per tile and the padded factor sizes. By default tiles of at most 4096 values
-    (4 tokens at most; the H100 sweeps of docs/RESULTS.md)."""
+    """``(T, N1, N2)``: tokens per tile and the padded factor sizes. By default 64 rows (``T·N1``: one warpgroup's
+    wgmma tile), fewer tokens where the tile would exceed ``MAX_TILE`` values. The H100 sweep of session 14
+    (docs/RESULTS.md) put a 64-row tile on 4 warps first for every factor pair narrower than 128."""
     n1p, n2p = padded(n1), padded(n2)
-    t = tokens or max(1, min(4, 4096 // (n1p * n2p)))
+    t = tokens or max(1, 64 // n1p)
+    while tokens is None and t > 1 and t * n1p * n2p > MAX_TILE:
+        t //= 2
     if t & (t - 1):
         raise ConfigError(f"tokens per tile ({t}) must be a power of two")
     if t * n1p * n2p > MAX_TILE:
@@ -227,6 +230,7 @@ def tile_shape(n1: int, n2: int, tokens: int | None = None) -> tuple[int, int, i
 
 
 SHARED_BYTES = 227 * 1024  # what one H100 program may have
+SM_SHARED_BYTES = 228 * 1024  # what one H100 SM holds, for all its programs (1 KB of each kept by the driver)
 
 
 def shared_bytes(t: int, n1p: int, n2p: int, stages: int) -> int:
@@ -237,16 +241,18 @@ def shared_bytes(t: int, n1p: int, n2p: int, stages: int) -> int:
 
 
 def default_stages(t: int, n1p: int, n2p: int) -> int:
-    """Tiles of x in flight per program: 3 for the wide factors, 1 below (the H100's choice for the fp16 kernel
-    of session 13, graph-timed at M = 8192), fewer where shared memory would not hold them (2 at 112×128)."""
-    stages = 3 if n1p >= 64 else 1
-    while stages > 1 and shared_bytes(t, n1p, n2p, stages) > SHARED_BYTES:
-        stages -= 1
-    return stages
+    """Tiles of x in flight per program: up to 3, as many as leave room for two programs an SM (one program
+    alone waits on each tile's dependent dots and reductions); where even one stage leaves no room for two,
+    as many as fit (2 at 112×128). The H100 sweep of session 14: 3 stages first at 64×64 (74% against 65%),
+    32×48 and 24×24; at 32×128 (two 64 KB factors) 1 stage, which keeps two programs, first."""
+    fits = [s for s in (3, 2, 1) if shared_bytes(t, n1p, n2p, s) <= SHARED_BYTES]
+    pairs = [s for s in fits if 2 * (shared_bytes(t, n1p, n2p, s) + 1024) <= SM_SHARED_BYTES]
+    return (pairs or fits or [1])[0]
 
 
 def default_warps(t: int, n1p: int, n2p: int) -> int:
-    """4 warps (one warpgroup: wgmma needs 64 rows per warpgroup), 8 for the largest tiles."""
+    """4 warps (one warpgroup: wgmma needs 64 rows per warpgroup), 8 for the largest tiles (112×128: 38% of copy
+    against 25% on 4 warps)."""
     return 8 if t * n1p * n2p >= 16384 else 4
 
 

@@ -11,6 +11,11 @@ from ..errors import ConfigError
 
 CHOICES = ("auto", "torch", "triton")
 
+# Hopper's shared memory, for the kernels' tile plans: what one program (thread block) may have, and what the
+# driver keeps besides for each program resident on an SM (an SM holds 228 KB for all of its programs)
+SHARED_BYTES = 227 * 1024
+DRIVER_SHARED_BYTES = 1024
+
 
 @functools.cache
 def triton_available() -> bool:

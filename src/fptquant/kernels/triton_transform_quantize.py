@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from ..math.quantization import SCALE_EPS
-from .backend import interpreting
+from .backend import DRIVER_SHARED_BYTES, SHARED_BYTES, interpreting
 from .quantize import QMAX
 from .transform_quantize import bf16_split
 from .triton_quantize import _int4_codes
@@ -56,6 +56,12 @@ def _token_range(y, T: tl.constexpr, N1: tl.constexpr, SYMMETRIC: tl.constexpr):
         top = _token_max(tl.max(tl.abs(y), axis=1), T, N1)
         return top, -top
     return _token_max(tl.max(y, axis=1), T, N1), -_token_max(-tl.min(y, axis=1), T, N1)
+
+
+@triton.jit
+def _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax):
+    """The per-token range scaled by the clip of each end (``max(-min·lo, max·hi)``), at least ``eps_amax``."""
+    return tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
 
 
 @triton.jit
@@ -140,7 +146,7 @@ def _kron_quantize_kernel(
                 amax = tl.zeros((T,), dtype=tl.float32) + static_amax
             else:
                 top, bottom = _token_range(y, T, N1, SYMMETRIC)
-                amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
+                amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
         elif STATIC:
             amax = tl.zeros((T,), dtype=tl.float32) + static_amax
         else:  # first pass: the row's min and max over all its blocks
@@ -150,7 +156,7 @@ def _kron_quantize_kernel(
                 y = _tile(x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, b, n1, n2, stride_x, N2, X_SPLIT, UPCAST)
                 tile_top, tile_bottom = _token_range(y, T, N1, SYMMETRIC)
                 top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
-            amax = tl.maximum(tl.maximum(-bottom * clip_lo, top * clip_hi), eps_amax)
+            amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + tok_t, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=tok_t < M)
         inv_rows = _to_rows(inv, T, N1)
@@ -174,8 +180,8 @@ def _resident_programs(device_index: int, args: tuple, constants: dict) -> int:
         compiled = _kron_quantize_kernel.warmup(*args, grid=(1,), **constants)
         compiled._init_handles()
         props = triton.runtime.driver.active.utils.get_device_properties(device_index)
-        reserved = 1024  # shared memory the driver keeps per program
-        by_shared = (props["max_shared_mem"] + reserved) // (compiled.metadata.shared + reserved)
+        per_sm = props["max_shared_mem"] + DRIVER_SHARED_BYTES
+        by_shared = per_sm // (compiled.metadata.shared + DRIVER_SHARED_BYTES)
         by_registers = props["max_num_regs"] // max(1, compiled.n_regs * 32 * constants["num_warps"])
         _RESIDENT[key] = max(1, min(4, by_shared, by_registers)) * props["multiprocessor_count"]
     return _RESIDENT[key]
@@ -229,8 +235,7 @@ def tile_shape(n1: int, n2: int, tokens: int | None = None) -> tuple[int, int, i
     return t, n1p, n2p
 
 
-SHARED_BYTES = 227 * 1024  # what one H100 program may have
-SM_SHARED_BYTES = 228 * 1024  # what one H100 SM holds, for all its programs (1 KB of each kept by the driver)
+SM_SHARED_BYTES = SHARED_BYTES + DRIVER_SHARED_BYTES  # what one H100 SM holds for all its programs
 
 
 def shared_bytes(t: int, n1p: int, n2p: int, stages: int) -> int:
@@ -246,7 +251,7 @@ def default_stages(t: int, n1p: int, n2p: int) -> int:
     as many as fit (2 at 112×128). The H100 sweep of session 14: 3 stages first at 64×64 (74% against 65%),
     32×48 and 24×24; at 32×128 (two 64 KB factors) 1 stage, which keeps two programs, first."""
     fits = [s for s in (3, 2, 1) if shared_bytes(t, n1p, n2p, s) <= SHARED_BYTES]
-    pairs = [s for s in fits if 2 * (shared_bytes(t, n1p, n2p, s) + 1024) <= SM_SHARED_BYTES]
+    pairs = [s for s in fits if 2 * (shared_bytes(t, n1p, n2p, s) + DRIVER_SHARED_BYTES) <= SM_SHARED_BYTES]
     return (pairs or fits or [1])[0]
 
 

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .backend import interpreting
+from .backend import SHARED_BYTES, interpreting
 from .triton_w4a4_matmul import GemmConfig, _dot, _tile_epilogue
 
 
@@ -60,9 +60,6 @@ def tma_fits(codes: torch.Tensor, weights: torch.Tensor) -> bool:
     k = codes.shape[1]
     aligned = all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (codes, weights))
     return aligned and k % 16 == 0 and weights.shape[1] == k and weights.element_size() == 1
-
-
-SHARED_BYTES = 227 * 1024  # what one H100 program may have
 
 
 def pipeline_stages(cfg: GemmConfig, out_dtype: torch.dtype) -> int:

@@ -169,7 +169,7 @@ def quantize_gemv_job(n: int, k: int, static: bool) -> dict:
         "out_ptr": "*fp32" if cfg.split_k > 1 else "*bf16", "N": "i32", "KH": "i32", "stride_wn": "i32",
         "kh_per_split": "i32", "clip": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "STATIC": static,
         "HAS_BIAS": False, "SPLIT": cfg.split_k, "EVEN_K": True, "BN": cfg.block_n, "BKH": cfg.block_k_bytes,
-        "STAGES": cfg.num_stages, "XBLOCK": min(4096, 1 << (k - 1).bit_length()), "INTERPRET": False,
+        "STAGES": cfg.num_stages, "XBLOCK": min(4096, 1 << (k - 1).bit_length()),
     }  # fmt: skip
     aligned = ["x_ptr", "w_ptr", "sw_ptr", "out_ptr", "N", "KH", "stride_wn", "kh_per_split"]
     module = "fptquant.kernels.triton_w4a4_gemv"

@@ -22,9 +22,8 @@ import triton
 import triton.language as tl
 
 from ..math.quantization import SCALE_EPS
-from .backend import interpreting
 from .quantize import QMAX
-from .triton_quantize import _rint
+from .triton_quantize import _int4_codes
 from .triton_w4a4_matmul import split_k_output, split_k_plan
 
 
@@ -89,7 +88,7 @@ def _gemv_kernel(
 def _quantize_gemv_kernel(
     x_ptr, w_ptr, sw_ptr, bias_ptr, out_ptr, N, KH, stride_wn, kh_per_split, clip, static_amax, eps_amax,
     STATIC: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BN: tl.constexpr,
-    BKH: tl.constexpr, STAGES: tl.constexpr, XBLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+    BKH: tl.constexpr, STAGES: tl.constexpr, XBLOCK: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -117,7 +116,7 @@ def _quantize_gemv_kernel(
         else:  # zero activations past K quantize to zero codes
             wp = tl.load(w_ptrs + kb, mask=(kb + j < end)[None, :], other=0)
             x = tl.load(x_ptr + 2 * kb + c, mask=2 * kb + c < 2 * end, other=0.0)
-        q = tl.minimum(tl.maximum(_rint(x.to(tl.float32) * inv, INTERPRET), -8.0), 7.0).to(tl.int32)
+        q = _int4_codes(x.to(tl.float32) * inv, tl.int8).to(tl.int32)
         q_lo, q_hi = tl.split(tl.reshape(q, (BKH, 2)))
         acc += _nibble_products(wp, q_lo, q_hi)
     _epilogue(acc, tl.math.div_rn(amax, seven), sw_ptr, bias_ptr, out_ptr, rn, N, split, HAS_BIAS, SPLIT)
@@ -188,6 +187,6 @@ def quantize_gemv(
         k_per_split // 2, float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k_per_split * split == k,
         BN=cfg.block_n, BKH=cfg.block_k_bytes, STAGES=cfg.num_stages, XBLOCK=min(4096, triton.next_power_of_2(k)),
-        INTERPRET=interpreting(), num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps,
     )  # fmt: skip
     return out.to(out_dtype)

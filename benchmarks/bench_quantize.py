@@ -25,6 +25,11 @@ SHAPES_M = [2048, 8192, 32768]
 TILES = [(1, 4), (1, 8), (1, 16), (1, 32), (2, 4), (2, 8), (2, 16), (4, 8), (4, 16), (8, 16)]  # (rows, warps)
 
 
+def same_bytes(q: torch.Tensor, s: torch.Tensor, qr: torch.Tensor, sr: torch.Tensor) -> bool:
+    """Codes (as bytes: e4m3's -0 is not +0) and scales identical to the reference's."""
+    return torch.equal(q.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(s, sr)
+
+
 def measure(m: int, k: int, codes_dtype: torch.dtype, sweep: bool = False, graph: bool = True) -> dict:
     n = rotations(m * k * 3)
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
@@ -36,7 +41,7 @@ def measure(m: int, k: int, codes_dtype: torch.dtype, sweep: bool = False, graph
     eager = time_us(lambda i: quantize_per_token(xs[i], backend="triton", codes_dtype=codes_dtype), n)
     ref = time_us(lambda i: quantize_per_token_reference(xs[i], codes_dtype=codes_dtype), n, samples=5)
     moved = m * k * 2 + m * k + m * 4
-    exact = torch.equal(q.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(s, sr)
+    exact = same_bytes(q, s, qr, sr)
     row = {"M": m, "K": k, "codes": str(codes_dtype).replace("torch.", ""), "exact": bool(exact)}
     row.update(copy_GBps=gbps(copy, 4 * m * k), triton_GBps=gbps(kern, moved), torch_ref_GBps=gbps(ref, moved))
     row.update(fraction_of_copy=row["triton_GBps"] / row["copy_GBps"], copy=copy, triton=kern, torch_ref=ref)
@@ -45,7 +50,7 @@ def measure(m: int, k: int, codes_dtype: torch.dtype, sweep: bool = False, graph
         tiles = []
         for block_m, warps in TILES:
             qt, st = quantize_rows(xs[0], codes_dtype=codes_dtype, block_m=block_m, num_warps=warps)
-            same = torch.equal(qt.view(torch.uint8), qr.view(torch.uint8)) and torch.equal(st, sr)
+            same = same_bytes(qt, st, qr, sr)
             t = time_us(
                 lambda i, b=block_m, w=warps: quantize_rows(xs[i], codes_dtype=codes_dtype, block_m=b, num_warps=w),
                 n,

@@ -29,6 +29,7 @@ from fptquant.kernels import quantize_per_token
 from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
 from fptquant.kernels.triton_w4a4_gemv import GemvConfig, quantize_gemv
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul
+from fptquant.kernels.triton_w4a4_sliced import SlicedConfig
 from fptquant.kernels.w4a4_matmul import default_config, w4a4_matmul, w4a4_matmul_reference
 from fptquant.math.packing import pack_int4
 
@@ -97,7 +98,31 @@ DP4A_SWEEP = [  # up to 16 tokens: the CUDA cores' 4-way integer dot (w4a4_matmu
     Dp4aConfig(32, 8, 1, 2, 6),
     Dp4aConfig(64, 8, 1, 4, 4),
 ]
-CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig, "dp4a": Dp4aConfig}
+SLICED_SWEEP = [  # 2-16 tokens on the tensor cores, K sliced across warps (w4a4_matmul's pick there)
+    SlicedConfig(32, 256, 2, 1, 4),
+    SlicedConfig(32, 256, 2, 1, 5),
+    SlicedConfig(32, 256, 2, 1, 6),
+    SlicedConfig(32, 512, 2, 1, 3),
+    SlicedConfig(32, 512, 2, 1, 4),
+    SlicedConfig(32, 128, 1, 1, 6),
+    SlicedConfig(32, 256, 1, 1, 4),
+    SlicedConfig(32, 512, 4, 1, 4),
+    SlicedConfig(32, 512, 4, 1, 5),
+    SlicedConfig(32, 512, 4, 1, 6),
+    SlicedConfig(32, 1024, 4, 1, 3),
+    SlicedConfig(32, 1024, 4, 1, 4),
+    SlicedConfig(32, 1024, 8, 1, 3),
+    SlicedConfig(16, 256, 2, 1, 4),
+    SlicedConfig(16, 512, 4, 1, 4),
+    SlicedConfig(16, 256, 1, 1, 6),
+    SlicedConfig(64, 256, 2, 1, 4),
+    SlicedConfig(64, 256, 2, 1, 6),
+    SlicedConfig(64, 512, 4, 1, 3),
+    SlicedConfig(64, 256, 4, 1, 4),
+    SlicedConfig(32, 512, 4, 2, 4),
+    SlicedConfig(128, 512, 4, 1, 3),
+]
+CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig, "dp4a": Dp4aConfig, "sliced": SlicedConfig}
 
 
 def changed(result: dict) -> dict:
@@ -151,13 +176,14 @@ def random_problem(m: int, n: int, k: int, gen: torch.Generator):
     return [t.cuda() for t in (a, w, sa, sw, bias)]
 
 
-def check(m: int, n: int, k: int, cfg: GemmConfig | GemvConfig | Dp4aConfig, non_negative: bool = False) -> dict:
+def check(m: int, n: int, k: int, cfg, non_negative: bool = False) -> dict:
     gen = torch.Generator().manual_seed(m * 7 + n + k)
     a, w, sa, sw, bias = random_problem(m, n, k, gen)
     if non_negative:
         a, w = a.abs().clamp(max=7), w.abs().clamp(max=7)
-    # the dp4a kernel takes int8 codes only: its "fp8" check repeats the int8 one
-    packed, codes = pack_int4(w), a if isinstance(cfg, Dp4aConfig) else a.to(torch.float8_e4m3fn)
+    # the dp4a and sliced kernels take int8 codes only: their "fp8" check repeats the int8 one
+    int8_only = isinstance(cfg, (Dp4aConfig, SlicedConfig))
+    packed, codes = pack_int4(w), a if int8_only else a.to(torch.float8_e4m3fn)
     ones_m, ones_n = torch.ones(m, 1, device="cuda"), torch.ones(n, device="cuda")
     acc = w4a4_matmul(codes, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
     exact = (a.double() @ w.double().T).float()
@@ -180,7 +206,9 @@ def kind_of(cfg) -> str:
     return next(kind for kind, cls in CONFIG_TYPES.items() if isinstance(cfg, cls))
 
 
-def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torch.int8) -> dict:
+def measure(
+    m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torch.int8, kinds=tuple(CONFIG_TYPES)
+) -> dict:
     gen = torch.Generator().manual_seed(0)
     bufs = rotations(n * k * 2)
     w_bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(bufs)]
@@ -201,14 +229,14 @@ def measure(m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torc
     sw = torch.rand(n, device="cuda") * 0.01
     codes, sa = quantize_per_token(x, codes_dtype=codes_dtype, backend="triton")
     heuristic = default_config(codes, packs[0])  # what w4a4_matmul picks with no config given
-    candidates = [heuristic] + ((DECODE_SWEEP if m <= 64 else PREFILL_SWEEP) if sweep else [])
+    candidates = [heuristic] + ((DECODE_SWEEP if m <= 64 else PREFILL_SWEEP) if sweep and "gemm" in kinds else [])
     if m <= 64:
         block_m = max(16, min(64, 1 << (m - 1).bit_length()))
         candidates = [replace(c, block_m=block_m) if isinstance(c, GemmConfig) else c for c in candidates]
-    if m == 1 and sweep:
+    if m == 1 and sweep and "gemv" in kinds:
         candidates += GEMV_SWEEP
-    if m <= 16 and sweep and codes_dtype == torch.int8:
-        candidates += DP4A_SWEEP
+    if 2 <= m <= 16 and sweep and codes_dtype == torch.int8:
+        candidates += (DP4A_SWEEP if "dp4a" in kinds else []) + (SLICED_SWEEP if "sliced" in kinds else [])
     results = []
     for cfg in candidates:
         try:
@@ -286,8 +314,13 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--codes", choices=tuple(CODES), default="int8",
                         help="activation codes: int8 (exact int32 MMA; deploy's) or fp8 (promoted)")  # fmt: skip
+    parser.add_argument("--sweep-kinds", default=",".join(CONFIG_TYPES),
+                        help=f"with --sweep, the kernels swept (of {','.join(CONFIG_TYPES)})")  # fmt: skip
     parser.add_argument("--variants", action="store_true", help="gate_up M=8192: where the time goes")
     args = parser.parse_args()
+    kinds = tuple(args.sweep_kinds.split(","))
+    if unknown := set(kinds) - set(CONFIG_TYPES):
+        parser.error(f"unknown --sweep-kinds {sorted(unknown)}; choose from {', '.join(CONFIG_TYPES)}")
     report = start_report()
     if report is None:
         return 2
@@ -307,7 +340,7 @@ def main() -> int:
                 continue
             for m in [int(v) for v in args.m.split(",")]:
                 try:
-                    r = measure(m, k, n, args.sweep, CODES[args.codes])
+                    r = measure(m, k, n, args.sweep, CODES[args.codes], kinds)
                 except Exception:
                     traceback.print_exc()
                     r = {"M": m, "K": k, "N": n, "error": traceback.format_exc()[-600:]}

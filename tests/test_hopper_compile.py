@@ -236,6 +236,24 @@ def dp4a_job(m_pad: int, n: int) -> dict:
     return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
 
 
+def sliced_job(n: int, k: int) -> dict:
+    """LLaMA-3-8B at M = 2–16 on the sliced tensor-core kernel, the tile ``pick_sliced_config`` gives (N, K)."""
+    from fptquant.kernels.triton_w4a4_sliced import MMA_ROWS, pick_sliced_config
+
+    cfg = pick_sliced_config(n, k)
+    args = {"a_ptr": "*i8", "w_ptr": "*u8", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
+            "out_ptr": "*fp32" if cfg.split_k > 1 else "*bf16"}  # fmt: skip
+    args.update({name: "i32" for name in ("M", "N", "K", "stride_am", "stride_wn", "stride_om", "k_per_split")})
+    args.update(HAS_BIAS=False, SPLIT=cfg.split_k, EVEN_K=True, BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k)
+    args.update(SLICES=cfg.slices, STAGES=cfg.num_stages, INTERPRET=False)
+    aligned = ["a_ptr", "w_ptr", "out_ptr", "K", "stride_am", "stride_wn", "stride_om", "k_per_split"]
+    module = "fptquant.kernels.triton_w4a4_sliced"
+    return {"module": module, "kernel": "_sliced_kernel", "args": args, "num_warps": cfg.slices, "aligned": aligned}
+
+
+SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336)}
+
+
 @pytest.fixture(scope="module")
 def builds() -> dict:
     """One child process compiles them all (each test reads its own)."""
@@ -246,6 +264,7 @@ def builds() -> dict:
     jobs["kv-fake-quant"] = kv_fake_quant_job()
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
+    jobs.update({name: sliced_job(*case) for name, case in SLICED_CASES.items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
     jobs.update({f"quantize-{k}": quantize_job(k) for k in (4096, 28672, 576, 1536)})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
@@ -308,6 +327,15 @@ def test_w4a4_gemm_compiles_to_tensor_cores_without_spills(builds, name):
         assert "mma.sync" in build.ptx
     else:
         assert build.uses_wgmma
+
+
+@pytest.mark.parametrize("name", list(SLICED_CASES))
+def test_sliced_decode_unpacks_whole_registers_into_int8_mma(builds, name):
+    build = builds[name]
+    assert build.spill_bytes == 0
+    assert re.search(r"mma\.sync\.aligned\.m16n8k32\.row\.col\S*\.s32\.s8\.s8\.s32", build.ptx)
+    assert re.search(r"and\.b32 \S+ \S+ 0x0F0F0F0F", build.ptx)  # four nibbles an instruction, not one
+    assert build.async_copy_bytes() <= {8, 16}  # weights and codes reach shared memory as vectors
 
 
 @pytest.mark.parametrize("k", [4096, 28672, 576, 1536])

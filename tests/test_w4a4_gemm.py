@@ -11,6 +11,7 @@ from fptquant.errors import ConfigError  # noqa: E402
 from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig, pick_dp4a_config  # noqa: E402
 from fptquant.kernels.triton_w4a4_gemv import GemvConfig  # noqa: E402
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, pick_config  # noqa: E402
+from fptquant.kernels.triton_w4a4_sliced import SlicedConfig, pick_sliced_config  # noqa: E402
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
 from fptquant.math.packing import pack_int4  # noqa: E402
 
@@ -136,29 +137,82 @@ def test_dp4a_extremes_are_exact_and_bad_shapes_named():
                     backend="triton", config=Dp4aConfig())  # fmt: skip
 
 
-def test_small_m_kernel_switch_routes_to_dp4a(monkeypatch):
+SLICED_CONFIGS = {
+    "two_slices": SlicedConfig(block_n=32, block_k=128, slices=2, num_stages=2),
+    "wide": pick_sliced_config(28672, 4096),
+    "narrow_split": pick_sliced_config(4096, 4096),
+    "split_tail": SlicedConfig(block_n=64, block_k=256, slices=4, split_k=3),
+}
+
+
+@pytest.mark.parametrize("name", SLICED_CONFIGS)
+@pytest.mark.parametrize("m,n,k", [(3, 96, 576), (16, 40, 1536), (9, 17, 9 * 64), (2, 64, 4096)])
+def test_few_token_sliced_sums_exact_and_scaled_output_close(name, m, n, k):
+    """K = 576 and 1536 end inside a step (masked tails); N = 17 and 40 wrap inside a tile; 9 heads of 64."""
+    a, w, sa, sw, bias = problem(m, n, k, seed=m + n + k)
+    packed, cfg = pack_int4(w), SLICED_CONFIGS[name]
+    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    acc = w4a4_matmul(a, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
+    assert torch.equal(acc.double(), a.double() @ w.double().T)
+    out = w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16, backend="triton", config=cfg)
+    ref = w4a4_matmul_reference(a, sa, packed, sw, bias, torch.bfloat16)
+    torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+
+
+def test_sliced_extremes_are_exact_and_bad_inputs_named():
+    """Every weight −8 (nibble 8, the offset's largest correction) and codes −8 or 7, over a long K: the
+    int32 sum of ``(v + 8)·a`` and ``8·Σa`` both at their limits."""
+    m, n, k = 16, 32, 14336
+    w = torch.full((n, k), -8, dtype=torch.int8, device=DEVICE)
+    a = torch.where(torch.arange(k, device=DEVICE) % 3 == 0, 7, -8).to(torch.int8).expand(m, k).contiguous()
+    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    cfg = SlicedConfig(block_n=32, block_k=1024, slices=4)
+    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton", config=cfg)
+    assert torch.equal(acc.double(), a.double() @ w.double().T) and acc.abs().min() > 2**16
+    with pytest.raises(ConfigError, match="at most 16 rows"):
+        w4a4_matmul(a.repeat(2, 1), torch.ones(2 * m, 1, device=DEVICE), pack_int4(w), ones_n, None,
+                    backend="triton", config=cfg)  # fmt: skip
+    with pytest.raises(ConfigError, match="int8 codes"):
+        w4a4_matmul(a.to(torch.float8_e4m3fn), ones_m, pack_int4(w), ones_n, None, backend="triton", config=cfg)
+    with pytest.raises(ConfigError, match="block_k"):
+        w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, backend="triton", config=SlicedConfig(32, 128, 4))
+
+
+def test_small_m_kernel_switch(monkeypatch):
+    """Default: the GEMV for one token, dp4a up to DP4A_MAX_TOKENS, the sliced tensor-core kernel up to 16,
+    the GEMM above; the environment variable moves all of 2–16 to one kernel, and an unknown name is an error."""
     import fptquant.kernels.triton_w4a4_dp4a as dp4a
+    import fptquant.kernels.triton_w4a4_sliced as sliced
+    from fptquant.kernels.w4a4_matmul import DP4A_MAX_TOKENS
 
     calls = []
-    real = dp4a.dp4a_matmul
-    monkeypatch.setattr(dp4a, "dp4a_matmul", lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw))
-    a, w, sa, sw, bias = problem(12, 40, 576, seed=3)
+
+    def spy(module, name, kind):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **kw: calls.append((kind, a[0].shape[0])) or real(*a, **kw))
+
+    spy(dp4a, "dp4a_matmul", "dp4a")
+    spy(sliced, "sliced_matmul", "sliced")
+    a, w, sa, sw, bias = problem(20, 40, 576, seed=3)
     packed = pack_int4(w)
     expected = w4a4_matmul_reference(a, sa, packed, sw, bias)
-    for tokens in (1, 5, 8, 9, 12):  # default: the GEMV for one token, dp4a up to 8, the GEMM above
+    for tokens in (1, DP4A_MAX_TOKENS, DP4A_MAX_TOKENS + 1, 16, 20):
         out = w4a4_matmul(a[:tokens], sa[:tokens], packed, sw, bias, backend="triton")
         torch.testing.assert_close(out.double(), expected[:tokens].double(), rtol=2**-7, atol=1e-5)
-    assert calls == [5, 8]
-    monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "dp4a")
-    w4a4_matmul(a, sa, packed, sw, bias, backend="triton")
-    w4a4_matmul(a[:1], sa[:1], packed, sw, bias, backend="triton")  # one token stays on the GEMV
-    assert calls == [5, 8, 12]
+    assert calls == [("dp4a", DP4A_MAX_TOKENS), ("sliced", DP4A_MAX_TOKENS + 1), ("sliced", 16)]
+    for kind in ("dp4a", "sliced"):
+        monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", kind)
+        calls.clear()
+        for tokens in (1, 2, 12):  # one token stays on the GEMV
+            w4a4_matmul(a[:tokens], sa[:tokens], packed, sw, bias, backend="triton")
+        assert calls == [(kind, 2), (kind, 12)]
     monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "gemm")
+    calls.clear()
     w4a4_matmul(a[:5], sa[:5], packed, sw, bias, backend="triton")
-    assert calls == [5, 8, 12]
+    assert calls == []
     monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "cutlass")
     with pytest.raises(ConfigError, match="FPTQUANT_SMALL_M_KERNEL"):
-        w4a4_matmul(a, sa, packed, sw, bias, backend="triton")
+        w4a4_matmul(a[:5], sa[:5], packed, sw, bias, backend="triton")
 
 
 def test_gemv_long_k_all_non_negative_is_exact():

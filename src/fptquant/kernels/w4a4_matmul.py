@@ -68,15 +68,20 @@ def w4a4_matmul(
     """Like :func:`w4a4_matmul_reference`, on the backend the switch picks. ``config``: a Triton
     :class:`~fptquant.kernels.triton_w4a4_matmul.GemmConfig` (tensor cores) or, for one token,
     :class:`~fptquant.kernels.triton_w4a4_gemv.GemvConfig` (CUDA cores), or for up to 16 tokens
-    :class:`~fptquant.kernels.triton_w4a4_dp4a.Dp4aConfig` (CUDA cores, dp4a); else :func:`default_config`."""
+    :class:`~fptquant.kernels.triton_w4a4_dp4a.Dp4aConfig` (CUDA cores, dp4a) or
+    :class:`~fptquant.kernels.triton_w4a4_sliced.SlicedConfig` (tensor cores, K sliced across warps);
+    else :func:`default_config`."""
     if backend_for(codes, backend) == "torch":
         return w4a4_matmul_reference(codes, act_scale, packed, weight_scale, bias, out_dtype)
     _check(codes, act_scale, packed, weight_scale)
     from .triton_w4a4_dp4a import Dp4aConfig, dp4a_matmul
     from .triton_w4a4_gemv import GemvConfig, gemv
     from .triton_w4a4_matmul import matmul
+    from .triton_w4a4_sliced import SlicedConfig, sliced_matmul
 
     config = config or default_config(codes, packed)
+    if isinstance(config, SlicedConfig):
+        return sliced_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
     if isinstance(config, Dp4aConfig):
         return dp4a_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config)
     if isinstance(config, GemvConfig):
@@ -87,35 +92,45 @@ def w4a4_matmul(
 
 
 def default_config(codes: torch.Tensor, packed: torch.Tensor):
-    """The Triton config :func:`w4a4_matmul` runs with none given: dp4a for 2–8 int8-coded tokens
-    (:func:`_small_m_on_dp4a`), the GEMV for one token on packed weights, the GEMM's ``pick_config``
+    """The Triton config :func:`w4a4_matmul` runs with none given: for 2–16 int8-coded tokens the kernel
+    :func:`small_m_kernel` names, the GEMV for one token on packed weights, the GEMM's ``pick_config``
     otherwise (the benchmarks time it as the "heuristic")."""
     from .triton_w4a4_dp4a import pick_dp4a_config
     from .triton_w4a4_gemv import pick_gemv_config
     from .triton_w4a4_matmul import pick_config
+    from .triton_w4a4_sliced import pick_sliced_config
 
     (m, k), n = codes.shape, packed.shape[0]
-    if _small_m_on_dp4a(codes, packed):
+    kernel = small_m_kernel(codes, packed)
+    if kernel == "sliced":
+        return pick_sliced_config(n, k)
+    if kernel == "dp4a":
         return pick_dp4a_config(n)
     if m == 1 and packed.dtype == torch.uint8:
         return pick_gemv_config(n, k)
     return pick_config(m, n, k)
 
 
-SMALL_M_KERNELS = ("auto", "gemm", "dp4a")
-DP4A_MAX_TOKENS = 8  # measured on the H100: dp4a wins at 8 tokens, the tensor-core GEMM at 16
+SMALL_M_KERNELS = ("auto", "sliced", "dp4a", "gemm")
+SMALL_M_MAX_TOKENS = 16
+DP4A_MAX_TOKENS = 4  # H100, session 15: dp4a ahead at 2 tokens (its work grows with them), sliced from 8
 
 
-def _small_m_on_dp4a(codes: torch.Tensor, packed: torch.Tensor) -> bool:
-    """Whether a few-token call goes to the dp4a kernel. ``FPTQUANT_SMALL_M_KERNEL``: ``auto`` (default)
-    sends 2–8 tokens there, ``dp4a`` sends 2–16, ``gemm`` none (the tensor-core GEMM)."""
+def small_m_kernel(codes: torch.Tensor, packed: torch.Tensor) -> str | None:
+    """The kernel a call of 2–16 int8-coded tokens goes to (None: not such a call). ``FPTQUANT_SMALL_M_KERNEL``:
+    ``auto`` (default) picks the CUDA cores' 4-way dot (dp4a) up to ``DP4A_MAX_TOKENS`` and the tensor-core
+    kernel with K sliced across warps above; ``sliced`` and ``dp4a`` take all of 2–16, ``gemm`` none of them
+    (the tensor-core GEMM)."""
     choice = os.environ.get("FPTQUANT_SMALL_M_KERNEL", "auto")
     if choice not in SMALL_M_KERNELS:
         raise ConfigError(f"FPTQUANT_SMALL_M_KERNEL must be one of {', '.join(SMALL_M_KERNELS)}, got {choice!r}")
     m, k = codes.shape
     fits = codes.dtype == torch.int8 and k % 8 == 0 and packed.dtype == torch.uint8
-    limit = {"auto": DP4A_MAX_TOKENS, "dp4a": 16, "gemm": 1}[choice]
-    return fits and 2 <= m <= limit
+    if not fits or not 2 <= m <= SMALL_M_MAX_TOKENS or choice == "gemm":
+        return None
+    if choice == "auto":
+        return "dp4a" if m <= DP4A_MAX_TOKENS else "sliced"
+    return choice
 
 
 def quantize_w4a4_matmul(

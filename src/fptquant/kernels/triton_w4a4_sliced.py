@@ -1,0 +1,148 @@
+"""Few-token decode of :mod:`.w4a4_matmul` (M = 2–16) on the tensor cores, K sliced across warps.
+
+At M = 16 the GEMM (:mod:`.triton_w4a4_matmul`) spent about eight instructions a weight code: each
+unpacked nibble was a byte of its own, shifted, converted and packed again into the MMA's registers.
+Here the unpacking works on whole registers of four packed bytes: ``xor 0x88`` makes each nibble
+``v + 8`` (0..15), one ``and`` keeps the low nibbles, a shift and an ``and`` the high ones, so eight
+codes cost about four instructions. The sum runs on ``v + 8``; ``8·Σa`` per token, which a small
+extra dot of the activations against ones gives, is subtracted at the end, so the result is exact
+in int32. The low nibbles (even k) and the high ones (odd k) meet the even and odd activation
+columns in two dots.
+
+With 16 tokens on the MMA's 16 rows, warps that split the output channels would each need the whole
+activation tile and shuffle it to even and odd columns again. So each warp takes its own slice of K
+instead (a batched 3-D dot, batch = slice), and the slices' partial sums are added once at the end.
+
+The interpreter has no inline assembly, so there the same nibbles are taken byte by byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import ConfigError
+from .backend import interpreting
+from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
+
+MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
+SMS = 132  # the H100 SXM's streaming multiprocessors, which the tile plan fills
+
+
+@dataclass(frozen=True)
+class SlicedConfig:
+    block_n: int = 128  # output channels a program
+    block_k: int = 512  # codes a step, all slices together
+    slices: int = 4  # K slices a step, one warp each
+    split_k: int = 1
+    num_stages: int = 3
+
+
+def pick_sliced_config(n: int, k: int) -> SlicedConfig:
+    """The H100 sweep's best at M = 16 (docs/RESULTS.md, session 15): 32-channel programs throughout. Where
+    those are no more than the SMs (8B o and down), four warps a program and long steps; where there are
+    hundreds on a short K (8B gate+up, 896), one warp each; otherwise two warps, 512 codes a step."""
+    programs = triton.cdiv(n, 32)
+    if programs <= SMS:
+        return SlicedConfig(32, 1024 if k >= 8192 else 512, 4, num_stages=4)
+    if programs >= 6 * SMS and k <= 4096:
+        return SlicedConfig(32, 256, 1, num_stages=4)
+    return SlicedConfig(32, 512, 2, num_stages=4)
+
+
+@triton.jit
+def _low_nibbles(w, INTERPRET: tl.constexpr):
+    """``uint8`` → its low nibble plus 8 as ``int8`` (0..15); four bytes a register op on the GPU."""
+    if INTERPRET:
+        return ((w ^ 0x88) & 0xF).to(tl.int8)
+    return tl.inline_asm_elementwise(
+        "{.reg .b32 t; xor.b32 t, $1, 0x88888888; and.b32 $0, t, 0x0F0F0F0F;}",
+        "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4,
+    )  # fmt: skip
+
+
+@triton.jit
+def _high_nibbles(w, INTERPRET: tl.constexpr):
+    """``uint8`` → its high nibble plus 8 as ``int8`` (0..15)."""
+    if INTERPRET:
+        return ((w ^ 0x88) >> 4).to(tl.int8)
+    return tl.inline_asm_elementwise(
+        "{.reg .b32 t; xor.b32 t, $1, 0x88888888; shr.b32 t, t, 4; and.b32 $0, t, 0x0F0F0F0F;}",
+        "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4,
+    )  # fmt: skip
+
+
+@triton.jit
+def _sliced_kernel(
+    a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr, SLICES: tl.constexpr, STAGES: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
+    KS: tl.constexpr = BK // SLICES  # codes a slice and step
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rm = tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    s = tl.arange(0, SLICES)[:, None, None]
+    byte = s * (KS // 2) + tl.arange(0, KS // 2)[None, :, None]  # (slice, byte, 1)
+    code = s * KS + tl.arange(0, KS)[None, None, :]  # (slice, 1, code)
+    # wrapped rows and channels: no masks on them; padded tokens are never stored
+    w_ptrs = w_ptr + (rn % N)[None, None, :].to(tl.int64) * stride_wn + byte  # (slice, byte, channel)
+    a_ptrs = a_ptr + (rm % M)[None, :, None].to(tl.int64) * stride_am + code  # (slice, token, code)
+    ones = tl.full((SLICES, KS // 2, 16), 1, tl.int8)
+    acc = tl.zeros((SLICES, BM, BN), dtype=tl.int32)
+    act_sum = tl.zeros((SLICES, BM, 16), dtype=tl.int32)  # Σa in every column (16: the MMA's narrowest)
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
+    for k in tl.range(k_start, k_end, BK, num_stages=STAGES):
+        if EVEN_K:
+            wp = tl.load(w_ptrs + k // 2)
+            a = tl.load(a_ptrs + k)
+        else:  # zero activations past K: the masked weight bytes unpack to 8, times zero
+            wp = tl.load(w_ptrs + k // 2, mask=k // 2 + byte < k_end // 2, other=0)
+            a = tl.load(a_ptrs + k, mask=k + code < k_end, other=0)
+        a_even, a_odd = tl.split(tl.reshape(a, (SLICES, BM, KS // 2, 2)))
+        acc = tl.dot(a_even, _low_nibbles(wp, INTERPRET), acc, out_dtype=tl.int32)
+        acc = tl.dot(a_odd, _high_nibbles(wp, INTERPRET), acc, out_dtype=tl.int32)
+        act_sum = tl.dot(a_even, ones, act_sum, out_dtype=tl.int32)
+        act_sum = tl.dot(a_odd, ones, act_sum, out_dtype=tl.int32)
+    row_sum = tl.sum(tl.sum(act_sum, axis=0), axis=1) // 16
+    total = tl.sum(acc, axis=0) - 8 * row_sum[:, None]  # Σ (v + 8)·a − 8·Σa = Σ v·a
+    _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
+
+
+def sliced_matmul(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: SlicedConfig | None = None,
+) -> torch.Tensor:
+    """``(M, K)`` int8 codes (M ≤ 16) × ``(N, K/2)`` packed weights → ``(M, N)``, like
+    :func:`.w4a4_matmul.w4a4_matmul`."""
+    m, k = codes.shape
+    n = packed.shape[0]
+    cfg = config or pick_sliced_config(n, k)
+    if codes.dtype != torch.int8 or m > MMA_ROWS:
+        raise ConfigError(
+            f"the sliced kernel takes int8 codes of at most {MMA_ROWS} rows, got {codes.dtype} ({m}, {k})"
+        )
+    if any(v & (v - 1) for v in (cfg.block_n, cfg.block_k, cfg.slices)) or cfg.block_n < 16:
+        raise ConfigError(f"block_n, block_k and slices must be powers of two (block_n ≥ 16), got {cfg}")
+    if cfg.block_k // cfg.slices < 64:
+        raise ConfigError(f"block_k {cfg.block_k} must give each of {cfg.slices} slices a step of ≥ 64 codes")
+    split, k_per_split = split_k_plan(k, cfg.split_k, cfg.block_k)
+    out = split_k_output((m, n), split, out_dtype, codes.device)
+    _sliced_kernel[(triton.cdiv(n, cfg.block_n), split)](
+        codes, packed, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
+        m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
+        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k,
+        BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k, SLICES=cfg.slices, STAGES=cfg.num_stages,
+        INTERPRET=interpreting(), num_warps=cfg.slices,
+    )  # fmt: skip
+    return out.to(out_dtype)

@@ -121,6 +121,14 @@ SLICED_SWEEP = [  # 2-16 tokens on the tensor cores, K sliced across warps (w4a4
     SlicedConfig(64, 256, 4, 1, 4),
     SlicedConfig(32, 512, 4, 2, 4),
     SlicedConfig(128, 512, 4, 1, 3),
+    # long K on few programs (8B down: 128 programs of 32 channels)
+    SlicedConfig(32, 2048, 8, 1, 3),
+    SlicedConfig(32, 1024, 8, 1, 4),
+    SlicedConfig(32, 2048, 4, 1, 3),
+    SlicedConfig(32, 1024, 4, 1, 5),
+    SlicedConfig(32, 1024, 2, 1, 4),
+    SlicedConfig(16, 1024, 4, 1, 4),
+    SlicedConfig(16, 1024, 2, 1, 4),
 ]
 CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig, "dp4a": Dp4aConfig, "sliced": SlicedConfig}
 

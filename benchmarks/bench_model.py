@@ -128,7 +128,9 @@ def measure(model, batch: int, prompt: int, steps: int, vocab: int, int4_cache: 
             "decode_peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
 
 
-W4A4_KERNELS = ("_w4a4_kernel", "_tma_kernel", "_dp4a_kernel", "_unpack_kernel", "_gemv_kernel")  # and quantize_gemv
+W4A4_KERNELS = (  # _gemv_kernel also matches _quantize_gemv_kernel
+    "_w4a4_kernel", "_tma_kernel", "_dp4a_kernel", "_sliced_kernel", "_unpack_kernel", "_gemv_kernel",
+)  # fmt: skip
 CATEGORIES = (("gemm (w4a4)", W4A4_KERNELS),
               ("quantize", ("_quantize_rows", "_kron_quantize")),
               ("attention", ("fmha", "flash", "attention", "sdpa", "efficient", "_decode_kernel")),

@@ -111,19 +111,6 @@ DP4A_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", DP4A_CONFIGS)
-@pytest.mark.parametrize("m,n,k", [(3, 96, 576), (16, 40, 1536), (5, 17, 9 * 64), (1, 48, 2048)])
-def test_few_token_dp4a_sums_exact_and_scaled_output_close(name, m, n, k):
-    a, w, sa, sw, bias = problem(m, n, k, seed=m + n + k)
-    packed, cfg = pack_int4(w), DP4A_CONFIGS[name]
-    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
-    acc = w4a4_matmul(a, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
-    assert torch.equal(acc.double(), a.double() @ w.double().T)
-    out = w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16, backend="triton", config=cfg)
-    ref = w4a4_matmul_reference(a, sa, packed, sw, bias, torch.bfloat16)
-    torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
-
-
 def test_dp4a_extremes_are_exact_and_bad_shapes_named():
     """Every weight −8 and every code −8 or 7: the nibble offset and its correction at their limits."""
     m, n, k = 4, 24, 4096
@@ -145,12 +132,18 @@ SLICED_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", SLICED_CONFIGS)
-@pytest.mark.parametrize("m,n,k", [(3, 96, 576), (16, 40, 1536), (9, 17, 9 * 64), (2, 64, 4096)])
-def test_few_token_sliced_sums_exact_and_scaled_output_close(name, m, n, k):
-    """K = 576 and 1536 end inside a step (masked tails); N = 17 and 40 wrap inside a tile; 9 heads of 64."""
+FEW_TOKEN_CONFIGS = {f"dp4a-{k}": v for k, v in DP4A_CONFIGS.items()} | {
+    f"sliced-{k}": v for k, v in SLICED_CONFIGS.items()
+}
+
+
+@pytest.mark.parametrize("name", FEW_TOKEN_CONFIGS)
+@pytest.mark.parametrize("m,n,k", [(3, 96, 576), (16, 40, 1536), (9, 17, 9 * 64), (1, 48, 2048), (2, 64, 4096)])
+def test_few_token_kernels_sum_exactly_and_scale_close(name, m, n, k):
+    """dp4a and the sliced tensor-core kernel: K = 576 and 1536 end inside a step (masked tails), N = 17 and 40
+    wrap inside a tile, 9 heads of 64."""
     a, w, sa, sw, bias = problem(m, n, k, seed=m + n + k)
-    packed, cfg = pack_int4(w), SLICED_CONFIGS[name]
+    packed, cfg = pack_int4(w), FEW_TOKEN_CONFIGS[name]
     ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
     acc = w4a4_matmul(a, ones_m, packed, ones_n, None, torch.float32, backend="triton", config=cfg)
     assert torch.equal(acc.double(), a.double() @ w.double().T)

@@ -33,12 +33,12 @@ SMS = 132  # the H100 SXM's streaming multiprocessors, which the tile plan fills
 
 
 @dataclass(frozen=True)
-class SlicedConfig:
-    block_n: int = 128  # output channels a program
+class SlicedConfig:  # defaults: the common pick of pick_sliced_config
+    block_n: int = 32  # output channels a program
     block_k: int = 512  # codes a step, all slices together
-    slices: int = 4  # K slices a step, one warp each
+    slices: int = 2  # K slices a step, one warp each
     split_k: int = 1
-    num_stages: int = 3
+    num_stages: int = 4
 
 
 def pick_sliced_config(n: int, k: int) -> SlicedConfig:
@@ -47,10 +47,10 @@ def pick_sliced_config(n: int, k: int) -> SlicedConfig:
     hundreds on a short K (8B gate+up, 896), one warp each; otherwise two warps, 512 codes a step."""
     programs = triton.cdiv(n, 32)
     if programs <= SMS:
-        return SlicedConfig(32, 1024 if k >= 8192 else 512, 4, num_stages=4)
+        return SlicedConfig(block_k=1024 if k >= 8192 else 512, slices=4)
     if programs >= 6 * SMS and k <= 4096:
-        return SlicedConfig(32, 256, 1, num_stages=4)
-    return SlicedConfig(32, 512, 2, num_stages=4)
+        return SlicedConfig(block_k=256, slices=1)
+    return SlicedConfig()
 
 
 @triton.jit

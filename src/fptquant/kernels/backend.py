@@ -26,6 +26,18 @@ def triton_available() -> bool:
     return True
 
 
+@functools.cache
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int | None:
+    """The streaming multiprocessors of a CUDA ``device`` (None for any other device, or under the interpreter)."""
+    if interpreting() or device.type != "cuda":
+        return None
+    return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 

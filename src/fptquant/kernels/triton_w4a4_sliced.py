@@ -25,11 +25,11 @@ import triton
 import triton.language as tl
 
 from ..errors import ConfigError
-from .backend import interpreting
+from .backend import interpreting, sm_count
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
-SMS = 132  # the H100 SXM's streaming multiprocessors, which the tile plan fills
+H100_SMS = 132  # the tile plan's SM count where the device has none to give (the CPU interpreter)
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,15 @@ class SlicedConfig:  # defaults: the common pick of pick_sliced_config
     num_stages: int = 4
 
 
-def pick_sliced_config(n: int, k: int) -> SlicedConfig:
+def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> SlicedConfig:
     """The H100 sweep's best at M = 16 (docs/RESULTS.md, session 15): 32-channel programs throughout. Where
-    those are no more than the SMs (8B o and down), four warps a program and long steps; where there are
-    hundreds on a short K (8B gate+up, 896), one warp each; otherwise two warps, 512 codes a step."""
+    those are no more than the SMs of ``device`` (8B o and down), four warps a program and long steps; where
+    there are hundreds on a short K (8B gate+up, 896), one warp each; otherwise two warps, 512 codes a step."""
+    sms = (sm_count(device) if device is not None else None) or H100_SMS
     programs = triton.cdiv(n, 32)
-    if programs <= SMS:
+    if programs <= sms:
         return SlicedConfig(block_k=1024 if k >= 8192 else 512, slices=4)
-    if programs >= 6 * SMS and k <= 4096:
+    if programs >= 6 * sms and k <= 4096:
         return SlicedConfig(block_k=256, slices=1)
     return SlicedConfig()
 
@@ -127,7 +128,7 @@ def sliced_matmul(
     :func:`.w4a4_matmul.w4a4_matmul`."""
     m, k = codes.shape
     n = packed.shape[0]
-    cfg = config or pick_sliced_config(n, k)
+    cfg = config or pick_sliced_config(n, k, codes.device)
     if codes.dtype != torch.int8 or m > MMA_ROWS:
         raise ConfigError(
             f"the sliced kernel takes int8 codes of at most {MMA_ROWS} rows, got {codes.dtype} ({m}, {k})"
@@ -136,6 +137,7 @@ def sliced_matmul(
         raise ConfigError(f"block_n, block_k and slices must be powers of two (block_n ≥ 16), got {cfg}")
     if cfg.block_k // cfg.slices < 64:
         raise ConfigError(f"block_k {cfg.block_k} must give each of {cfg.slices} slices a step of ≥ 64 codes")
+    codes, packed = codes.contiguous(), packed.contiguous()  # the kernel steps along K one byte at a time
     split, k_per_split = split_k_plan(k, cfg.split_k, cfg.block_k)
     out = split_k_output((m, n), split, out_dtype, codes.device)
     _sliced_kernel[(triton.cdiv(n, cfg.block_n), split)](

@@ -14,14 +14,12 @@ TMA needs 16-byte aligned rows: K a multiple of 16 (:func:`tma_fits`); other sha
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .backend import SHARED_BYTES, interpreting
+from .backend import SHARED_BYTES, sm_count
 from .triton_w4a4_matmul import GemmConfig, _dot, _tile_epilogue
 
 
@@ -72,15 +70,8 @@ def pipeline_stages(cfg: GemmConfig, out_dtype: torch.dtype) -> int:
     return stages
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _programs(device: torch.device) -> int:
-    if interpreting() or device.type != "cuda":
-        return 4
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return sm_count(device) or 4
 
 
 def tma_matmul(

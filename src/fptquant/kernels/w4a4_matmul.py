@@ -103,7 +103,7 @@ def default_config(codes: torch.Tensor, packed: torch.Tensor):
     (m, k), n = codes.shape, packed.shape[0]
     kernel = small_m_kernel(codes, packed)
     if kernel == "sliced":
-        return pick_sliced_config(n, k)
+        return pick_sliced_config(n, k, codes.device)
     if kernel == "dp4a":
         return pick_dp4a_config(n)
     if m == 1 and packed.dtype == torch.uint8:

@@ -73,9 +73,12 @@ def _build(job: dict) -> dict:
 
     fn = getattr(importlib.import_module(job["module"]), job["kernel"])
     args = {n: getattr(tl, v[3:]) if isinstance(v, str) and v.startswith("tl.") else v for n, v in job["args"].items()}
+    args = {n: _gluon_descriptor(v) if isinstance(v, list) else v for n, v in args.items()}
     names = list(args)
     constant = {n: v for n, v in args.items() if not isinstance(v, str)}
     signature = {n: ("constexpr" if n in constant else v) for n, v in args.items()}
+    if job.get("gluon"):
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     source = ASTSource(
         fn=fn,
         signature=signature,
@@ -97,6 +100,20 @@ def _build(job: dict) -> dict:
         "spill_bytes": int(re.search(r"(\d+) bytes spill stores", report).group(1)),
         "shared_bytes": int(kernel.metadata.shared),
     }
+
+
+def _gluon_descriptor(spec: list) -> str:
+    """``["desc", "int8", [128, 128]]`` → the signature of a Gluon TMA descriptor of that block (with the
+    default shared layout), in the spelling of the Triton that compiles it."""
+    import torch
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    _, dtype, block = spec
+    base = torch.empty([4 * b for b in block], dtype=getattr(torch, dtype))
+    layout = gl.NVMMASharedLayout.get_default_for(block, getattr(gl, dtype))
+    return mangle_type(TensorDescriptor.from_tensor(base, block, layout))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,23 @@ def tma_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages: i
             "aligned": ["sa_ptr", "sw_ptr", "out_ptr", "N", "K", "stride_om"]}  # fmt: skip
 
 
+def gluon_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages: int, out="bfloat16") -> dict:
+    """The warp-specialized Gluon prefill GEMM (INT8), with as many of ``stages`` as fit."""
+    import torch
+
+    from fptquant.kernels.gluon_w4a4_tma import gluon_stages
+
+    stages = gluon_stages(block_m, block_n, block_k, stages, getattr(torch, out))
+    args = {
+        "a_desc": ["desc", "int8", [block_m, block_k]], "w_desc": ["desc", "int8", [block_n, block_k]],
+        "out_desc": ["desc", out, [block_m, block_n]], "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
+        "M": "i32", "N": "i32", "K": "i32", "HAS_BIAS": True, "STAGES": stages, "GROUP_M": 8, "PROGRAMS": 132,
+        "num_warps": warps,
+    }  # fmt: skip
+    return {"module": "fptquant.kernels.gluon_w4a4_tma", "kernel": "_gluon_tma_kernel", "args": args,
+            "num_warps": warps, "gluon": True}  # fmt: skip
+
+
 def quantize_job(k: int) -> dict:
     """The per-token quantize with the tiling ``quantize_tile`` picks for K."""
     from fptquant.kernels.triton_quantize import quantize_tile
@@ -136,6 +153,11 @@ def quantize_job(k: int) -> dict:
             "aligned": ["x_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_q"]}  # fmt: skip
 
 
+GLUON_CASES = {
+    "gluon-256x128": (256, 128, 128, 8, 3),  # pick_config's prefill tile
+    "gluon-128x128": (128, 128, 128, 8, 5),
+    "gluon-64x64-float32-out": (64, 64, 64, 4, 4, "float32"),
+}
 TMA_CASES = {
     "tma-int8-128x256": (128, 256, 128, 8, 3, False),
     "tma-fp8-128x128": (128, 128, 128, 8, 4, True),
@@ -266,6 +288,7 @@ def builds() -> dict:
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: sliced_job(*case) for name, case in SLICED_CASES.items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
+    jobs.update({name: gluon_gemm_job(*case) for name, case in GLUON_CASES.items()})
     jobs.update({f"quantize-{k}": quantize_job(k) for k in (4096, 28672, 576, 1536)})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
@@ -360,6 +383,20 @@ def test_tma_prefill_gemm_copies_by_tma_into_wgmma_without_spills(builds, name):
     assert "cp.async.bulk.tensor" in build.ptx  # the tiles arrive by TMA, not by per-thread copies
     assert not re.search(r"cp\.async\.c[ag]\.", build.ptx)  # and no per-thread asynchronous copies
     assert build.shared_bytes <= 227 * 1024  # the H100 launched none of these at 256x128 before the split epilogue
+
+
+@pytest.mark.parametrize("name", list(GLUON_CASES))
+def test_gluon_prefill_gemm_keeps_a_wgmma_group_in_flight(builds, name):
+    """What the Gluon kernel exists for: the INT8 main loop waits for all but the newest wgmma group
+    (Triton's own loop waits for all: ``wait_group 0`` after every K step)."""
+    build = builds[name]
+    assert build.spill_bytes == 0
+    assert "wgmma.mma_async.sync.aligned" in build.ptx and ".s32.s8.s8" in build.ptx
+    waits = re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", build.ptx)
+    assert waits.count("1") == 1 and waits.count("0") == 1  # the loop keeps one; the tile's end drains
+    assert "cp.async.bulk.tensor" in build.ptx and "cp.async.bulk.tensor.2d.global.shared" in build.ptx  # TMA in, out
+    assert "mbarrier.try_wait" in build.ptx
+    assert build.shared_bytes <= 227 * 1024
 
 
 @pytest.mark.parametrize("name", list(GEMV_CASES) + list(QUANTIZE_GEMV_CASES))

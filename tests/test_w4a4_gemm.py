@@ -25,6 +25,9 @@ CONFIGS = {
     "unpack_first": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True),
     "tma": GemmConfig(32, 32, 64, num_warps=4, unpack_first=True, tma=True),
     "tma_warp_specialized": GemmConfig(16, 64, 128, num_warps=4, unpack_first=True, tma=True, warp_specialize=True),
+    # Gluon (Hopper GPUs only; elsewhere, and for fp8 codes, the call goes to the Triton TMA kernel)
+    "gluon": GemmConfig(64, 64, 64, num_warps=4, num_stages=4, unpack_first=True, tma=True, gluon=True),
+    "gluon_prefill_tile": GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=True, gluon=True),
     "prefill_split_nibbles": GemmConfig(32, 32, 64, num_warps=4, split_nibbles=True),
     "decode_swap_split_nibbles": GemmConfig(16, 32, 128, split_k=3, swap=True, num_warps=4, split_nibbles=True),
     "decode_nibbles_shift_unpack": GemmConfig(
@@ -78,6 +81,32 @@ def test_tma_prefill_takes_aligned_shapes_and_leaves_the_rest_to_the_pointer_gem
         exact = (a.double() @ w.double().T) * sa.double() * sw.double() + bias.double()
         torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=1e-5)
     assert calls == [576]
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel runs on Hopper GPUs only (no interpreter)")
+@pytest.mark.parametrize("m,n,k,non_negative", [(1000, 1032, 1536, False), (300, 264, 14336, True)])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_gluon_prefill_gemm_is_taken_and_exact_over_many_tiles(monkeypatch, m, n, k, non_negative, out_dtype):
+    """More tiles than SMs (the persistent loop and the slot ring wrap), ragged edges, and the long all-non-negative
+    K whose sums reach 64·K; the kernel must be the one that ran."""
+    import fptquant.kernels.gluon_w4a4_tma as glu
+
+    calls = []
+    real = glu.gluon_matmul
+    monkeypatch.setattr(glu, "gluon_matmul", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    a, w, sa, sw, bias = problem(m, n, k, seed=n, non_negative=non_negative)
+    cfg = CONFIGS["gluon"]
+    ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
+    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton", config=cfg)
+    assert torch.equal(acc.double(), a.double() @ w.double().T)
+    out = w4a4_matmul(a, sa, pack_int4(w), sw, bias, out_dtype, backend="triton", config=cfg)
+    ref = w4a4_matmul_reference(a, sa, pack_int4(w), sw, bias, out_dtype)
+    torch.testing.assert_close(out.double(), ref.double(), rtol=2**-7, atol=1e-5)
+    assert len(calls) == 2
 
 
 GEMV_CONFIGS = {

@@ -34,6 +34,7 @@ class GemmConfig:
     split_nibbles: bool = False  # even-k and odd-k halves as two dots (no interleave of the weight tile)
     tma: bool = False  # with unpack_first: the persistent TMA kernel (.triton_w4a4_tma) where the shapes allow
     warp_specialize: bool = False  # TMA kernel: Triton's producer/consumer warp split of the K loop
+    gluon: bool = False  # with tma, INT8 on Hopper: the warp-specialized Gluon kernel (.gluon_w4a4_tma)
 
 
 @triton.jit
@@ -215,7 +216,10 @@ def pick_config(m: int, n: int, k: int) -> GemmConfig:
     # pointer GEMM's 499.7 / 1796.4, within 3% of it on o and down (337.4 / 889.8 against 327.6 / 874.8).
     # Below 4096 tokens not: a TMA launch encodes its descriptors on the host, and the batch-1 prefill of the
     # 8B-shaped model (2048 tokens) is bound by host time already.
-    return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=m >= 4096)
+    # Session 16: on INT8 codes and Hopper the warp-specialized Gluon kernel (wgmma kept in flight), 1.36-1.74x
+    # BF16 on the GEMM alone where the TMA kernel gave 1.0-1.4x; elsewhere (FP8 codes) the Triton TMA kernel.
+    tma = m >= 4096
+    return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=tma, gluon=tma)
 
 
 def matmul(
@@ -235,8 +239,11 @@ def matmul(
     if cfg.unpack_first and packed.dtype == torch.uint8:
         packed = unpack_weights(packed.contiguous(), codes.dtype)
     if cfg.tma and packed.dtype == codes.dtype:
+        from .gluon_w4a4_tma import gluon_fits, gluon_matmul
         from .triton_w4a4_tma import tma_fits, tma_matmul
 
+        if cfg.gluon and gluon_fits(codes, packed, out_dtype):
+            return gluon_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg)
         if tma_fits(codes, packed):
             return tma_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg)
     packed_weights = packed.dtype == torch.uint8  # else one code a byte, in the codes' dtype

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Session 16 on the GPU machine (issue 8, acceptance 2): the warp-specialized Gluon INT8 prefill GEMM.
+# Each device call runs one step; JSON and a log go to $OUT. Steps:
+#   prefill   the GEMM tests on CUDA (Gluon configs, the TMA fallbacks); M = 8192 sweep of the prefill configs
+#             (8B layers); the shipped defaults at M = 8192 and 2048
+#   STEPS="prefill" bash scripts/gpu_session16.sh
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src:$PWD/benchmarks
+BENCH="python3 benchmarks/bench_w4a4_gemm.py"
+for step in ${STEPS:-prefill}; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    prefill)
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_w4a4_gemm.py -k "gluon or tma" 2>&1 | tail -8
+      timeout 300 $BENCH --m 8192 --sweep --sweep-kinds gemm --json "$OUT/prefill_sweep_8b.json"
+      timeout 120 $BENCH --m 8192,2048 --json "$OUT/prefill_defaults_8b.json" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done 2>&1 | tee "$OUT/run.log"

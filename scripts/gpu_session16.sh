@@ -3,7 +3,9 @@
 # Each device call runs one step; JSON and a log go to $OUT. Steps:
 #   prefill   the GEMM tests on CUDA (Gluon configs, the TMA fallbacks); M = 8192 sweep of the prefill configs
 #             (8B layers); the shipped defaults at M = 8192 and 2048
-#   STEPS="prefill" bash scripts/gpu_session16.sh
+#   defaults  all GEMM tests on CUDA; the shipped defaults at M = 8192 twice; M = 2048 sweep (Gluon below 4096
+#             tokens?); an 8-layer 8B-shaped model prefilling 4 x 2048 tokens (M = 8192 in every GEMM)
+#   STEPS="prefill defaults" bash scripts/gpu_session16.sh
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -16,6 +18,14 @@ for step in ${STEPS:-prefill}; do
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_w4a4_gemm.py -k "gluon or tma" 2>&1 | tail -8
       timeout 300 $BENCH --m 8192 --sweep --sweep-kinds gemm --json "$OUT/prefill_sweep_8b.json"
       timeout 120 $BENCH --m 8192,2048 --json "$OUT/prefill_defaults_8b.json" ;;
+    defaults)
+      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_w4a4_gemm.py 2>&1 | tail -15
+      for rep in 1 2; do
+        timeout 90 $BENCH --m 8192 --json "$OUT/prefill_defaults_8b_$rep.json"
+      done
+      timeout 120 $BENCH --m 2048 --sweep --sweep-kinds gemm --json "$OUT/prefill_sweep_2048.json"
+      timeout 200 python3 benchmarks/bench_model.py --shape 8b --layers 8 --batches 4 --steps 16 --profile-batch 0 \
+        --json "$OUT/model_8b_8layers_b4.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done 2>&1 | tee "$OUT/run.log"

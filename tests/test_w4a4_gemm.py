@@ -83,6 +83,16 @@ def test_tma_prefill_takes_aligned_shapes_and_leaves_the_rest_to_the_pointer_gem
     assert calls == [576]
 
 
+def test_gluon_stage_plan_fits_shared_memory_or_declines():
+    """The ring of stages plus the output tile must fit in 227 KB; where not even two stages fit, the plan says 0
+    and the call goes to the Triton TMA kernel."""
+    from fptquant.kernels.gluon_w4a4_tma import gluon_stages
+
+    assert gluon_stages(256, 128, 128, 3, torch.bfloat16) == 3  # 3 x 48 KB + 64 KB
+    assert gluon_stages(128, 128, 128, 5, torch.float32) == 4  # 5 x 32 KB + 64 KB is over, 4 stages fit
+    assert gluon_stages(256, 128, 128, 3, torch.float32) == 0  # 128 KB of float32 output leaves room for one stage
+
+
 def _hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 

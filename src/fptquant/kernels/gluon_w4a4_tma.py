@@ -149,10 +149,13 @@ def gluon_stages(block_m: int, block_n: int, block_k: int, stages: int, out_dtyp
     return stages if stages >= 2 else 0
 
 
-def gluon_fits(codes: torch.Tensor, weights: torch.Tensor, out_dtype: torch.dtype) -> bool:
-    """Gluon present, a Hopper GPU, int8 codes and one-byte int8 weights with 16-byte aligned rows (TMA), and
-    output rows of a multiple of 16 bytes (the TMA store)."""
+def gluon_fits(codes: torch.Tensor, weights: torch.Tensor, out_dtype: torch.dtype, cfg) -> bool:
+    """Gluon present, a Hopper GPU, int8 codes and one-byte int8 weights with 16-byte aligned rows (TMA),
+    output rows of a multiple of 16 bytes (the TMA store), and ``cfg``'s tile with its output tile in shared
+    memory (a 256x128 float32 one is not)."""
     if gluon is None or interpreting() or not codes.is_cuda or torch.cuda.get_device_capability(codes.device)[0] != 9:
+        return False
+    if not gluon_stages(cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_stages, out_dtype):
         return False
     k, n = codes.shape[1], weights.shape[0]
     aligned = all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (codes, weights))

@@ -216,10 +216,13 @@ def pick_config(m: int, n: int, k: int) -> GemmConfig:
     # pointer GEMM's 499.7 / 1796.4, within 3% of it on o and down (337.4 / 889.8 against 327.6 / 874.8).
     # Below 4096 tokens not: a TMA launch encodes its descriptors on the host, and the batch-1 prefill of the
     # 8B-shaped model (2048 tokens) is bound by host time already.
-    # Session 16: on INT8 codes and Hopper the warp-specialized Gluon kernel (wgmma kept in flight), 1.36-1.74x
-    # BF16 on the GEMM alone where the TMA kernel gave 1.0-1.4x; elsewhere (FP8 codes) the Triton TMA kernel.
-    tma = m >= 4096
-    return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=tma, gluon=tma)
+    # Session 16, M = 8192, INT8 codes on Hopper: the warp-specialized Gluon kernel (wgmma kept in flight), 1.7-1.9x
+    # BF16 on the GEMM alone where the Triton TMA kernel gave 1.3-1.5x (docs/RESULTS.md). 128x128 tiles were best
+    # or within 1% on 8B qkv, o and gate+up; 256x128 on the long K of down (692 against 724 us). FP8 codes, and
+    # shapes TMA cannot copy, take the Triton kernels with the same tile.
+    if m < 4096 or k >= 8192:
+        return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=m >= 4096, gluon=m >= 4096)
+    return GemmConfig(128, 128, 128, num_warps=8, num_stages=5, unpack_first=True, tma=True, gluon=True)
 
 
 def matmul(
@@ -242,7 +245,7 @@ def matmul(
         from .gluon_w4a4_tma import gluon_fits, gluon_matmul
         from .triton_w4a4_tma import tma_fits, tma_matmul
 
-        if cfg.gluon and gluon_fits(codes, packed, out_dtype):
+        if cfg.gluon and gluon_fits(codes, packed, out_dtype, cfg):
             return gluon_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg)
         if tma_fits(codes, packed):
             return tma_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg)

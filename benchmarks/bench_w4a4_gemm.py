@@ -124,18 +124,6 @@ SLICED_SWEEP = [  # 2-16 tokens on the tensor cores, K sliced across warps (w4a4
     SlicedConfig(32, 1024, 2, 1, 4),
     SlicedConfig(16, 1024, 4, 1, 4),
     SlicedConfig(16, 1024, 2, 1, 4),
-    # K split in two, the partials added in the kernel by the last split to finish (session 16): fewer
-    # activation bytes per program on the few-program shapes (8B o and down)
-    SlicedConfig(64, 1024, 4, 2, 4),
-    SlicedConfig(64, 512, 4, 2, 4),
-    SlicedConfig(64, 512, 2, 2, 4),
-    SlicedConfig(32, 1024, 4, 2, 4),
-    SlicedConfig(32, 512, 4, 2, 4),
-    SlicedConfig(32, 512, 2, 2, 4),
-    SlicedConfig(64, 2048, 8, 2, 3),
-    SlicedConfig(128, 1024, 4, 2, 3),
-    SlicedConfig(32, 1024, 4, 4, 4),
-    SlicedConfig(64, 1024, 4, 4, 4),
 ]
 CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig, "dp4a": Dp4aConfig, "sliced": SlicedConfig}
 

@@ -5,9 +5,7 @@
 #             (8B layers); the shipped defaults at M = 8192 and 2048
 #   defaults  all GEMM tests on CUDA; the shipped defaults at M = 8192 twice; M = 2048 sweep (Gluon below 4096
 #             tokens?); an 8-layer 8B-shaped model prefilling 4 x 2048 tokens (M = 8192 in every GEMM)
-#   decode    the sliced kernel's tests on CUDA; M = 16 sweep of the sliced configs, now with K split in two or four
-#             and the partials added in the kernel (8B layers)
-#   STEPS="prefill defaults decode" bash scripts/gpu_session16.sh
+#   STEPS="prefill defaults" bash scripts/gpu_session16.sh
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -28,10 +26,6 @@ for step in ${STEPS:-prefill}; do
       timeout 120 $BENCH --m 2048 --sweep --sweep-kinds gemm --json "$OUT/prefill_sweep_2048.json"
       timeout 200 python3 benchmarks/bench_model.py --shape 8b --layers 8 --batches 4 --steps 16 --profile-batch 0 \
         --json "$OUT/model_8b_8layers_b4.json" ;;
-    decode)
-      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_w4a4_gemm.py -k "sliced or few_token or switch" \
-        2>&1 | tail -8
-      timeout 330 $BENCH --m 16 --sweep --sweep-kinds sliced --json "$OUT/decode_sliced_split_8b.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done 2>&1 | tee "$OUT/run.log"

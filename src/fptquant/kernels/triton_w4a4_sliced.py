@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting, sm_count
-from .triton_w4a4_matmul import _tile_epilogue, split_k_plan
+from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
 H100_SMS = 132  # the tile plan's SM count where the device has none to give (the CPU interpreter)
@@ -78,8 +78,7 @@ def _high_nibbles(w, INTERPRET: tl.constexpr):
 
 @triton.jit
 def _sliced_kernel(
-    a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_am, stride_wn, stride_om,
-    k_per_split,
+    a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     BK: tl.constexpr, SLICES: tl.constexpr, STAGES: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
@@ -113,20 +112,7 @@ def _sliced_kernel(
         act_sum = tl.dot(a_odd, ones, act_sum, out_dtype=tl.int32)
     row_sum = tl.sum(tl.sum(act_sum, axis=0), axis=1) // 16
     total = tl.sum(acc, axis=0) - 8 * row_sum[:, None]  # Σ (v + 8)·a − 8·Σa = Σ v·a
-    if SPLIT > 1:
-        # the K splits of a tile leave exact int32 partials in a workspace; the last to arrive (a counter per
-        # tile) adds them and writes the output once, then resets its counter for the next call
-        tile_ws = ws_ptr + (pid_n * BN + tl.arange(0, BN))[None, :] + rm[:, None] * (tl.num_programs(0) * BN)
-        split_stride = BM * tl.num_programs(0) * BN
-        tl.store(tile_ws + split * split_stride, total)
-        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
-            total = tl.zeros((BM, BN), dtype=tl.int32)
-            for other in tl.static_range(SPLIT):
-                total += tl.load(tile_ws + other * split_stride, cache_modifier=".cg")
-            _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, 0, HAS_BIAS, False, 1)
-            tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed")
-    else:
-        _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, 0, HAS_BIAS, False, 1)
+    _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
 
 
 def sliced_matmul(
@@ -153,32 +139,12 @@ def sliced_matmul(
         raise ConfigError(f"block_k {cfg.block_k} must give each of {cfg.slices} slices a step of ≥ 64 codes")
     codes, packed = codes.contiguous(), packed.contiguous()  # the kernel steps along K one byte at a time
     split, k_per_split = split_k_plan(k, cfg.split_k, cfg.block_k)
-    tiles = triton.cdiv(n, cfg.block_n)
-    workspace, counters = (  # one split: the kernel touches neither
-        _split_workspace(codes.device, split, tiles * cfg.block_n, tiles) if split > 1 else (packed, packed)
-    )
-    out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
-    _sliced_kernel[(tiles, split)](
+    out = split_k_output((m, n), split, out_dtype, codes.device)
+    _sliced_kernel[(triton.cdiv(n, cfg.block_n), split)](
         codes, packed, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
-        workspace, counters, m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
+        m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k,
         BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k, SLICES=cfg.slices, STAGES=cfg.num_stages,
         INTERPRET=interpreting(), num_warps=cfg.slices,
     )  # fmt: skip
-    return out
-
-
-_WORKSPACES: dict = {}
-
-
-def _split_workspace(device: torch.device, split: int, width: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """int32 partial sums ``(split, 16, width)`` and zeroed per-tile counters, kept per device and shape: the
-    kernel resets each counter after use, so one zeroing serves every later call (and CUDA graph replay). Calls
-    that share a shape must not run concurrently on two streams."""
-    key = (str(device), split, width, tiles)
-    if key not in _WORKSPACES:
-        _WORKSPACES[key] = (
-            torch.empty((split, MMA_ROWS, width), dtype=torch.int32, device=device),
-            torch.zeros(tiles, dtype=torch.int32, device=device),
-        )
-    return _WORKSPACES[key]
+    return out.to(out_dtype)

@@ -83,6 +83,15 @@ def test_tma_prefill_takes_aligned_shapes_and_leaves_the_rest_to_the_pointer_gem
     assert calls == [576]
 
 
+def test_prefill_takes_the_tma_gemms_from_the_token_count_the_switch_names(monkeypatch):
+    assert not pick_config(2048, 4096, 4096).tma and pick_config(4096, 4096, 4096).gluon  # default: from 4096
+    monkeypatch.setenv("FPTQUANT_TMA_MIN_TOKENS", "2048")
+    assert pick_config(2048, 4096, 4096).gluon and not pick_config(2047, 4096, 4096).tma
+    monkeypatch.setenv("FPTQUANT_TMA_MIN_TOKENS", "lots")
+    with pytest.raises(ConfigError, match="FPTQUANT_TMA_MIN_TOKENS"):
+        pick_config(4096, 4096, 4096)
+
+
 def test_gluon_stage_plan_fits_shared_memory_or_declines():
     """The ring of stages plus the output tile must fit in 227 KB; where not even two stages fit, the plan says 0
     and the call goes to the Triton TMA kernel."""

@@ -11,11 +11,14 @@ from the weight tile to the activation tile, 4× smaller at decode (16 tokens ag
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -220,9 +223,21 @@ def pick_config(m: int, n: int, k: int) -> GemmConfig:
     # BF16 on the GEMM alone where the Triton TMA kernel gave 1.3-1.5x (docs/RESULTS.md). 128x128 tiles were best
     # or within 1% on 8B qkv, o and gate+up; 256x128 on the long K of down (692 against 724 us). FP8 codes, and
     # shapes TMA cannot copy, take the Triton kernels with the same tile.
-    if m < 4096 or k >= 8192:
-        return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=m >= 4096, gluon=m >= 4096)
+    tma = m >= tma_min_tokens()
+    if not tma or k >= 8192:
+        return GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=tma, gluon=tma)
     return GemmConfig(128, 128, 128, num_warps=8, num_stages=5, unpack_first=True, tma=True, gluon=True)
+
+
+TMA_MIN_TOKENS = 4096
+
+
+def tma_min_tokens() -> int:
+    """Tokens from which prefill takes the persistent TMA GEMMs: ``FPTQUANT_TMA_MIN_TOKENS``, else 4096."""
+    value = os.environ.get("FPTQUANT_TMA_MIN_TOKENS", str(TMA_MIN_TOKENS))
+    if not value.isdigit():
+        raise ConfigError(f"FPTQUANT_TMA_MIN_TOKENS must be a token count, got {value!r}")
+    return int(value)
 
 
 def matmul(

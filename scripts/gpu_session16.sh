@@ -5,6 +5,7 @@
 #             (8B layers); the shipped defaults at M = 8192 and 2048
 #   defaults  all GEMM tests on CUDA; the shipped defaults at M = 8192 twice; M = 2048 sweep (Gluon below 4096
 #             tokens?); an 8-layer 8B-shaped model prefilling 4 x 2048 tokens (M = 8192 in every GEMM)
+#   (decode   ran at 2448b3f: the sliced kernel's split-K sweep at M = 16; removed with that change in 2c7e636)
 #   threshold batch-1 prefill of 2048 tokens (8-layer 8B-shaped model; host time of 4 layers) with the TMA/Gluon
 #             GEMMs from 4096 tokens (the default) and from 2048 (FPTQUANT_TMA_MIN_TOKENS=2048), alternating
 #   STEPS="prefill defaults threshold" bash scripts/gpu_session16.sh

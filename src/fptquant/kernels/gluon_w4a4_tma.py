@@ -19,6 +19,8 @@ interpreter: CI checks its sm_90a build (tests/test_hopper_compile.py), the GPU 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -145,6 +147,12 @@ if gluon is not None:
             mbarrier.invalidate(empty.index(i))
 
 
+@functools.cache
+def _shared_layout(block: tuple, dtype) -> gl.NVMMASharedLayout:
+    """The TMA tile's shared-memory layout; cached, as building it costs tens of µs of Python a launch."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), dtype)
+
+
 def gluon_stages(block_m: int, block_n: int, block_k: int, stages: int, out_dtype: torch.dtype) -> int:
     """``stages``, fewer where the ring and the output tile would not fit in shared memory (0: not even two)."""
     out_bytes = block_m * block_n * torch.empty((), dtype=out_dtype).element_size()
@@ -181,7 +189,7 @@ def gluon_matmul(codes, act_scale, weights, weight_scale, bias, out_dtype, cfg) 
     gl_out = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[out_dtype]
 
     def desc(t, block, dtype):
-        return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, dtype))
+        return TensorDescriptor(t, t.shape, t.stride(), block, _shared_layout(tuple(block), dtype))
 
     programs = min(triton.cdiv(m, bm) * triton.cdiv(n, bn), sm_count(codes.device))
     _gluon_tma_kernel[(programs,)](

@@ -17,6 +17,14 @@ SHARED_BYTES = 227 * 1024
 DRIVER_SHARED_BYTES = 1024
 
 
+def stages_that_fit(stages: int, stage_bytes: int, fixed_bytes: int) -> int:
+    """The most of ``stages`` (at least two) pipeline slots of ``stage_bytes`` each that fit in one program's
+    shared memory beside ``fixed_bytes``; 0 where not even two do."""
+    while stages >= 2 and stages * stage_bytes + fixed_bytes > SHARED_BYTES:
+        stages -= 1
+    return stages if stages >= 2 else 0
+
+
 @functools.cache
 def triton_available() -> bool:
     try:

@@ -24,7 +24,7 @@ import functools
 import torch
 import triton
 
-from .backend import SHARED_BYTES, interpreting, sm_count
+from .backend import interpreting, sm_count, stages_that_fit
 
 try:
     from triton.experimental import gluon
@@ -155,10 +155,7 @@ def _shared_layout(block: tuple, dtype) -> gl.NVMMASharedLayout:
 
 def gluon_stages(block_m: int, block_n: int, block_k: int, stages: int, out_dtype: torch.dtype) -> int:
     """``stages``, fewer where the ring and the output tile would not fit in shared memory (0: not even two)."""
-    out_bytes = block_m * block_n * torch.empty((), dtype=out_dtype).element_size()
-    while stages >= 2 and stages * (block_m + block_n) * block_k + out_bytes + 4096 > SHARED_BYTES:
-        stages -= 1
-    return stages if stages >= 2 else 0
+    return stages_that_fit(stages, (block_m + block_n) * block_k, block_m * block_n * out_dtype.itemsize + 4096)
 
 
 def gluon_fits(codes: torch.Tensor, weights: torch.Tensor, out_dtype: torch.dtype, cfg) -> bool:
@@ -171,7 +168,7 @@ def gluon_fits(codes: torch.Tensor, weights: torch.Tensor, out_dtype: torch.dtyp
         return False
     k, n = codes.shape[1], weights.shape[0]
     aligned = all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (codes, weights))
-    out_row = n * torch.empty((), dtype=out_dtype).element_size()
+    out_row = n * out_dtype.itemsize
     same = codes.dtype == weights.dtype == torch.int8 and weights.shape[1] == k
     return aligned and same and k % 16 == 0 and out_row % 16 == 0
 

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .backend import SHARED_BYTES, sm_count
+from .backend import sm_count, stages_that_fit
 from .triton_w4a4_matmul import GemmConfig, _dot, _tile_epilogue
 
 
@@ -63,11 +63,9 @@ def tma_fits(codes: torch.Tensor, weights: torch.Tensor) -> bool:
 def pipeline_stages(cfg: GemmConfig, out_dtype: torch.dtype) -> int:
     """``cfg.num_stages``, fewer where the tile buffers and the half-tile epilogue would not fit in shared
     memory (a 256x128 tile with float32 out fits 3 stages, not 4)."""
-    epilogue = cfg.block_m * cfg.block_n // 2 * torch.empty((), dtype=out_dtype).element_size()
-    stages = cfg.num_stages
-    while stages > 2 and stages * (cfg.block_m + cfg.block_n) * cfg.block_k + epilogue + 1024 > SHARED_BYTES:
-        stages -= 1
-    return stages
+    epilogue = cfg.block_m * cfg.block_n // 2 * out_dtype.itemsize
+    stage = (cfg.block_m + cfg.block_n) * cfg.block_k
+    return stages_that_fit(cfg.num_stages, stage, epilogue + 1024) or min(cfg.num_stages, 2)
 
 
 def _programs(device: torch.device) -> int:

@@ -20,9 +20,9 @@ import sys
 import torch
 from timing import finish_report, gbps, rotations, start_report, time_us
 
-from fptquant.kernels.transform_quantize import transform_quantize_reference
+from fptquant.kernels.transform_quantize import hadamard_factors, transform_quantize_reference
 from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, tile_shape
-from fptquant.math.hadamard import hadamard, random_orthogonal
+from fptquant.math.hadamard import random_orthogonal
 
 # (K, n1, n2, kind): FlatQuant's Kronecker sizes for LLaMA-3-8B and SmolLM2, a block Hadamard (T_d), head mixing.
 CASES = [
@@ -33,15 +33,25 @@ CASES = [
     (14336, 16, 32, "hadamard"),
     (4096, 32, 128, "heads"),  # FlatQuant's P_o (head mixing, M ⊗ I_d) before o_proj
     (576, 9, 64, "heads"),
+    # Kronecker factors that bfloat16 holds exactly (rounded to it): the kernel skips their lo dots
+    (4096, 64, 64, "kron-bf16"),
+    (14336, 112, 128, "kron-bf16"),
+    (1536, 32, 48, "kron-bf16"),
 ]
 
 
-def factors(n1: int, n2: int, kind: str, gen: torch.Generator):
+def factors(n1: int, n2: int, kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(P1, P2, gain)``: a block Hadamard as deploy runs it (±2^-j factors, exact in bfloat16, and a gain)."""
     if kind == "hadamard":
-        return hadamard(n1).float().cuda(), hadamard(n2).float().cuda()
+        p1, p2, gain = hadamard_factors(n1 * n2)
+        assert (p1.shape[0], p2.shape[0]) == (n1, n2)
+        return p1.cuda(), p2.cuda(), gain
     if kind == "heads":
-        return random_orthogonal(n1, gen).float().cuda(), torch.eye(n2, device="cuda")
-    return random_orthogonal(n1, gen).float().cuda(), random_orthogonal(n2, gen).float().cuda()
+        return random_orthogonal(n1, gen).float().cuda(), torch.eye(n2, device="cuda"), 1.0
+    p1, p2 = random_orthogonal(n1, gen).float().cuda(), random_orthogonal(n2, gen).float().cuda()
+    if kind == "kron-bf16":
+        p1, p2 = p1.bfloat16().float(), p2.bfloat16().float()
+    return p1, p2, 1.0
 
 
 KNOBS = ("tokens", "num_warps", "stages")
@@ -71,25 +81,27 @@ def check(q, s, qr, sr) -> tuple[bool, int, float]:
 
 def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: float | None, graph: bool) -> dict:
     gen = torch.Generator().manual_seed(k)
-    p1, p2 = factors(n1, n2, kind, gen)
+    p1, p2, gain = factors(n1, n2, kind, gen)
     nb = k // (n1 * n2)
     n = rotations(m * k * 3)
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
     ys = [torch.empty_like(x) for x in xs]
-    qr, sr = transform_quantize_reference(xs[0], p1, p2, static_scale=static)
+    qr, sr = transform_quantize_reference(xs[0], p1, p2, static_scale=static, gain=gain)
     moved = m * k * 2 + m * k + m * 4
     copy = time_us(lambda i: ys[i].copy_(xs[i]), n, graph=graph)
-    ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static), n, samples=5)
+    ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static, gain=gain), n, samples=5)
     tried = []
     for knobs in tilings(n1, n2, sweep):
         try:
-            q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, **knobs)
+            q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, gain=gain, **knobs)
         except Exception as err:  # a tiling the compiler refuses (e.g. out of shared memory)
             tried.append({**knobs, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         ok, flips, scale_rel = check(q, s, qr, sr)
         kern = time_us(
-            lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **knobs), n, graph=graph
+            lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, gain=gain, **knobs),
+            n,
+            graph=graph,
         )
         tried.append({**knobs, "ok": ok, "codes_off_by_one": flips, "scale_rel": scale_rel, "triton": kern,
                       "triton_GBps": gbps(kern, moved)})  # fmt: skip
@@ -101,7 +113,7 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
     row["fraction_of_copy"] = row["triton_GBps"] / row["copy_GBps"]
     if graph and "triton" in best:
         knobs = {key: best[key] for key in KNOBS if key in best}
-        eager = time_us(lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **knobs), n)
+        eager = time_us(lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, gain=gain, **knobs), n)
         row.update(triton_eager=eager, eager_fraction_of_copy=gbps(eager, moved) / row["copy_GBps"])
     return row
 
@@ -117,14 +129,14 @@ def main() -> int:
     env = start_report()
     if env is None:
         return 2
-    head = f"{'M':>6} {'K':>6} {'n1xn2':>8} {'kind':>8} {'copy GB/s':>10} {'fused GB/s':>11} {'of copy':>8}"
+    head = f"{'M':>6} {'K':>6} {'n1xn2':>8} {'kind':>9} {'copy GB/s':>10} {'fused GB/s':>11} {'of copy':>8}"
     print(head + f" {'torch GB/s':>11} ok  tiling")
     rows = []
     for m in [int(v) for v in args.m.split(",")]:
         for k, n1, n2, kind in CASES:
             r = measure(m, k, n1, n2, kind, args.sweep, 0.05 if args.static else None, not args.eager)
             rows.append(r)
-            print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>8} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "
+            print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>9} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "
                   f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_GBps']:>11.0f} {r['ok']} "
                   f"eager {100 * r.get('eager_fraction_of_copy', float('nan')):.1f}% "
                   f"{ {key: r['best'].get(key) for key in KNOBS} }", flush=True)  # fmt: skip

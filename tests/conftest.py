@@ -82,11 +82,12 @@ def kernel_transform_numerics(model: torch.nn.Module):
         factors = fused_factors(module)
         if factors is None:
             continue
-        size = factors[0].shape[0] * factors[1].shape[0]
+        p1, p2, gain = factors
+        size = p1.shape[0] * p2.shape[0]
 
-        def forward(x, factors=factors, size=size):
+        def forward(x, p1=p1, p2=p2, gain=gain, size=size):
             rows = x.reshape(-1, x.shape[-1])  # as the deploy model calls it: CPU matmuls round by shape
-            y = kron_apply_split(rows, *(f.to(x.device) for f in factors), x.shape[-1] // size)
+            y = kron_apply_split(rows, p1.to(x.device), p2.to(x.device), x.shape[-1] // size, gain)
             return y.reshape(x.shape).to(x.dtype)
 
         module.forward = forward

@@ -295,11 +295,14 @@ def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform,
     elif transform == "heads":  # 3 heads of 16
         online = HeadMixing(random_orthogonal(3, g) + 0.2, 16)
         x = torch.randn(2, 48, generator=g)
-        torch.testing.assert_close(x @ torch.kron(*fused_factors(online)), online(x))
+        p1, p2, gain = fused_factors(online)
+        torch.testing.assert_close(x @ torch.kron(p1, p2) * gain, online(x))
     else:
         online = OnlineHadamard(96, 32)
-        p1, p2 = fused_factors(online)
-        torch.testing.assert_close(torch.kron(p1, p2).double(), hadamard(32), rtol=0, atol=1e-7)
+        p1, p2, gain = fused_factors(online)
+        torch.testing.assert_close(torch.kron(p1, p2).double() * gain, hadamard(32), rtol=0, atol=1e-7)
+        # factors bfloat16 holds exactly (the kernel skips their lo dots); 32 = 2^5 leaves 1/√2 to the gain
+        assert all(torch.equal(p.bfloat16().float(), p) for p in (p1, p2)) and gain == 2**-0.5
     spec = QuantSpec(bits=4, axis="row", dynamic=True, clip_ratio=0.75)
     if static:
         spec = QuantSpec(bits=4, axis="tensor", dynamic=False)
@@ -314,8 +317,9 @@ def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform,
 
     linear._quantize_input = unfused
     codes, scales = linear._transform_and_quantize(x)
+    p1, p2, gain = fused_factors(online)
     reference = transform_quantize_reference(
-        x, *fused_factors(online), clip_ratio=1.0 if static else 0.75, static_scale=0.25 if static else None
+        x, p1, p2, clip_ratio=1.0 if static else 0.75, static_scale=0.25 if static else None, gain=gain
     )
     diff = (codes.int() - reference[0].int()).abs()  # CPU matmuls may differ by an ulp between calls
     assert int(diff.max()) <= 1 and diff.bool().double().mean() <= 0.01

@@ -21,7 +21,7 @@ from fptquant.kernels.triton_transform_quantize import (  # noqa: E402
 )
 
 VECTOR_LOADS = {"ld.global.v4.b32", "ld.global.v2.b32"}
-TQ_CASES = {  # (n1, n2, blocks)
+TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves])
     "8b-hidden": (64, 64, 1),
     "8b-mlp": (112, 128, 1),
     "smollm2-hidden": (24, 24, 1),
@@ -29,16 +29,20 @@ TQ_CASES = {  # (n1, n2, blocks)
     "block-hadamard": (16, 32, 28),
     "smollm2-heads": (9, 64, 1),  # FlatQuant's P_o before o_proj: 9 heads mixed, I_64
     "8b-heads": (32, 128, 1),
+    "block-hadamard-exact-factors": (16, 32, 28, True),
+    "8b-mlp-exact-factors": (112, 128, 1, True),
 }
 
 
-def transform_quantize_job(n1: int, n2: int, nb: int, static: bool) -> dict:
+def transform_quantize_job(n1: int, n2: int, nb: int, exact: bool = False, static: bool = False) -> dict:
     t, n1p, n2p = tile_shape(n1, n2)
+    halves = (1, 1) if exact else (2, 2)
     args = {
         "x_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32",
         "nb": "i32", "stride_x": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32", "static_amax": "fp32",
-        "eps_amax": "fp32", "n1": n1, "n2": n2, "STATIC": static, "SYMMETRIC": True, "ONE_TILE": nb == 1, "T": t,
-        "N1": n1p, "N2": n2p, "X_SPLIT": False, "UPCAST": False, "STAGES": default_stages(t, n1p, n2p),
+        "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "STATIC": static, "SYMMETRIC": True,
+        "ONE_TILE": nb == 1, "T": t, "N1": n1p, "N2": n2p, "X_SPLIT": False, "P1_LO": not exact,
+        "P2_LO": not exact, "GAIN": exact, "UPCAST": False, "STAGES": default_stages(t, n1p, n2p, halves),
     }  # fmt: skip
     aligned = ["x_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_q"]
     module = "fptquant.kernels.triton_transform_quantize"
@@ -279,7 +283,7 @@ SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336)}
 @pytest.fixture(scope="module")
 def builds() -> dict:
     """One child process compiles them all (each test reads its own)."""
-    jobs = {(name, static): transform_quantize_job(*case, static) for name, case in TQ_CASES.items()
+    jobs = {(name, static): transform_quantize_job(*case, static=static) for name, case in TQ_CASES.items()
             for static in (False, True)}  # fmt: skip
     jobs["kv"] = kv_attention_job()
     jobs["kv-write"] = kv_write_job()
@@ -300,14 +304,17 @@ def builds() -> dict:
 def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, static):
     build = builds[name, static]
     t, n1p, n2p = tile_shape(*TQ_CASES[name][:2])
+    halves = (1, 1) if TQ_CASES[name][3:] == (True,) else (2, 2)
     assert build.spill_bytes == 0
     assert build.uses_wgmma or t * n1p < 64  # wgmma takes 64 rows a warpgroup; smaller tiles use mma
     assert build.memory_ops("ld") <= VECTOR_LOADS  # no 2-byte loads: n1, n2 are compile-time constants
     assert "st.global.b8" not in build.memory_ops("st")  # the codes leave as vectors too
-    stages = default_stages(t, n1p, n2p)
+    stages = default_stages(t, n1p, n2p, halves)
     if stages > 1:  # the next tile's loads are in flight while this one is computed
         assert "cp.async" in build.ptx
-    assert build.shared_bytes <= shared_bytes(t, n1p, n2p, stages) <= SHARED_BYTES  # the stage count's estimate holds
+    assert (
+        build.shared_bytes <= shared_bytes(t, n1p, n2p, stages, halves) <= SHARED_BYTES
+    )  # the stage count's estimate holds
 
 
 def test_int4_kv_decode_attention_compiles_without_spills(builds):

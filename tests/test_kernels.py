@@ -167,6 +167,36 @@ def test_transform_quantize_tuning_knobs_keep_the_numerics(n1, n2, nb, tokens, p
     torch.testing.assert_close(scales[:, None], sr, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("block,nb,m", [(512, 3, 37), (64, 9, 20), (256, 4, 5)])
+@pytest.mark.parametrize("static_scale", [None, 0.05])
+def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, static_scale):
+    """A block Hadamard passed as ±2^-j factors (exact in bfloat16) and the rest of its normalisation as a gain
+    (1/√2 for 512 = 16·32, 1/2 for 64 = 8·8, none for 256 = 16·16): the kernel skips both lo dots (P1_LO =
+    P2_LO = False), and its codes match the reference and the float64 normalised Hadamard."""
+    import fptquant.kernels.triton_transform_quantize as tq
+    from fptquant.kernels.transform_quantize import hadamard_factors, transform_quantize, transform_quantize_reference
+    from fptquant.math.hadamard import hadamard
+
+    p1, p2, gain = hadamard_factors(block)
+    assert all(torch.equal(p.bfloat16().float(), p) for p in (p1, p2))
+    assert gain == {512: 2**-0.5, 64: 0.5, 256: 1.0}[block]
+    torch.testing.assert_close(torch.kron(p1, p2).double() * gain, hadamard(block), rtol=0, atol=1e-12)
+    launched = []
+    real = tq._kron_quantize_kernel
+    monkeypatch.setattr(tq, "_kron_quantize_kernel", type("Spy", (), {
+        "__getitem__": lambda self, grid: lambda *a, **kw: launched.append(kw) or real[grid](*a, **kw)})())  # fmt: skip
+    x = rows(m, nb * block, torch.bfloat16, seed=block)
+    q, s = transform_quantize(x, p1.to(DEVICE), p2.to(DEVICE), static_scale=static_scale, gain=gain, backend="triton")
+    assert launched and not launched[0]["P1_LO"] and not launched[0]["P2_LO"] and launched[0]["GAIN"] == (gain != 1)
+    qr, sr = transform_quantize_reference(x, p1, p2, static_scale=static_scale, gain=gain)
+    close_codes(q.cpu(), qr)
+    torch.testing.assert_close(s.cpu(), sr, rtol=1e-5, atol=0)
+    h = x.double().cpu().reshape(m, nb, block) @ hadamard(block)  # the transform in float64
+    q64, s64 = quantize_per_token_reference(h.reshape(m, -1).float(), static_scale=static_scale)
+    close_codes(q.cpu(), q64, fraction=2e-3)
+    torch.testing.assert_close(s.cpu(), s64, rtol=1e-4, atol=0)
+
+
 def test_transform_quantize_sees_factors_changed_in_place():
     """The padded bf16 factors are kept between calls; changing a factor in place must not reuse them."""
     from fptquant.kernels.transform_quantize import transform_quantize_reference

@@ -17,8 +17,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import quantize_per_token, quantize_per_token_reference, transform_quantize
+from ..kernels.transform_quantize import hadamard_factors
 from ..kernels.w4a4_matmul import quantize_w4a4_matmul, w4a4_matmul
-from ..math.hadamard import hadamard
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
 from ..math.quantizer import Quantizer, QuantSpec
@@ -63,17 +63,17 @@ def build_transform(desc: dict | None) -> nn.Module | None:
     raise ConfigError(f"unknown online transform kind {kind!r} in the checkpoint")
 
 
-def fused_factors(transform: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(P1, P2)`` with ``x T = x (I ⊗ P1 ⊗ P2)`` when the fused transform+quantize kernel can run ``T``:
-    a Kronecker transform, a head mixing (``M ⊗ I_d``), or a block Hadamard of power-of-two blocks
-    (Sylvester: ``H_ab = H_a ⊗ H_b``)."""
+def fused_factors(transform: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """``(P1, P2, gain)`` with ``x T = x (I ⊗ gain·P1 ⊗ P2)`` when the fused transform+quantize kernel can run
+    ``T``: a Kronecker transform, a head mixing (``M ⊗ I_d``), or a block Hadamard of power-of-two blocks
+    (:func:`~fptquant.kernels.transform_quantize.hadamard_factors`: factors exact in bfloat16)."""
     if isinstance(transform, OnlineKronecker):
-        return transform.p1, transform.p2
+        return transform.p1, transform.p2, 1.0
     if isinstance(transform, HeadMixing):
-        return transform.mix, torch.eye(transform.head_dim, dtype=transform.mix.dtype, device=transform.mix.device)
+        eye = torch.eye(transform.head_dim, dtype=transform.mix.dtype, device=transform.mix.device)
+        return transform.mix, eye, 1.0
     if isinstance(transform, OnlineHadamard) and transform.block & (transform.block - 1) == 0:
-        log2 = transform.block.bit_length() - 1
-        return hadamard(2 ** (log2 // 2)).float(), hadamard(2 ** (log2 - log2 // 2)).float()
+        return hadamard_factors(transform.block)
     return None
 
 
@@ -143,11 +143,11 @@ class QuantizedLinear(nn.Module):
             self._plan, self._plan_key = plan, key
         return self._plan
 
-    def _fusable_factors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _fusable_factors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float] | None:
         transform = self.input_transform
         if self._factors is None or self._factors[0] is not transform or self._factors[1] != device:
             factors = fused_factors(transform)
-            factors = factors and (factors[0].to(device), factors[1].to(device))
+            factors = factors and (factors[0].to(device), factors[1].to(device), factors[2])
             self._factors = (transform, device, factors)
         return self._factors[2]
 
@@ -157,9 +157,10 @@ class QuantizedLinear(nn.Module):
         kind, value = self._input_plan()
         factors = self._fusable_factors(rows.device) if self.input_transform is not None else None
         if factors is not None:
+            p1, p2, gain = factors
             if kind == "static":
-                return transform_quantize(rows, *factors, static_scale=value)
-            return transform_quantize(rows, *factors, clip_ratio=value)
+                return transform_quantize(rows, p1, p2, static_scale=value, gain=gain)
+            return transform_quantize(rows, p1, p2, clip_ratio=value, gain=gain)
         if self.input_transform is not None:
             rows = self.input_transform(rows)
         return self._quantize_input(rows)

@@ -32,6 +32,21 @@ def _check(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> int:
     return k // (n1 * n2)
 
 
+def hadamard_factors(block: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(P1, P2, gain)`` with ``gain · (P1 ⊗ P2)`` the normalised Hadamard of a power-of-two ``block``
+    (Sylvester: ``H_ab = H_a ⊗ H_b``), both factors ``±2^-j`` (exact in bfloat16: no ``lo`` dots) and as near
+    square as the block allows; ``gain`` (1, 1/2 or 1/√2) holds the rest of the normalisation."""
+    from ..math.hadamard import hadamard
+
+    log2 = block.bit_length() - 1
+    if block < 1 or block & (block - 1):
+        raise ConfigError(f"the fused block Hadamard takes power-of-two blocks, got {block}")
+    a, b = log2 // 2, log2 - log2 // 2
+    p1 = hadamard(2**a) * 2 ** (a / 2 - a // 2)  # ±2^-(a//2)
+    p2 = hadamard(2**b) * 2 ** (b / 2 - b // 2)
+    return p1.float(), p2.float(), 2.0 ** ((a // 2 + b // 2) - log2 / 2)
+
+
 def bf16_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``t`` (rounded to float32) as bfloat16 ``hi = trunc(t)`` and ``lo = trunc(t - hi)``: ``hi + lo = t`` to
     16 significant bits. Truncation (the float32's upper half) is what the kernel gets without a conversion."""
@@ -44,15 +59,17 @@ def _truncate_to_bf16(t: torch.Tensor) -> torch.Tensor:
     return (t.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)  # exact: the low half is zero
 
 
-def kron_apply_split(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int) -> torch.Tensor:
-    """``x (I_nb ⊗ P1 ⊗ P2)`` in float32 by the numerics above (rows of ``x`` along the last dim)."""
+def kron_apply_split(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int, gain: float = 1.0) -> torch.Tensor:
+    """``x (I_nb ⊗ gain·P1 ⊗ P2)`` in float32 by the numerics above (rows of ``x`` along the last dim; ``gain``
+    multiplies the float32 result, rounded to float32 first as the kernel receives it)."""
     n1, n2 = p1.shape[0], p2.shape[0]
     xh, xl = (h.double().reshape(*x.shape[:-1], nb, n1, n2) for h in bf16_split(x))
     p1h, p1l = (h.double().t() for h in bf16_split(p1))
     p2h, p2l = (h.double() for h in bf16_split(p2))
     w = (p1h @ xh + p1l @ xh + p1h @ xl).float()
     wh, wl = (h.double() for h in bf16_split(w))
-    return (wh @ p2h + wl @ p2h + wh @ p2l).float().reshape(x.shape)
+    y = (wh @ p2h + wl @ p2h + wh @ p2l).float().reshape(x.shape)
+    return y * torch.tensor(gain, dtype=torch.float32) if gain != 1.0 else y
 
 
 def transform_quantize_reference(
@@ -62,9 +79,10 @@ def transform_quantize_reference(
     clip_ratio: float | tuple[float, float] = 1.0,
     static_scale: float | None = None,
     codes_dtype=torch.int8,
+    gain: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     nb = _check(x, p1, p2)
-    return quantize_per_token_reference(kron_apply_split(x, p1, p2, nb), clip_ratio, static_scale, codes_dtype)
+    return quantize_per_token_reference(kron_apply_split(x, p1, p2, nb, gain), clip_ratio, static_scale, codes_dtype)
 
 
 def transform_quantize(
@@ -75,14 +93,18 @@ def transform_quantize(
     static_scale: float | None = None,
     backend: str | None = None,
     codes_dtype=torch.int8,
+    gain: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes, scales float32 (..., 1))`` of ``x (I ⊗ P1 ⊗ P2)``, on the backend the switch picks."""
+    """``(codes, scales float32 (..., 1))`` of ``x (I ⊗ gain·P1 ⊗ P2)``, on the backend the switch picks.
+
+    Factors that bfloat16 holds exactly run faster (their ``lo`` dots are skipped): a Hadamard is best passed
+    as such factors (``±2^-j``) with the rest of its normalisation in ``gain`` (:func:`hadamard_factors`)."""
     nb = _check(x, p1, p2)
     check_codes_dtype(codes_dtype)
     if backend_for(x, backend) == "torch":
-        return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale, codes_dtype)
+        return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale, codes_dtype, gain)
     from .triton_transform_quantize import kron_quantize_rows
 
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    codes, scales = kron_quantize_rows(rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype)
+    codes, scales = kron_quantize_rows(rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype, gain=gain)
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

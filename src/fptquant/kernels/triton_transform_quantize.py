@@ -86,12 +86,15 @@ def _dot(a, b, acc, UPCAST: tl.constexpr):
 
 @triton.jit
 def _tile(
-    x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_x,
-    N2: tl.constexpr, X_SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_x,
+    N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y`` of block ``b`` of the tile's tokens, float32 ``(T·N1, N2)``: ``W = (I_T ⊗ P1ᵀ) · X`` then
     ``Y = W · P2``, every operand as bfloat16 ``hi + lo`` pairs (the reference's numerics). A bf16 ``x`` is
-    its own ``hi``: it goes from the pipelined load to the tensor cores untouched."""
+    its own ``hi``: it goes from the pipelined load to the tensor cores untouched; a factor that bfloat16
+    holds exactly (P1_LO / P2_LO false: its ``lo`` is zero) skips its ``lo`` dot, which would add zeros.
+    With GAIN, ``Y`` is scaled by ``gain`` (float32)."""
     c = tl.arange(0, N2)
     mask = row_ok[:, None] & (c < n2)[None, :]
     offs = tok.to(tl.int64)[:, None] * stride_x + (b * n1 * n2 + r * n2)[:, None] + c[None, :]
@@ -99,15 +102,21 @@ def _tile(
     if X_SPLIT:
         xh, xl = _split(x.to(tl.float32))
         w = _dot(p1h, xh, None, UPCAST)
-        w = _dot(p1l, xh, w, UPCAST)
+        if P1_LO:
+            w = _dot(p1l, xh, w, UPCAST)
         w = _dot(p1h, xl, w, UPCAST)
     else:
         w = _dot(p1h, x, None, UPCAST)
-        w = _dot(p1l, x, w, UPCAST)
+        if P1_LO:
+            w = _dot(p1l, x, w, UPCAST)
     wh, wl = _split(w)
     y = _dot(wh, p2h, None, UPCAST)
     y = _dot(wl, p2h, y, UPCAST)
-    return _dot(wh, p2l, y, UPCAST)
+    if P2_LO:
+        y = _dot(wh, p2l, y, UPCAST)
+    if GAIN:  # the transform is gain · (P1 ⊗ P2), e.g. a Hadamard's 1/√2 left over by factors bf16 holds exactly
+        y = y * gain
+    return y
 
 
 @triton.jit
@@ -121,19 +130,23 @@ def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1: tl.constexpr, n2: tl
 
 @triton.jit
 def _kron_quantize_kernel(
-    x_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax,
+    x_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax, gain,
     n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr, ONE_TILE: tl.constexpr,
-    T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr, UPCAST: tl.constexpr,
-    STAGES: tl.constexpr,
+    T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr,
+    P2_LO: tl.constexpr, GAIN: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     R: tl.constexpr = T * N1
     i = tl.arange(0, R)
     c = tl.arange(0, N2)
     # the factors' hi and lo halves, read once per program: (I_T ⊗ P1ᵀ) is (R, R), P2 is (N2, N2)
     p1h = tl.load(p1_ptr + i[:, None] * R + i[None, :])
-    p1l = tl.load(p1_ptr + R * R + i[:, None] * R + i[None, :])
+    p1l = p1h  # unused unless P1_LO
+    if P1_LO:
+        p1l = tl.load(p1_ptr + R * R + i[:, None] * R + i[None, :])
     p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
-    p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
+    p2l = p2h
+    if P2_LO:
+        p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
     r = i % N1
     # STAGES > 1: the next tile's loads are issued (cp.async) while this one is computed
     for g in tl.range(tl.program_id(0), tl.cdiv(M, T), tl.num_programs(0), num_stages=STAGES):
@@ -141,7 +154,8 @@ def _kron_quantize_kernel(
         tok = g * T + i // N1
         row_ok = (tok < M) & (r < n1)
         if ONE_TILE:  # one pass: the tile is every value of its tokens
-            y = _tile(x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, 0, n1, n2, stride_x, N2, X_SPLIT, UPCAST)
+            y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, 0, n1, n2, stride_x, N2,
+                      X_SPLIT, P1_LO, P2_LO, GAIN, UPCAST)  # fmt: skip
             if STATIC:
                 amax = tl.zeros((T,), dtype=tl.float32) + static_amax
             else:
@@ -153,7 +167,8 @@ def _kron_quantize_kernel(
             top = tl.full((T,), float("-inf"), dtype=tl.float32)
             bottom = tl.full((T,), float("inf"), dtype=tl.float32)
             for b in range(0, nb):
-                y = _tile(x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, b, n1, n2, stride_x, N2, X_SPLIT, UPCAST)
+                y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, N2,
+                          X_SPLIT, P1_LO, P2_LO, GAIN, UPCAST)  # fmt: skip
                 tile_top, tile_bottom = _token_range(y, T, N1, SYMMETRIC)
                 top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
             amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
@@ -164,7 +179,8 @@ def _kron_quantize_kernel(
             _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, 0, n1, n2, stride_q, N2)
         else:
             for b in range(0, nb):
-                y = _tile(x_ptr, p1h, p1l, p2h, p2l, tok, row_ok, r, b, n1, n2, stride_x, N2, X_SPLIT, UPCAST)
+                y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, N2,
+                          X_SPLIT, P1_LO, P2_LO, GAIN, UPCAST)  # fmt: skip
                 _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1, n2, stride_q, N2)
 
 
@@ -190,16 +206,17 @@ def _resident_programs(device_index: int, args: tuple, constants: dict) -> int:
 _PREPARED: dict[tuple, tuple] = {}  # (ids, versions, tokens a tile) -> (weakrefs of P1 and P2, prepared factors)
 
 
-def _prepared_factors(p1: torch.Tensor, p2: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`split_factors`, kept per factor pair (until either is changed in place or freed) so a call
-    launches nothing but the kernel."""
+def _prepared_factors(p1: torch.Tensor, p2: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, bool, bool]:
+    """:func:`split_factors` and whether each ``lo`` half is nonzero, kept per factor pair (until either is
+    changed in place or freed) so a call launches nothing but the kernel (the first one reads two flags)."""
     key = (id(p1), p1._version, id(p2), p2._version, t)
     hit = _PREPARED.get(key)
     if hit is not None and hit[0]() is p1 and hit[1]() is p2:
         return hit[2]
     if len(_PREPARED) >= 64:
         _PREPARED.pop(next(iter(_PREPARED)))
-    prepared = split_factors(p1, p2, t)
+    p1s, p2s = split_factors(p1, p2, t)
+    prepared = (p1s, p2s, bool(p1s[1].any()), bool(p2s[1].any()))
     _PREPARED[key] = (weakref.ref(p1), weakref.ref(p2), prepared)
     return prepared
 
@@ -238,20 +255,21 @@ def tile_shape(n1: int, n2: int, tokens: int | None = None) -> tuple[int, int, i
 SM_SHARED_BYTES = SHARED_BYTES + DRIVER_SHARED_BYTES  # what one H100 SM holds for all its programs
 
 
-def shared_bytes(t: int, n1p: int, n2p: int, stages: int) -> int:
+def shared_bytes(t: int, n1p: int, n2p: int, stages: int, halves: tuple[int, int] = (2, 2)) -> int:
     """Shared memory a program uses at most (checked against sm_90a builds): ``stages`` bf16 tiles of x, the
-    factors' hi and lo halves (``I_T ⊗ P1ᵀ`` and ``P2``), and scratch for reductions and layout changes."""
+    factors' bf16 halves (``halves``: 2 for ``hi`` and ``lo``, 1 where bfloat16 holds the factor exactly; of
+    ``I_T ⊗ P1ᵀ`` and ``P2``), and scratch for reductions and layout changes."""
     tile = t * n1p * n2p
-    return stages * 2 * tile + 4 * (t * n1p) ** 2 + 4 * n2p**2 + tile + 8192
+    return stages * 2 * tile + 2 * halves[0] * (t * n1p) ** 2 + 2 * halves[1] * n2p**2 + tile + 8192
 
 
-def default_stages(t: int, n1p: int, n2p: int) -> int:
+def default_stages(t: int, n1p: int, n2p: int, halves: tuple[int, int] = (2, 2)) -> int:
     """Tiles of x in flight per program: up to 3, as many as leave room for two programs an SM (one program
     alone waits on each tile's dependent dots and reductions); where even one stage leaves no room for two,
     as many as fit (2 at 112×128). The H100 sweep of session 14: 3 stages first at 64×64 (74% against 65%),
     32×48 and 24×24; at 32×128 (two 64 KB factors) 1 stage, which keeps two programs, first."""
-    fits = [s for s in (3, 2, 1) if shared_bytes(t, n1p, n2p, s) <= SHARED_BYTES]
-    pairs = [s for s in fits if 2 * (shared_bytes(t, n1p, n2p, s) + DRIVER_SHARED_BYTES) <= SM_SHARED_BYTES]
+    fits = [s for s in (3, 2, 1) if shared_bytes(t, n1p, n2p, s, halves) <= SHARED_BYTES]
+    pairs = [s for s in fits if 2 * (shared_bytes(t, n1p, n2p, s, halves) + DRIVER_SHARED_BYTES) <= SM_SHARED_BYTES]
     return (pairs or fits or [1])[0]
 
 
@@ -275,13 +293,15 @@ def kron_quantize_rows(
     stages: int | None = None,
     upcast: bool | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    gain: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x`` (``K = nb·n1·n2``); ``clip_ratio``
-    one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
+    """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``);
+    ``clip_ratio`` one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
     ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them)."""
     M, K = x.shape
     t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], tokens)
-    p1s, p2s = _prepared_factors(p1, p2, t)
+    p1s, p2s, p1_lo, p2_lo = _prepared_factors(p1, p2, t)
+    halves = (1 + p1_lo, 1 + p2_lo)
     if out is None:
         codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
         scales = torch.empty((M,), dtype=torch.float32, device=x.device)
@@ -289,11 +309,12 @@ def kron_quantize_rows(
         codes, scales = out
     lo, hi = clip_ratio if isinstance(clip_ratio, tuple) else (clip_ratio, clip_ratio)
     args = (x, p1s, p2s, codes, scales, M, nb, x.stride(0), codes.stride(0), float(lo), float(hi),
-            QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS)  # fmt: skip
+            QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, float(gain))  # fmt: skip
     constants = dict(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
-        N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, UPCAST=interpreting() if upcast is None else upcast,
-        STAGES=stages or default_stages(t, n1p, n2p), num_warps=num_warps or default_warps(t, n1p, n2p),
+        N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,
+        UPCAST=interpreting() if upcast is None else upcast, STAGES=stages or default_stages(t, n1p, n2p, halves),
+        num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
     groups = triton.cdiv(M, t)
     if programs is None:

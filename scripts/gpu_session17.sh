@@ -16,7 +16,7 @@ for step in ${STEPS:-tq}; do
   case $step in
     tq)
       timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -4
-      timeout 200 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --json "$OUT/tq.json"
+      timeout 200 python3 benchmarks/bench_transform_quantize.py --m ${TQ_M:-8192,32768} --json "$OUT/tq.json"
       timeout 120 python3 benchmarks/bench_transform_quantize.py --static --m 8192 --json "$OUT/tq_static.json" ;;
     *) echo "unknown step $step" ;;
   esac

@@ -183,14 +183,22 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
     torch.testing.assert_close(torch.kron(p1, p2).double() * gain, hadamard(block), rtol=0, atol=1e-12)
     launched = []
     real = tq._kron_quantize_kernel
-    monkeypatch.setattr(tq, "_kron_quantize_kernel", type("Spy", (), {
-        "__getitem__": lambda self, grid: lambda *a, **kw: launched.append(kw) or real[grid](*a, **kw)})())  # fmt: skip
+
+    class Spy:  # records each launch's compile-time arguments; the rest (warmup, ...) is the real kernel's
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launched.append(kw) or real[grid](*a, **kw)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(tq, "_kron_quantize_kernel", Spy())
     x = rows(m, nb * block, torch.bfloat16, seed=block)
-    q, s = transform_quantize(x, p1.to(DEVICE), p2.to(DEVICE), static_scale=static_scale, gain=gain, backend="triton")
+    p1, p2 = p1.to(DEVICE), p2.to(DEVICE)
+    q, s = transform_quantize(x, p1, p2, static_scale=static_scale, gain=gain, backend="triton")
     assert launched and not launched[0]["P1_LO"] and not launched[0]["P2_LO"] and launched[0]["GAIN"] == (gain != 1)
     qr, sr = transform_quantize_reference(x, p1, p2, static_scale=static_scale, gain=gain)
-    close_codes(q.cpu(), qr)
-    torch.testing.assert_close(s.cpu(), sr, rtol=1e-5, atol=0)
+    close_codes(q.cpu(), qr.cpu())
+    torch.testing.assert_close(s.cpu(), sr.cpu(), rtol=1e-5, atol=0)
     h = x.double().cpu().reshape(m, nb, block) @ hadamard(block)  # the transform in float64
     q64, s64 = quantize_per_token_reference(h.reshape(m, -1).float(), static_scale=static_scale)
     close_codes(q.cpu(), q64, fraction=2e-3)

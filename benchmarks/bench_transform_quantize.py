@@ -20,9 +20,9 @@ import sys
 import torch
 from timing import finish_report, gbps, rotations, start_report, time_us
 
-from fptquant.kernels.transform_quantize import hadamard_factors, transform_quantize_reference
+from fptquant.kernels.transform_quantize import transform_quantize_reference
 from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, tile_shape
-from fptquant.math.hadamard import random_orthogonal
+from fptquant.math.hadamard import hadamard_factors, random_orthogonal
 
 # (K, n1, n2, kind): FlatQuant's Kronecker sizes for LLaMA-3-8B and SmolLM2, a block Hadamard (T_d), head mixing.
 CASES = [

@@ -312,9 +312,8 @@ def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, st
     stages = default_stages(t, n1p, n2p, halves)
     if stages > 1:  # the next tile's loads are in flight while this one is computed
         assert "cp.async" in build.ptx
-    assert (
-        build.shared_bytes <= shared_bytes(t, n1p, n2p, stages, halves) <= SHARED_BYTES
-    )  # the stage count's estimate holds
+    # the stage count's estimate holds
+    assert build.shared_bytes <= shared_bytes(t, n1p, n2p, stages, halves) <= SHARED_BYTES
 
 
 def test_int4_kv_decode_attention_compiles_without_spills(builds):

@@ -174,8 +174,8 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
     (1/√2 for 512 = 16·32, 1/2 for 64 = 8·8, none for 256 = 16·16): the kernel skips both lo dots (P1_LO =
     P2_LO = False), and its codes match the reference and the float64 normalised Hadamard."""
     import fptquant.kernels.triton_transform_quantize as tq
-    from fptquant.kernels.transform_quantize import hadamard_factors, transform_quantize, transform_quantize_reference
-    from fptquant.math.hadamard import hadamard
+    from fptquant.kernels.transform_quantize import transform_quantize, transform_quantize_reference
+    from fptquant.math.hadamard import hadamard, hadamard_factors
 
     p1, p2, gain = hadamard_factors(block)
     assert all(torch.equal(p.bfloat16().float(), p) for p in (p1, p2))

@@ -17,8 +17,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import quantize_per_token, quantize_per_token_reference, transform_quantize
-from ..kernels.transform_quantize import hadamard_factors
 from ..kernels.w4a4_matmul import quantize_w4a4_matmul, w4a4_matmul
+from ..math.hadamard import hadamard_factors
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
 from ..math.quantizer import Quantizer, QuantSpec
@@ -66,7 +66,7 @@ def build_transform(desc: dict | None) -> nn.Module | None:
 def fused_factors(transform: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
     """``(P1, P2, gain)`` with ``x T = x (I ⊗ gain·P1 ⊗ P2)`` when the fused transform+quantize kernel can run
     ``T``: a Kronecker transform, a head mixing (``M ⊗ I_d``), or a block Hadamard of power-of-two blocks
-    (:func:`~fptquant.kernels.transform_quantize.hadamard_factors`: factors exact in bfloat16)."""
+    (:func:`~fptquant.math.hadamard.hadamard_factors`: factors exact in bfloat16)."""
     if isinstance(transform, OnlineKronecker):
         return transform.p1, transform.p2, 1.0
     if isinstance(transform, HeadMixing):

@@ -32,21 +32,6 @@ def _check(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> int:
     return k // (n1 * n2)
 
 
-def hadamard_factors(block: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``(P1, P2, gain)`` with ``gain · (P1 ⊗ P2)`` the normalised Hadamard of a power-of-two ``block``
-    (Sylvester: ``H_ab = H_a ⊗ H_b``), both factors ``±2^-j`` (exact in bfloat16: no ``lo`` dots) and as near
-    square as the block allows; ``gain`` (1, 1/2 or 1/√2) holds the rest of the normalisation."""
-    from ..math.hadamard import hadamard
-
-    log2 = block.bit_length() - 1
-    if block < 1 or block & (block - 1):
-        raise ConfigError(f"the fused block Hadamard takes power-of-two blocks, got {block}")
-    a, b = log2 // 2, log2 - log2 // 2
-    p1 = hadamard(2**a) * 2 ** (a / 2 - a // 2)  # ±2^-(a//2)
-    p2 = hadamard(2**b) * 2 ** (b / 2 - b // 2)
-    return p1.float(), p2.float(), 2.0 ** ((a // 2 + b // 2) - log2 / 2)
-
-
 def bf16_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``t`` (rounded to float32) as bfloat16 ``hi = trunc(t)`` and ``lo = trunc(t - hi)``: ``hi + lo = t`` to
     16 significant bits. Truncation (the float32's upper half) is what the kernel gets without a conversion."""
@@ -98,7 +83,8 @@ def transform_quantize(
     """``(codes, scales float32 (..., 1))`` of ``x (I ⊗ gain·P1 ⊗ P2)``, on the backend the switch picks.
 
     Factors that bfloat16 holds exactly run faster (their ``lo`` dots are skipped): a Hadamard is best passed
-    as such factors (``±2^-j``) with the rest of its normalisation in ``gain`` (:func:`hadamard_factors`)."""
+    as such factors (``±2^-j``) with the rest of its normalisation in ``gain``
+    (:func:`~fptquant.math.hadamard.hadamard_factors`)."""
     nb = _check(x, p1, p2)
     check_codes_dtype(codes_dtype)
     if backend_for(x, backend) == "torch":

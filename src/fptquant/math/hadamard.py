@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from ..errors import ConfigError
+
 
 def _prime_power(q: int) -> tuple[int, int] | None:
     """``(p, k)`` with ``q = p^k`` for a prime ``p``, else None."""
@@ -146,6 +148,20 @@ def _hadamard_unnormalised(n: int) -> torch.Tensor:
 def hadamard(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The normalised (orthogonal) Hadamard matrix ``H_n / √n``."""
     return (_hadamard_unnormalised(n) / math.sqrt(n)).to(dtype)
+
+
+def hadamard_factors(block: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(P1, P2, gain)`` with ``gain · (P1 ⊗ P2)`` the normalised Hadamard of a power-of-two ``block``
+    (Sylvester: ``H_ab = H_a ⊗ H_b``), both factors ``±2^-j`` (exact in bfloat16, so the fused transform+quantize
+    kernel needs no ``lo`` dots for them) and as near square as the block allows; ``gain`` (1, 1/2 or 1/√2)
+    holds the rest of the normalisation."""
+    if block < 1 or block & (block - 1):
+        raise ConfigError(f"the fused block Hadamard takes power-of-two blocks, got {block}")
+    log2 = block.bit_length() - 1
+    a, b = log2 // 2, log2 - log2 // 2
+    p1 = hadamard(2**a) * 2 ** (a / 2 - a // 2)  # ±2^-(a//2)
+    p2 = hadamard(2**b) * 2 ** (b / 2 - b // 2)
+    return p1.float(), p2.float(), 2.0 ** ((a // 2 + b // 2) - log2 / 2)
 
 
 def random_hadamard(n: int, generator: torch.Generator | None = None) -> torch.Tensor:

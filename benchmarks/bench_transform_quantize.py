@@ -33,7 +33,10 @@ CASES = [
     (14336, 16, 32, "hadamard"),
     (4096, 32, 128, "heads"),  # FlatQuant's P_o (head mixing, M ⊗ I_d) before o_proj
     (576, 9, 64, "heads"),
-    # factors rounded to bfloat16 (as FlatQuant's export stores them): the kernel skips their lo dots
+    # factors bfloat16 holds exactly, float32 numerics (the kernel skips their lo dots)
+    (4096, 64, 64, "kron-exact"),
+    (14336, 112, 128, "kron-exact"),
+    # FlatQuant's default online_bf16: bfloat16 factors and P1ᵀX rounded to bfloat16 (round_mid)
     (4096, 64, 64, "kron-bf16"),
     (14336, 112, 128, "kron-bf16"),
     (576, 24, 24, "kron-bf16"),
@@ -44,14 +47,15 @@ CASES = [
 
 
 def factors(n1: int, n2: int, kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``(P1, P2, gain)``: a block Hadamard as deploy runs it (±2^-j factors, exact in bfloat16, and a gain)."""
+    """``(P1, P2, gain)``: a block Hadamard as deploy runs it (±2^-j factors, exact in bfloat16, and a gain);
+    ``-exact`` and ``-bf16`` kinds round the factors to bfloat16."""
     if kind == "hadamard":
         p1, p2, gain = hadamard_factors(n1 * n2)
         assert (p1.shape[0], p2.shape[0]) == (n1, n2)
         return p1.cuda(), p2.cuda(), gain
     p1 = random_orthogonal(n1, gen).float().cuda()
     p2 = torch.eye(n2, device="cuda") if kind.startswith("heads") else random_orthogonal(n2, gen).float().cuda()
-    if kind.endswith("-bf16"):
+    if kind.endswith(("-bf16", "-exact")):
         p1, p2 = p1.bfloat16().float(), p2.bfloat16().float()
     return p1, p2, 1.0
 
@@ -84,24 +88,25 @@ def check(q, s, qr, sr) -> tuple[bool, int, float]:
 def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: float | None, graph: bool) -> dict:
     gen = torch.Generator().manual_seed(k)
     p1, p2, gain = factors(n1, n2, kind, gen)
+    numerics = {"gain": gain, "round_mid": kind.endswith("-bf16")}
     nb = k // (n1 * n2)
     n = rotations(m * k * 3)
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
     ys = [torch.empty_like(x) for x in xs]
-    qr, sr = transform_quantize_reference(xs[0], p1, p2, static_scale=static, gain=gain)
+    qr, sr = transform_quantize_reference(xs[0], p1, p2, static_scale=static, **numerics)
     moved = m * k * 2 + m * k + m * 4
     copy = time_us(lambda i: ys[i].copy_(xs[i]), n, graph=graph)
-    ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static, gain=gain), n, samples=5)
+    ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static, **numerics), n, samples=5)
     tried = []
     for knobs in tilings(n1, n2, sweep):
         try:
-            q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, gain=gain, **knobs)
+            q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, **numerics, **knobs)
         except Exception as err:  # a tiling the compiler refuses (e.g. out of shared memory)
             tried.append({**knobs, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         ok, flips, scale_rel = check(q, s, qr, sr)
         kern = time_us(
-            lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, gain=gain, **knobs),
+            lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **numerics, **knobs),
             n,
             graph=graph,
         )
@@ -115,7 +120,7 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
     row["fraction_of_copy"] = row["triton_GBps"] / row["copy_GBps"]
     if graph and "triton" in best:
         knobs = {key: best[key] for key in KNOBS if key in best}
-        eager = time_us(lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, gain=gain, **knobs), n)
+        eager = time_us(lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **numerics, **knobs), n)
         row.update(triton_eager=eager, eager_fraction_of_copy=gbps(eager, moved) / row["copy_GBps"])
     return row
 

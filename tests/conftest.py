@@ -82,12 +82,12 @@ def kernel_transform_numerics(model: torch.nn.Module):
         factors = fused_factors(module)
         if factors is None:
             continue
-        p1, p2, gain = factors
+        p1, p2, gain, round_mid = factors
         size = p1.shape[0] * p2.shape[0]
 
-        def forward(x, p1=p1, p2=p2, gain=gain, size=size):
+        def forward(x, p1=p1, p2=p2, gain=gain, round_mid=round_mid, size=size):
             rows = x.reshape(-1, x.shape[-1])  # as the deploy model calls it: CPU matmuls round by shape
-            y = kron_apply_split(rows, p1.to(x.device), p2.to(x.device), x.shape[-1] // size, gain)
+            y = kron_apply_split(rows, p1.to(x.device), p2.to(x.device), x.shape[-1] // size, gain, round_mid)
             return y.reshape(x.shape).to(x.dtype)
 
         module.forward = forward

@@ -278,11 +278,12 @@ def test_quantized_linear_reads_host_values_once_and_again_after_a_change():
     assert linear._plan == ("static", pytest.approx(0.05)) and not torch.equal(first, second)
 
 
-@pytest.mark.parametrize("transform", ["kronecker", "hadamard", "heads"])
+@pytest.mark.parametrize("transform", ["kronecker", "kronecker-bf16", "hadamard", "heads", "heads-bf16"])
 @pytest.mark.parametrize("static", [True, False])
 def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform, static):
     """A Kronecker, head-mixing or power-of-two block Hadamard input transform goes through the fused
-    transform+quantize kernel (its codes are the kernel reference's); other transforms stay unfused."""
+    transform+quantize kernel (its codes are the kernel reference's, with the transform's own numerics: ``-bf16``
+    rounds ``P1ᵀX`` to bfloat16); other transforms stay unfused."""
     from fptquant.deploy.modules import fused_factors
     from fptquant.kernels import transform_quantize_reference
     from fptquant.math.hadamard import hadamard, random_orthogonal
@@ -290,19 +291,25 @@ def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform,
     from fptquant.math.quantizer import QuantSpec
 
     g = torch.Generator().manual_seed(1)
-    if transform == "kronecker":
-        online = OnlineKronecker(random_orthogonal(6, g) * 1.5, random_orthogonal(8, g))
-    elif transform == "heads":  # 3 heads of 16
-        online = HeadMixing(random_orthogonal(3, g) + 0.2, 16)
+    bf16 = transform.endswith("-bf16")
+    if transform.startswith("kronecker"):
+        p1, p2 = random_orthogonal(6, g) * 1.5, random_orthogonal(8, g)
+        p1, p2 = (p1.bfloat16().double(), p2.bfloat16().double()) if bf16 else (p1, p2)
+        online = OnlineKronecker(p1, p2, round_mid=bf16)
+    elif transform.startswith("heads"):  # 3 heads of 16
+        mix = random_orthogonal(3, g) + 0.2
+        online = HeadMixing(mix.bfloat16().double() if bf16 else mix, 16, round_mid=bf16)
         x = torch.randn(2, 48, generator=g)
-        p1, p2, gain = fused_factors(online)
-        torch.testing.assert_close(x @ torch.kron(p1, p2) * gain, online(x))
+        f = fused_factors(online)
+        y = x @ torch.kron(f.p1, f.p2) * f.gain
+        torch.testing.assert_close(y.bfloat16().float() if bf16 else y, online(x))
     else:
         online = OnlineHadamard(96, 32)
-        p1, p2, gain = fused_factors(online)
-        torch.testing.assert_close(torch.kron(p1, p2).double() * gain, hadamard(32), rtol=0, atol=1e-7)
+        f = fused_factors(online)
+        torch.testing.assert_close(torch.kron(f.p1, f.p2).double() * f.gain, hadamard(32), rtol=0, atol=1e-7)
         # factors bfloat16 holds exactly (the kernel skips their lo dots); 32 = 2^5 leaves 1/√2 to the gain
-        assert all(torch.equal(p.bfloat16().float(), p) for p in (p1, p2)) and gain == 2**-0.5
+        assert all(torch.equal(p.bfloat16().float(), p) for p in (f.p1, f.p2)) and f.gain == 2**-0.5
+    assert fused_factors(online).round_mid == bf16
     spec = QuantSpec(bits=4, axis="row", dynamic=True, clip_ratio=0.75)
     if static:
         spec = QuantSpec(bits=4, axis="tensor", dynamic=False)
@@ -317,10 +324,11 @@ def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform,
 
     linear._quantize_input = unfused
     codes, scales = linear._transform_and_quantize(x)
-    p1, p2, gain = fused_factors(online)
+    f = fused_factors(online)
     reference = transform_quantize_reference(
-        x, p1, p2, clip_ratio=1.0 if static else 0.75, static_scale=0.25 if static else None, gain=gain
-    )
+        x, f.p1, f.p2, clip_ratio=1.0 if static else 0.75, static_scale=0.25 if static else None, gain=f.gain,
+        round_mid=f.round_mid,
+    )  # fmt: skip
     diff = (codes.int() - reference[0].int()).abs()  # CPU matmuls may differ by an ulp between calls
     assert int(diff.max()) <= 1 and diff.bool().double().mean() <= 0.01
     torch.testing.assert_close(scales, reference[1], rtol=1e-6, atol=0)

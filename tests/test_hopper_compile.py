@@ -21,7 +21,7 @@ from fptquant.kernels.triton_transform_quantize import (  # noqa: E402
 )
 
 VECTOR_LOADS = {"ld.global.v4.b32", "ld.global.v2.b32"}
-TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves])
+TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves[, the bf16 mid product]])
     "8b-hidden": (64, 64, 1),
     "8b-mlp": (112, 128, 1),
     "smollm2-hidden": (24, 24, 1),
@@ -31,10 +31,16 @@ TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves])
     "8b-heads": (32, 128, 1),
     "block-hadamard-exact-factors": (16, 32, 28, True),
     "8b-mlp-exact-factors": (112, 128, 1, True),
+    "8b-mlp-bf16": (112, 128, 1, True, True),  # FlatQuant's online_bf16 numerics
+    "8b-hidden-bf16": (64, 64, 1, True, True),
+    "smollm2-mlp-bf16": (32, 48, 1, True, True),
+    "smollm2-heads-bf16": (9, 64, 1, True, True),
 }
 
 
-def transform_quantize_job(n1: int, n2: int, nb: int, exact: bool = False, static: bool = False) -> dict:
+def transform_quantize_job(
+    n1: int, n2: int, nb: int, exact: bool = False, round_mid: bool = False, static: bool = False
+) -> dict:
     t, n1p, n2p = tile_shape(n1, n2)
     halves = (1, 1) if exact else (2, 2)
     args = {
@@ -42,7 +48,8 @@ def transform_quantize_job(n1: int, n2: int, nb: int, exact: bool = False, stati
         "nb": "i32", "stride_x": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32", "static_amax": "fp32",
         "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "STATIC": static, "SYMMETRIC": True,
         "ONE_TILE": nb == 1, "T": t, "N1": n1p, "N2": n2p, "X_SPLIT": False, "P1_LO": not exact,
-        "P2_LO": not exact, "GAIN": exact, "UPCAST": False, "STAGES": default_stages(t, n1p, n2p, halves),
+        "P2_LO": not exact, "GAIN": exact, "ROUND_MID": round_mid, "UPCAST": False,
+        "STAGES": default_stages(t, n1p, n2p, halves),
     }  # fmt: skip
     aligned = ["x_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_q"]
     module = "fptquant.kernels.triton_transform_quantize"
@@ -304,7 +311,7 @@ def builds() -> dict:
 def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, static):
     build = builds[name, static]
     t, n1p, n2p = tile_shape(*TQ_CASES[name][:2])
-    halves = (1, 1) if TQ_CASES[name][3:] == (True,) else (2, 2)
+    halves = (1, 1) if TQ_CASES[name][3:4] == (True,) else (2, 2)
     assert build.spill_bytes == 0
     assert build.uses_wgmma or t * n1p < 64  # wgmma takes 64 rows a warpgroup; smaller tiles use mma
     assert build.memory_ops("ld") <= VECTOR_LOADS  # no 2-byte loads: n1, n2 are compile-time constants

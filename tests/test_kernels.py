@@ -205,6 +205,37 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
     torch.testing.assert_close(s.cpu(), s64, rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize(
+    "n1,n2,nb,m,kind",
+    [(24, 24, 1, 37, "kron"), (32, 48, 1, 9, "kron"), (112, 128, 1, 3, "kron"), (16, 32, 3, 13, "kron"),
+     (9, 64, 1, 21, "heads")],
+)  # fmt: skip
+@pytest.mark.parametrize("static_scale", [None, 0.2])
+def test_bf16_numerics_round_the_mid_product(n1, n2, nb, m, kind, static_scale):
+    """``round_mid`` (FlatQuant's bfloat16 online numerics, factors exact in bfloat16): the kernel rounds
+    ``W = P1ᵀX`` to bfloat16 and takes one product per factor; its codes match the reference of the same
+    numerics, which really differs from the float32 numerics and stays close to a float64 transform."""
+    from fptquant.kernels.transform_quantize import transform_quantize, transform_quantize_reference
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(n1 * n2 + m)
+    p1 = (random_orthogonal(n1, g) * torch.rand(n1, generator=g).add(0.5)).bfloat16().float().to(DEVICE)
+    p2 = torch.eye(n2) if kind == "heads" else random_orthogonal(n2, g).bfloat16().float()
+    p2 = p2.to(DEVICE)
+    x = rows(m, nb * n1 * n2, torch.bfloat16, seed=n1)
+    q, s = transform_quantize(x, p1, p2, static_scale=static_scale, round_mid=True, backend="triton")
+    qr, sr = transform_quantize_reference(x, p1, p2, static_scale=static_scale, round_mid=True)
+    close_codes(q.cpu(), qr.cpu())
+    torch.testing.assert_close(s.cpu(), sr.cpu(), rtol=1e-5, atol=0)
+    q32 = transform_quantize_reference(x, p1, p2, static_scale=static_scale)[0]
+    assert not torch.equal(q32.cpu(), qr.cpu())  # the rounding is real
+    view = x.double().cpu().reshape(m, nb, n1, n2)
+    y64 = (p1.double().cpu().t() @ view @ p2.double().cpu()).reshape(m, -1)
+    q64, s64 = quantize_per_token_reference(y64.float(), static_scale=static_scale)
+    close_codes(q.cpu(), q64, fraction=0.03)  # bfloat16's 8 bits against INT4's 3: a code moves on a few %
+    torch.testing.assert_close(s.cpu(), s64, rtol=1e-2, atol=0)
+
+
 def test_transform_quantize_sees_factors_changed_in_place():
     """The padded bf16 factors are kept between calls; changing a factor in place must not reuse them."""
     from fptquant.kernels.transform_quantize import transform_quantize_reference

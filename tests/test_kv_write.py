@@ -76,6 +76,9 @@ def test_plan_refuses_what_the_kernel_does_not_do():
     assert fused_write_plan(Quantizer(QuantSpec(bits=4, symmetric=True, axis="group", group_size=64)), x) is None
     odd = torch.randn(1, 2, 3, 24)  # not a power of two: the torch path
     assert fused_write_plan(Quantizer(QuantSpec(bits=4, symmetric=False, axis="group", group_size=24)), odd) is None
+    quantizer = kv_quantizer(64, "ratio", torch.float32).to(DEVICE)
+    assert fused_write_plan(quantizer, x.to(DEVICE)) is not None
+    assert fused_write_plan(quantizer.double(), x.double().to(DEVICE)) is None  # float64 (a model's twin): torch
 
 
 @pytest.mark.parametrize("clip", ["none", "learned", "learned_lowp"])

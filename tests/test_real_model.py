@@ -80,9 +80,12 @@ def test_all_quarot_rotations_are_exact_on_the_real_model(smollm2, windows):
     assert (after - before).abs().max() <= 1e-4
 
 
-def test_flatquant_transforms_are_exact_on_the_real_model(reference_logits):
+@pytest.mark.parametrize("online_bf16", [False, True])
+def test_flatquant_transforms_are_exact_on_the_real_model(reference_logits, online_bf16):
     """The FlatQuant #19 recipe on SmolLM2 (24⊗24, 32⊗48, 9×9, 64×64): random transforms inserted live with
-    quantization off keep the logits; the float64-merged deploy form equals the live form."""
+    quantization off keep the logits; the float64-merged deploy form equals the live form. With the bfloat16
+    online numerics (the default) to bf16 rounding, which these random, far from orthogonal transforms amplify
+    to about 1.5% of the largest logit (the factor rounding itself is exactly inverted: tests/test_kronecker.py)."""
     from test_flatquant import built_layers
 
     from fptquant.fakequant.wrap import quantizers_bypassed
@@ -90,7 +93,7 @@ def test_flatquant_transforms_are_exact_on_the_real_model(reference_logits):
 
     reference, tokens, before = reference_logits
     live = copy.deepcopy(reference)
-    adapter, layers = built_layers(live)
+    adapter, layers = built_layers(live, online_bf16=online_bf16)
     deployed = copy.deepcopy(live)
     for i, layer in enumerate(adapter.layers()):
         attach_live(adapter, layer, layers.transforms[i])
@@ -99,9 +102,9 @@ def test_flatquant_transforms_are_exact_on_the_real_model(reference_logits):
         deploy(dep_adapter, layer, layers.transforms[i])
     with torch.no_grad(), quantizers_bypassed(live), quantizers_bypassed(deployed):
         a, b = live(input_ids=tokens).logits, deployed(input_ids=tokens).logits
-    scale = before.abs().max()
-    assert (a - before).abs().max() <= 2e-5 * scale, (a - before).abs().max()
-    assert (b - before).abs().max() <= 2e-5 * scale, (b - before).abs().max()
+    scale = before.abs().max() * (4e-2 if online_bf16 else 2e-5)
+    assert (a - before).abs().max() <= scale, (a - before).abs().max()
+    assert (b - before).abs().max() <= scale, (b - before).abs().max()
     assert layers.transforms[0].attn_in.n1 == 24 and layers.transforms[0].down_in.n2 == 48
 
 

@@ -12,6 +12,8 @@ with bfloat16 operand pairs and float32 accumulation, a float32 transform to abo
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -31,10 +33,11 @@ def describe_transform(module: nn.Module | None) -> dict | None:
     if isinstance(module, OnlineHadamard):
         return {"kind": "hadamard", "size": module.size, "block": module.block}
     if isinstance(module, OnlineKronecker):
-        return {"kind": "kronecker", "n1": module.p1.shape[0], "n2": module.p2.shape[0], "dtype": str(module.p1.dtype)}
+        return {"kind": "kronecker", "n1": module.p1.shape[0], "n2": module.p2.shape[0], "dtype": str(module.p1.dtype),
+                "round_mid": module.round_mid}  # fmt: skip
     if isinstance(module, HeadMixing):
         return {"kind": "head_mixing", "heads": module.mix.shape[0], "head_dim": module.head_dim,
-                "dtype": str(module.mix.dtype)}  # fmt: skip
+                "dtype": str(module.mix.dtype), "round_mid": module.round_mid}  # fmt: skip
     if isinstance(module, QKHadamard):
         return {"kind": "qk_hadamard"}
     if isinstance(module, QKTransform):
@@ -53,9 +56,11 @@ def build_transform(desc: dict | None) -> nn.Module | None:
     if kind == "hadamard":
         return OnlineHadamard(desc["size"], desc["block"])
     if kind == "kronecker":
-        return OnlineKronecker(torch.eye(desc["n1"]), torch.eye(desc["n2"]), dtype=_dtype(desc["dtype"]))
+        eyes = torch.eye(desc["n1"]), torch.eye(desc["n2"])
+        return OnlineKronecker(*eyes, dtype=_dtype(desc["dtype"]), round_mid=desc.get("round_mid", False))
     if kind == "head_mixing":
-        return HeadMixing(torch.eye(desc["heads"]), desc["head_dim"], dtype=_dtype(desc["dtype"]))
+        return HeadMixing(torch.eye(desc["heads"]), desc["head_dim"], dtype=_dtype(desc["dtype"]),
+                          round_mid=desc.get("round_mid", False))  # fmt: skip
     if kind == "qk_hadamard":
         return QKHadamard()
     if kind == "qk_transform":
@@ -63,17 +68,27 @@ def build_transform(desc: dict | None) -> nn.Module | None:
     raise ConfigError(f"unknown online transform kind {kind!r} in the checkpoint")
 
 
-def fused_factors(transform: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-    """``(P1, P2, gain)`` with ``x T = x (I ⊗ gain·P1 ⊗ P2)`` when the fused transform+quantize kernel can run
-    ``T``: a Kronecker transform, a head mixing (``M ⊗ I_d``), or a block Hadamard of power-of-two blocks
-    (:func:`~fptquant.math.hadamard.hadamard_factors`: factors exact in bfloat16)."""
+class FusedTransform(NamedTuple):
+    """``x T = x (I ⊗ gain·P1 ⊗ P2)`` as the fused transform+quantize kernel takes it (``round_mid``: the
+    transform's bfloat16 numerics, kernels/transform_quantize.py)."""
+
+    p1: torch.Tensor
+    p2: torch.Tensor
+    gain: float = 1.0
+    round_mid: bool = False
+
+
+def fused_factors(transform: nn.Module | None) -> FusedTransform | None:
+    """``transform`` as factors of the fused kernel when it can run it: a Kronecker transform, a head mixing
+    (``M ⊗ I_d``), or a block Hadamard of power-of-two blocks (:func:`~fptquant.math.hadamard.hadamard_factors`:
+    factors exact in bfloat16)."""
     if isinstance(transform, OnlineKronecker):
-        return transform.p1, transform.p2, 1.0
+        return FusedTransform(transform.p1, transform.p2, 1.0, transform.round_mid)
     if isinstance(transform, HeadMixing):
         eye = torch.eye(transform.head_dim, dtype=transform.mix.dtype, device=transform.mix.device)
-        return transform.mix, eye, 1.0
+        return FusedTransform(transform.mix, eye, 1.0, transform.round_mid)
     if isinstance(transform, OnlineHadamard) and transform.block & (transform.block - 1) == 0:
-        return hadamard_factors(transform.block)
+        return FusedTransform(*hadamard_factors(transform.block))
     return None
 
 
@@ -143,11 +158,11 @@ class QuantizedLinear(nn.Module):
             self._plan, self._plan_key = plan, key
         return self._plan
 
-    def _fusable_factors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    def _fusable_factors(self, device: torch.device) -> FusedTransform | None:
         transform = self.input_transform
         if self._factors is None or self._factors[0] is not transform or self._factors[1] != device:
             factors = fused_factors(transform)
-            factors = factors and (factors[0].to(device), factors[1].to(device), factors[2])
+            factors = factors and factors._replace(p1=factors.p1.to(device), p2=factors.p2.to(device))
             self._factors = (transform, device, factors)
         return self._factors[2]
 
@@ -157,10 +172,10 @@ class QuantizedLinear(nn.Module):
         kind, value = self._input_plan()
         factors = self._fusable_factors(rows.device) if self.input_transform is not None else None
         if factors is not None:
-            p1, p2, gain = factors
+            p1, p2, gain, round_mid = factors
             if kind == "static":
-                return transform_quantize(rows, p1, p2, static_scale=value, gain=gain)
-            return transform_quantize(rows, p1, p2, clip_ratio=value, gain=gain)
+                return transform_quantize(rows, p1, p2, static_scale=value, gain=gain, round_mid=round_mid)
+            return transform_quantize(rows, p1, p2, clip_ratio=value, gain=gain, round_mid=round_mid)
         if self.input_transform is not None:
             rows = self.input_transform(rows)
         return self._quantize_input(rows)

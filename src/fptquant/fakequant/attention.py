@@ -26,11 +26,13 @@ BASE_IMPLEMENTATION = "sdpa"
 # On the CPU the interpreter would run one Python program per (token, head): the kernel path is for CUDA
 # tensors unless a test turns this on to check it.
 KERNEL_ON_CPU = False
+KV_WRITE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the Triton K/V write stores
 
 
 def fused_write_plan(quantizer, x: torch.Tensor) -> tuple[float, float, torch.dtype] | None:
     """``(lo, hi, compute dtype)`` when the one-launch Triton K/V quantize applies to ``x``, else None: asymmetric
-    codes, a power-of-two head dimension and one clip pair (read to the host, as plain floats)."""
+    codes, a power-of-two head dimension, one clip pair (read to the host, as plain floats) and a compute dtype
+    the kernel stores (not float64: a float64 model takes the torch path)."""
     d = x.shape[-1]
     if quantizer.spec.symmetric or d < 2 or d & (d - 1) or backend_for(x) != "triton":
         return None
@@ -42,6 +44,8 @@ def fused_write_plan(quantizer, x: torch.Tensor) -> tuple[float, float, torch.dt
     for f in factors:
         if torch.is_tensor(f) and f.dim() > 0:
             dtype = torch.promote_types(dtype, f.dtype)
+    if dtype not in KV_WRITE_DTYPES:
+        return None
     return *quantizer.host_clip_pair(), dtype
 
 

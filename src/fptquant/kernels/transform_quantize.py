@@ -12,6 +12,11 @@ Numerics (the kernel and this reference share them): every operand is a pair of 
 float32 transform to about 15 bits, with float32's range (activations of 1e6 or 1e-6 need no prescale).
 Against this reference (float64 sums, rounded to float32) the codes move by one only where float32
 summation order moves ``y`` across a rounding boundary.
+
+``round_mid`` selects bfloat16 transform numerics instead: ``W`` rounded to the nearest bfloat16, then
+``Y = W·P2h + W·P2l`` (float32 sums), as a chain of two bfloat16 matmuls computes it. With factors that
+bfloat16 holds exactly (FlatQuant's ``online_bf16``) that is one tensor-core product per factor where the
+float32 numerics take three: the products, not the memory traffic, bound the large tiles (112×128).
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ def _truncate_to_bf16(t: torch.Tensor) -> torch.Tensor:
     return (t.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)  # exact: the low half is zero
 
 
-def kron_apply_split(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int, gain: float = 1.0) -> torch.Tensor:
+def kron_apply_split(
+    x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: int, gain: float = 1.0, round_mid: bool = False
+) -> torch.Tensor:
     """``x (I_nb ⊗ gain·P1 ⊗ P2)`` in float32 by the numerics above (rows of ``x`` along the last dim; ``gain``
     multiplies the float32 result, rounded to float32 first as the kernel receives it)."""
     n1, n2 = p1.shape[0], p2.shape[0]
@@ -52,8 +59,12 @@ def kron_apply_split(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, nb: in
     p1h, p1l = (h.double().t() for h in bf16_split(p1))
     p2h, p2l = (h.double() for h in bf16_split(p2))
     w = (p1h @ xh + p1l @ xh + p1h @ xl).float()
-    wh, wl = (h.double() for h in bf16_split(w))
-    y = (wh @ p2h + wl @ p2h + wh @ p2l).float().reshape(x.shape)
+    if round_mid:
+        wb = w.to(torch.bfloat16).double()
+        y = (wb @ p2h + wb @ p2l).float().reshape(x.shape)
+    else:
+        wh, wl = (h.double() for h in bf16_split(w))
+        y = (wh @ p2h + wl @ p2h + wh @ p2l).float().reshape(x.shape)
     return y * torch.tensor(gain, dtype=torch.float32) if gain != 1.0 else y
 
 
@@ -65,9 +76,11 @@ def transform_quantize_reference(
     static_scale: float | None = None,
     codes_dtype=torch.int8,
     gain: float = 1.0,
+    round_mid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     nb = _check(x, p1, p2)
-    return quantize_per_token_reference(kron_apply_split(x, p1, p2, nb, gain), clip_ratio, static_scale, codes_dtype)
+    y = kron_apply_split(x, p1, p2, nb, gain, round_mid)
+    return quantize_per_token_reference(y, clip_ratio, static_scale, codes_dtype)
 
 
 def transform_quantize(
@@ -79,8 +92,10 @@ def transform_quantize(
     backend: str | None = None,
     codes_dtype=torch.int8,
     gain: float = 1.0,
+    round_mid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes, scales float32 (..., 1))`` of ``x (I ⊗ gain·P1 ⊗ P2)``, on the backend the switch picks.
+    """``(codes, scales float32 (..., 1))`` of ``x (I ⊗ gain·P1 ⊗ P2)``, on the backend the switch picks
+    (``round_mid``: the bfloat16 numerics above).
 
     Factors that bfloat16 holds exactly run faster (their ``lo`` dots are skipped): a Hadamard is best passed
     as such factors (``±2^-j``) with the rest of its normalisation in ``gain``
@@ -88,9 +103,11 @@ def transform_quantize(
     nb = _check(x, p1, p2)
     check_codes_dtype(codes_dtype)
     if backend_for(x, backend) == "torch":
-        return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale, codes_dtype, gain)
+        return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale, codes_dtype, gain, round_mid)
     from .triton_transform_quantize import kron_quantize_rows
 
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    codes, scales = kron_quantize_rows(rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype, gain=gain)
+    codes, scales = kron_quantize_rows(
+        rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype, gain=gain, round_mid=round_mid
+    )
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

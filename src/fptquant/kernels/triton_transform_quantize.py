@@ -78,6 +78,16 @@ def _split(v):
 
 
 @triton.jit
+def _round_bf16(v, UPCAST: tl.constexpr):
+    """float32 -> the nearest bfloat16 (ties to even); the interpreter's cast truncates, so it gets the rounding
+    spelled out on the bits."""
+    if UPCAST:
+        bits = v.to(tl.uint32, bitcast=True)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return v.to(tl.bfloat16)
+
+
+@triton.jit
 def _dot(a, b, acc, UPCAST: tl.constexpr):
     if UPCAST:  # the interpreter has no bfloat16 dot; bf16 values and their products are exact in float32
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
@@ -88,12 +98,13 @@ def _dot(a, b, acc, UPCAST: tl.constexpr):
 def _tile(
     x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_x,
     N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr,
-    UPCAST: tl.constexpr,
+    ROUND_MID: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y`` of block ``b`` of the tile's tokens, float32 ``(T·N1, N2)``: ``W = (I_T ⊗ P1ᵀ) · X`` then
     ``Y = W · P2``, every operand as bfloat16 ``hi + lo`` pairs (the reference's numerics). A bf16 ``x`` is
     its own ``hi``: it goes from the pipelined load to the tensor cores untouched; a factor that bfloat16
     holds exactly (P1_LO / P2_LO false: its ``lo`` is zero) skips its ``lo`` dot, which would add zeros.
+    With ROUND_MID, ``W`` is rounded to the nearest bfloat16 and meets ``P2`` once (no ``lo`` of ``W``).
     With GAIN, ``Y`` is scaled by ``gain`` (float32)."""
     c = tl.arange(0, N2)
     mask = row_ok[:, None] & (c < n2)[None, :]
@@ -109,11 +120,17 @@ def _tile(
         w = _dot(p1h, x, None, UPCAST)
         if P1_LO:
             w = _dot(p1l, x, w, UPCAST)
-    wh, wl = _split(w)
-    y = _dot(wh, p2h, None, UPCAST)
-    y = _dot(wl, p2h, y, UPCAST)
-    if P2_LO:
-        y = _dot(wh, p2l, y, UPCAST)
+    if ROUND_MID:  # bfloat16 transform numerics: one product fewer, the one that bounds large tiles
+        wb = _round_bf16(w, UPCAST)
+        y = _dot(wb, p2h, None, UPCAST)
+        if P2_LO:
+            y = _dot(wb, p2l, y, UPCAST)
+    else:
+        wh, wl = _split(w)
+        y = _dot(wh, p2h, None, UPCAST)
+        y = _dot(wl, p2h, y, UPCAST)
+        if P2_LO:
+            y = _dot(wh, p2l, y, UPCAST)
     if GAIN:  # the transform is gain · (P1 ⊗ P2), e.g. a Hadamard's 1/√2 left over by factors bf16 holds exactly
         y = y * gain
     return y
@@ -133,7 +150,7 @@ def _kron_quantize_kernel(
     x_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax, gain,
     n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr, ONE_TILE: tl.constexpr,
     T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr,
-    P2_LO: tl.constexpr, GAIN: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr,
+    P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     R: tl.constexpr = T * N1
     i = tl.arange(0, R)
@@ -155,7 +172,7 @@ def _kron_quantize_kernel(
         row_ok = (tok < M) & (r < n1)
         if ONE_TILE:  # one pass: the tile is every value of its tokens
             y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, 0, n1, n2, stride_x, N2,
-                      X_SPLIT, P1_LO, P2_LO, GAIN, UPCAST)  # fmt: skip
+                      X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)  # fmt: skip
             if STATIC:
                 amax = tl.zeros((T,), dtype=tl.float32) + static_amax
             else:
@@ -168,7 +185,7 @@ def _kron_quantize_kernel(
             bottom = tl.full((T,), float("inf"), dtype=tl.float32)
             for b in range(0, nb):
                 y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, N2,
-                          X_SPLIT, P1_LO, P2_LO, GAIN, UPCAST)  # fmt: skip
+                          X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)  # fmt: skip
                 tile_top, tile_bottom = _token_range(y, T, N1, SYMMETRIC)
                 top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
             amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
@@ -180,7 +197,7 @@ def _kron_quantize_kernel(
         else:
             for b in range(0, nb):
                 y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, N2,
-                          X_SPLIT, P1_LO, P2_LO, GAIN, UPCAST)  # fmt: skip
+                          X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)  # fmt: skip
                 _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1, n2, stride_q, N2)
 
 
@@ -294,8 +311,10 @@ def kron_quantize_rows(
     upcast: bool | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
     gain: float = 1.0,
+    round_mid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``);
+    """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``;
+    ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`);
     ``clip_ratio`` one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
     ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them)."""
     M, K = x.shape
@@ -313,7 +332,8 @@ def kron_quantize_rows(
     constants = dict(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
         N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,
-        UPCAST=interpreting() if upcast is None else upcast, STAGES=stages or default_stages(t, n1p, n2p, halves),
+        ROUND_MID=round_mid, UPCAST=interpreting() if upcast is None else upcast,
+        STAGES=stages or default_stages(t, n1p, n2p, halves),
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
     groups = triton.cdiv(M, t)

@@ -7,6 +7,12 @@ A token vector of size ``n = n1·n2`` is viewed as an ``n1×n2`` matrix ``X`` (r
 
 Matrices are built outside autocast, in float32 (float64 for merging): a half-precision ``P`` and
 ``P^{-T}`` would not cancel, and mixed-precision training must only round the activations.
+
+With ``bf16=True`` the online side runs in bfloat16 numerics, training and deploy alike: each factor is
+rounded to bfloat16 (the weight side takes the exact inverse of the rounded factor, so the function is kept)
+and the product ``P1ᵀX`` is rounded to bfloat16 before ``P2`` meets it; gradients pass straight through the
+roundings. The fused transform+quantize kernel then takes one tensor-core product per factor
+(kernels/transform_quantize.py, ``round_mid``).
 """
 
 from __future__ import annotations
@@ -33,11 +39,47 @@ def decompose_dim(n: int) -> tuple[int, int]:
         a += 1
 
 
-def kron_apply(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
-    """``x (P1 ⊗ P2)`` along the last dim, as ``P1ᵀ X P2`` on the ``n1×n2`` view of each token."""
+def round_bf16(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded to the nearest bfloat16, kept in ``t``'s dtype, with the identity's gradient (straight-through)."""
+    return t.detach().to(torch.bfloat16).to(t.dtype) + (t - t.detach())
+
+
+def kron_apply(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, round_mid: bool = False) -> torch.Tensor:
+    """``x (P1 ⊗ P2)`` along the last dim, as ``P1ᵀ X P2`` on the ``n1×n2`` view of each token
+    (``round_mid``: ``P1ᵀ X`` rounded to bfloat16 first)."""
     n1, n2 = p1.shape[0], p2.shape[0]
-    view = x.reshape(*x.shape[:-1], n1, n2)
-    return (p1.t().to(x.dtype) @ view @ p2.to(x.dtype)).reshape(x.shape)
+    mid = p1.t().to(x.dtype) @ x.reshape(*x.shape[:-1], n1, n2)
+    if round_mid:
+        mid = round_bf16(mid)
+    return (mid @ p2.to(x.dtype)).reshape(x.shape)
+
+
+def factor_matrix(factor: nn.Module, bf16: bool, inverse_transpose: bool = False) -> torch.Tensor:
+    """A live factor's ``P`` (or ``P^{-T}``), differentiable; with ``bf16``, ``P`` rounded to bfloat16 and the
+    exact inverse of that (gradients of the unrounded factor pass straight through)."""
+    if not bf16:
+        return factor(inverse_transpose=inverse_transpose)
+    rounded = round_bf16(factor())
+    if not inverse_transpose:
+        return rounded
+    closed_form = factor(inverse_transpose=True)
+    with no_autocast(closed_form.device):
+        # Newton–Schulz from the unrounded factor's inverse: the error (2^-9 times the condition number at the
+        # start) squares each step, to float rounding after three; matmuls only, so a CUDA graph can hold it
+        r, inv = rounded.detach(), closed_form.detach().t()
+        two = 2 * torch.eye(r.shape[0], dtype=r.dtype, device=r.device)
+        for _ in range(3):
+            inv = inv @ (two - r @ inv)
+    return inv.t() + (closed_form - closed_form.detach())
+
+
+@torch.no_grad()
+def factor_matrix64(factor: nn.Module, bf16: bool, inverse_transpose: bool = False) -> torch.Tensor:
+    """:func:`factor_matrix` in float64 for merging (the rounded ``P`` is exact in any float dtype)."""
+    if not bf16:
+        return factor.matrix64(inverse_transpose=inverse_transpose)
+    rounded = factor.matrix64().to(torch.bfloat16).double()
+    return torch.linalg.inv(rounded).t() if inverse_transpose else rounded
 
 
 FACTOR_KINDS = ("svd", "inverse")
@@ -120,7 +162,8 @@ class KroneckerTransform(nn.Module):
 
     ``forward`` is the online activation side; :meth:`apply_to_weight` is the differentiable weight
     side ``W diag(1/c) (P1 ⊗ P2)^{-T}`` used in training, and :meth:`weight_side` the same map as a
-    dense float64 matrix for the final merge. ``factors=False`` keeps only the diagonal (no ``P``).
+    dense float64 matrix for the final merge. ``factors=False`` keeps only the diagonal (no ``P``);
+    ``bf16`` the bfloat16 online numerics of the module docstring.
     """
 
     def __init__(
@@ -130,6 +173,7 @@ class KroneckerTransform(nn.Module):
         generator: torch.Generator | None = None,
         factors: bool = True,
         kind: str = "svd",
+        bf16: bool = False,
     ):
         super().__init__()
         if not (diagonal or factors):
@@ -139,6 +183,7 @@ class KroneckerTransform(nn.Module):
         self.p1 = make_factor(self.n1, kind, generator) if factors else None
         self.p2 = make_factor(self.n2, kind, generator) if factors else None
         self.diag = nn.Parameter(torch.ones(n)) if diagonal else None
+        self.bf16 = bf16
 
     def rotations(self) -> list[CayleyRotation]:
         return [r for p in (self.p1, self.p2) if p is not None for r in p.rotations()]
@@ -148,7 +193,10 @@ class KroneckerTransform(nn.Module):
             x = x * self.diag.to(x.dtype)
         if self.p1 is None:
             return x
-        return kron_apply(x, self.p1(), self.p2())
+        return kron_apply(x, *self._factors(), round_mid=self.bf16)
+
+    def _factors(self, inverse_transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(factor_matrix(p, self.bf16, inverse_transpose) for p in (self.p1, self.p2))
 
     def apply_to_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """``W diag(1/c) (P1 ⊗ P2)^{-T}`` for a weight whose input features this transform feeds."""
@@ -157,7 +205,7 @@ class KroneckerTransform(nn.Module):
             if self.diag is not None:
                 w = w / self.diag.to(w.dtype)
             if self.p1 is not None:
-                w = kron_apply(w, self.p1(inverse_transpose=True), self.p2(inverse_transpose=True))
+                w = kron_apply(w, *self._factors(inverse_transpose=True))
             return w.to(weight.dtype)
 
     @torch.no_grad()
@@ -165,7 +213,7 @@ class KroneckerTransform(nn.Module):
         """``(P1, P2)`` in float64: what stays online once ``c`` is folded away (None without factors)."""
         if self.p1 is None:
             return None
-        return self.p1.matrix64(), self.p2.matrix64()
+        return factor_matrix64(self.p1, self.bf16), factor_matrix64(self.p2, self.bf16)
 
     @torch.no_grad()
     def weight_side(self, factors_inverse_transpose: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,10 +228,11 @@ class KroneckerTransform(nn.Module):
         elif self.p1 is None:
             m = torch.eye(self.n, dtype=torch.float64, device=device)
         else:
-            m = torch.kron(self.p1.matrix64(inverse_transpose=True), self.p2.matrix64(inverse_transpose=True))
+            m = torch.kron(*(factor_matrix64(p, self.bf16, inverse_transpose=True) for p in (self.p1, self.p2)))
         if self.diag is not None:
             m = m / self.diag.double()[:, None]
         return m
 
     def extra_repr(self) -> str:
-        return f"n={self.n} ({self.n1}x{self.n2}), diagonal={self.diag is not None}, factors={self.p1 is not None}"
+        return (f"n={self.n} ({self.n1}x{self.n2}), diagonal={self.diag is not None}, factors={self.p1 is not None}"
+                f"{', bf16' if self.bf16 else ''}")  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .hadamard import block_fwht, fwht, hadamard, hadamard_exists, largest_power_of_two_factor
-from .kronecker import kron_apply
+from .kronecker import kron_apply, round_bf16
 from .rotation import across_chunks, block_diagonal
 
 DENSE_HADAMARD_MAX = 1024  # on a GPU, blocks up to this size are one float32 matmul (≤ 4 MB matrix)
@@ -77,18 +77,18 @@ def online_hadamard(kind: str, n: int) -> OnlineHadamard | None:
 
 
 class HeadMixing(nn.Module):
-    """``x -> x (M ⊗ I_d)``: mixes the heads of an ``(h·d)``-wide activation with an ``h×h`` matrix."""
+    """``x -> x (M ⊗ I_d)``: mixes the heads of an ``(h·d)``-wide activation with an ``h×h`` matrix
+    (``round_mid``: the result rounded to bfloat16, FlatQuant's bf16 online numerics)."""
 
-    def __init__(self, mix: torch.Tensor, head_dim: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, mix: torch.Tensor, head_dim: int, dtype: torch.dtype = torch.float32, round_mid: bool = False):
         super().__init__()
-        self.head_dim = head_dim
+        self.head_dim, self.round_mid = head_dim, round_mid
         self.register_buffer("mix", mix.to(dtype).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.mix.shape[0]
-        y = x.reshape(*x.shape[:-1], h, self.head_dim)
+        y = x.reshape(*x.shape[:-1], self.mix.shape[0], self.head_dim)
         y = torch.einsum("...jd,ji->...id", y, self.mix.to(x.dtype))
-        return y.reshape(x.shape)
+        return (round_bf16(y) if self.round_mid else y).reshape(x.shape)
 
     def matrix(self) -> torch.Tensor:
         return across_chunks(self.mix.double(), self.head_dim)
@@ -107,15 +107,17 @@ class QKHadamard(nn.Module):
 
 
 class OnlineKronecker(nn.Module):
-    """``x -> x (P1 ⊗ P2)`` with fixed factors (FlatQuant's deploy-time online transform)."""
+    """``x -> x (P1 ⊗ P2)`` with fixed factors (FlatQuant's deploy-time online transform; ``round_mid``:
+    ``P1ᵀX`` rounded to bfloat16, its bf16 online numerics)."""
 
-    def __init__(self, p1: torch.Tensor, p2: torch.Tensor, dtype: torch.dtype = torch.float32):
+    def __init__(self, p1: torch.Tensor, p2: torch.Tensor, dtype: torch.dtype = torch.float32, round_mid: bool = False):
         super().__init__()
+        self.round_mid = round_mid
         self.register_buffer("p1", p1.to(dtype).contiguous())
         self.register_buffer("p2", p2.to(dtype).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kron_apply(x, self.p1, self.p2)
+        return kron_apply(x, self.p1, self.p2, round_mid=self.round_mid)
 
     def matrix(self) -> torch.Tensor:
         return torch.kron(self.p1.double(), self.p2.double())
@@ -125,7 +127,7 @@ class OnlineKronecker(nn.Module):
         return torch.kron(torch.linalg.inv(self.p1.double()).t(), torch.linalg.inv(self.p2.double()).t())
 
     def extra_repr(self) -> str:
-        return f"{self.p1.shape[0]}x{self.p2.shape[0]}"
+        return f"{self.p1.shape[0]}x{self.p2.shape[0]}{', round_mid' if self.round_mid else ''}"
 
 
 class QKTransform(nn.Module):

@@ -45,6 +45,7 @@ class FlatQuantLayers(LayerRecipe):
             transforms=options.transforms,
             diag=options.diag,
             factor=options.factor,
+            bf16=options.online_bf16,
             rotate_qk=recipe.bit_spec.kv_cache < 16,
         )
         self.transforms: dict[int, LayerTransforms] = {}

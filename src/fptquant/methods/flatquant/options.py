@@ -30,6 +30,7 @@ class FlatQuantOptions:
     clip: bool = True  # LCT (learnable weight and activation clipping)
     diag_alpha: float = 0.3  # SmoothQuant-style init of the diagonals
     factor: str = "svd"  # "svd" or "inverse" (the release's --direct_inv)
+    online_bf16: bool = True  # online factors and P1ᵀX rounded to bfloat16 (exactly inverted): the fast kernel
     amp: bool = True  # autocast on CUDA; parameters stay float32
     amp_dtype: str = "bfloat16"
     offload: bool | None = None  # activations on the CPU (None: only when GPU memory is short)

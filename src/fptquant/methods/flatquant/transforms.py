@@ -11,7 +11,9 @@ Per decoder layer (FlatQuant §3.2; SmolLM2 sizes in brackets):
 
 In training each linear recomputes its weight from its transforms on every forward
 (``QuantLinear.weight_transform``: ``W -> W diag(1/c) P^{-T}`` in float32); the deploy form merges
-in float64 and keeps ``P_a``, ``P_o``, ``P_h``, ``P_ug`` and ``P_d`` as fixed online modules.
+in float64 and keeps ``P_a``, ``P_o``, ``P_h``, ``P_ug`` and ``P_d`` as fixed online modules. With ``bf16``
+(``online_bf16``, the default) the online Kronecker transforms and ``P_o`` use bfloat16 numerics in both forms
+(math/kronecker.py): the fused transform+quantize kernel's fast path, at no cost to the function.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...math.kronecker import KroneckerTransform, kron_apply, make_factor, no_autocast
+from ...math.kronecker import (
+    KroneckerTransform,
+    factor_matrix,
+    factor_matrix64,
+    kron_apply,
+    make_factor,
+    no_autocast,
+)
 from ...math.online import HeadMixing, OnlineKronecker, QKTransform
 from ...math.rotation import across_chunks, merge_input_transform, merge_output_transform
 from ...models.base import ModelAdapter
@@ -34,6 +43,7 @@ class TransformOptions:
     diag: bool = True  # PS: per-channel scaling vectors
     factor: str = "svd"  # "svd" (closed-form inverse) or "inverse" (float64 inverse)
     rotate_qk: bool = True  # P_h, only useful when the KV cache is quantized
+    bf16: bool = False  # bfloat16 online numerics of the Kronecker transforms and P_o
 
 
 def _eye(n: int, like: torch.Tensor) -> torch.Tensor:
@@ -49,13 +59,13 @@ class LayerTransforms(nn.Module):
         def kron(n):
             if not (lt or options.diag):
                 return None
-            return KroneckerTransform(n, options.diag, generator, factors=lt, kind=kind)
+            return KroneckerTransform(n, options.diag, generator, factors=lt, kind=kind, bf16=options.bf16)
 
         self.attn_in, self.mlp_in, self.down_in = kron(d), kron(d), kron(dff)
         self.heads = make_factor(h, kind, generator) if lt else None
         self.values = make_factor(dh, kind, generator) if lt else None
         self.qk = make_factor(dh, kind, generator) if lt and options.rotate_qk else None
-        self.head_dim = dh
+        self.head_dim, self.bf16 = dh, options.bf16
 
     def rotations(self) -> list:
         return [r for m in self.modules() if m is not self and hasattr(m, "rotations") for r in m.rotations()]
@@ -91,27 +101,27 @@ class _ValueRows(nn.Module):
 
 
 class _OProjInput(nn.Module):
-    """o_proj's weight side ``W_o (P_o ⊗ P_v)^{-T}`` (either factor may be absent)."""
+    """o_proj's weight side ``W_o (P_o ⊗ P_v)^{-T}`` (``bf16``: of ``P_o`` rounded to bfloat16)."""
 
-    def __init__(self, heads: nn.Module, values: nn.Module):
+    def __init__(self, heads: nn.Module, values: nn.Module, bf16: bool):
         super().__init__()
-        self.heads, self.values = heads, values
+        self.heads, self.values, self.bf16 = heads, values, bf16
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         with no_autocast(w.device):
             x = w.to(torch.promote_types(w.dtype, torch.float32))
-            out = kron_apply(x, self.heads(inverse_transpose=True), self.values(inverse_transpose=True))
-            return out.to(w.dtype)
+            heads = factor_matrix(self.heads, self.bf16, inverse_transpose=True)
+            return kron_apply(x, heads, self.values(inverse_transpose=True)).to(w.dtype)
 
 
 class _LiveHeadMixing(nn.Module):
-    def __init__(self, heads: nn.Module, head_dim: int):
+    def __init__(self, heads: nn.Module, head_dim: int, bf16: bool):
         super().__init__()
-        self.heads, self.head_dim = heads, head_dim
+        self.heads, self.head_dim, self.bf16 = heads, head_dim, bf16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.heads()
-        return kron_apply(x, p, _eye(self.head_dim, p))
+        p = factor_matrix(self.heads, self.bf16)
+        return kron_apply(x, p, _eye(self.head_dim, p), round_mid=self.bf16)
 
 
 class _LiveQK(nn.Module):
@@ -140,8 +150,8 @@ def attach_live(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> 
     if t.values is not None:
         _add(lin["v"], "weight_transform", _ValueRows(t.values, t.head_dim))
         _add(lin["v"], "bias_transform", _ValueRows(t.values, t.head_dim, bias=True))
-        _add(lin["o"], "weight_transform", _OProjInput(t.heads, t.values))
-        lin["o"].input_transform = _LiveHeadMixing(t.heads, t.head_dim)
+        _add(lin["o"], "weight_transform", _OProjInput(t.heads, t.values, t.bf16))
+        lin["o"].input_transform = _LiveHeadMixing(t.heads, t.head_dim, t.bf16)
     if t.qk is not None:
         adapter.attention(layer).fptquant_kv.qk_transform = _LiveQK(t.qk)
 
@@ -166,7 +176,8 @@ def _merge_input_side(linears: list[nn.Module], transform: KroneckerTransform) -
     factors = transform.online_factors()
     online = None
     if factors is not None:
-        online = OnlineKronecker(*factors, dtype=_compute_dtype(linears[0])).to(linears[0].weight.device)
+        dtype = _compute_dtype(linears[0])
+        online = OnlineKronecker(*factors, dtype=dtype, round_mid=transform.bf16).to(linears[0].weight.device)
     m = transform.weight_side(online.inverse_transpose() if online is not None else None)
     for linear in linears:
         merge_input_transform(linear.weight, m)
@@ -196,7 +207,7 @@ def deploy(adapter: ModelAdapter, layer: nn.Module, t: LayerTransforms) -> None:
     dtype, device = _compute_dtype(lin["q"]), lin["q"].weight.device
     if t.values is not None:
         transform_values(adapter, layer, [t.values.matrix64()] * adapter.num_kv_heads)
-        mixing = HeadMixing(t.heads.matrix64(), t.head_dim, dtype=dtype).to(device)
+        mixing = HeadMixing(factor_matrix64(t.heads, t.bf16), t.head_dim, dtype=dtype, round_mid=t.bf16).to(device)
         merge_input_transform(lin["o"].weight, across_chunks(torch.linalg.inv(mixing.mix.double()).t(), t.head_dim))
         lin["o"].input_transform = mixing
     if t.qk is not None:

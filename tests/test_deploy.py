@@ -225,6 +225,7 @@ def test_flatquant_exports_with_its_online_transforms(tmp_path, tokens):
     reloaded, _ = load(tmp_path / "fq")
     attn = reloaded.model.layers[0].self_attn
     assert attn.k_proj.input_transform is attn.q_proj.input_transform
+    assert attn.q_proj.input_transform.round_mid and attn.o_proj.input_transform.round_mid  # online_bf16 kept
     assert torch.equal(logits(reloaded, tokens), deployed)
     assert (deployed - fake).abs().max() <= 2e-2 * fake.abs().max()
 

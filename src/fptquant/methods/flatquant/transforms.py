@@ -13,7 +13,8 @@ In training each linear recomputes its weight from its transforms on every forwa
 (``QuantLinear.weight_transform``: ``W -> W diag(1/c) P^{-T}`` in float32); the deploy form merges
 in float64 and keeps ``P_a``, ``P_o``, ``P_h``, ``P_ug`` and ``P_d`` as fixed online modules. With ``bf16``
 (``online_bf16``, the default) the online Kronecker transforms and ``P_o`` use bfloat16 numerics in both forms
-(math/kronecker.py): the fused transform+quantize kernel's fast path, at no cost to the function.
+(math/kronecker.py): the fused transform+quantize kernel's fast path; the rounded factors are inverted exactly,
+so the function moves only by the bfloat16 rounding of ``P1ᵀX``.
 """
 
 from __future__ import annotations

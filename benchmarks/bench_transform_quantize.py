@@ -132,6 +132,7 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="time every tiling and report the fastest")
     parser.add_argument("--static", action="store_true", help="a static scale (one pass) instead of dynamic")
     parser.add_argument("--eager", action="store_true", help="time without CUDA graphs")
+    parser.add_argument("--cases", default=None, help="comma list of N1xN2:KIND to run, e.g. 24x24:kron-bf16")
     args = parser.parse_args()
     env = start_report()
     if env is None:
@@ -141,6 +142,8 @@ def main() -> int:
     rows = []
     for m in [int(v) for v in args.m.split(",")]:
         for k, n1, n2, kind in CASES:
+            if args.cases and f"{n1}x{n2}:{kind}" not in args.cases.split(","):
+                continue
             r = measure(m, k, n1, n2, kind, args.sweep, 0.05 if args.static else None, not args.eager)
             rows.append(r)
             print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>10} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "

@@ -38,11 +38,16 @@ TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves[,
 }
 
 
+def factor_halves(exact: bool) -> tuple[int, int]:
+    """bf16 halves a factor pair takes in shared memory: ``hi`` only where bfloat16 holds the factors exactly."""
+    return (1, 1) if exact else (2, 2)
+
+
 def transform_quantize_job(
     n1: int, n2: int, nb: int, exact: bool = False, round_mid: bool = False, static: bool = False
 ) -> dict:
     t, n1p, n2p = tile_shape(n1, n2)
-    halves = (1, 1) if exact else (2, 2)
+    halves = factor_halves(exact)
     args = {
         "x_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32",
         "nb": "i32", "stride_x": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32", "static_amax": "fp32",
@@ -311,7 +316,7 @@ def builds() -> dict:
 def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, static):
     build = builds[name, static]
     t, n1p, n2p = tile_shape(*TQ_CASES[name][:2])
-    halves = (1, 1) if TQ_CASES[name][3:4] == (True,) else (2, 2)
+    halves = factor_halves(TQ_CASES[name][3:4] == (True,))
     assert build.spill_bytes == 0
     assert build.uses_wgmma or t * n1p < 64  # wgmma takes 64 rows a warpgroup; smaller tiles use mma
     assert build.memory_ops("ld") <= VECTOR_LOADS  # no 2-byte loads: n1, n2 are compile-time constants

@@ -173,9 +173,8 @@ class QuantizedLinear(nn.Module):
         factors = self._fusable_factors(rows.device) if self.input_transform is not None else None
         if factors is not None:
             p1, p2, gain, round_mid = factors
-            if kind == "static":
-                return transform_quantize(rows, p1, p2, static_scale=value, gain=gain, round_mid=round_mid)
-            return transform_quantize(rows, p1, p2, clip_ratio=value, gain=gain, round_mid=round_mid)
+            scale = {"static_scale": value} if kind == "static" else {"clip_ratio": value}
+            return transform_quantize(rows, p1, p2, gain=gain, round_mid=round_mid, **scale)
         if self.input_transform is not None:
             rows = self.input_transform(rows)
         return self._quantize_input(rows)

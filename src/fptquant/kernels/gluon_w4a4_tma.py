@@ -25,6 +25,7 @@ import torch
 import triton
 
 from .backend import interpreting, sm_count, stages_that_fit
+from .triton_w4a4_tma import tma_fits
 
 try:
     from triton.experimental import gluon
@@ -166,11 +167,8 @@ def gluon_fits(codes: torch.Tensor, weights: torch.Tensor, out_dtype: torch.dtyp
         return False
     if not gluon_stages(cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_stages, out_dtype):
         return False
-    k, n = codes.shape[1], weights.shape[0]
-    aligned = all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (codes, weights))
-    out_row = n * out_dtype.itemsize
-    same = codes.dtype == weights.dtype == torch.int8 and weights.shape[1] == k
-    return aligned and same and k % 16 == 0 and out_row % 16 == 0
+    out_row = weights.shape[0] * out_dtype.itemsize
+    return codes.dtype == weights.dtype == torch.int8 and tma_fits(codes, weights) and out_row % 16 == 0
 
 
 def gluon_matmul(codes, act_scale, weights, weight_scale, bias, out_dtype, cfg) -> torch.Tensor:

@@ -92,6 +92,21 @@ DP4A_SWEEP = [  # up to 16 tokens: the CUDA cores' 4-way integer dot (w4a4_matmu
     Dp4aConfig(16, 32, 1, 4, 6),
     Dp4aConfig(32, 8, 1, 2, 6),
     Dp4aConfig(64, 8, 1, 4, 4),
+    # one token: the accumulators are BN x BKW int32, so wider tiles fit
+    Dp4aConfig(32, 32, 1, 4, 4),
+    Dp4aConfig(64, 32, 1, 8, 4),
+    Dp4aConfig(16, 64, 1, 4, 4),
+    Dp4aConfig(32, 64, 1, 8, 3),
+    Dp4aConfig(128, 16, 1, 8, 4),
+    Dp4aConfig(16, 128, 1, 4, 3),
+    Dp4aConfig(16, 128, 1, 8, 3),
+    # sign-extended nibbles (dp4a.s32.s32, no activation sums)
+    Dp4aConfig(16, 64, 1, 4, 4, signed_nibbles=True),
+    Dp4aConfig(16, 32, 1, 4, 6, signed_nibbles=True),
+    Dp4aConfig(32, 32, 1, 8, 3, signed_nibbles=True),
+    Dp4aConfig(32, 16, 1, 4, 4, signed_nibbles=True),
+    Dp4aConfig(16, 128, 1, 4, 3, signed_nibbles=True),
+    Dp4aConfig(32, 64, 1, 8, 3, signed_nibbles=True),
 ]
 SLICED_SWEEP = [  # 2-16 tokens on the tensor cores, K sliced across warps (w4a4_matmul's pick there)
     SlicedConfig(32, 256, 2, 1, 4),
@@ -240,8 +255,8 @@ def measure(
         candidates = [replace(c, block_m=block_m) if isinstance(c, GemmConfig) else c for c in candidates]
     if m == 1 and sweep and "gemv" in kinds:
         candidates += GEMV_SWEEP
-    if 2 <= m <= 16 and sweep and codes_dtype == torch.int8:
-        candidates += (DP4A_SWEEP if "dp4a" in kinds else []) + (SLICED_SWEEP if "sliced" in kinds else [])
+    if m <= 16 and sweep and codes_dtype == torch.int8:
+        candidates += (DP4A_SWEEP if "dp4a" in kinds else []) + (SLICED_SWEEP if "sliced" in kinds and m > 1 else [])
     results = []
     for cfg in candidates:
         try:

@@ -258,17 +258,19 @@ def kv_fake_quant_job() -> dict:
             "aligned": ["x_ptr", "out_ptr", "stride_b", "stride_h", "stride_t"]}  # fmt: skip
 
 
-def dp4a_job(m_pad: int, n: int) -> dict:
-    """LLaMA-3-8B at M = 8–16 (K = 4096: 512 weight words a row) on the dp4a kernel, the tiles
-    ``pick_dp4a_config`` gives N output channels."""
+def dp4a_job(m_pad: int, n: int, signed: bool = False) -> dict:
+    """LLaMA-3-8B at M = 1–16 (K = 4096: 512 weight words a row) on the dp4a kernel, the tiles
+    ``pick_dp4a_config`` gives N output channels (``signed``: with sign-extended nibbles)."""
+    from dataclasses import replace
+
     from fptquant.kernels.triton_w4a4_dp4a import pick_dp4a_config
 
-    cfg = pick_dp4a_config(n)
+    cfg = replace(pick_dp4a_config(n), signed_nibbles=signed)
     args = {"a_ptr": "*i32", "w_ptr": "*i32", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
             "out_ptr": "*bf16"}  # fmt: skip
     args.update({name: "i32" for name in ("M", "N", "KW", "stride_am", "stride_wn", "stride_om", "kw_per_split")})
     args.update(HAS_BIAS=False, SPLIT=1, BM=m_pad, BN=cfg.block_n, BKW=cfg.block_k_words, STAGES=cfg.num_stages)
-    args["INTERPRET"] = False
+    args.update(SIGNED=cfg.signed_nibbles, INTERPRET=False)
     aligned = ["a_ptr", "w_ptr", "out_ptr", "stride_am", "stride_wn", "stride_om", "kw_per_split"]
     module = "fptquant.kernels.triton_w4a4_dp4a"
     return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
@@ -301,6 +303,7 @@ def builds() -> dict:
     jobs["kv-write"] = kv_write_job()
     jobs["kv-fake-quant"] = kv_fake_quant_job()
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
+    jobs.update({f"dp4a-signed-{m}": dp4a_job(m, 4096, signed=True) for m in (1, 4)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: sliced_job(*case) for name, case in SLICED_CASES.items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
@@ -356,8 +359,15 @@ def test_kv_fake_quantize_compiles_to_vector_memory_without_spills(builds):
 def test_dp4a_decode_compiles_to_dp4a_without_spills(builds, m, n):
     build = builds[f"dp4a-{m}-{n}"]
     assert build.spill_bytes == 0
-    assert "dp4a.u32.s32" in build.ptx
+    assert "dp4a.u32.s32" in build.ptx and "prmt.b32" in build.ptx
     assert "ld.global.b8" not in build.memory_ops("ld")  # weights and codes travel as words
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_dp4a_with_signed_nibbles_needs_no_activation_sums(builds, m):
+    build = builds[f"dp4a-signed-{m}"]
+    assert build.spill_bytes == 0
+    assert "dp4a.s32.s32" in build.ptx and "dp4a.u32.s32" not in build.ptx
 
 
 @pytest.mark.parametrize("name", list(GEMM_CASES))

@@ -156,16 +156,21 @@ DP4A_CONFIGS = {
     "narrow": pick_dp4a_config(4096),
     "wide": pick_dp4a_config(28672),
     "split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3),
+    "signed": Dp4aConfig(block_n=16, block_k_words=64, signed_nibbles=True),
+    "signed_split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3, signed_nibbles=True),
 }
 
 
-def test_dp4a_extremes_are_exact_and_bad_shapes_named():
-    """Every weight −8 and every code −8 or 7: the nibble offset and its correction at their limits."""
+@pytest.mark.parametrize("signed", [False, True])
+def test_dp4a_extremes_are_exact_and_bad_shapes_named(signed):
+    """Every weight −8 and every code −8 or 7: the nibble offset and its correction at their limits; signed, the
+    sign extension of every nibble at once (all bytes negative, no carry between them)."""
     m, n, k = 4, 24, 4096
     w = torch.full((n, k), -8, dtype=torch.int8, device=DEVICE)
     a = torch.where(torch.arange(k, device=DEVICE) % 3 == 0, 7, -8).to(torch.int8).expand(m, k).contiguous()
     ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
-    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton", config=Dp4aConfig())
+    cfg = Dp4aConfig(signed_nibbles=signed)
+    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton", config=cfg)
     assert torch.equal(acc.double(), a.double() @ w.double().T) and acc.abs().min() > 2**14
     with pytest.raises(ConfigError, match="at most 16 rows"):
         w4a4_matmul(a.repeat(5, 1), torch.ones(20, 1, device=DEVICE), pack_int4(w), ones_n, None,
@@ -220,8 +225,8 @@ def test_sliced_extremes_are_exact_and_bad_inputs_named():
 
 
 def test_small_m_kernel_switch(monkeypatch):
-    """Default: the GEMV for one token, dp4a up to DP4A_MAX_TOKENS, the sliced tensor-core kernel up to 16,
-    the GEMM above; the environment variable moves all of 2–16 to one kernel, and an unknown name is an error."""
+    """Default: dp4a up to DP4A_MAX_TOKENS (one token included), the sliced tensor-core kernel up to 16, the GEMM
+    above; the environment variable moves all of 1–16 to one kernel, and an unknown name is an error."""
     import fptquant.kernels.triton_w4a4_dp4a as dp4a
     import fptquant.kernels.triton_w4a4_sliced as sliced
     from fptquant.kernels.w4a4_matmul import DP4A_MAX_TOKENS
@@ -240,13 +245,13 @@ def test_small_m_kernel_switch(monkeypatch):
     for tokens in (1, DP4A_MAX_TOKENS, DP4A_MAX_TOKENS + 1, 16, 20):
         out = w4a4_matmul(a[:tokens], sa[:tokens], packed, sw, bias, backend="triton")
         torch.testing.assert_close(out.double(), expected[:tokens].double(), rtol=2**-7, atol=1e-5)
-    assert calls == [("dp4a", DP4A_MAX_TOKENS), ("sliced", DP4A_MAX_TOKENS + 1), ("sliced", 16)]
+    assert calls == [("dp4a", 1), ("dp4a", DP4A_MAX_TOKENS), ("sliced", DP4A_MAX_TOKENS + 1), ("sliced", 16)]
     for kind in ("dp4a", "sliced"):
         monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", kind)
         calls.clear()
-        for tokens in (1, 2, 12):  # one token stays on the GEMV
+        for tokens in (1, 2, 12):
             w4a4_matmul(a[:tokens], sa[:tokens], packed, sw, bias, backend="triton")
-        assert calls == [(kind, 2), (kind, 12)]
+        assert calls == [(kind, 1), (kind, 2), (kind, 12)]
     monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", "gemm")
     calls.clear()
     w4a4_matmul(a[:5], sa[:5], packed, sw, bias, backend="triton")
@@ -256,10 +261,11 @@ def test_small_m_kernel_switch(monkeypatch):
         w4a4_matmul(a[:5], sa[:5], packed, sw, bias, backend="triton")
 
 
-def test_gemv_long_k_all_non_negative_is_exact():
+@pytest.mark.parametrize("config", [GemvConfig(), None], ids=["gemv", "default"])
+def test_one_token_long_k_all_non_negative_is_exact(config):
     a, w, *_ = problem(1, 32, 14336, seed=7, non_negative=True)
     ones_m, ones_n = torch.ones(1, 1, device=DEVICE), torch.ones(32, device=DEVICE)
-    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton")
+    acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton", config=config)
     exact = a.double() @ w.double().T
     assert exact.min() > 2**16 and torch.equal(acc.double(), exact)
 

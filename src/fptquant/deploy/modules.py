@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import quantize_per_token, quantize_per_token_reference, transform_quantize
-from ..kernels.w4a4_matmul import quantize_w4a4_matmul, w4a4_matmul
+from ..kernels.w4a4_matmul import w4a4_matmul
 from ..math.hadamard import hadamard_factors
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
@@ -186,7 +186,7 @@ class QuantizedLinear(nn.Module):
         return quantize_per_token(x, **args)
 
     def _per_token_args(self) -> dict | None:
-        """The input quantizer as ``quantize_per_token`` / ``quantize_w4a4_matmul`` arguments: a static scale or
+        """The input quantizer as ``quantize_per_token`` arguments: a static scale or
         one clip ratio; None for a learned clip per end of the row, which only the reference takes."""
         kind, value = self._input_plan()
         if kind == "static":
@@ -204,10 +204,7 @@ class QuantizedLinear(nn.Module):
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         bias = self.bias.float() if self.bias is not None else None
-        one_token = self._per_token_args() if rows.shape[0] == 1 and self.input_transform is None else None
-        if one_token is not None:  # decode: quantize inside the GEMV, one launch instead of two
-            y = quantize_w4a4_matmul(rows, self.qweight, self.weight_scale, bias, out_dtype=x.dtype, **one_token)
-            return y.reshape(*x.shape[:-1], self.out_features)
+        # one token too: quantize then dp4a beat the GEMV that quantizes as it reads (H100, session 19)
         cached = self.shared_input.lookup(x) if self.shared_input is not None else None
         codes, scales = cached if cached is not None else self._transform_and_quantize(rows)
         if self.shared_input is not None and cached is None:

@@ -10,13 +10,16 @@ The weight word's nibbles are two's complement; ``xor 0x88888888`` makes each ``
 low nibbles (even k) and high nibbles (odd k) are masked out as unsigned bytes, and the activation
 codes are regrouped into even-k and odd-k words to meet them. ``dp4a.u32.s32`` then sums
 ``(v + 8)·a``; subtracting ``8·Σa`` (itself one ``dp4a`` of the activation words with ``0x01010101``)
-leaves ``Σ v·a`` exactly, in int32. The interpreter has no inline assembly, so there the same sums are
-spelled out byte by byte (the arithmetic is what the CPU tests check; ``tests/test_hopper_compile.py``
-checks the instruction).
+leaves ``Σ v·a`` exactly, in int32. ``signed_nibbles`` sign-extends the nibbles into bytes
+instead (``b | (b & 8)·30`` sets a byte's high half where its nibble is negative, with no carry between bytes)
+for ``dp4a.s32.s32``, which needs no ``Σa``. The even and odd activation words are one byte permute (``prmt``)
+each. The interpreter has no inline assembly, so there the same sums and permutes are spelled out byte by byte
+(the arithmetic is what the CPU tests check; ``tests/test_hopper_compile.py`` checks the instructions).
 
-:func:`.w4a4_matmul.w4a4_matmul` picks it for 2–8 tokens: on the H100 at M = 8 it beat every tensor-core
-tile on all five LLaMA-3 shapes (1.6–2.1× BF16 against 1.1–1.5×); at M = 16 the GEMM is ahead again
-(docs/RESULTS.md, session 13).
+:func:`.w4a4_matmul.w4a4_matmul` picks it for 1–4 tokens: on the H100 at M = 8 it beat every tensor-core
+tile on all five LLaMA-3 shapes (1.6–2.1× BF16 against 1.1–1.5×; session 13), from M = 8 the sliced
+tensor-core kernel is ahead; at one token it streams the weights faster than the GEMV, whose two multiply-adds
+a code bound it on the integer ALUs (8B down 13.4 against 15.0 µs; session 19).
 """
 
 from __future__ import annotations
@@ -43,24 +46,31 @@ class Dp4aConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
+    signed_nibbles: bool = False  # sign-extend the weight nibbles (dp4a.s32.s32) instead of offsetting them by 8
 
 
 def pick_dp4a_config(n: int) -> Dp4aConfig:
-    """The H100 sweep's best at M = 8 (session 13): 16 channels × 32 words, 6 stages on 8B qkv, o and down;
-    32 × 16 words on the widest layers (8B gate+up 43.4 µs; 70B gate+up 161 µs, 3% behind a 64-channel tile)."""
+    """The H100 sweep at M = 1 and 4 with the byte-permute regrouping (session 19, docs/RESULTS.md): 16 channels
+    × 64 words on 8B qkv, o and down (7.0, 5.8, 13.8 µs at one token), 32 × 32 words on the widest layers
+    (8B gate+up 23.2 µs at one token, 24.4 at four)."""
     if n >= 16384:
-        return Dp4aConfig(32, 16, num_warps=4, num_stages=4)
-    return Dp4aConfig(16, 32, num_warps=4, num_stages=6)
+        return Dp4aConfig(32, 32, num_warps=4, num_stages=4)
+    return Dp4aConfig(16, 64, num_warps=4, num_stages=4)
 
 
 @triton.jit
-def _dp4a(a, b, c, INTERPRET: tl.constexpr):
-    """``c + Σ_i u8(a_i) · s8(b_i)`` over the four bytes of int32 words ``a`` (unsigned) and ``b`` (signed)."""
+def _dp4a(a, b, c, SIGNED: tl.constexpr, INTERPRET: tl.constexpr):
+    """``c + Σ_i a_i · s8(b_i)`` over the four bytes of int32 words ``a`` (u8, or s8 with SIGNED) and ``b``."""
     if INTERPRET:
         acc = c
         for i in tl.static_range(4):
-            acc += ((a >> (8 * i)) & 0xFF) * ((b << (24 - 8 * i)) >> 24)
+            ai = ((a << (24 - 8 * i)) >> 24) if SIGNED else ((a >> (8 * i)) & 0xFF)
+            acc += ai * ((b << (24 - 8 * i)) >> 24)
         return acc
+    if SIGNED:
+        return tl.inline_asm_elementwise(
+            "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c], dtype=tl.int32, is_pure=True, pack=1
+        )
     return tl.inline_asm_elementwise(
         "dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c], dtype=tl.int32, is_pure=True, pack=1
     )
@@ -72,10 +82,31 @@ def _byte(w, i: tl.constexpr):
 
 
 @triton.jit
+def _even_odd(a0, a1, INTERPRET: tl.constexpr):
+    """Words of codes 8j..8j+3 and 8j+4..8j+7 → words of the even codes (0, 2, 4, 6) and the odd ones."""
+    if INTERPRET:
+        even = _byte(a0, 0) | (_byte(a0, 2) << 8) | (_byte(a1, 0) << 16) | (_byte(a1, 2) << 24)
+        odd = _byte(a0, 1) | (_byte(a0, 3) << 8) | (_byte(a1, 1) << 16) | (_byte(a1, 3) << 24)
+        return even, odd
+    even = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x6420;", "=r,r,r", [a0, a1], dtype=tl.int32,
+                                     is_pure=True, pack=1)  # fmt: skip
+    odd = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7531;", "=r,r,r", [a0, a1], dtype=tl.int32,
+                                    is_pure=True, pack=1)  # fmt: skip
+    return even, odd
+
+
+@triton.jit
+def _sign_extended(nibbles):
+    """Four nibbles, one in the low half of each byte, as four signed bytes: ``(b & 8)·30`` is 0xF0 in a byte
+    whose nibble is negative and 0 elsewhere, and stays within its byte."""
+    return nibbles | ((nibbles & 0x08080808) * 30)
+
+
+@triton.jit
 def _dp4a_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, KW, stride_am, stride_wn, stride_om, kw_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr,
-    STAGES: tl.constexpr, INTERPRET: tl.constexpr,
+    STAGES: tl.constexpr, SIGNED: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -94,17 +125,23 @@ def _dp4a_kernel(
         # two activation words (codes 8j..8j+3, 8j+4..8j+7) a weight word; padded rows and K load zeros
         a = tl.load(a_ptrs + 2 * kw, mask=(rm < M)[:, None] & (2 * kw + c < 2 * end)[None, :], other=0)
         a0, a1 = tl.split(tl.reshape(a, (BM, BKW, 2)))
-        even = _byte(a0, 0) | (_byte(a0, 2) << 8) | (_byte(a1, 0) << 16) | (_byte(a1, 2) << 24)
-        odd = _byte(a0, 1) | (_byte(a0, 3) << 8) | (_byte(a1, 1) << 16) | (_byte(a1, 3) << 24)
-        u = w ^ NIBBLE_BIAS
-        lo = (u & LOW_NIBBLES)[None, :, :]
-        hi = ((u >> 4) & LOW_NIBBLES)[None, :, :]
-        acc = _dp4a(lo, even[:, None, :], acc, INTERPRET)
-        acc = _dp4a(hi, odd[:, None, :], acc, INTERPRET)
-        row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), even, row_sum, INTERPRET)
-        row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), odd, row_sum, INTERPRET)
+        even, odd = _even_odd(a0, a1, INTERPRET)
+        if SIGNED:
+            lo = _sign_extended(w & LOW_NIBBLES)[None, :, :]
+            hi = _sign_extended((w >> 4) & LOW_NIBBLES)[None, :, :]
+        else:
+            u = w ^ NIBBLE_BIAS
+            lo = (u & LOW_NIBBLES)[None, :, :]
+            hi = ((u >> 4) & LOW_NIBBLES)[None, :, :]
+        acc = _dp4a(lo, even[:, None, :], acc, SIGNED, INTERPRET)
+        acc = _dp4a(hi, odd[:, None, :], acc, SIGNED, INTERPRET)
+        if not SIGNED:
+            row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), even, row_sum, False, INTERPRET)
+            row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), odd, row_sum, False, INTERPRET)
     # zero weight words past K add (0 + 8)·0: the activation there is masked to zero too
-    total = tl.sum(acc, axis=2) - 8 * tl.sum(row_sum, axis=1)[:, None]
+    total = tl.sum(acc, axis=2)
+    if not SIGNED:
+        total -= 8 * tl.sum(row_sum, axis=1)[:, None]
     _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
 
 
@@ -134,6 +171,7 @@ def dp4a_matmul(
         words_a, words_w, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
         m, n, kw, words_a.stride(0), words_w.stride(0), out.stride(0), kw_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, BM=triton.next_power_of_2(m), BN=cfg.block_n,
-        BKW=cfg.block_k_words, STAGES=cfg.num_stages, INTERPRET=interpreting(), num_warps=cfg.num_warps,
+        BKW=cfg.block_k_words, STAGES=cfg.num_stages, SIGNED=cfg.signed_nibbles, INTERPRET=interpreting(),
+        num_warps=cfg.num_warps,
     )  # fmt: skip
     return out.to(out_dtype)

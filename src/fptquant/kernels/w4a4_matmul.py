@@ -92,8 +92,8 @@ def w4a4_matmul(
 
 
 def default_config(codes: torch.Tensor, packed: torch.Tensor):
-    """The Triton config :func:`w4a4_matmul` runs with none given: for 2–16 int8-coded tokens the kernel
-    :func:`small_m_kernel` names, the GEMV for one token on packed weights, the GEMM's ``pick_config``
+    """The Triton config :func:`w4a4_matmul` runs with none given: for 1–16 int8-coded tokens the kernel
+    :func:`small_m_kernel` names, else the GEMV for one token on packed weights, the GEMM's ``pick_config``
     otherwise (the benchmarks time it as the "heuristic")."""
     from .triton_w4a4_dp4a import pick_dp4a_config
     from .triton_w4a4_gemv import pick_gemv_config
@@ -113,20 +113,20 @@ def default_config(codes: torch.Tensor, packed: torch.Tensor):
 
 SMALL_M_KERNELS = ("auto", "sliced", "dp4a", "gemm")
 SMALL_M_MAX_TOKENS = 16
-DP4A_MAX_TOKENS = 4  # H100, session 15: dp4a ahead at 2 tokens (its work grows with them), sliced from 8
+DP4A_MAX_TOKENS = 4  # H100, sessions 15 and 19: dp4a ahead at 1-2 tokens (its work grows with them), sliced from 8
 
 
 def small_m_kernel(codes: torch.Tensor, packed: torch.Tensor) -> str | None:
-    """The kernel a call of 2–16 int8-coded tokens goes to (None: not such a call). ``FPTQUANT_SMALL_M_KERNEL``:
+    """The kernel a call of 1–16 int8-coded tokens goes to (None: not such a call). ``FPTQUANT_SMALL_M_KERNEL``:
     ``auto`` (default) picks the CUDA cores' 4-way dot (dp4a) up to ``DP4A_MAX_TOKENS`` and the tensor-core
-    kernel with K sliced across warps above; ``sliced`` and ``dp4a`` take all of 2–16, ``gemm`` none of them
-    (the tensor-core GEMM)."""
+    kernel with K sliced across warps above; ``sliced`` and ``dp4a`` take all of 1–16, ``gemm`` none of them
+    (the GEMV for one token, the tensor-core GEMM for more)."""
     choice = os.environ.get("FPTQUANT_SMALL_M_KERNEL", "auto")
     if choice not in SMALL_M_KERNELS:
         raise ConfigError(f"FPTQUANT_SMALL_M_KERNEL must be one of {', '.join(SMALL_M_KERNELS)}, got {choice!r}")
     m, k = codes.shape
     fits = codes.dtype == torch.int8 and k % 8 == 0 and packed.dtype == torch.uint8
-    if not fits or not 2 <= m <= SMALL_M_MAX_TOKENS or choice == "gemm":
+    if not fits or not 1 <= m <= SMALL_M_MAX_TOKENS or choice == "gemm":
         return None
     if choice == "auto":
         return "dp4a" if m <= DP4A_MAX_TOKENS else "sliced"

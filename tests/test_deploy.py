@@ -185,7 +185,7 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
     linked = logits(model, tokens)
     calls = []
     real = modules.QuantizedLinear._transform_and_quantize
-    counting = lambda self, x: calls.append(1) or real(self, x)  # noqa: E731
+    counting = lambda self, *args: calls.append(1) or real(self, *args)  # noqa: E731
     monkeypatch.setattr(modules.QuantizedLinear, "_transform_and_quantize", counting)
     logits(model, tokens)
     assert len(calls) == 4 * len(model.model.layers)  # qkv, o, gate/up, down
@@ -196,6 +196,35 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
             m.shared_input = None
     monkeypatch.setattr(modules.QuantizedLinear, "_transform_and_quantize", real)
     assert torch.equal(logits(model, tokens), linked)
+
+
+@pytest.mark.parametrize("method", ["rtn", "quarot"])
+def test_swiglu_product_is_formed_inside_the_down_projections_quantize(method, tokens, monkeypatch):
+    """The deploy MLP hands gate and up to down_proj's (transform+)quantize kernel instead of their product;
+    the logits match the unfused MLP's (the kernel's exp may round silu to the neighbouring value)."""
+    from fptquant.deploy import modules, to_deploy
+    from fptquant.deploy.mlp import FusedSwiGLU
+    from fptquant.kernels.quantize import gated_product
+
+    model = quantized("llama", method, intermediate_size=128)  # QuaRot's T_d: one Hadamard block of 128
+    to_deploy(model)
+    mlps = [layer.mlp for layer in model.model.layers]
+    assert all(isinstance(m, FusedSwiGLU) for m in mlps)
+    fused = logits(model, tokens)
+    for mlp in mlps:  # the transformers MLP's forward on the same modules
+        mlp.forward = lambda x, m=mlp: m.down_proj(gated_product(m.gate_proj(x), m.up_proj(x)))
+    unfused = logits(model, tokens)
+    assert (fused - unfused).abs().max() <= 1e-2 * unfused.abs().max()
+    assert fused.argmax(-1).eq(unfused.argmax(-1)).double().mean() >= 0.95
+    for mlp in mlps:
+        del mlp.forward
+    gated = []
+    kernel = "transform_quantize" if method == "quarot" else "quantize_per_token"
+    real = getattr(modules, kernel)
+    spy = lambda *a, up=None, **kw: gated.append(up is not None) or real(*a, up=up, **kw)  # noqa: E731
+    monkeypatch.setattr(modules, kernel, spy)
+    assert torch.equal(logits(model, tokens), fused)
+    assert gated.count(True) == len(mlps)
 
 
 def test_group_size_that_does_not_tile_a_layer_is_named():
@@ -281,7 +310,7 @@ def test_quantized_linear_reads_host_values_once_and_again_after_a_change():
 
 @pytest.mark.parametrize("transform", ["kronecker", "kronecker-bf16", "hadamard", "heads", "heads-bf16"])
 @pytest.mark.parametrize("static", [True, False])
-def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform, static):
+def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform, static, monkeypatch):
     """A Kronecker, head-mixing or power-of-two block Hadamard input transform goes through the fused
     transform+quantize kernel (its codes are the kernel reference's, with the transform's own numerics: ``-bf16``
     rounds ``P1ᵀX`` to bfloat16); other transforms stay unfused."""
@@ -320,10 +349,13 @@ def test_online_transform_and_input_quantizer_run_as_the_fused_kernel(transform,
         linear.input_quantizer.scale.data.fill_(0.25)
     x = torch.randn(5, linear.in_features, generator=g)
 
-    def unfused(rows):
+    def unfused(*args, **kwargs):
         raise AssertionError("the transform ran outside the fused kernel")
 
-    linear._quantize_input = unfused
+    from fptquant.deploy import modules
+
+    monkeypatch.setattr(modules, "quantize_per_token", unfused)
+    monkeypatch.setattr(modules, "quantize_per_token_reference", unfused)
     codes, scales = linear._transform_and_quantize(x)
     f = fused_factors(online)
     reference = transform_quantize_reference(

@@ -13,6 +13,7 @@ from ..fakequant.residual_scaling import disable_residual_scaling, enable_residu
 from ..math.grid import recover_symmetric_grid
 from ..math.packing import pack_int4
 from ..math.quantization import Axis
+from .mlp import fuse_swiglu
 from .modules import QuantizedLinear, describe_transform, link_shared_inputs
 
 SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
@@ -88,6 +89,7 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
     if scaled:
         enable_residual_scaling(adapter, scaled)
     link_siblings(model)
+    fuse_swiglu(adapter)
     return manifest
 
 

@@ -10,8 +10,10 @@ from ..errors import ModelLoadError
 from ..fakequant.attention import AttentionQuantizers, register
 from ..fakequant.residual_scaling import enable_residual_scaling
 from ..math.quantizer import QuantSpec
+from ..models import get_adapter
 from ..models.loading import parse_dtype
 from .export import link_siblings, shared_transform_prefixes, tied_output_key
+from .mlp import fuse_swiglu
 from .modules import QuantizedLinear, build_transform
 
 
@@ -57,13 +59,12 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
     _load_state(model, state, bool(config.get("tie_word_embeddings")), tuple(shared_transform_prefixes(qc["modules"])))
     scaled = tuple(qc.get("residual_scaling", ()))
     if scaled:
-        from ..models import get_adapter
-
         try:
             enable_residual_scaling(get_adapter(model), scaled)
         except ValueError as e:
             raise ModelLoadError(f"checkpoint residual_scaling {list(scaled)}: {e}") from None
     link_siblings(model)
+    fuse_swiglu(get_adapter(model))
     model.fptquant_deploy_manifest = qc["modules"]
     model.fptquant_quantization_config = qc
     return model

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import quantize_per_token, quantize_per_token_reference, transform_quantize
+from ..kernels.quantize import gated_product
 from ..kernels.w4a4_matmul import w4a4_matmul
 from ..math.hadamard import hadamard_factors
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
@@ -166,24 +167,26 @@ class QuantizedLinear(nn.Module):
             self._factors = (transform, device, factors)
         return self._factors[2]
 
-    def _transform_and_quantize(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _transform_and_quantize(
+        self, rows: torch.Tensor, up: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The online transform and the input quantizer, in one fused kernel where one exists (a Kronecker,
-        head-mixing or power-of-two block Hadamard transform)."""
+        head-mixing or power-of-two block Hadamard transform). With ``up``, ``rows`` is a gate and the input is
+        ``silu(rows) · up``, formed inside that kernel where it can take it."""
         kind, value = self._input_plan()
+        scale = {"static_scale": value} if kind == "static" else {"clip_ratio": value}
         factors = self._fusable_factors(rows.device) if self.input_transform is not None else None
         if factors is not None:
             p1, p2, gain, round_mid = factors
-            scale = {"static_scale": value} if kind == "static" else {"clip_ratio": value}
-            return transform_quantize(rows, p1, p2, gain=gain, round_mid=round_mid, **scale)
+            return transform_quantize(rows, p1, p2, gain=gain, round_mid=round_mid, up=up, **scale)
+        args = self._per_token_args()
+        if up is not None and (self.input_transform is not None or args is None):  # no kernel takes these gated
+            rows, up = gated_product(rows, up), None
         if self.input_transform is not None:
             rows = self.input_transform(rows)
-        return self._quantize_input(rows)
-
-    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        args = self._per_token_args()
         if args is None:  # no Triton kernel for two clips yet
-            return quantize_per_token_reference(x, clip_ratio=self._input_plan()[1])
-        return quantize_per_token(x, **args)
+            return quantize_per_token_reference(rows, clip_ratio=value)
+        return quantize_per_token(rows, up=up, **args)
 
     def _per_token_args(self) -> dict | None:
         """The input quantizer as ``quantize_per_token`` arguments: a static scale or
@@ -203,12 +206,23 @@ class QuantizedLinear(nn.Module):
                 rows = self.input_transform(rows)
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        bias = self.bias.float() if self.bias is not None else None
         # one token too: quantize then dp4a beat the GEMV that quantizes as it reads (H100, session 19)
         cached = self.shared_input.lookup(x) if self.shared_input is not None else None
         codes, scales = cached if cached is not None else self._transform_and_quantize(rows)
         if self.shared_input is not None and cached is None:
             self.shared_input.store(x, (codes, scales))
+        return self._matmul(codes, scales, x)
+
+    def forward_gated(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``forward(silu(gate) · up)`` with the product formed by the input's transform+quantize kernel, so a
+        SwiGLU MLP's down projection never writes or reads the product (:class:`~.mlp.FusedSwiGLU`)."""
+        if not self.input_quantizer.spec.enabled:
+            return self(gated_product(gate, up))
+        rows, up_rows = gate.reshape(-1, self.in_features), up.reshape(-1, self.in_features)
+        return self._matmul(*self._transform_and_quantize(rows, up_rows), gate)
+
+    def _matmul(self, codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.float() if self.bias is not None else None
         y = w4a4_matmul(codes, scales.float(), self.qweight, self.weight_scale, bias, out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 

@@ -13,6 +13,7 @@ differ by one where ``x * (7/amax)`` and ``x / scale`` round to opposite sides o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..math.quantization import SCALE_EPS
@@ -25,6 +26,20 @@ CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)
 def check_codes_dtype(dtype: torch.dtype) -> None:
     if dtype not in CODE_DTYPES:
         raise ConfigError(f"activation codes are stored as int8 or float8_e4m3fn, not {dtype}")
+
+
+def check_gated(gate: torch.Tensor, up: torch.Tensor | None) -> None:
+    if up is not None and (up.shape != gate.shape or up.dtype != gate.dtype):
+        raise ConfigError(f"gate and up must match, got {tuple(gate.shape)} {gate.dtype} and "
+                          f"{tuple(up.shape)} {up.dtype}")  # fmt: skip
+
+
+def gated_product(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) · up``, the input of a SwiGLU MLP's down projection, in the inputs' dtype as the unfused
+    model computes it. The kernels that take ``up`` form it as they read (their ``exp`` may round silu to the
+    neighbouring bfloat16 on rare entries)."""
+    check_gated(gate, up)
+    return F.silu(gate) * up
 
 
 def _rint(y: torch.Tensor) -> torch.Tensor:
@@ -63,13 +78,18 @@ def quantize_per_token(
     static_scale: float | None = None,
     backend: str | None = None,
     codes_dtype=torch.int8,
+    up: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like :func:`quantize_per_token_reference`, on the backend the switch picks."""
+    """Like :func:`quantize_per_token_reference`, on the backend the switch picks. With ``up``, ``x`` is a gate
+    and the rows quantized are :func:`gated_product` ``(x, up)``, formed inside the kernel."""
     check_codes_dtype(codes_dtype)
+    check_gated(x, up)
     if backend_for(x, backend) == "torch":
+        x = gated_product(x, up) if up is not None else x
         return quantize_per_token_reference(x, clip_ratio, static_scale, codes_dtype)
     from .triton_quantize import quantize_rows
 
     rows = x.reshape(-1, x.shape[-1])
-    codes, scales = quantize_rows(rows.contiguous(), clip_ratio, static_scale, codes_dtype)
+    up_rows = up.reshape(-1, up.shape[-1]).contiguous() if up is not None else None
+    codes, scales = quantize_rows(rows.contiguous(), clip_ratio, static_scale, codes_dtype, up=up_rows)
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

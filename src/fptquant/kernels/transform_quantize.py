@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ConfigError
 from .backend import backend_for
-from .quantize import check_codes_dtype, quantize_per_token_reference
+from .quantize import check_codes_dtype, check_gated, gated_product, quantize_per_token_reference
 
 
 def _check(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> int:
@@ -93,21 +93,26 @@ def transform_quantize(
     codes_dtype=torch.int8,
     gain: float = 1.0,
     round_mid: bool = False,
+    up: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, scales float32 (..., 1))`` of ``x (I ⊗ gain·P1 ⊗ P2)``, on the backend the switch picks
-    (``round_mid``: the bfloat16 numerics above).
+    (``round_mid``: the bfloat16 numerics above). With ``up``, ``x`` is a gate and the rows transformed are
+    :func:`~.quantize.gated_product` ``(x, up)``, formed inside the kernel (a SwiGLU MLP's down-projection input).
 
     Factors that bfloat16 holds exactly run faster (their ``lo`` dots are skipped): a Hadamard is best passed
     as such factors (``±2^-j``) with the rest of its normalisation in ``gain``
     (:func:`~fptquant.math.hadamard.hadamard_factors`)."""
     nb = _check(x, p1, p2)
     check_codes_dtype(codes_dtype)
+    check_gated(x, up)
     if backend_for(x, backend) == "torch":
+        x = gated_product(x, up) if up is not None else x
         return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale, codes_dtype, gain, round_mid)
     from .triton_transform_quantize import kron_quantize_rows
 
     rows = x.reshape(-1, x.shape[-1]).contiguous()
+    up_rows = up.reshape(-1, up.shape[-1]).contiguous() if up is not None else None
     codes, scales = kron_quantize_rows(
-        rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype, gain=gain, round_mid=round_mid
+        rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype, gain=gain, round_mid=round_mid, up=up_rows
     )
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

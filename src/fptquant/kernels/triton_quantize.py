@@ -1,5 +1,6 @@
 """Triton kernel of :mod:`.quantize`: one program per block of rows, each row read once (up to 32768 values)
-or in two passes (amax, then codes)."""
+or in two passes (amax, then codes). GATED: the rows are formed from a gate and an up projection as they are
+read (:func:`.quantize.gated_product`), so a gated MLP's product never goes to memory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ..math.quantization import SCALE_EPS
+from .backend import interpreting
 from .quantize import QMAX, QMIN
 
 
@@ -42,9 +44,33 @@ def _int4_codes(v, CODES_TY: tl.constexpr):
 
 
 @triton.jit
-def _load_piece(x_row, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, K):
+def _round_to(v, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """float32 -> the nearest ``DTYPE`` value (ties to even); the interpreter's bfloat16 cast truncates, so it
+    gets the rounding spelled out on the bits."""
+    if INTERPRET and DTYPE == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return v.to(DTYPE)
+
+
+@triton.jit
+def _swiglu(g, u, INTERPRET: tl.constexpr):
+    """``silu(g) · u`` in ``g``'s dtype, rounded where the unfused ``F.silu(g) * u`` rounds: silu computed in
+    float32 (an IEEE division, as torch's) and rounded, then the product rounded."""
+    gf = g.to(tl.float32)
+    act = _round_to(tl.math.div_rn(gf, 1.0 + tl.exp(-gf)), g.dtype, INTERPRET)
+    return _round_to(act.to(tl.float32) * u.to(tl.float32), g.dtype, INTERPRET)
+
+
+@triton.jit
+def _load_piece(x_row, u_row, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, K, GATED: tl.constexpr,
+                INTERPRET: tl.constexpr):  # fmt: skip
     cols = START + tl.arange(0, WIDTH)
-    return tl.load(x_row + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0).to(tl.float32)
+    mask = row_ok[:, None] & (cols < K)[None, :]
+    x = tl.load(x_row + cols[None, :], mask=mask, other=0.0)
+    if GATED:  # masked lanes: silu(0) · 0 = 0
+        x = _swiglu(x, tl.load(u_row + cols[None, :], mask=mask, other=0.0), INTERPRET)
+    return x.to(tl.float32)
 
 
 @triton.jit
@@ -57,9 +83,9 @@ def _store_piece(q_row, x, inv, row_ok, START: tl.constexpr, WIDTH: tl.constexpr
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, q_ptr, s_ptr, M, K, stride_x, stride_q, clip, static_amax, eps_amax,
+    x_ptr, u_ptr, q_ptr, s_ptr, M, K, stride_x, stride_u, stride_q, clip, static_amax, eps_amax,
     STATIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-    W1: tl.constexpr, W2: tl.constexpr,
+    W1: tl.constexpr, W2: tl.constexpr, GATED: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """ONE_TILE: the row is read once, as up to three column pieces of power-of-two widths BLOCK_K, W1, W2
     (0: absent) that add up to K where K allows (576 = 512 + 64, 28672 = 16384 + 8192 + 4096), so no lane
@@ -67,15 +93,16 @@ def _quantize_rows_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     x_row = x_ptr + rows[:, None].to(tl.int64) * stride_x
+    u_row = u_ptr + rows[:, None].to(tl.int64) * stride_u
     q_row = q_ptr + rows[:, None].to(tl.int64) * stride_q
     if ONE_TILE:
-        x0 = _load_piece(x_row, row_ok, 0, BLOCK_K, K)
+        x0 = _load_piece(x_row, u_row, row_ok, 0, BLOCK_K, K, GATED, INTERPRET)
         amax = tl.max(tl.abs(x0), axis=1)
         if W1 > 0:
-            x1 = _load_piece(x_row, row_ok, BLOCK_K, W1, K)
+            x1 = _load_piece(x_row, u_row, row_ok, BLOCK_K, W1, K, GATED, INTERPRET)
             amax = tl.maximum(amax, tl.max(tl.abs(x1), axis=1))
         if W2 > 0:
-            x2 = _load_piece(x_row, row_ok, BLOCK_K + W1, W2, K)
+            x2 = _load_piece(x_row, u_row, row_ok, BLOCK_K + W1, W2, K, GATED, INTERPRET)
             amax = tl.maximum(amax, tl.max(tl.abs(x2), axis=1))
         if STATIC:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32) + static_amax
@@ -94,12 +121,13 @@ def _quantize_rows_kernel(
         else:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for k in range(0, K, BLOCK_K):
-                amax = tl.maximum(amax, tl.max(tl.abs(_load_piece(x_row + k, row_ok, 0, BLOCK_K, K - k)), axis=1))
+                x = _load_piece(x_row + k, u_row + k, row_ok, 0, BLOCK_K, K - k, GATED, INTERPRET)
+                amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
             amax = tl.maximum(amax * clip, eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + rows, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=row_ok)
         for k in range(0, K, BLOCK_K):
-            x = _load_piece(x_row + k, row_ok, 0, BLOCK_K, K - k)
+            x = _load_piece(x_row + k, u_row + k, row_ok, 0, BLOCK_K, K - k, GATED, INTERPRET)
             _store_piece(q_row + k, x, inv, row_ok, 0, BLOCK_K, K - k)
 
 
@@ -137,9 +165,10 @@ def quantize_rows(
     codes_dtype=torch.int8,
     block_m: int | None = None,
     num_warps: int | None = None,
+    up: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``block_m`` rows a program and ``num_warps`` (default: :func:`quantize_tile`) are for the benchmark's
-    tile sweep."""
+    tile sweep. ``up``: the rows quantized are ``silu(x) · up`` (rows of ``up`` as strided as ``x``'s)."""
     assert QMAX == 7 and QMIN == -8
     M, K = x.shape
     codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
@@ -148,10 +177,13 @@ def quantize_rows(
     block_m = block_m or default_m
     num_warps = num_warps or default_warps
     grid = (triton.cdiv(M, block_m),)
+    gated = up is not None
     _quantize_rows_kernel[grid](
-        x, codes, scales, M, K, x.stride(0), codes.stride(0), float(clip_ratio),
+        x, up if gated else x, codes, scales, M, K, x.stride(0), (up if gated else x).stride(0), codes.stride(0),
+        float(clip_ratio),
         QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
-        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, num_warps=num_warps,
+        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=gated, INTERPRET=interpreting(),
+        num_warps=num_warps,
     )  # fmt: skip
     return codes, scales[:, None]

@@ -31,7 +31,7 @@ from ..math.quantization import SCALE_EPS
 from .backend import DRIVER_SHARED_BYTES, SHARED_BYTES, interpreting
 from .quantize import QMAX
 from .transform_quantize import bf16_split
-from .triton_quantize import _int4_codes
+from .triton_quantize import _int4_codes, _round_to, _swiglu
 
 MAX_TILE = 16384  # padded elements of x a program holds at once (T·N1·N2)
 
@@ -78,16 +78,6 @@ def _split(v):
 
 
 @triton.jit
-def _round_bf16(v, UPCAST: tl.constexpr):
-    """float32 -> the nearest bfloat16 (ties to even); the interpreter's cast truncates, so it gets the rounding
-    spelled out on the bits."""
-    if UPCAST:
-        bits = v.to(tl.uint32, bitcast=True)
-        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return v.to(tl.bfloat16)
-
-
-@triton.jit
 def _dot(a, b, acc, UPCAST: tl.constexpr):
     if UPCAST:  # the interpreter has no bfloat16 dot; bf16 values and their products are exact in float32
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
@@ -96,20 +86,22 @@ def _dot(a, b, acc, UPCAST: tl.constexpr):
 
 @triton.jit
 def _tile(
-    x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_x,
-    N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr,
-    ROUND_MID: tl.constexpr, UPCAST: tl.constexpr,
+    x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_x,
+    stride_u, N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr,
+    GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y`` of block ``b`` of the tile's tokens, float32 ``(T·N1, N2)``: ``W = (I_T ⊗ P1ᵀ) · X`` then
     ``Y = W · P2``, every operand as bfloat16 ``hi + lo`` pairs (the reference's numerics). A bf16 ``x`` is
     its own ``hi``: it goes from the pipelined load to the tensor cores untouched; a factor that bfloat16
     holds exactly (P1_LO / P2_LO false: its ``lo`` is zero) skips its ``lo`` dot, which would add zeros.
     With ROUND_MID, ``W`` is rounded to the nearest bfloat16 and meets ``P2`` once (no ``lo`` of ``W``).
-    With GAIN, ``Y`` is scaled by ``gain`` (float32)."""
+    With GAIN, ``Y`` is scaled by ``gain`` (float32). With GATED, ``X`` is ``silu(x) · u``, formed in registers."""
     c = tl.arange(0, N2)
     mask = row_ok[:, None] & (c < n2)[None, :]
-    offs = tok.to(tl.int64)[:, None] * stride_x + (b * n1 * n2 + r * n2)[:, None] + c[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    col = (b * n1 * n2 + r * n2)[:, None] + c[None, :]
+    x = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_x + col, mask=mask, other=0.0)
+    if GATED:  # masked lanes: silu(0) · 0 = 0
+        x = _swiglu(x, tl.load(u_ptr + tok.to(tl.int64)[:, None] * stride_u + col, mask=mask, other=0.0), UPCAST)
     if X_SPLIT:
         xh, xl = _split(x.to(tl.float32))
         w = _dot(p1h, xh, None, UPCAST)
@@ -121,7 +113,7 @@ def _tile(
         if P1_LO:
             w = _dot(p1l, x, w, UPCAST)
     if ROUND_MID:  # bfloat16 transform numerics: one product fewer, the one that bounds large tiles
-        wb = _round_bf16(w, UPCAST)
+        wb = _round_to(w, tl.bfloat16, UPCAST)
         y = _dot(wb, p2h, None, UPCAST)
         if P2_LO:
             y = _dot(wb, p2l, y, UPCAST)
@@ -147,10 +139,11 @@ def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1: tl.constexpr, n2: tl
 
 @triton.jit
 def _kron_quantize_kernel(
-    x_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_q, clip_lo, clip_hi, static_amax, eps_amax, gain,
-    n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr, ONE_TILE: tl.constexpr,
-    T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr,
-    P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr,
+    x_ptr, u_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_u, stride_q, clip_lo, clip_hi, static_amax,
+    eps_amax, gain, n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr,
+    ONE_TILE: tl.constexpr, T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr,
+    P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr,
+    UPCAST: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     R: tl.constexpr = T * N1
     i = tl.arange(0, R)
@@ -171,8 +164,8 @@ def _kron_quantize_kernel(
         tok = g * T + i // N1
         row_ok = (tok < M) & (r < n1)
         if ONE_TILE:  # one pass: the tile is every value of its tokens
-            y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, 0, n1, n2, stride_x, N2,
-                      X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)  # fmt: skip
+            y = _tile(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, 0, n1, n2, stride_x, stride_u,
+                      N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
             if STATIC:
                 amax = tl.zeros((T,), dtype=tl.float32) + static_amax
             else:
@@ -184,8 +177,8 @@ def _kron_quantize_kernel(
             top = tl.full((T,), float("-inf"), dtype=tl.float32)
             bottom = tl.full((T,), float("inf"), dtype=tl.float32)
             for b in range(0, nb):
-                y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, N2,
-                          X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)  # fmt: skip
+                y = _tile(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, stride_u,
+                          N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
                 tile_top, tile_bottom = _token_range(y, T, N1, SYMMETRIC)
                 top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
             amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
@@ -196,8 +189,8 @@ def _kron_quantize_kernel(
             _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, 0, n1, n2, stride_q, N2)
         else:
             for b in range(0, nb):
-                y = _tile(x_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, N2,
-                          X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)  # fmt: skip
+                y = _tile(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, stride_u,
+                          N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
                 _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1, n2, stride_q, N2)
 
 
@@ -312,9 +305,10 @@ def kron_quantize_rows(
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
     gain: float = 1.0,
     round_mid: bool = False,
+    up: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``;
-    ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`);
+    ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`; ``up``: the rows are ``silu(x) · up``);
     ``clip_ratio`` one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
     ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them)."""
     M, K = x.shape
@@ -327,12 +321,13 @@ def kron_quantize_rows(
     else:  # preallocated (M, K) codes and (M,) scales, e.g. filled with a sentinel by a test
         codes, scales = out
     lo, hi = clip_ratio if isinstance(clip_ratio, tuple) else (clip_ratio, clip_ratio)
-    args = (x, p1s, p2s, codes, scales, M, nb, x.stride(0), codes.stride(0), float(lo), float(hi),
+    u = up if up is not None else x
+    args = (x, u, p1s, p2s, codes, scales, M, nb, x.stride(0), u.stride(0), codes.stride(0), float(lo), float(hi),
             QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, float(gain))  # fmt: skip
     constants = dict(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
         N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,
-        ROUND_MID=round_mid, UPCAST=interpreting() if upcast is None else upcast,
+        ROUND_MID=round_mid, GATED=up is not None, UPCAST=interpreting() if upcast is None else upcast,
         STAGES=stages or default_stages(t, n1p, n2p, halves),
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip

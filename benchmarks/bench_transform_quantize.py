@@ -20,6 +20,7 @@ import sys
 import torch
 from timing import finish_report, gbps, rotations, start_report, time_us
 
+from fptquant.kernels.quantize import gated_product
 from fptquant.kernels.transform_quantize import transform_quantize_reference
 from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, tile_shape
 from fptquant.math.hadamard import hadamard_factors, random_orthogonal
@@ -43,6 +44,10 @@ CASES = [
     (1536, 32, 48, "kron-bf16"),
     (4096, 32, 128, "heads-bf16"),
     (576, 9, 64, "heads-bf16"),
+    # down_proj's input formed from its SwiGLU producer inside the kernel: reads gate and up (twice the bytes)
+    (14336, 112, 128, "kron-bf16-gated"),
+    (14336, 16, 32, "hadamard-gated"),
+    (1536, 32, 48, "kron-bf16-gated"),
 ]
 
 
@@ -87,16 +92,28 @@ def check(q, s, qr, sr) -> tuple[bool, int, float]:
 
 def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: float | None, graph: bool) -> dict:
     gen = torch.Generator().manual_seed(k)
-    p1, p2, gain = factors(n1, n2, kind, gen)
-    numerics = {"gain": gain, "round_mid": kind.endswith("-bf16")}
+    gated, base = kind.endswith("-gated"), kind.removesuffix("-gated")
+    p1, p2, gain = factors(n1, n2, base, gen)
+    numerics = {"gain": gain, "round_mid": base.endswith("-bf16")}
     nb = k // (n1 * n2)
-    n = rotations(m * k * 3)
+    n = rotations(m * k * (5 if gated else 3))
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
     ys = [torch.empty_like(x) for x in xs]
-    qr, sr = transform_quantize_reference(xs[0], p1, p2, static_scale=static, **numerics)
-    moved = m * k * 2 + m * k + m * 4
+    if gated:  # the up projection (xs are the gates): the kernel quantizes silu(x)·u
+        ups = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
+        numerics["up"] = ups[0]
+    qr, sr = transform_quantize_reference(
+        gated_product(xs[0], ups[0]) if gated else xs[0], p1, p2, static_scale=static,
+        **{key: v for key, v in numerics.items() if key != "up"},
+    )  # fmt: skip
+    moved = m * k * 2 * (2 if gated else 1) + m * k + m * 4
     copy = time_us(lambda i: ys[i].copy_(xs[i]), n, graph=graph)
-    ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static, **numerics), n, samples=5)
+    plain = {key: v for key, v in numerics.items() if key != "up"}
+    ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static, **plain), n, samples=5)
+
+    def per_buffer(args: dict, i: int) -> dict:
+        return {**args, "up": ups[i]} if gated else args
+
     tried = []
     for knobs in tilings(n1, n2, sweep):
         try:
@@ -106,7 +123,9 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
             continue
         ok, flips, scale_rel = check(q, s, qr, sr)
         kern = time_us(
-            lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **numerics, **knobs),
+            lambda i, knobs=knobs: kron_quantize_rows(
+                xs[i], p1, p2, nb, 1.0, static, **per_buffer(numerics, i), **knobs
+            ),
             n,
             graph=graph,
         )
@@ -120,7 +139,9 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
     row["fraction_of_copy"] = row["triton_GBps"] / row["copy_GBps"]
     if graph and "triton" in best:
         knobs = {key: best[key] for key in KNOBS if key in best}
-        eager = time_us(lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **numerics, **knobs), n)
+        eager = time_us(
+            lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **per_buffer(numerics, i), **knobs), n
+        )
         row.update(triton_eager=eager, eager_fraction_of_copy=gbps(eager, moved) / row["copy_GBps"])
     return row
 

@@ -225,7 +225,13 @@ def kind_of(cfg) -> str:
 
 
 def measure(
-    m: int, k: int, n: int, sweep: bool, codes_dtype: torch.dtype = torch.int8, kinds=tuple(CONFIG_TYPES)
+    m: int,
+    k: int,
+    n: int,
+    sweep: bool,
+    codes_dtype: torch.dtype = torch.int8,
+    kinds=tuple(CONFIG_TYPES),
+    gated: bool = False,
 ) -> dict:
     gen = torch.Generator().manual_seed(0)
     bufs = rotations(n * k * 2)
@@ -295,11 +301,59 @@ def measure(
                 lambda i: quantize_gemv(x, packs[i], sw, None, torch.bfloat16, config=gemv_cfg), q_bufs, graph=graph
             )
             row["fused_whole_speedup"] = base / row["fused_whole_linear"]["median_us"]
+        if gated and codes_dtype == torch.int8:
+            row["gated"] = gated_chain(m, k, w_bf16, bufs, packs, q_bufs, sw, cfg, base)
         if "fp8_scaled_mm" in row:
             row["fp8_ceiling_speedup"] = base / row["fp8_scaled_mm"]["median_us"]
     if m >= 2048:  # prefill through cuBLAS: e4m3 codes × one-byte e4m3 weights, per-token × per-channel scales
         row.update(cublas_fp8_route(x, w8, fp8_bufs, sw, k, n, base=bf16["median_us"]))
     return row
+
+
+def bf16_swiglu():
+    """The BF16 baseline's producer: ``silu(g) · u`` as one fused kernel (``torch.compile``), as a tuned BF16
+    stack runs it; eager torch (two kernels) where compiling fails."""
+
+    def product(g, u):
+        return F.silu(g) * u
+
+    try:
+        fused = torch.compile(product, dynamic=False)
+        fused(*(torch.ones(8, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2)))
+        return fused, "torch.compile"
+    except Exception as e:  # no compiler on this machine: say so in the report
+        print(f"torch.compile of the BF16 SwiGLU failed ({type(e).__name__}); timing eager", flush=True)
+        return product, "eager"
+
+
+def gated_chain(m: int, k: int, w_bf16, bufs: int, packs, q_bufs: int, sw, cfg, base_gemm: float) -> dict:
+    """down_proj with its producer, both ways: BF16 ``silu(g)·u`` then cuBLAS, against W4A4 with the product
+    formed inside the quantize kernel (``quantize_per_token(g, up=u)``, what deploy's MLP runs) then our GEMM."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    g = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen) * 2
+    u = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    swiglu, how = bf16_swiglu()
+    out = {"bf16_producer_kind": how}
+    out["bf16_producer"] = time_us(lambda i: swiglu(g, u), 1, graph=True)
+    out["bf16_chain"] = time_us(lambda i: F.linear(swiglu(g, u), w_bf16[i]), bufs, graph=True)
+    out["gated_quantize"] = time_us(lambda i: quantize_per_token(g, up=u, backend="triton"), 1, graph=True)
+
+    def w4a4(i: int):
+        q, s = quantize_per_token(g, up=u, backend="triton")
+        return w4a4_matmul(q, s, packs[i], sw, None, config=cfg, backend="triton")
+
+    out["w4a4_chain"] = time_us(w4a4, q_bufs, graph=True)
+    out["chain_speedup"] = out["bf16_chain"]["median_us"] / out["w4a4_chain"]["median_us"]
+    # the W4A4 chain's time beyond the BF16 producer, against the BF16 GEMM: down_proj's own cost once the
+    # quantize rides on a producer both stacks run anyway (derived from separately timed parts)
+    beyond = out["w4a4_chain"]["median_us"] - out["bf16_producer"]["median_us"]
+    out["down_beyond_producer_speedup"] = base_gemm / beyond if beyond > 0 else float("nan")
+    ref = quantize_per_token(F.silu(g) * u, backend="triton")
+    q, s = quantize_per_token(g, up=u, backend="triton")
+    diff = (q.int() - ref[0].int()).abs()
+    out["gated_check"] = {"max_code_diff": int(diff.max()), "moved_fraction": float(diff.bool().double().mean())}
+    out["gated_check"]["ok"] = out["gated_check"]["max_code_diff"] <= 1 and out["gated_check"]["moved_fraction"] <= 1e-3
+    return out
 
 
 def cublas_fp8_route(x, w8, bufs: int, sw, k: int, n: int, base: float) -> dict:
@@ -337,6 +391,8 @@ def main() -> int:
     parser.add_argument("--sweep-kinds", default=",".join(CONFIG_TYPES),
                         help=f"with --sweep, the kernels swept (of {','.join(CONFIG_TYPES)})")  # fmt: skip
     parser.add_argument("--variants", action="store_true", help="gate_up M=8192: where the time goes")
+    parser.add_argument("--gated", action="store_true",
+                        help="down: also with its SwiGLU producer, BF16 and W4A4 (product in quantize)")  # fmt: skip
     args = parser.parse_args()
     kinds = tuple(args.sweep_kinds.split(","))
     if unknown := set(kinds) - set(CONFIG_TYPES):
@@ -360,7 +416,7 @@ def main() -> int:
                 continue
             for m in [int(v) for v in args.m.split(",")]:
                 try:
-                    r = measure(m, k, n, args.sweep, CODES[args.codes], kinds)
+                    r = measure(m, k, n, args.sweep, CODES[args.codes], kinds, args.gated and layer == "down")
                 except Exception:
                     traceback.print_exc()
                     r = {"M": m, "K": k, "N": n, "error": traceback.format_exc()[-600:]}
@@ -375,9 +431,18 @@ def main() -> int:
                           f"cuBLAS-fp8 whole {r.get('cublas_fp8_whole_speedup', float('nan')):.2f}x "
                           f"(exact {r.get('cublas_fp8_exact', '-')}), "
                           f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
+                if "gated" in r:
+                    gd = r["gated"]
+                    print(f"{'':>15} with the SwiGLU producer: BF16 ({gd['bf16_producer_kind']}) "
+                          f"{gd['bf16_producer']['median_us']:.1f} + GEMM = {gd['bf16_chain']['median_us']:.1f} us, "
+                          f"W4A4 gated quantize {gd['gated_quantize']['median_us']:.1f} + GEMM = "
+                          f"{gd['w4a4_chain']['median_us']:.1f} us: chain {gd['chain_speedup']:.2f}x, down beyond "
+                          f"the producer {gd['down_beyond_producer_speedup']:.2f}x, check {gd['gated_check']}",
+                          flush=True)  # fmt: skip
                 torch.cuda.empty_cache()
     report["rows"] = rows
-    return finish_report(report, args.json, long_k["ok"] and all(r.get("check", {}).get("ok") for r in rows))
+    ok = long_k["ok"] and all(r.get("check", {}).get("ok") for r in rows)
+    return finish_report(report, args.json, ok and all(r["gated"]["gated_check"]["ok"] for r in rows if "gated" in r))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves[,
     "8b-mlp-bf16": (112, 128, 1, True, True),  # FlatQuant's online_bf16 numerics
     "8b-hidden-bf16": (64, 64, 1, True, True),
     "smollm2-mlp-bf16": (32, 48, 1, True, True),
+    # down_proj's input formed from gate and up in the kernel (the SwiGLU producer fused)
+    "8b-mlp-bf16-gated": (112, 128, 1, True, True, True),
+    "block-hadamard-gated": (16, 32, 28, True, False, True),
     "smollm2-heads-bf16": (9, 64, 1, True, True),
 }
 
@@ -44,19 +47,19 @@ def factor_halves(exact: bool) -> tuple[int, int]:
 
 
 def transform_quantize_job(
-    n1: int, n2: int, nb: int, exact: bool = False, round_mid: bool = False, static: bool = False
+    n1: int, n2: int, nb: int, exact: bool = False, round_mid: bool = False, gated: bool = False, static: bool = False
 ) -> dict:
     t, n1p, n2p = tile_shape(n1, n2)
     halves = factor_halves(exact)
     args = {
-        "x_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32",
-        "nb": "i32", "stride_x": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32", "static_amax": "fp32",
+        "x_ptr": "*bf16", "u_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32",
+        "M": "i32", "nb": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32", "static_amax": "fp32",
         "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "STATIC": static, "SYMMETRIC": True,
         "ONE_TILE": nb == 1, "T": t, "N1": n1p, "N2": n2p, "X_SPLIT": False, "P1_LO": not exact,
-        "P2_LO": not exact, "GAIN": exact, "ROUND_MID": round_mid, "UPCAST": False,
-        "STAGES": default_stages(t, n1p, n2p, halves),
+        "P2_LO": not exact, "GAIN": exact, "ROUND_MID": round_mid, "GATED": gated, "UPCAST": False,
+        "STAGES": default_stages(t, n1p, n2p, halves, gated),
     }  # fmt: skip
-    aligned = ["x_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_q"]
+    aligned = ["x_ptr", "u_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_u", "stride_q"]
     module = "fptquant.kernels.triton_transform_quantize"
     warps = default_warps(t, n1p, n2p)
     return {"module": module, "kernel": "_kron_quantize_kernel", "args": args, "num_warps": warps, "aligned": aligned}
@@ -155,18 +158,18 @@ def gluon_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages:
             "num_warps": warps, "gluon": True}  # fmt: skip
 
 
-def quantize_job(k: int) -> dict:
-    """The per-token quantize with the tiling ``quantize_tile`` picks for K."""
+def quantize_job(k: int, gated: bool = False) -> dict:
+    """The per-token quantize with the tiling ``quantize_tile`` picks for K (``gated``: of silu(x)·u)."""
     from fptquant.kernels.triton_quantize import quantize_tile
 
     block_m, warps, block_k, pieces = quantize_tile(k)
-    args = {"x_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32", "K": "i32", "stride_x": "i32",
-            "stride_q": "i32", "clip": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "STATIC": False,
-            "BLOCK_M": block_m, "BLOCK_K": block_k, "ONE_TILE": pieces is not None,
-            "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0}  # fmt: skip
+    args = {"x_ptr": "*bf16", "u_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32", "K": "i32",
+            "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip": "fp32", "static_amax": "fp32",
+            "eps_amax": "fp32", "STATIC": False, "BLOCK_M": block_m, "BLOCK_K": block_k, "ONE_TILE": pieces is not None,
+            "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0, "GATED": gated, "INTERPRET": False}  # fmt: skip
     module = "fptquant.kernels.triton_quantize"
     return {"module": module, "kernel": "_quantize_rows_kernel", "args": args, "num_warps": warps,
-            "aligned": ["x_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_q"]}  # fmt: skip
+            "aligned": ["x_ptr", "u_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_u", "stride_q"]}  # fmt: skip
 
 
 GLUON_CASES = {
@@ -309,6 +312,7 @@ def builds() -> dict:
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
     jobs.update({name: gluon_gemm_job(*case) for name, case in GLUON_CASES.items()})
     jobs.update({f"quantize-{k}": quantize_job(k) for k in (4096, 28672, 576, 1536)})
+    jobs.update({f"quantize-gated-{k}": quantize_job(k, gated=True) for k in (14336, 1536)})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
     return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
@@ -324,11 +328,12 @@ def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, st
     assert build.uses_wgmma or t * n1p < 64  # wgmma takes 64 rows a warpgroup; smaller tiles use mma
     assert build.memory_ops("ld") <= VECTOR_LOADS  # no 2-byte loads: n1, n2 are compile-time constants
     assert "st.global.b8" not in build.memory_ops("st")  # the codes leave as vectors too
-    stages = default_stages(t, n1p, n2p, halves)
+    gated = TQ_CASES[name][5:6] == (True,)
+    stages = default_stages(t, n1p, n2p, halves, gated)
     if stages > 1:  # the next tile's loads are in flight while this one is computed
         assert "cp.async" in build.ptx
     # the stage count's estimate holds
-    assert build.shared_bytes <= shared_bytes(t, n1p, n2p, stages, halves) <= SHARED_BYTES
+    assert build.shared_bytes <= shared_bytes(t, n1p, n2p, stages, halves, gated) <= SHARED_BYTES
 
 
 def test_int4_kv_decode_attention_compiles_without_spills(builds):
@@ -387,6 +392,17 @@ def test_sliced_decode_unpacks_whole_registers_into_int8_mma(builds, name):
     assert re.search(r"mma\.sync\.aligned\.m16n8k32\.row\.col\S*\.s32\.s8\.s8\.s32", build.ptx)
     assert re.search(r"and\.b32 \S+ \S+ 0x0F0F0F0F", build.ptx)  # four nibbles an instruction, not one
     assert build.async_copy_bytes() <= {8, 16}  # weights and codes reach shared memory as vectors
+
+
+@pytest.mark.parametrize("k", [14336, 1536])
+def test_gated_quantize_forms_the_product_without_conversions_or_spills(builds, k):
+    """silu(g)·u rounded to bfloat16 twice by integer operations, with the approximate division: conversion
+    and IEEE-division instructions, at a quarter of the float32 rate or worse, bound the first build."""
+    build = builds[f"quantize-gated-{k}"]
+    assert build.spill_bytes == 0
+    assert build.ptx.count("div.full.f32") > 4 * build.ptx.count("div.rn.f32")  # IEEE only for the rows' scales
+    assert "cvt.rn.bf16.f32" not in build.ptx
+    assert build.memory_ops("ld") <= VECTOR_LOADS | {"ld.global.b32"}
 
 
 @pytest.mark.parametrize("k", [4096, 28672, 576, 1536])

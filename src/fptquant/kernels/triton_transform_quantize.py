@@ -31,7 +31,7 @@ from ..math.quantization import SCALE_EPS
 from .backend import DRIVER_SHARED_BYTES, SHARED_BYTES, interpreting
 from .quantize import QMAX
 from .transform_quantize import bf16_split
-from .triton_quantize import _int4_codes, _round_to, _swiglu
+from .triton_quantize import _int4_codes, _round_to, _swiglu, _upper_half
 
 MAX_TILE = 16384  # padded elements of x a program holds at once (T·N1·N2)
 
@@ -65,12 +65,6 @@ def _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax):
 
 
 @triton.jit
-def _upper_half(v):
-    """The upper 16 bits of float32 ``v`` as bfloat16: ``v`` truncated to bf16 (a byte move, no conversion)."""
-    return (v.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
 def _split(v):
     """float32 -> bfloat16 ``hi`` and ``lo``, each truncated (:func:`~.transform_quantize.bf16_split`)."""
     hi = _upper_half(v)
@@ -101,7 +95,9 @@ def _tile(
     col = (b * n1 * n2 + r * n2)[:, None] + c[None, :]
     x = tl.load(x_ptr + tok.to(tl.int64)[:, None] * stride_x + col, mask=mask, other=0.0)
     if GATED:  # masked lanes: silu(0) · 0 = 0
-        x = _swiglu(x, tl.load(u_ptr + tok.to(tl.int64)[:, None] * stride_u + col, mask=mask, other=0.0), UPCAST)
+        x = _swiglu(x, tl.load(u_ptr + tok.to(tl.int64)[:, None] * stride_u + col, mask=mask, other=0.0))
+        if not X_SPLIT:  # a bf16 value in float32: its upper half is the bf16 operand, exactly
+            x = _upper_half(x)
     if X_SPLIT:
         xh, xl = _split(x.to(tl.float32))
         w = _dot(p1h, xh, None, UPCAST)
@@ -265,21 +261,26 @@ def tile_shape(n1: int, n2: int, tokens: int | None = None) -> tuple[int, int, i
 SM_SHARED_BYTES = SHARED_BYTES + DRIVER_SHARED_BYTES  # what one H100 SM holds for all its programs
 
 
-def shared_bytes(t: int, n1p: int, n2p: int, stages: int, halves: tuple[int, int] = (2, 2)) -> int:
-    """Shared memory a program uses at most (checked against sm_90a builds): ``stages`` bf16 tiles of x, the
+def shared_bytes(
+    t: int, n1p: int, n2p: int, stages: int, halves: tuple[int, int] = (2, 2), gated: bool = False
+) -> int:
+    """Shared memory a program uses at most (checked against sm_90a builds): ``stages`` bf16 tiles of x (of the
+    gate and up with ``gated``, plus the product, which reaches the tensor cores through shared memory), the
     factors' bf16 halves (``halves``: 2 for ``hi`` and ``lo``, 1 where bfloat16 holds the factor exactly; of
     ``I_T ⊗ P1ᵀ`` and ``P2``), and scratch for reductions and layout changes."""
     tile = t * n1p * n2p
-    return stages * 2 * tile + 2 * halves[0] * (t * n1p) ** 2 + 2 * halves[1] * n2p**2 + tile + 8192
+    inputs = stages * 2 * tile * (2 if gated else 1) + (2 * tile if gated else 0)
+    return inputs + 2 * halves[0] * (t * n1p) ** 2 + 2 * halves[1] * n2p**2 + tile + 8192
 
 
-def default_stages(t: int, n1p: int, n2p: int, halves: tuple[int, int] = (2, 2)) -> int:
+def default_stages(t: int, n1p: int, n2p: int, halves: tuple[int, int] = (2, 2), gated: bool = False) -> int:
     """Tiles of x in flight per program: up to 3, as many as leave room for two programs an SM (one program
     alone waits on each tile's dependent dots and reductions); where even one stage leaves no room for two,
-    as many as fit (2 at 112×128). The H100 sweep of session 14: 3 stages first at 64×64 (74% against 65%),
-    32×48 and 24×24; at 32×128 (two 64 KB factors) 1 stage, which keeps two programs, first."""
-    fits = [s for s in (3, 2, 1) if shared_bytes(t, n1p, n2p, s, halves) <= SHARED_BYTES]
-    pairs = [s for s in fits if 2 * (shared_bytes(t, n1p, n2p, s, halves) + DRIVER_SHARED_BYTES) <= SM_SHARED_BYTES]
+    as many as fit (2 at 112×128, 1 there with ``gated``). The H100 sweep of session 14: 3 stages first at 64×64
+    (74% against 65%), 32×48 and 24×24; at 32×128 (two 64 KB factors) 1 stage, which keeps two programs, first."""
+    size = {s: shared_bytes(t, n1p, n2p, s, halves, gated) for s in (3, 2, 1)}
+    fits = [s for s in (3, 2, 1) if size[s] <= SHARED_BYTES]
+    pairs = [s for s in fits if 2 * (size[s] + DRIVER_SHARED_BYTES) <= SM_SHARED_BYTES]
     return (pairs or fits or [1])[0]
 
 
@@ -328,7 +329,7 @@ def kron_quantize_rows(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
         N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,
         ROUND_MID=round_mid, GATED=up is not None, UPCAST=interpreting() if upcast is None else upcast,
-        STAGES=stages or default_stages(t, n1p, n2p, halves),
+        STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None),
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
     groups = triton.cdiv(M, t)

@@ -53,8 +53,8 @@ def transform_quantize_job(
     halves = factor_halves(exact)
     args = {
         "x_ptr": "*bf16", "u_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32",
-        "M": "i32", "nb": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32", "static_amax": "fp32",
-        "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "STATIC": static, "SYMMETRIC": True,
+        "M": "i32", "nb": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32",
+        "clip_hi": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "STATIC": static, "SYMMETRIC": True,
         "ONE_TILE": nb == 1, "T": t, "N1": n1p, "N2": n2p, "X_SPLIT": False, "P1_LO": not exact,
         "P2_LO": not exact, "GAIN": exact, "ROUND_MID": round_mid, "GATED": gated, "UPCAST": False,
         "STAGES": default_stages(t, n1p, n2p, halves, gated),
@@ -165,8 +165,9 @@ def quantize_job(k: int, gated: bool = False) -> dict:
     block_m, warps, block_k, pieces = quantize_tile(k)
     args = {"x_ptr": "*bf16", "u_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32", "K": "i32",
             "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip": "fp32", "static_amax": "fp32",
-            "eps_amax": "fp32", "STATIC": False, "BLOCK_M": block_m, "BLOCK_K": block_k, "ONE_TILE": pieces is not None,
-            "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0, "GATED": gated, "INTERPRET": False}  # fmt: skip
+            "eps_amax": "fp32", "STATIC": False, "BLOCK_M": block_m, "BLOCK_K": block_k,
+            "ONE_TILE": pieces is not None, "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0,
+            "GATED": gated, "INTERPRET": False}  # fmt: skip
     module = "fptquant.kernels.triton_quantize"
     return {"module": module, "kernel": "_quantize_rows_kernel", "args": args, "num_warps": warps,
             "aligned": ["x_ptr", "u_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_u", "stride_q"]}  # fmt: skip

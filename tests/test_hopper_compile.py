@@ -54,7 +54,8 @@ def transform_quantize_job(
     args = {
         "x_ptr": "*bf16", "u_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32",
         "M": "i32", "nb": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32",
-        "clip_hi": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "STATIC": static, "SYMMETRIC": True,
+        "clip_hi": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2,
+        "STATIC": static, "SYMMETRIC": True,
         "ONE_TILE": nb == 1, "T": t, "N1": n1p, "N2": n2p, "X_SPLIT": False, "P1_LO": not exact,
         "P2_LO": not exact, "GAIN": exact, "ROUND_MID": round_mid, "GATED": gated, "UPCAST": False,
         "STAGES": default_stages(t, n1p, n2p, halves, gated),

@@ -261,9 +261,7 @@ def tile_shape(n1: int, n2: int, tokens: int | None = None) -> tuple[int, int, i
 SM_SHARED_BYTES = SHARED_BYTES + DRIVER_SHARED_BYTES  # what one H100 SM holds for all its programs
 
 
-def shared_bytes(
-    t: int, n1p: int, n2p: int, stages: int, halves: tuple[int, int] = (2, 2), gated: bool = False
-) -> int:
+def shared_bytes(t: int, n1p: int, n2p: int, stages: int, halves: tuple[int, int] = (2, 2), gated: bool = False) -> int:
     """Shared memory a program uses at most (checked against sm_90a builds): ``stages`` bf16 tiles of x (of the
     gate and up with ``gated``, plus the product, which reaches the tensor cores through shared memory), the
     factors' bf16 halves (``halves``: 2 for ``hi`` and ``lo``, 1 where bfloat16 holds the factor exactly; of

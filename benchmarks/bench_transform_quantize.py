@@ -20,8 +20,7 @@ import sys
 import torch
 from timing import finish_report, gbps, rotations, start_report, time_us
 
-from fptquant.kernels.quantize import gated_product
-from fptquant.kernels.transform_quantize import transform_quantize_reference
+from fptquant.kernels.transform_quantize import transform_quantize
 from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, tile_shape
 from fptquant.math.hadamard import hadamard_factors, random_orthogonal
 
@@ -99,33 +98,30 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
     n = rotations(m * k * (5 if gated else 3))
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
     ys = [torch.empty_like(x) for x in xs]
-    if gated:  # the up projection (xs are the gates): the kernel quantizes silu(x)·u
-        ups = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
-        numerics["up"] = ups[0]
-    qr, sr = transform_quantize_reference(
-        gated_product(xs[0], ups[0]) if gated else xs[0], p1, p2, static_scale=static,
-        **{key: v for key, v in numerics.items() if key != "up"},
-    )  # fmt: skip
+    # the up projection (xs are the gates): the kernel quantizes silu(x)·u
+    ups = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(n)] if gated else None
+
+    def up(i: int) -> dict:
+        return {"up": ups[i]} if gated else {}
+
+    qr, sr = transform_quantize(xs[0], p1, p2, static_scale=static, backend="torch", **numerics, **up(0))
     moved = m * k * 2 * (2 if gated else 1) + m * k + m * 4
     copy = time_us(lambda i: ys[i].copy_(xs[i]), n, graph=graph)
-    plain = {key: v for key, v in numerics.items() if key != "up"}
-    ref = time_us(lambda i: transform_quantize_reference(xs[i], p1, p2, static_scale=static, **plain), n, samples=5)
-
-    def per_buffer(args: dict, i: int) -> dict:
-        return {**args, "up": ups[i]} if gated else args
-
+    ref = time_us(
+        lambda i: transform_quantize(xs[i], p1, p2, static_scale=static, backend="torch", **numerics, **up(i)),
+        n,
+        samples=5,
+    )
     tried = []
     for knobs in tilings(n1, n2, sweep):
         try:
-            q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, **numerics, **knobs)
+            q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, **numerics, **up(0), **knobs)
         except Exception as err:  # a tiling the compiler refuses (e.g. out of shared memory)
             tried.append({**knobs, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
         ok, flips, scale_rel = check(q, s, qr, sr)
         kern = time_us(
-            lambda i, knobs=knobs: kron_quantize_rows(
-                xs[i], p1, p2, nb, 1.0, static, **per_buffer(numerics, i), **knobs
-            ),
+            lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **numerics, **up(i), **knobs),
             n,
             graph=graph,
         )
@@ -139,9 +135,7 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
     row["fraction_of_copy"] = row["triton_GBps"] / row["copy_GBps"]
     if graph and "triton" in best:
         knobs = {key: best[key] for key in KNOBS if key in best}
-        eager = time_us(
-            lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **per_buffer(numerics, i), **knobs), n
-        )
+        eager = time_us(lambda i: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **numerics, **up(i), **knobs), n)
         row.update(triton_eager=eager, eager_fraction_of_copy=gbps(eager, moved) / row["copy_GBps"])
     return row
 

@@ -168,7 +168,7 @@ def quantize_job(k: int, gated: bool = False) -> dict:
             "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip": "fp32", "static_amax": "fp32",
             "eps_amax": "fp32", "STATIC": False, "BLOCK_M": block_m, "BLOCK_K": block_k,
             "ONE_TILE": pieces is not None, "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0,
-            "GATED": gated, "INTERPRET": False}  # fmt: skip
+            "GATED": gated}  # fmt: skip
     module = "fptquant.kernels.triton_quantize"
     return {"module": module, "kernel": "_quantize_rows_kernel", "args": args, "num_warps": warps,
             "aligned": ["x_ptr", "u_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_u", "stride_q"]}  # fmt: skip

@@ -10,7 +10,6 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ..math.quantization import SCALE_EPS
-from .backend import interpreting
 from .quantize import QMAX, QMIN
 
 
@@ -79,8 +78,7 @@ def _swiglu(g, u):
 
 
 @triton.jit
-def _load_piece(x_row, u_row, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, K, GATED: tl.constexpr,
-                INTERPRET: tl.constexpr):  # fmt: skip
+def _load_piece(x_row, u_row, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, K, GATED: tl.constexpr):
     cols = START + tl.arange(0, WIDTH)
     mask = row_ok[:, None] & (cols < K)[None, :]
     x = tl.load(x_row + cols[None, :], mask=mask, other=0.0)
@@ -101,7 +99,7 @@ def _store_piece(q_row, x, inv, row_ok, START: tl.constexpr, WIDTH: tl.constexpr
 def _quantize_rows_kernel(
     x_ptr, u_ptr, q_ptr, s_ptr, M, K, stride_x, stride_u, stride_q, clip, static_amax, eps_amax,
     STATIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-    W1: tl.constexpr, W2: tl.constexpr, GATED: tl.constexpr, INTERPRET: tl.constexpr,
+    W1: tl.constexpr, W2: tl.constexpr, GATED: tl.constexpr,
 ):  # fmt: skip
     """ONE_TILE: the row is read once, as up to three column pieces of power-of-two widths BLOCK_K, W1, W2
     (0: absent) that add up to K where K allows (576 = 512 + 64, 28672 = 16384 + 8192 + 4096), so no lane
@@ -112,13 +110,13 @@ def _quantize_rows_kernel(
     u_row = u_ptr + rows[:, None].to(tl.int64) * stride_u
     q_row = q_ptr + rows[:, None].to(tl.int64) * stride_q
     if ONE_TILE:
-        x0 = _load_piece(x_row, u_row, row_ok, 0, BLOCK_K, K, GATED, INTERPRET)
+        x0 = _load_piece(x_row, u_row, row_ok, 0, BLOCK_K, K, GATED)
         amax = tl.max(tl.abs(x0), axis=1)
         if W1 > 0:
-            x1 = _load_piece(x_row, u_row, row_ok, BLOCK_K, W1, K, GATED, INTERPRET)
+            x1 = _load_piece(x_row, u_row, row_ok, BLOCK_K, W1, K, GATED)
             amax = tl.maximum(amax, tl.max(tl.abs(x1), axis=1))
         if W2 > 0:
-            x2 = _load_piece(x_row, u_row, row_ok, BLOCK_K + W1, W2, K, GATED, INTERPRET)
+            x2 = _load_piece(x_row, u_row, row_ok, BLOCK_K + W1, W2, K, GATED)
             amax = tl.maximum(amax, tl.max(tl.abs(x2), axis=1))
         if STATIC:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32) + static_amax
@@ -137,13 +135,13 @@ def _quantize_rows_kernel(
         else:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for k in range(0, K, BLOCK_K):
-                x = _load_piece(x_row + k, u_row + k, row_ok, 0, BLOCK_K, K - k, GATED, INTERPRET)
+                x = _load_piece(x_row + k, u_row + k, row_ok, 0, BLOCK_K, K - k, GATED)
                 amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
             amax = tl.maximum(amax * clip, eps_amax)
         inv = tl.math.div_rn(tl.zeros_like(amax) + 7.0, amax)
         tl.store(s_ptr + rows, tl.math.div_rn(amax, tl.zeros_like(amax) + 7.0), mask=row_ok)
         for k in range(0, K, BLOCK_K):
-            x = _load_piece(x_row + k, u_row + k, row_ok, 0, BLOCK_K, K - k, GATED, INTERPRET)
+            x = _load_piece(x_row + k, u_row + k, row_ok, 0, BLOCK_K, K - k, GATED)
             _store_piece(q_row + k, x, inv, row_ok, 0, BLOCK_K, K - k)
 
 
@@ -199,7 +197,6 @@ def quantize_rows(
         float(clip_ratio),
         QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
-        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=gated, INTERPRET=interpreting(),
-        num_warps=num_warps,
+        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=gated, num_warps=num_warps,
     )  # fmt: skip
     return codes, scales[:, None]

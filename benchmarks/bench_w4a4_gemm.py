@@ -17,6 +17,7 @@ For every layer shape (K, N) and token count M, in one run:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from dataclasses import asdict, replace
@@ -295,6 +296,9 @@ def measure(
         base = bf16["median_us"]
         row["gemm_speedup"] = base / best["time"]["median_us"]
         row["whole_speedup"] = base / row["whole_linear"]["median_us"]
+        if isinstance(cfg, Dp4aConfig | SlicedConfig):
+            gemm_only = lambda i, c: w4a4_matmul(codes, sa, packs[i], sw, None, config=c)  # noqa: E731
+            row["pdl"] = pdl_sweep(whole, q_bufs, cfg, gemm_only)
         if m == 1:  # the GEMV that quantizes the token itself: the whole linear in one launch
             gemv_cfg = cfg if isinstance(cfg, GemvConfig) else None
             row["fused_whole_linear"] = time_us(
@@ -308,6 +312,28 @@ def measure(
     if m >= 2048:  # prefill through cuBLAS: e4m3 codes × one-byte e4m3 weights, per-token × per-channel scales
         row.update(cublas_fp8_route(x, w8, fp8_bufs, sw, k, n, base=bf16["median_us"]))
     return row
+
+
+PREFETCH_SWEEP_MB = (0, 4, 16, 64)
+
+
+def pdl_sweep(whole, bufs: int, cfg, gemm) -> dict:
+    """The decode whole linear without programmatic dependent launch (``FPTQUANT_PDL=0``: the GEMM starts
+    when the quantize has finished) and with it at several L2 prefetch budgets; the GEMM alone without it."""
+    out = {}
+    try:
+        os.environ["FPTQUANT_PDL"] = "0"
+        out["off"] = time_us(whole, bufs, graph=True)
+        out["gemm_off"] = time_us(lambda i: gemm(i, cfg), bufs, graph=True)
+        os.environ["FPTQUANT_PDL"] = "1"
+        for mb in PREFETCH_SWEEP_MB:
+            c = replace(cfg, prefetch_bytes=mb << 20)
+            out[f"prefetch_{mb}mb"] = time_us(lambda i, c=c: whole(i, c), bufs, graph=True)
+    except Exception as e:  # a driver without programmatic launch in graphs must not end the run
+        out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    finally:
+        os.environ.pop("FPTQUANT_PDL", None)
+    return out
 
 
 def bf16_swiglu():
@@ -431,6 +457,9 @@ def main() -> int:
                           f"cuBLAS-fp8 whole {r.get('cublas_fp8_whole_speedup', float('nan')):.2f}x "
                           f"(exact {r.get('cublas_fp8_exact', '-')}), "
                           f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
+                if "pdl" in r:
+                    times = {k: round(v["median_us"], 1) for k, v in r["pdl"].items() if isinstance(v, dict)}
+                    print(f"{'':>15} programmatic launch: whole µs {times} {r['pdl'].get('error', '')}", flush=True)
                 if "gated" in r:
                     gd = r["gated"]
                     print(f"{'':>15} with the SwiGLU producer: BF16 ({gd['bf16_producer_kind']}) "

@@ -11,6 +11,7 @@ from triton.language.extra import libdevice
 
 from ..math.quantization import SCALE_EPS
 from .quantize import QMAX, QMIN
+from .triton_pdl import programmatic_launch, release_dependents
 
 
 @triton.jit
@@ -99,11 +100,12 @@ def _store_piece(q_row, x, inv, row_ok, START: tl.constexpr, WIDTH: tl.constexpr
 def _quantize_rows_kernel(
     x_ptr, u_ptr, q_ptr, s_ptr, M, K, stride_x, stride_u, stride_q, clip, static_amax, eps_amax,
     STATIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-    W1: tl.constexpr, W2: tl.constexpr, GATED: tl.constexpr,
+    W1: tl.constexpr, W2: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """ONE_TILE: the row is read once, as up to three column pieces of power-of-two widths BLOCK_K, W1, W2
     (0: absent) that add up to K where K allows (576 = 512 + 64, 28672 = 16384 + 8192 + 4096), so no lane
     holds padding; else one padded piece. Otherwise two passes over K in BLOCK_K steps (amax, then codes)."""
+    release_dependents(PDL)  # a decode GEMM after this may start streaming its weights (.triton_pdl)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     x_row = x_ptr + rows[:, None].to(tl.int64) * stride_x
@@ -197,6 +199,7 @@ def quantize_rows(
         float(clip_ratio),
         QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
-        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=gated, num_warps=num_warps,
+        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=gated, PDL=programmatic_launch(x.device),
+        num_warps=num_warps,
     )  # fmt: skip
     return codes, scales[:, None]

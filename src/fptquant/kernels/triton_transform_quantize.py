@@ -31,6 +31,7 @@ from ..math.quantization import SCALE_EPS
 from .backend import DRIVER_SHARED_BYTES, SHARED_BYTES, interpreting
 from .quantize import QMAX
 from .transform_quantize import bf16_split
+from .triton_pdl import programmatic_launch, release_dependents
 from .triton_quantize import _int4_codes, _round_to, _swiglu, _upper_half
 
 MAX_TILE = 16384  # padded elements of x a program holds at once (T·N1·N2)
@@ -139,8 +140,9 @@ def _kron_quantize_kernel(
     eps_amax, gain, n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr,
     ONE_TILE: tl.constexpr, T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr,
     P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr,
-    UPCAST: tl.constexpr, STAGES: tl.constexpr,
+    UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    release_dependents(PDL)  # a decode GEMM after this may start streaming its weights (.triton_pdl)
     R: tl.constexpr = T * N1
     i = tl.arange(0, R)
     c = tl.arange(0, N2)
@@ -327,7 +329,7 @@ def kron_quantize_rows(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
         N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,
         ROUND_MID=round_mid, GATED=up is not None, UPCAST=interpreting() if upcast is None else upcast,
-        STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None),
+        STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None), PDL=programmatic_launch(x.device),
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
     groups = triton.cdiv(M, t)

@@ -1,0 +1,68 @@
+"""Programmatic dependent launch of the decode GEMMs (kernels/triton_pdl.py): the GEMM starts while the quantize
+before it runs, so it must still read that quantize's codes, never older ones in the same memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fptquant.kernels import quantize_per_token  # noqa: E402
+from fptquant.kernels.triton_pdl import prefetch_programs, prefetchable, programmatic_launch  # noqa: E402
+from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
+from fptquant.math.packing import pack_int4  # noqa: E402
+
+
+def test_launch_mode_is_off_where_it_cannot_run(monkeypatch):
+    assert not programmatic_launch(torch.device("cpu"))
+    if torch.cuda.is_available():
+        monkeypatch.setenv("FPTQUANT_PDL", "0")
+        assert not programmatic_launch(torch.device("cuda"))
+
+
+def test_prefetch_budget_and_alignment():
+    assert prefetch_programs(7168, 16, budget_bytes=16 << 20) == (16 << 20) // (7168 * 16)
+    assert prefetch_programs(7168, 16, budget_bytes=0) == 0
+    assert prefetch_programs(1 << 20, 32, budget_bytes=1 << 20) == 0  # one program's rows exceed the budget
+    assert prefetchable(0, 2048, 7168) and not prefetchable(0, 2048, 7176) and not prefetchable(8, 2048)
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.mark.skipif(not _hopper(), reason="programmatic dependent launch needs a Hopper GPU")
+@pytest.mark.parametrize("m", [1, 4, 16])
+@pytest.mark.parametrize("gated", [False, True])
+def test_gemm_launched_early_reads_the_codes_of_the_quantize_before_it(m, gated):
+    """Ten back-to-back linears on different inputs, eagerly and as one CUDA graph: each output equals the
+    reference of its own input. K = 14336 keeps the quantize (one program a row at one token) long enough
+    for a GEMM that read too early to see the previous call's codes."""
+    assert programmatic_launch(torch.device("cuda"))
+    n, k, calls = 4096, 14336, 10
+    g = torch.Generator(device="cuda").manual_seed(m)
+    xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g) * (1 + i) for i in range(calls)]
+    ups = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(calls)]
+    packed = pack_int4(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8, generator=g))
+    sw = torch.rand(n, device="cuda", generator=g) * 0.01 + 0.001
+
+    def linear(i: int) -> torch.Tensor:
+        q, s = quantize_per_token(xs[i], up=ups[i] if gated else None, backend="triton")
+        return w4a4_matmul(q, s, packed, sw, None, torch.float32, backend="triton")
+
+    refs = []
+    for i in range(calls):  # the same kernel's codes, finished before anything reads them
+        q, s = quantize_per_token(xs[i], up=ups[i] if gated else None, backend="triton")
+        torch.cuda.synchronize()
+        refs.append(w4a4_matmul_reference(q, s, packed, sw, None, torch.float32))
+    eager = [linear(i) for i in range(calls)]
+    linear(0)  # compiled outside the capture
+    graph, captured = torch.cuda.CUDAGraph(), []
+    with torch.cuda.graph(graph):
+        captured = [linear(i) for i in range(calls)]
+    graph.replay()
+    torch.cuda.synchronize()
+    for i in range(calls):
+        torch.testing.assert_close(eager[i], refs[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(captured[i], refs[i], rtol=1e-5, atol=1e-5)

@@ -17,7 +17,6 @@ For every layer shape (K, N) and token count M, in one run:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from dataclasses import asdict, replace
@@ -142,6 +141,7 @@ SLICED_SWEEP = [  # 2-16 tokens on the tensor cores, K sliced across warps (w4a4
     SlicedConfig(16, 1024, 2, 1, 4),
 ]
 CONFIG_TYPES = {"gemm": GemmConfig, "gemv": GemvConfig, "dp4a": Dp4aConfig, "sliced": SlicedConfig}
+FEW_TOKEN = ("dp4a", "sliced")  # the decode kernels launched as programmatic dependents of the quantize
 
 
 def changed(result: dict) -> dict:
@@ -296,9 +296,12 @@ def measure(
         base = bf16["median_us"]
         row["gemm_speedup"] = base / best["time"]["median_us"]
         row["whole_speedup"] = base / row["whole_linear"]["median_us"]
-        if isinstance(cfg, Dp4aConfig | SlicedConfig):
-            gemm_only = lambda i, c: w4a4_matmul(codes, sa, packs[i], sw, None, config=c)  # noqa: E731
-            row["pdl"] = pdl_sweep(whole, q_bufs, cfg, gemm_only)
+        # the heuristic's and the sweep's four fastest few-token configs, as whole linears, with and without
+        # programmatic launch (the GEMM-only order need not be the whole linear's)
+        fastest = sorted(timed, key=lambda r: r["time"]["median_us"])[:4]
+        few = [CONFIG_TYPES[r["kind"]](**r["config"]) for r in [results[0], *fastest] if r["kind"] in FEW_TOKEN]
+        if few:
+            row["pdl"] = pdl_sweep(whole, q_bufs, list(dict.fromkeys(few)))
         if m == 1:  # the GEMV that quantizes the token itself: the whole linear in one launch
             gemv_cfg = cfg if isinstance(cfg, GemvConfig) else None
             row["fused_whole_linear"] = time_us(
@@ -314,25 +317,19 @@ def measure(
     return row
 
 
-PREFETCH_SWEEP_MB = (0, 4, 16, 64)
-
-
-def pdl_sweep(whole, bufs: int, cfg, gemm) -> dict:
-    """The decode whole linear without programmatic dependent launch (``FPTQUANT_PDL=0``: the GEMM starts
-    when the quantize has finished) and with it at several L2 prefetch budgets; the GEMM alone without it."""
-    out = {}
-    try:
-        os.environ["FPTQUANT_PDL"] = "0"
-        out["off"] = time_us(whole, bufs, graph=True)
-        out["gemm_off"] = time_us(lambda i: gemm(i, cfg), bufs, graph=True)
-        os.environ["FPTQUANT_PDL"] = "1"
-        for mb in PREFETCH_SWEEP_MB:
-            c = replace(cfg, prefetch_bytes=mb << 20)
-            out[f"prefetch_{mb}mb"] = time_us(lambda i, c=c: whole(i, c), bufs, graph=True)
-    except Exception as e:  # a driver without programmatic launch in graphs must not end the run
-        out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    finally:
-        os.environ.pop("FPTQUANT_PDL", None)
+def pdl_sweep(whole, bufs: int, configs: list) -> list[dict]:
+    """The decode whole linear of each config with the GEMM launched as a programmatic dependent of the quantize
+    (``pdl``, the default) and without (it starts when the quantize has finished), same run."""
+    out = []
+    for cfg in configs:
+        try:
+            times = {
+                mode: time_us(lambda i, c=variant: whole(i, c), bufs, graph=True)
+                for mode, variant in (("on", replace(cfg, pdl=True)), ("off", replace(cfg, pdl=False)))
+            }
+            out.append({"kind": kind_of(cfg), "config": asdict(cfg), **times})
+        except Exception as e:  # a driver without programmatic launch in graphs must not end the run
+            out.append({"kind": kind_of(cfg), "config": asdict(cfg), "error": f"{type(e).__name__}: {str(e)[:300]}"})
     return out
 
 
@@ -457,9 +454,10 @@ def main() -> int:
                           f"cuBLAS-fp8 whole {r.get('cublas_fp8_whole_speedup', float('nan')):.2f}x "
                           f"(exact {r.get('cublas_fp8_exact', '-')}), "
                           f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
-                if "pdl" in r:
-                    times = {k: round(v["median_us"], 1) for k, v in r["pdl"].items() if isinstance(v, dict)}
-                    print(f"{'':>15} programmatic launch: whole µs {times} {r['pdl'].get('error', '')}", flush=True)
+                for p in r.get("pdl", []):
+                    times = f"{p['on']['median_us']:.1f} / {p['off']['median_us']:.1f}" if "on" in p else p["error"]
+                    print(f"{'':>15} whole with / without programmatic launch: {times} µs, {p['kind']} "
+                          f"{changed(p)}", flush=True)  # fmt: skip
                 if "gated" in r:
                     gd = r["gated"]
                     print(f"{'':>15} with the SwiGLU producer: BF16 ({gd['bf16_producer_kind']}) "

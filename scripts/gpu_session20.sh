@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Session 20 on the GPU machine (issue 8, acceptance 3): programmatic dependent launch of the decode GEMMs
-# (the GEMM prefetches its weights to L2 while the quantize before it runs).
+# (the GEMM launches while the quantize before it runs, and waits for its codes).
 #   test   the programmatic-launch race test (eager and CUDA graph), the few-token GEMM, gated-quantize and
 #          one-token deploy tests on CUDA
 #   gemm   bench_w4a4_gemm.py on LLaMA-3-8B at M = 1, 16 with --gated, and 70B gate+up; each decode row also
-#          times the whole linear without programmatic launch and at several prefetch budgets (same run)
-#   sweep  the same with --sweep over dp4a and sliced configs
+#          times the whole linear with and without programmatic launch (same run)
+#   sweep  8B at M = 1, 16 with --sweep over dp4a and sliced configs (the four fastest as whole linears, both ways)
+#   sweep70  the same for 70B gate+up
 #   STEPS="test gemm" bash scripts/gpu_session20.sh
 set -u
 OUT=${OUT:-out}
@@ -26,6 +27,9 @@ for step in ${STEPS:-test gemm}; do
     sweep)
       timeout 400 python3 benchmarks/bench_w4a4_gemm.py --m 1,16 --sweep --sweep-kinds dp4a,sliced \
         --json "$OUT/gemm_8b_sweep.json" ;;
+    sweep70)
+      timeout 200 python3 benchmarks/bench_w4a4_gemm.py --shapes 70b --layers gate_up --m 1,16 --sweep \
+        --sweep-kinds dp4a,sliced --json "$OUT/gemm_70b_sweep.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done 2>&1 | tee "$OUT/run.log"

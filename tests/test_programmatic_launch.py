@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("triton")
 
 from fptquant.kernels import quantize_per_token  # noqa: E402
-from fptquant.kernels.triton_pdl import prefetch_programs, prefetchable, programmatic_launch  # noqa: E402
+from fptquant.kernels.triton_pdl import programmatic_launch  # noqa: E402
 from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
 from fptquant.math.packing import pack_int4  # noqa: E402
 
@@ -19,13 +19,6 @@ def test_launch_mode_is_off_where_it_cannot_run(monkeypatch):
     if torch.cuda.is_available():
         monkeypatch.setenv("FPTQUANT_PDL", "0")
         assert not programmatic_launch(torch.device("cuda"))
-
-
-def test_prefetch_budget_and_alignment():
-    assert prefetch_programs(7168, 16, budget_bytes=16 << 20) == (16 << 20) // (7168 * 16)
-    assert prefetch_programs(7168, 16, budget_bytes=0) == 0
-    assert prefetch_programs(1 << 20, 32, budget_bytes=1 << 20) == 0  # one program's rows exceed the budget
-    assert prefetchable(0, 2048, 7168) and not prefetchable(0, 2048, 7176) and not prefetchable(8, 2048)
 
 
 def _hopper() -> bool:

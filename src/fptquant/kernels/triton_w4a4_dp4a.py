@@ -32,14 +32,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting
-from .triton_pdl import (
-    PREFETCH_BUDGET_BYTES,
-    prefetch_programs,
-    prefetch_rows_to_l2,
-    prefetchable,
-    programmatic_launch,
-    wait_for_inputs,
-)
+from .triton_pdl import programmatic_launch, wait_for_inputs
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
@@ -55,7 +48,7 @@ class Dp4aConfig:
     num_warps: int = 4
     num_stages: int = 4
     signed_nibbles: bool = False  # sign-extend the weight nibbles (dp4a.s32.s32) instead of offsetting them by 8
-    prefetch_bytes: int = PREFETCH_BUDGET_BYTES  # weights asked of L2 while the quantize before runs (.triton_pdl)
+    pdl: bool = True  # launched as a programmatic dependent of the quantize before it (.triton_pdl)
 
 
 def pick_dp4a_config(n: int) -> Dp4aConfig:
@@ -114,17 +107,11 @@ def _sign_extended(nibbles):
 @triton.jit
 def _dp4a_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, KW, stride_am, stride_wn, stride_om, kw_per_split,
-    prefetching, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     BKW: tl.constexpr, STAGES: tl.constexpr, SIGNED: tl.constexpr, INTERPRET: tl.constexpr, PDL: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    if PREFETCH:  # the weights are no output of the kernel before: ask for them while it runs
-        if split * tl.num_programs(0) + pid_n < prefetching:
-            w_first = w_ptr + pid_n * BN * stride_wn + split * kw_per_split
-            words = tl.minimum(KW - split * kw_per_split, kw_per_split)
-            prefetch_rows_to_l2(w_first, tl.minimum(BN, N - pid_n * BN), 4 * words, 4 * stride_wn)
     wait_for_inputs(PDL)
     rm = tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -183,14 +170,12 @@ def dp4a_matmul(
     words_a = codes.contiguous().view(torch.int32)  # 4 codes a word
     words_w = packed.contiguous().view(torch.int32)  # 8 codes a word
     out = split_k_output((m, n), split, out_dtype, codes.device)
-    pdl = programmatic_launch(codes.device)
-    prefetching = prefetch_programs(4 * kw_per_split, cfg.block_n, cfg.prefetch_bytes)
-    prefetch = pdl and prefetching > 0 and prefetchable(words_w.data_ptr(), 4 * words_w.stride(0), 4 * kw_per_split)
+    pdl = cfg.pdl and programmatic_launch(codes.device)
     _dp4a_kernel[(triton.cdiv(n, cfg.block_n), split)](
         words_a, words_w, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
-        m, n, kw, words_a.stride(0), words_w.stride(0), out.stride(0), kw_per_split, prefetching,
+        m, n, kw, words_a.stride(0), words_w.stride(0), out.stride(0), kw_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, BM=triton.next_power_of_2(m), BN=cfg.block_n,
         BKW=cfg.block_k_words, STAGES=cfg.num_stages, SIGNED=cfg.signed_nibbles, INTERPRET=interpreting(),
-        PDL=pdl, PREFETCH=prefetch, num_warps=cfg.num_warps, launch_pdl=pdl,
+        PDL=pdl, num_warps=cfg.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return out.to(out_dtype)

@@ -26,14 +26,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting, sm_count
-from .triton_pdl import (
-    PREFETCH_BUDGET_BYTES,
-    prefetch_programs,
-    prefetch_rows_to_l2,
-    prefetchable,
-    programmatic_launch,
-    wait_for_inputs,
-)
+from .triton_pdl import programmatic_launch, wait_for_inputs
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
@@ -47,7 +40,7 @@ class SlicedConfig:  # defaults: the common pick of pick_sliced_config
     slices: int = 2  # K slices a step, one warp each
     split_k: int = 1
     num_stages: int = 4
-    prefetch_bytes: int = PREFETCH_BUDGET_BYTES  # weights asked of L2 while the quantize before runs (.triton_pdl)
+    pdl: bool = True  # launched as a programmatic dependent of the quantize before it (.triton_pdl)
 
 
 def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> SlicedConfig:
@@ -88,18 +81,13 @@ def _high_nibbles(w, INTERPRET: tl.constexpr):
 @triton.jit
 def _sliced_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
-    prefetching, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, SLICES: tl.constexpr, STAGES: tl.constexpr, INTERPRET: tl.constexpr,
-    PDL: tl.constexpr, PREFETCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     KS: tl.constexpr = BK // SLICES  # codes a slice and step
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    if PREFETCH:  # the weights are no output of the kernel before: ask for them while it runs
-        if split * tl.num_programs(0) + pid_n < prefetching:
-            w_first = w_ptr + pid_n * BN * stride_wn + split * (k_per_split // 2)
-            row_bytes = tl.minimum(K - split * k_per_split, k_per_split) // 2
-            prefetch_rows_to_l2(w_first, tl.minimum(BN, N - pid_n * BN), row_bytes, stride_wn)
     wait_for_inputs(PDL)
     rm = tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -156,14 +144,12 @@ def sliced_matmul(
     codes, packed = codes.contiguous(), packed.contiguous()  # the kernel steps along K one byte at a time
     split, k_per_split = split_k_plan(k, cfg.split_k, cfg.block_k)
     out = split_k_output((m, n), split, out_dtype, codes.device)
-    pdl = programmatic_launch(codes.device)
-    prefetching = prefetch_programs(k_per_split // 2, cfg.block_n, cfg.prefetch_bytes)
-    prefetch = pdl and prefetching > 0 and prefetchable(packed.data_ptr(), packed.stride(0), k_per_split // 2)
+    pdl = cfg.pdl and programmatic_launch(codes.device)
     _sliced_kernel[(triton.cdiv(n, cfg.block_n), split)](
         codes, packed, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
-        m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split, prefetching,
+        m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k,
         BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k, SLICES=cfg.slices, STAGES=cfg.num_stages,
-        INTERPRET=interpreting(), PDL=pdl, PREFETCH=prefetch, num_warps=cfg.slices, launch_pdl=pdl,
+        INTERPRET=interpreting(), PDL=pdl, num_warps=cfg.slices, launch_pdl=pdl,
     )  # fmt: skip
     return out.to(out_dtype)

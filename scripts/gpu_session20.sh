@@ -7,6 +7,8 @@
 #          times the whole linear with and without programmatic launch (same run)
 #   sweep  8B at M = 1, 16 with --sweep over dp4a and sliced configs (the four fastest as whole linears, both ways)
 #   sweep70  the same for 70B gate+up
+#   prefill  the quantize kernels now release their dependents: plain quantize bandwidth and the whole linear at
+#            M = 8192 (with --gated), to show prefill is unchanged
 #   STEPS="test gemm" bash scripts/gpu_session20.sh
 set -u
 OUT=${OUT:-out}
@@ -30,6 +32,10 @@ for step in ${STEPS:-test gemm}; do
     sweep70)
       timeout 200 python3 benchmarks/bench_w4a4_gemm.py --shapes 70b --layers gate_up --m 1,16 --sweep \
         --sweep-kinds dp4a,sliced --json "$OUT/gemm_70b_sweep.json" ;;
+    prefill)
+      timeout 200 python3 benchmarks/bench_quantize.py --m 8192,32768 --k 576,1536,4096,14336,28672 \
+        --json "$OUT/quantize.json" | tail -14
+      timeout 300 python3 benchmarks/bench_w4a4_gemm.py --m 8192 --gated --json "$OUT/gemm_8b_prefill.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done 2>&1 | tee "$OUT/run.log"

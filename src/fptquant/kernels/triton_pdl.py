@@ -4,9 +4,10 @@ At 1–16 tokens a W4A4 linear is a quantize of a few µs, then a GEMM that stre
 after the other, the GEMM's launch and start-up wait for the quantize. With programmatic dependent launch the
 quantize lets its dependent launch as soon as all its programs run (``griddepcontrol.launch_dependents``), and
 the GEMM's programs, already resident, wait until the quantize has finished and its codes are visible
-(``griddepcontrol.wait``) before they read anything. On the H100 (session 20) this took 0.4–1.2 µs off the
-one-token linears; asking L2 for the weights before the wait (a bulk prefetch a row) was slower at every
-budget tried, and a GEMM whose programs do not all fit beside the quantize's lost time (``pdl`` in its config).
+(``griddepcontrol.wait``) before they read anything. On the H100 (session 20) this took 0.7–1.6 µs off the
+one-token LLaMA-3-8B linears. Asking L2 for the weights before the wait (a bulk prefetch a row) was no faster at
+a 4 MB budget and slower at larger ones. The sliced kernel on a long K over few programs lost 7 µs when launched
+early, so its config turns the mode off there (``pdl``).
 
 A kernel launched this way after one that does not release it starts when that one's programs finish, and
 still waits: the instructions are safe whatever came before. The interpreter has neither, so there ``ENABLED``

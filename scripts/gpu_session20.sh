@@ -7,6 +7,8 @@
 #          times the whole linear with and without programmatic launch (same run)
 #   sweep  8B at M = 1, 16 with --sweep over dp4a and sliced configs (the four fastest as whole linears, both ways)
 #   sweep70  the same for 70B gate+up
+#   samples  the decode rows (8B, 70B gate+up; M = 1, 16) timed with samples of >= 0.2 ms and of >= 2 ms, back to
+#            back: how much of a short sample is the graph replay's own start
 #   prefill  the quantize kernels now release their dependents: plain quantize bandwidth and the whole linear at
 #            M = 8192 (with --gated), to show prefill is unchanged
 #   STEPS="test gemm" bash scripts/gpu_session20.sh
@@ -32,6 +34,13 @@ for step in ${STEPS:-test gemm}; do
     sweep70)
       timeout 200 python3 benchmarks/bench_w4a4_gemm.py --shapes 70b --layers gate_up --m 1,16 --sweep \
         --sweep-kinds dp4a,sliced --json "$OUT/gemm_70b_sweep.json" ;;
+    samples)
+      for us in 200 2000; do
+        FPTQ_MIN_SAMPLE_US=$us timeout 200 python3 benchmarks/bench_w4a4_gemm.py --m 1,16 \
+          --json "$OUT/gemm_8b_sample$us.json" | grep -E "^ +8b|programmatic"
+        FPTQ_MIN_SAMPLE_US=$us timeout 120 python3 benchmarks/bench_w4a4_gemm.py --shapes 70b --layers gate_up \
+          --m 1,16 --json "$OUT/gemm_70b_sample$us.json" | grep -E "^ +70b|programmatic"
+      done ;;
     prefill)
       timeout 200 python3 benchmarks/bench_quantize.py --m 8192,32768 --k 576,1536,4096,14336,28672 \
         --json "$OUT/quantize.json" | tail -14

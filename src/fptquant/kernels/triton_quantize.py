@@ -105,7 +105,7 @@ def _quantize_rows_kernel(
     """ONE_TILE: the row is read once, as up to three column pieces of power-of-two widths BLOCK_K, W1, W2
     (0: absent) that add up to K where K allows (576 = 512 + 64, 28672 = 16384 + 8192 + 4096), so no lane
     holds padding; else one padded piece. Otherwise two passes over K in BLOCK_K steps (amax, then codes)."""
-    release_dependents(PDL)  # a decode GEMM after this may start streaming its weights (.triton_pdl)
+    release_dependents(PDL)  # a decode GEMM after this may launch now and wait for the codes (.triton_pdl)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     x_row = x_ptr + rows[:, None].to(tl.int64) * stride_x

@@ -142,7 +142,7 @@ def _kron_quantize_kernel(
     P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr,
     UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    release_dependents(PDL)  # a decode GEMM after this may start streaming its weights (.triton_pdl)
+    release_dependents(PDL)  # a decode GEMM after this may launch now and wait for the codes (.triton_pdl)
     R: tl.constexpr = T * N1
     i = tl.arange(0, R)
     c = tl.arange(0, N2)

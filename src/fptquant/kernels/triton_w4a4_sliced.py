@@ -47,8 +47,8 @@ def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> Sl
     """The H100 sweep's best at M = 16 (docs/RESULTS.md, session 15): 32-channel programs throughout. Where
     those are no more than the SMs of ``device`` (8B o and down), four warps a program and long steps; where
     there are hundreds on a short K (8B gate+up, 896), one warp each; otherwise two warps, 512 codes a step.
-    Launched as the quantize's programmatic dependent (session 20: 0.4–0.9 µs off 8B qkv and o whole) except
-    on a long K over few programs (8B down: 25.7 against 19.1 µs whole, and the same in the session's first run)."""
+    Launched as the quantize's programmatic dependent (session 20: 0.3–1.0 µs off 8B qkv and o whole) except
+    on a long K over few programs (8B down: 25.7–26.2 against 18.5–19.1 µs whole in all three calls)."""
     sms = (sm_count(device) if device is not None else None) or H100_SMS
     programs = triton.cdiv(n, 32)
     if programs <= sms:

@@ -49,8 +49,6 @@ def fuse_swiglu(adapter: ModelAdapter) -> int:
         gate, up, down = (adapter.linear(layer, role) for role in ("gate", "up", "down"))
         if not isinstance(down, QuantizedLinear):
             continue
-        owner_path, _, attr = adapter.mlp_path.rpartition(".")
-        owner = layer.get_submodule(owner_path) if owner_path else layer
-        setattr(owner, attr, FusedSwiGLU(names, gate, up, down))
+        adapter.set_mlp(layer, FusedSwiGLU(names, gate, up, down))
         replaced += 1
     return replaced

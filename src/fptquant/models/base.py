@@ -103,6 +103,9 @@ class ModelAdapter:
     def mlp(self, layer: nn.Module) -> nn.Module:
         return layer.get_submodule(self.mlp_path)
 
+    def set_mlp(self, layer: nn.Module, module: nn.Module) -> None:
+        layer.set_submodule(self.mlp_path, module)
+
     def input_norm(self, layer: nn.Module) -> nn.Module:
         return layer.get_submodule(self.input_norm_path)
 
@@ -121,9 +124,7 @@ class ModelAdapter:
         return {role: self.linear(layer, role) for role in LINEAR_ROLES}
 
     def set_linear(self, layer: nn.Module, role: str, module: nn.Module) -> None:
-        parent_path, _, attr = self.linear_paths[role].rpartition(".")
-        parent = layer.get_submodule(parent_path) if parent_path else layer
-        setattr(parent, attr, module)
+        layer.set_submodule(self.linear_paths[role], module)
 
     # --- embeddings ---------------------------------------------------------------------------
     def embeddings_tied(self) -> bool:

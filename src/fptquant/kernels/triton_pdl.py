@@ -16,6 +16,7 @@ is false and they are left out. ``FPTQUANT_PDL=0`` turns the launch mode off (th
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -27,10 +28,16 @@ from .backend import interpreting
 
 
 def programmatic_launch(device: torch.device) -> bool:
-    """Whether kernels on ``device`` use programmatic dependent launch (Hopper or newer, not interpreted)."""
+    """Whether kernels on ``device`` use programmatic dependent launch (Hopper or newer, not interpreted). Asked
+    before every decode quantize and GEMM launch, so the device's generation is looked up once."""
     if interpreting() or device.type != "cuda" or os.environ.get("FPTQUANT_PDL", "1") == "0":
         return False
-    return torch.cuda.get_device_capability(device)[0] >= 9
+    return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _hopper_or_newer(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 @triton.jit

@@ -193,13 +193,12 @@ def quantize_rows(
     block_m = block_m or default_m
     num_warps = num_warps or default_warps
     grid = (triton.cdiv(M, block_m),)
-    gated = up is not None
+    u = up if up is not None else x  # unread unless gated
     _quantize_rows_kernel[grid](
-        x, up if gated else x, codes, scales, M, K, x.stride(0), (up if gated else x).stride(0), codes.stride(0),
-        float(clip_ratio),
+        x, u, codes, scales, M, K, x.stride(0), u.stride(0), codes.stride(0), float(clip_ratio),
         QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
-        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=gated, PDL=programmatic_launch(x.device),
-        num_warps=num_warps,
+        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=up is not None,
+        PDL=programmatic_launch(x.device), num_warps=num_warps,
     )  # fmt: skip
     return codes, scales[:, None]

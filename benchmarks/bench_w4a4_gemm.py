@@ -101,12 +101,21 @@ DP4A_SWEEP = [  # up to 16 tokens: the CUDA cores' 4-way integer dot (w4a4_matmu
     Dp4aConfig(16, 128, 1, 4, 3),
     Dp4aConfig(16, 128, 1, 8, 3),
     # sign-extended nibbles (dp4a.s32.s32, no activation sums)
-    Dp4aConfig(16, 64, 1, 4, 4, signed_nibbles=True),
-    Dp4aConfig(16, 32, 1, 4, 6, signed_nibbles=True),
-    Dp4aConfig(32, 32, 1, 8, 3, signed_nibbles=True),
-    Dp4aConfig(32, 16, 1, 4, 4, signed_nibbles=True),
-    Dp4aConfig(16, 128, 1, 4, 3, signed_nibbles=True),
-    Dp4aConfig(32, 64, 1, 8, 3, signed_nibbles=True),
+    Dp4aConfig(16, 64, 1, 4, 4, nibbles="signed"),
+    Dp4aConfig(16, 32, 1, 4, 6, nibbles="signed"),
+    Dp4aConfig(32, 32, 1, 8, 3, nibbles="signed"),
+    Dp4aConfig(32, 16, 1, 4, 4, nibbles="signed"),
+    Dp4aConfig(16, 128, 1, 4, 3, nibbles="signed"),
+    Dp4aConfig(32, 64, 1, 8, 3, nibbles="signed"),
+    # each nibble as 16·v in its byte's high half (three instructions a word, no activation sums)
+    Dp4aConfig(16, 64, 1, 4, 4, nibbles="x16"),
+    Dp4aConfig(16, 32, 1, 4, 6, nibbles="x16"),
+    Dp4aConfig(32, 32, 1, 4, 4, nibbles="x16"),
+    Dp4aConfig(32, 32, 1, 8, 3, nibbles="x16"),
+    Dp4aConfig(16, 128, 1, 4, 3, nibbles="x16"),
+    Dp4aConfig(32, 64, 1, 8, 3, nibbles="x16"),
+    Dp4aConfig(16, 64, 1, 2, 4, nibbles="x16"),
+    Dp4aConfig(8, 128, 1, 2, 4, nibbles="x16"),
 ]
 SLICED_SWEEP = [  # 2-16 tokens on the tensor cores, K sliced across warps (w4a4_matmul's pick there)
     SlicedConfig(32, 256, 2, 1, 4),

@@ -263,20 +263,21 @@ def kv_fake_quant_job() -> dict:
             "aligned": ["x_ptr", "out_ptr", "stride_b", "stride_h", "stride_t"]}  # fmt: skip
 
 
-def dp4a_job(m_pad: int, n: int, signed: bool = False) -> dict:
+def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
     """LLaMA-3-8B at M = 1–16 (K = 4096: 512 weight words a row) on the dp4a kernel, the tiles
-    ``pick_dp4a_config`` gives N output channels (``signed``: with sign-extended nibbles)."""
+    ``pick_dp4a_config`` gives N output channels, its weight nibbles unpacked the ``nibbles`` way."""
     from dataclasses import replace
 
-    from fptquant.kernels.triton_w4a4_dp4a import pick_dp4a_config
+    from fptquant.kernels.triton_w4a4_dp4a import NIBBLE_MODES, pick_dp4a_config
 
-    cfg = replace(pick_dp4a_config(n), signed_nibbles=signed)
+    cfg = replace(pick_dp4a_config(n), nibbles=nibbles)
     args = {"a_ptr": "*i32", "w_ptr": "*i32", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
             "out_ptr": "*bf16"}  # fmt: skip
     names = ("M", "N", "KW", "stride_am", "stride_wn", "stride_om", "kw_per_split")
     args.update({name: "i32" for name in names})
-    args.update(HAS_BIAS=False, SPLIT=1, BM=m_pad, BN=cfg.block_n, BKW=cfg.block_k_words, STAGES=cfg.num_stages)
-    args.update(SIGNED=cfg.signed_nibbles, INTERPRET=False, PDL=True)
+    args.update(HAS_BIAS=False, SPLIT=1, EVEN_K=True, BM=m_pad, BN=cfg.block_n, BKW=cfg.block_k_words)
+    args.update(STAGES=cfg.num_stages)
+    args.update(NIBBLES=NIBBLE_MODES[cfg.nibbles], INTERPRET=False, PDL=True)
     aligned = ["a_ptr", "w_ptr", "out_ptr", "stride_am", "stride_wn", "stride_om", "kw_per_split"]
     module = "fptquant.kernels.triton_w4a4_dp4a"
     return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
@@ -310,7 +311,7 @@ def builds() -> dict:
     jobs["kv-write"] = kv_write_job()
     jobs["kv-fake-quant"] = kv_fake_quant_job()
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
-    jobs.update({f"dp4a-signed-{m}": dp4a_job(m, 4096, signed=True) for m in (1, 4)})
+    jobs.update({f"dp4a-{mode}-{m}": dp4a_job(m, 4096, mode) for mode in ("signed", "x16") for m in (1, 4)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: sliced_job(*case) for name, case in SLICED_CASES.items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
@@ -388,9 +389,10 @@ def test_quantizes_let_the_gemm_after_them_launch(builds, name):
     assert ptx.count("griddepcontrol.launch_dependents") == 1 and "griddepcontrol.wait" not in ptx
 
 
+@pytest.mark.parametrize("mode", ["signed", "x16"])
 @pytest.mark.parametrize("m", [1, 4])
-def test_dp4a_with_signed_nibbles_needs_no_activation_sums(builds, m):
-    build = builds[f"dp4a-signed-{m}"]
+def test_dp4a_with_signed_nibbles_needs_no_activation_sums(builds, m, mode):
+    build = builds[f"dp4a-{mode}-{m}"]
     assert build.spill_bytes == 0
     assert "dp4a.s32.s32" in build.ptx and "dp4a.u32.s32" not in build.ptx
 
@@ -410,7 +412,7 @@ def test_sliced_decode_unpacks_whole_registers_into_int8_mma(builds, name):
     build = builds[name]
     assert build.spill_bytes == 0
     assert re.search(r"mma\.sync\.aligned\.m16n8k32\.row\.col\S*\.s32\.s8\.s8\.s32", build.ptx)
-    assert re.search(r"and\.b32 \S+ \S+ 0x0F0F0F0F", build.ptx)  # four nibbles an instruction, not one
+    assert re.search(r"and\.b32 \S+ \S+ 0xF0F0F0F0", build.ptx)  # four nibbles an instruction, not one
     assert build.async_copy_bytes() <= {8, 16}  # weights and codes reach shared memory as vectors
 
 

@@ -156,25 +156,29 @@ DP4A_CONFIGS = {
     "narrow": pick_dp4a_config(4096),
     "wide": pick_dp4a_config(28672),
     "split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3),
-    "signed": Dp4aConfig(block_n=16, block_k_words=64, signed_nibbles=True),
-    "signed_split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3, signed_nibbles=True),
+    "signed": Dp4aConfig(block_n=16, block_k_words=64, nibbles="signed"),
+    "signed_split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3, nibbles="signed"),
+    "x16": Dp4aConfig(block_n=16, block_k_words=64, nibbles="x16"),
+    "x16_split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3, nibbles="x16"),
 }
 
 
-@pytest.mark.parametrize("signed", [False, True])
-def test_dp4a_extremes_are_exact_and_bad_shapes_named(signed):
+@pytest.mark.parametrize("nibbles", ["offset", "signed", "x16"])
+def test_dp4a_extremes_are_exact_and_bad_shapes_named(nibbles):
     """Every weight −8 and every code −8 or 7: the nibble offset and its correction at their limits; signed, the
-    sign extension of every nibble at once (all bytes negative, no carry between them)."""
+    sign extension of every nibble at once (all bytes negative, no carry between them); x16, every byte −128."""
     m, n, k = 4, 24, 4096
     w = torch.full((n, k), -8, dtype=torch.int8, device=DEVICE)
     a = torch.where(torch.arange(k, device=DEVICE) % 3 == 0, 7, -8).to(torch.int8).expand(m, k).contiguous()
     ones_m, ones_n = torch.ones(m, 1, device=DEVICE), torch.ones(n, device=DEVICE)
-    cfg = Dp4aConfig(signed_nibbles=signed)
+    cfg = Dp4aConfig(nibbles=nibbles)
     acc = w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, torch.float32, backend="triton", config=cfg)
     assert torch.equal(acc.double(), a.double() @ w.double().T) and acc.abs().min() > 2**14
     with pytest.raises(ConfigError, match="at most 16 rows"):
         w4a4_matmul(a.repeat(5, 1), torch.ones(20, 1, device=DEVICE), pack_int4(w), ones_n, None,
                     backend="triton", config=Dp4aConfig())  # fmt: skip
+    with pytest.raises(ConfigError, match="nibbles must be one of"):
+        w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, backend="triton", config=Dp4aConfig(nibbles="signed8"))
 
 
 SLICED_CONFIGS = {

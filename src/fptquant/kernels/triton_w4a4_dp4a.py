@@ -10,9 +10,10 @@ The weight word's nibbles are two's complement; ``xor 0x88888888`` makes each ``
 low nibbles (even k) and high nibbles (odd k) are masked out as unsigned bytes, and the activation
 codes are regrouped into even-k and odd-k words to meet them. ``dp4a.u32.s32`` then sums
 ``(v + 8)·a``; subtracting ``8·Σa`` (itself one ``dp4a`` of the activation words with ``0x01010101``)
-leaves ``Σ v·a`` exactly, in int32. ``signed_nibbles`` sign-extends the nibbles into bytes
-instead (``b | (b & 8)·30`` sets a byte's high half where its nibble is negative, with no carry between bytes)
-for ``dp4a.s32.s32``, which needs no ``Σa``. The even and odd activation words are one byte permute (``prmt``)
+leaves ``Σ v·a`` exactly, in int32 (``nibbles="offset"``). Two ways need no ``Σa``, with ``dp4a.s32.s32``:
+``"signed"`` sign-extends the nibbles into bytes (``b | (b & 8)·30`` sets a byte's high half where its nibble
+is negative, with no carry between bytes); ``"x16"`` leaves each nibble in its byte's high half, the signed
+byte ``16·v`` (``and 0xF0F0F0F0``, after a shift by four for the low ones), and shifts the sum back by four. The even and odd activation words are one byte permute (``prmt``)
 each. The interpreter has no inline assembly, so there the same sums and permutes are spelled out byte by byte
 (the arithmetic is what the CPU tests check; ``tests/test_hopper_compile.py`` checks the instructions).
 
@@ -37,7 +38,9 @@ from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
 LOW_NIBBLES = tl.constexpr(0x0F0F0F0F)
+HIGH_NIBBLES = tl.constexpr(-252645136)  # 0xF0F0F0F0 as int32
 ONES = tl.constexpr(0x01010101)
+NIBBLE_MODES = {"offset": 0, "signed": 1, "x16": 2}
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Dp4aConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
-    signed_nibbles: bool = False  # sign-extend the weight nibbles (dp4a.s32.s32) instead of offsetting them by 8
+    nibbles: str = "offset"  # the weight nibbles as v + 8 ("offset"), sign-extended ("signed"), or as 16·v ("x16")
     pdl: bool = True  # launched as a programmatic dependent of the quantize before it (.triton_pdl)
 
 
@@ -56,8 +59,8 @@ def pick_dp4a_config(n: int) -> Dp4aConfig:
     × 64 words on 8B qkv, o and down (7.0, 5.8, 13.8 µs at one token), 32 × 32 words on the widest layers
     (8B gate+up 23.2 µs at one token, 24.4 at four)."""
     if n >= 16384:
-        return Dp4aConfig(32, 32, num_warps=4, num_stages=4)
-    return Dp4aConfig(16, 64, num_warps=4, num_stages=4)
+        return Dp4aConfig(32, 32, num_warps=4, num_stages=4, nibbles="x16")
+    return Dp4aConfig(16, 64, num_warps=4, num_stages=4, nibbles="x16")
 
 
 @triton.jit
@@ -107,8 +110,8 @@ def _sign_extended(nibbles):
 @triton.jit
 def _dp4a_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, KW, stride_am, stride_wn, stride_om, kw_per_split,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BKW: tl.constexpr, STAGES: tl.constexpr, SIGNED: tl.constexpr, INTERPRET: tl.constexpr, PDL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BKW: tl.constexpr, STAGES: tl.constexpr, NIBBLES: tl.constexpr, INTERPRET: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -118,32 +121,41 @@ def _dp4a_kernel(
     j = tl.arange(0, BKW)
     c = tl.arange(0, 2 * BKW)
     w_ptrs = w_ptr + (rn % N)[:, None].to(tl.int64) * stride_wn + j[None, :]  # wrapped rows: no row masks
-    a_ptrs = a_ptr + rm[:, None].to(tl.int64) * stride_am + c[None, :]
+    a_ptrs = a_ptr + (rm % M)[:, None].to(tl.int64) * stride_am + c[None, :]  # padded tokens are never stored
     acc = tl.zeros((BM, BN, BKW), dtype=tl.int32)
     row_sum = tl.zeros((BM, BKW), dtype=tl.int32)
     start = split * kw_per_split
     end = tl.minimum(KW, start + kw_per_split)
     for kw in tl.range(start, end, BKW, num_stages=STAGES):
-        w = tl.load(w_ptrs + kw, mask=(kw + j < end)[None, :], other=0)
-        # two activation words (codes 8j..8j+3, 8j+4..8j+7) a weight word; padded rows and K load zeros
-        a = tl.load(a_ptrs + 2 * kw, mask=(rm < M)[:, None] & (2 * kw + c < 2 * end)[None, :], other=0)
+        # two activation words (codes 8j..8j+3, 8j+4..8j+7) a weight word
+        if EVEN_K:  # no masks: their compares and selects were a fifth of the loop's instructions
+            w = tl.load(w_ptrs + kw)
+            a = tl.load(a_ptrs + 2 * kw)
+        else:  # words past K load zeros
+            w = tl.load(w_ptrs + kw, mask=(kw + j < end)[None, :], other=0)
+            a = tl.load(a_ptrs + 2 * kw, mask=(2 * kw + c < 2 * end)[None, :], other=0)
         a0, a1 = tl.split(tl.reshape(a, (BM, BKW, 2)))
         even, odd = _even_odd(a0, a1, INTERPRET)
-        if SIGNED:
+        if NIBBLES == 2:
+            lo = ((w << 4) & HIGH_NIBBLES)[None, :, :]
+            hi = (w & HIGH_NIBBLES)[None, :, :]
+        elif NIBBLES == 1:
             lo = _sign_extended(w & LOW_NIBBLES)[None, :, :]
             hi = _sign_extended((w >> 4) & LOW_NIBBLES)[None, :, :]
         else:
             u = w ^ NIBBLE_BIAS
             lo = (u & LOW_NIBBLES)[None, :, :]
             hi = ((u >> 4) & LOW_NIBBLES)[None, :, :]
-        acc = _dp4a(lo, even[:, None, :], acc, SIGNED, INTERPRET)
-        acc = _dp4a(hi, odd[:, None, :], acc, SIGNED, INTERPRET)
-        if not SIGNED:
+        acc = _dp4a(lo, even[:, None, :], acc, NIBBLES != 0, INTERPRET)
+        acc = _dp4a(hi, odd[:, None, :], acc, NIBBLES != 0, INTERPRET)
+        if NIBBLES == 0:
             row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), even, row_sum, False, INTERPRET)
             row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), odd, row_sum, False, INTERPRET)
-    # zero weight words past K add (0 + 8)·0: the activation there is masked to zero too
+    # zero weight words past K add (0 + 8)·0 with the offset: the activation there is masked to zero too
     total = tl.sum(acc, axis=2)
-    if not SIGNED:
+    if NIBBLES == 2:
+        total = total >> 4  # Σ 16·v·a, a multiple of 16: exact
+    elif NIBBLES == 0:
         total -= 8 * tl.sum(row_sum, axis=1)[:, None]
     _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
 
@@ -165,6 +177,8 @@ def dp4a_matmul(
     if codes.dtype != torch.int8 or m > 16 or k % 8:
         raise ConfigError(f"the dp4a kernel takes int8 codes of at most 16 rows and K a multiple of 8, got "
                           f"{codes.dtype} ({m}, {k})")  # fmt: skip
+    if cfg.nibbles not in NIBBLE_MODES:
+        raise ConfigError(f"nibbles must be one of {', '.join(NIBBLE_MODES)}, got {cfg.nibbles!r}")
     kw = k // 8
     split, kw_per_split = split_k_plan(kw, cfg.split_k, cfg.block_k_words)
     words_a = codes.contiguous().view(torch.int32)  # 4 codes a word
@@ -174,8 +188,9 @@ def dp4a_matmul(
     _dp4a_kernel[(triton.cdiv(n, cfg.block_n), split)](
         words_a, words_w, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
         m, n, kw, words_a.stride(0), words_w.stride(0), out.stride(0), kw_per_split,
-        HAS_BIAS=bias is not None, SPLIT=split, BM=triton.next_power_of_2(m), BN=cfg.block_n,
-        BKW=cfg.block_k_words, STAGES=cfg.num_stages, SIGNED=cfg.signed_nibbles, INTERPRET=interpreting(),
+        HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=kw % cfg.block_k_words == 0 and kw_per_split * split == kw,
+        BM=triton.next_power_of_2(m), BN=cfg.block_n,
+        BKW=cfg.block_k_words, STAGES=cfg.num_stages, NIBBLES=NIBBLE_MODES[cfg.nibbles], INTERPRET=interpreting(),
         PDL=pdl, num_warps=cfg.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return out.to(out_dtype)

@@ -2,12 +2,12 @@
 
 At M = 16 the GEMM (:mod:`.triton_w4a4_matmul`) spent about eight instructions a weight code: each
 unpacked nibble was a byte of its own, shifted, converted and packed again into the MMA's registers.
-Here the unpacking works on whole registers of four packed bytes: ``xor 0x88`` makes each nibble
-``v + 8`` (0..15), one ``and`` keeps the low nibbles, a shift and an ``and`` the high ones, so eight
-codes cost about four instructions. The sum runs on ``v + 8``; ``8·Σa`` per token, which a small
-extra dot of the activations against ones gives, is subtracted at the end, so the result is exact
-in int32. The low nibbles (even k) and the high ones (odd k) meet the even and odd activation
-columns in two dots.
+Here the unpacking works on whole registers of four packed bytes and leaves each nibble where a byte's
+sign lives: ``and 0xF0F0F0F0`` turns every high nibble ``v`` into the signed byte ``16·v`` (-128..112), a
+shift by four and the same ``and`` every low nibble, so eight codes cost three instructions and need no
+offset correction. The sum runs on ``16·v`` (at most ``1024·K`` in size, far inside int32) and is
+shifted back by four at the end, exactly. The low nibbles (even k) and the high ones (odd k) meet the
+even and odd activation columns in two dots.
 
 With 16 tokens on the MMA's 16 rows, warps that split the output channels would each need the whole
 activation tile and shuffle it to even and odd columns again. So each warp takes its own slice of K
@@ -59,24 +59,23 @@ def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> Sl
 
 
 @triton.jit
-def _low_nibbles(w, INTERPRET: tl.constexpr):
-    """``uint8`` → its low nibble plus 8 as ``int8`` (0..15); four bytes a register op on the GPU."""
+def _low_nibbles_x16(w, INTERPRET: tl.constexpr):
+    """``uint8`` → 16 × its low nibble as a signed ``int8``; four bytes a register op on the GPU."""
     if INTERPRET:
-        return ((w ^ 0x88) & 0xF).to(tl.int8)
+        return ((w << 4) & 0xF0).to(tl.int8, bitcast=True)
     return tl.inline_asm_elementwise(
-        "{.reg .b32 t; xor.b32 t, $1, 0x88888888; and.b32 $0, t, 0x0F0F0F0F;}",
+        "{.reg .b32 t; shl.b32 t, $1, 4; and.b32 $0, t, 0xF0F0F0F0;}",
         "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4,
     )  # fmt: skip
 
 
 @triton.jit
-def _high_nibbles(w, INTERPRET: tl.constexpr):
-    """``uint8`` → its high nibble plus 8 as ``int8`` (0..15)."""
+def _high_nibbles_x16(w, INTERPRET: tl.constexpr):
+    """``uint8`` → 16 × its high nibble as a signed ``int8``."""
     if INTERPRET:
-        return ((w ^ 0x88) >> 4).to(tl.int8)
+        return (w & 0xF0).to(tl.int8, bitcast=True)
     return tl.inline_asm_elementwise(
-        "{.reg .b32 t; xor.b32 t, $1, 0x88888888; shr.b32 t, t, 4; and.b32 $0, t, 0x0F0F0F0F;}",
-        "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4,
+        "and.b32 $0, $1, 0xF0F0F0F0;", "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4
     )  # fmt: skip
 
 
@@ -99,25 +98,20 @@ def _sliced_kernel(
     # wrapped rows and channels: no masks on them; padded tokens are never stored
     w_ptrs = w_ptr + (rn % N)[None, None, :].to(tl.int64) * stride_wn + byte  # (slice, byte, channel)
     a_ptrs = a_ptr + (rm % M)[None, :, None].to(tl.int64) * stride_am + code  # (slice, token, code)
-    ones = tl.full((SLICES, KS // 2, 16), 1, tl.int8)
     acc = tl.zeros((SLICES, BM, BN), dtype=tl.int32)
-    act_sum = tl.zeros((SLICES, BM, 16), dtype=tl.int32)  # Σa in every column (16: the MMA's narrowest)
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
     for k in tl.range(k_start, k_end, BK, num_stages=STAGES):
         if EVEN_K:
             wp = tl.load(w_ptrs + k // 2)
             a = tl.load(a_ptrs + k)
-        else:  # zero activations past K: the masked weight bytes unpack to 8, times zero
+        else:  # zero weights and activations past K
             wp = tl.load(w_ptrs + k // 2, mask=k // 2 + byte < k_end // 2, other=0)
             a = tl.load(a_ptrs + k, mask=k + code < k_end, other=0)
         a_even, a_odd = tl.split(tl.reshape(a, (SLICES, BM, KS // 2, 2)))
-        acc = tl.dot(a_even, _low_nibbles(wp, INTERPRET), acc, out_dtype=tl.int32)
-        acc = tl.dot(a_odd, _high_nibbles(wp, INTERPRET), acc, out_dtype=tl.int32)
-        act_sum = tl.dot(a_even, ones, act_sum, out_dtype=tl.int32)
-        act_sum = tl.dot(a_odd, ones, act_sum, out_dtype=tl.int32)
-    row_sum = tl.sum(tl.sum(act_sum, axis=0), axis=1) // 16
-    total = tl.sum(acc, axis=0) - 8 * row_sum[:, None]  # Σ (v + 8)·a − 8·Σa = Σ v·a
+        acc = tl.dot(a_even, _low_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
+        acc = tl.dot(a_odd, _high_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
+    total = tl.sum(acc, axis=0) >> 4  # Σ 16·v·a, a multiple of 16: the shift is exact
     _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
 
 

@@ -13,8 +13,8 @@ codes are regrouped into even-k and odd-k words to meet them. ``dp4a.u32.s32`` t
 leaves ``Σ v·a`` exactly, in int32 (``nibbles="offset"``). Two ways need no ``Σa``, with ``dp4a.s32.s32``:
 ``"signed"`` sign-extends the nibbles into bytes (``b | (b & 8)·30`` sets a byte's high half where its nibble
 is negative, with no carry between bytes); ``"x16"`` leaves each nibble in its byte's high half, the signed
-byte ``16·v`` (``and 0xF0F0F0F0``, after a shift by four for the low ones), and shifts the sum back by four. The even and odd activation words are one byte permute (``prmt``)
-each. The interpreter has no inline assembly, so there the same sums and permutes are spelled out byte by byte
+byte ``16·v`` (``and 0xF0F0F0F0``, after a shift by four for the low ones), and shifts the sum back by four.
+The even and odd activation words are one byte permute (``prmt``) each. The interpreter has no inline assembly, so there the same sums and permutes are spelled out byte by byte
 (the arithmetic is what the CPU tests check; ``tests/test_hopper_compile.py`` checks the instructions).
 
 :func:`.w4a4_matmul.w4a4_matmul` picks it for 1–4 tokens: on the H100 at M = 8 it beat every tensor-core

@@ -15,7 +15,8 @@ leaves ``Σ v·a`` exactly, in int32 (``nibbles="offset"``). Two ways need no ``
 is negative, with no carry between bytes); ``"x16"`` leaves each nibble in its byte's high half, the signed
 byte ``16·v`` (``and 0xF0F0F0F0``, after a shift by four for the low ones), and shifts the sum back by four.
 The even and odd activation words are one byte permute (``prmt``) each. The interpreter has no inline
-assembly, so there the same sums and permutes are spelled out byte by byte (the arithmetic is what the CPU tests check; ``tests/test_hopper_compile.py`` checks the instructions).
+assembly, so there the same sums and permutes are spelled out byte by byte (the arithmetic is what the
+CPU tests check; ``tests/test_hopper_compile.py`` checks the instructions).
 
 :func:`.w4a4_matmul.w4a4_matmul` picks it for 1–4 tokens: on the H100 at M = 8 it beat every tensor-core
 tile on all five LLaMA-3 shapes (1.6–2.1× BF16 against 1.1–1.5×; session 13), from M = 8 the sliced

@@ -373,20 +373,33 @@ def test_dp4a_decode_compiles_to_dp4a_without_spills(builds, m, n):
     assert "ld.global.b8" not in build.memory_ops("ld")  # weights and codes travel as words
 
 
+FIRST_MEMORY_ACCESS = r"ld\.global|st\.global|atom\.global|red\.global|cp\.async\.c[ag]|cp\.async\.bulk"
+
+
+def waits_before_touching_memory(ptx: str) -> bool:
+    """One grid-dependency wait, before the first global load, store, atomic or asynchronous copy: a kernel
+    launched before the one ahead of it has finished must neither read what that one writes nor overwrite what
+    it still reads."""
+    first = re.search(FIRST_MEMORY_ACCESS, ptx)
+    return (
+        ptx.count("griddepcontrol.wait") == 1 and first is not None and ptx.index("griddepcontrol.wait") < first.start()
+    )
+
+
 @pytest.mark.parametrize("name", ["dp4a-16-6144", "dp4a-8-28672", *SLICED_CASES])
-def test_decode_gemm_waits_for_the_quantize_before_any_read(builds, name):
-    """Programmatic dependent launch: the grid-dependency wait comes before every read of memory the quantize
-    before may still be writing (codes, scales), i.e. before the first global load or asynchronous copy."""
+def test_decode_gemm_waits_for_the_quantize_and_lets_the_next_one_launch(builds, name):
+    """Programmatic dependent launch both ways: the GEMM touches no memory before the quantize ahead of it has
+    finished, and lets the kernel after it (the next linear's quantize) launch at once."""
     ptx = builds[name].ptx
-    assert ptx.count("griddepcontrol.wait") == 1
-    first_read = re.search(r"ld\.global|cp\.async\.c[ag]", ptx)
-    assert first_read and ptx.index("griddepcontrol.wait") < first_read.start()
+    assert waits_before_touching_memory(ptx)
+    assert ptx.count("griddepcontrol.launch_dependents") == 1
 
 
 @pytest.mark.parametrize("name", ["quantize-4096", "quantize-gated-14336", ("8b-mlp-bf16", False)])
-def test_quantizes_let_the_gemm_after_them_launch(builds, name):
+def test_quantizes_launch_early_and_let_the_gemm_after_them_launch(builds, name):
     ptx = builds[name].ptx
-    assert ptx.count("griddepcontrol.launch_dependents") == 1 and "griddepcontrol.wait" not in ptx
+    assert ptx.count("griddepcontrol.launch_dependents") == 1
+    assert waits_before_touching_memory(ptx)
 
 
 @pytest.mark.parametrize("mode", ["signed", "x16"])

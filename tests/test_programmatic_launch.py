@@ -1,5 +1,6 @@
-"""Programmatic dependent launch of the decode GEMMs (kernels/triton_pdl.py): the GEMM starts while the quantize
-before it runs, so it must still read that quantize's codes, never older ones in the same memory."""
+"""Programmatic dependent launch (kernels/triton_pdl.py): a decode GEMM starts while the quantize before it runs,
+and a quantize while the GEMM before it runs, so each must still read what the kernel before it wrote, and
+never overwrite what that kernel still reads."""
 
 from __future__ import annotations
 
@@ -60,3 +61,40 @@ def test_gemm_launched_early_reads_the_codes_of_the_quantize_before_it(m, k, gat
     for i in range(calls):
         torch.testing.assert_close(eager[i], refs[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(captured[i], refs[i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not _hopper(), reason="programmatic dependent launch needs a Hopper GPU")
+@pytest.mark.parametrize("m", [1, 16])
+def test_quantize_launched_early_reads_the_output_of_the_gemm_before_it(m):
+    """Ten linears in a chain, each quantizing the previous one's bf16 output, eagerly and as one CUDA graph:
+    bit for bit what the same kernels give with the device synchronized after every launch (a quantize that
+    read too early would see an older output in the same memory; one that wrote too early would overwrite codes
+    the GEMM before it still reads)."""
+    n = k = 4096
+    g = torch.Generator(device="cuda").manual_seed(7 + m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
+    packed = pack_int4(torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8, generator=g))
+    sw = torch.rand(n, device="cuda", generator=g) * 0.01 + 0.001
+
+    def chain(sync: bool) -> list[torch.Tensor]:
+        outs, y = [], x
+        for _ in range(10):
+            q, s = quantize_per_token(y, backend="triton")
+            if sync:
+                torch.cuda.synchronize()
+            y = w4a4_matmul(q, s, packed, sw, None, torch.bfloat16, backend="triton")
+            if sync:
+                torch.cuda.synchronize()
+            outs.append(y)
+        return outs
+
+    refs = chain(sync=True)
+    eager = chain(sync=False)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = chain(sync=False)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert refs[-1].abs().max() > refs[0].abs().max() > 0  # the chain carries the signal through
+    for i in range(10):
+        assert torch.equal(eager[i], refs[i]) and torch.equal(captured[i], refs[i]), f"linear {i} of the chain"

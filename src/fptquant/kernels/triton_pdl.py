@@ -9,6 +9,11 @@ one-token LLaMA-3-8B linears. Asking L2 for the weights before the wait (a bulk 
 a 4 MB budget and slower at larger ones. The sliced kernel on a long K over few programs lost 7 µs when launched
 early, so its config turns the mode off there (``pdl``).
 
+The same holds the other way: the decode GEMMs release their dependents when they start, and the quantize
+kernels are launched this way too and wait before touching memory, so the next linear's quantize is resident
+when a GEMM ends (session 21). Every kernel launched this way waits before its first global read or write, so it
+neither reads what the kernel before it is still writing nor overwrites what that kernel still reads.
+
 A kernel launched this way after one that does not release it starts when that one's programs finish, and
 still waits: the instructions are safe whatever came before. The interpreter has neither, so there ``ENABLED``
 is false and they are left out. ``FPTQUANT_PDL=0`` turns the launch mode off (the kernels then run as before).

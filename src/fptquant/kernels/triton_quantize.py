@@ -11,7 +11,7 @@ from triton.language.extra import libdevice
 
 from ..math.quantization import SCALE_EPS
 from .quantize import QMAX, QMIN
-from .triton_pdl import programmatic_launch, release_dependents
+from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
 
 
 @triton.jit
@@ -106,6 +106,7 @@ def _quantize_rows_kernel(
     (0: absent) that add up to K where K allows (576 = 512 + 64, 28672 = 16384 + 8192 + 4096), so no lane
     holds padding; else one padded piece. Otherwise two passes over K in BLOCK_K steps (amax, then codes)."""
     release_dependents(PDL)  # a decode GEMM after this may launch now and wait for the codes (.triton_pdl)
+    wait_for_inputs(PDL)  # launched early itself: nothing is read or written before the kernel before it is done
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     x_row = x_ptr + rows[:, None].to(tl.int64) * stride_x
@@ -194,11 +195,12 @@ def quantize_rows(
     num_warps = num_warps or default_warps
     grid = (triton.cdiv(M, block_m),)
     u = up if up is not None else x  # unread unless gated
+    pdl = programmatic_launch(x.device)
     _quantize_rows_kernel[grid](
         x, u, codes, scales, M, K, x.stride(0), u.stride(0), codes.stride(0), float(clip_ratio),
         QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
         W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=up is not None,
-        PDL=programmatic_launch(x.device), num_warps=num_warps,
+        PDL=pdl, num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return codes, scales[:, None]

@@ -31,7 +31,7 @@ from ..math.quantization import SCALE_EPS
 from .backend import DRIVER_SHARED_BYTES, SHARED_BYTES, interpreting
 from .quantize import QMAX
 from .transform_quantize import bf16_split
-from .triton_pdl import programmatic_launch, release_dependents
+from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
 from .triton_quantize import _int4_codes, _round_to, _swiglu, _upper_half
 
 MAX_TILE = 16384  # padded elements of x a program holds at once (T·N1·N2)
@@ -143,6 +143,7 @@ def _kron_quantize_kernel(
     UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     release_dependents(PDL)  # a decode GEMM after this may launch now and wait for the codes (.triton_pdl)
+    wait_for_inputs(PDL)  # launched early itself: nothing is read or written before the kernel before it is done
     R: tl.constexpr = T * N1
     i = tl.arange(0, R)
     c = tl.arange(0, N2)
@@ -335,5 +336,5 @@ def kron_quantize_rows(
     groups = triton.cdiv(M, t)
     if programs is None:
         programs = groups if not x.is_cuda else min(groups, _resident_programs(x.device.index or 0, args, constants))
-    _kron_quantize_kernel[(max(1, programs),)](*args, **constants)
+    _kron_quantize_kernel[(max(1, programs),)](*args, **constants, launch_pdl=constants["PDL"])
     return codes, scales[:, None]

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting
-from .triton_pdl import programmatic_launch, wait_for_inputs
+from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
@@ -116,6 +116,7 @@ def _dp4a_kernel(
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
+    release_dependents(PDL)  # the next quantize may launch now; it waits for this GEMM to finish
     wait_for_inputs(PDL)
     rm = tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)

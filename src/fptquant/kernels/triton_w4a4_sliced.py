@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting, sm_count
-from .triton_pdl import programmatic_launch, wait_for_inputs
+from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
@@ -89,6 +89,7 @@ def _sliced_kernel(
     KS: tl.constexpr = BK // SLICES  # codes a slice and step
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
+    release_dependents(PDL)  # the next quantize may launch now; it waits for this GEMM to finish
     wait_for_inputs(PDL)
     rm = tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)

@@ -270,7 +270,7 @@ def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
 
     from fptquant.kernels.triton_w4a4_dp4a import NIBBLE_MODES, pick_dp4a_config
 
-    cfg = replace(pick_dp4a_config(n), nibbles=nibbles)
+    cfg = replace(pick_dp4a_config(n, m_pad), nibbles=nibbles)
     args = {"a_ptr": "*i32", "w_ptr": "*i32", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
             "out_ptr": "*bf16"}  # fmt: skip
     names = ("M", "N", "KW", "stride_am", "stride_wn", "stride_om", "kw_per_split")
@@ -299,7 +299,7 @@ def sliced_job(n: int, k: int) -> dict:
     return {"module": module, "kernel": "_sliced_kernel", "args": args, "num_warps": cfg.slices, "aligned": aligned}
 
 
-SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336)}
+SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336), "sliced-qkv": (6144, 4096)}
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,7 @@ def test_one_token_gemv_sums_exact_and_scaled_output_close(name, n, k, codes_dty
 DP4A_CONFIGS = {
     "default": Dp4aConfig(),
     "narrow": pick_dp4a_config(4096),
+    "narrow_tokens": pick_dp4a_config(4096, 4),
     "wide": pick_dp4a_config(28672),
     "split": Dp4aConfig(block_n=16, block_k_words=8, split_k=3),
     "signed": Dp4aConfig(block_n=16, block_k_words=64, nibbles="signed"),
@@ -185,6 +186,8 @@ SLICED_CONFIGS = {
     "two_slices": SlicedConfig(block_n=32, block_k=128, slices=2, num_stages=2),
     "wide": pick_sliced_config(28672, 4096),
     "narrow_split": pick_sliced_config(4096, 4096),
+    "qkv": pick_sliced_config(6144, 4096),
+    "long_k": pick_sliced_config(4096, 14336),
     "split_tail": SlicedConfig(block_n=64, block_k=256, slices=4, split_k=3),
 }
 
@@ -210,8 +213,8 @@ def test_few_token_kernels_sum_exactly_and_scale_close(name, m, n, k):
 
 
 def test_sliced_extremes_are_exact_and_bad_inputs_named():
-    """Every weight −8 (nibble 8, the offset's largest correction) and codes −8 or 7, over a long K: the
-    int32 sum of ``(v + 8)·a`` and ``8·Σa`` both at their limits."""
+    """Every weight −8 (the byte −128 once unpacked as 16·v) and codes −8 or 7, over a long K: the largest
+    products (16·|v·a| = 1024) summed in int32, then shifted back by four."""
     m, n, k = 16, 32, 14336
     w = torch.full((n, k), -8, dtype=torch.int8, device=DEVICE)
     a = torch.where(torch.arange(k, device=DEVICE) % 3 == 0, 7, -8).to(torch.int8).expand(m, k).contiguous()

@@ -55,12 +55,16 @@ class Dp4aConfig:
     pdl: bool = True  # launched as a programmatic dependent of the quantize before it (.triton_pdl)
 
 
-def pick_dp4a_config(n: int) -> Dp4aConfig:
-    """The H100 sweep at M = 1 and 4 with the byte-permute regrouping (session 19, docs/RESULTS.md): 16 channels
-    × 64 words on 8B qkv, o and down (7.0, 5.8, 13.8 µs at one token), 32 × 32 words on the widest layers
-    (8B gate+up 23.2 µs at one token, 24.4 at four)."""
+def pick_dp4a_config(n: int, m: int = 1) -> Dp4aConfig:
+    """The H100 sweeps (docs/RESULTS.md). Session 19, offset nibbles: 32 channels × 32 words on the widest layers
+    (8B gate+up 23.2 µs at one token, 24.4 at four), 16 × 64 on the others. Session 21, nibbles as 16·v with
+    unmasked loads, one token: 8 channels × 128 words on two warps for the narrower layers (8B down 12.2 against
+    12.9 µs with 16 × 64 on four warps, o 5.1 against 5.2, qkv within 0.1 µs); its accumulators (tokens ×
+    channels × words) would spill at 16 tokens."""
     if n >= 16384:
         return Dp4aConfig(32, 32, num_warps=4, num_stages=4, nibbles="x16")
+    if m == 1:
+        return Dp4aConfig(8, 128, num_warps=2, num_stages=4, nibbles="x16")
     return Dp4aConfig(16, 64, num_warps=4, num_stages=4, nibbles="x16")
 
 
@@ -173,7 +177,7 @@ def dp4a_matmul(
 ) -> torch.Tensor:
     """``(M, K)`` int8 codes (M ≤ 16) × ``(N, K/2)`` packed weights → ``(M, N)``, like
     :func:`.w4a4_matmul.w4a4_matmul`."""
-    cfg = config or pick_dp4a_config(packed.shape[0])
+    cfg = config or pick_dp4a_config(packed.shape[0], codes.shape[0])
     m, k = codes.shape
     n = packed.shape[0]
     if codes.dtype != torch.int8 or m > 16 or k % 8:

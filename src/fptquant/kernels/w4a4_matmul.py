@@ -105,7 +105,7 @@ def default_config(codes: torch.Tensor, packed: torch.Tensor):
     if kernel == "sliced":
         return pick_sliced_config(n, k, codes.device)
     if kernel == "dp4a":
-        return pick_dp4a_config(n)
+        return pick_dp4a_config(n, m)
     if m == 1 and packed.dtype == torch.uint8:
         return pick_gemv_config(n, k)
     return pick_config(m, n, k)

@@ -326,16 +326,22 @@ def measure(
     return row
 
 
+PDL_MODES = {  # how a decode config's GEMM takes part in programmatic dependent launch (kernels/triton_pdl.py)
+    "on": {"pdl": True},  # launched as the quantize's dependent, releases the next quantize after its K loop
+    "off": {"pdl": False},  # launched when the quantize has finished, releases nothing
+    "start": {"pdl": True, "release": "start"},  # releases the next quantize as soon as it starts
+    "none": {"pdl": True, "release": "none"},  # launched early, releases nothing
+}
+
+
 def pdl_sweep(whole, bufs: int, configs: list) -> list[dict]:
-    """The decode whole linear of each config with the GEMM launched as a programmatic dependent of the quantize
-    (``pdl``, the default) and without (it starts when the quantize has finished), same run."""
+    """The decode whole linear of each config in each of ``PDL_MODES``, same run (``pdl`` and ``release`` of the
+    config itself are overridden; the quantize is always launched as a dependent, where the device can)."""
     out = []
     for cfg in configs:
         try:
-            times = {
-                mode: time_us(lambda i, c=variant: whole(i, c), bufs, graph=True)
-                for mode, variant in (("on", replace(cfg, pdl=True)), ("off", replace(cfg, pdl=False)))
-            }
+            variants = {mode: replace(cfg, **fields) for mode, fields in PDL_MODES.items()}
+            times = {mode: time_us(lambda i, c=v: whole(i, c), bufs, graph=True) for mode, v in variants.items()}
             out.append({"kind": kind_of(cfg), "config": asdict(cfg), **times})
         except Exception as e:  # a driver without programmatic launch in graphs must not end the run
             out.append({"kind": kind_of(cfg), "config": asdict(cfg), "error": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -464,8 +470,8 @@ def main() -> int:
                           f"(exact {r.get('cublas_fp8_exact', '-')}), "
                           f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
                 for p in r.get("pdl", []):
-                    times = f"{p['on']['median_us']:.1f} / {p['off']['median_us']:.1f}" if "on" in p else p["error"]
-                    print(f"{'':>15} whole with / without programmatic launch: {times} µs, {p['kind']} "
+                    times = " / ".join(f"{p[mode]['median_us']:.1f}" for mode in PDL_MODES) if "on" in p else p["error"]
+                    print(f"{'':>15} whole, programmatic launch {' / '.join(PDL_MODES)}: {times} µs, {p['kind']} "
                           f"{changed(p)}", flush=True)  # fmt: skip
                 if "gated" in r:
                     gd = r["gated"]

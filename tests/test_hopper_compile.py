@@ -268,6 +268,7 @@ def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
     ``pick_dp4a_config`` gives N output channels, its weight nibbles unpacked the ``nibbles`` way."""
     from dataclasses import replace
 
+    from fptquant.kernels.triton_pdl import release_mode
     from fptquant.kernels.triton_w4a4_dp4a import NIBBLE_MODES, pick_dp4a_config
 
     cfg = replace(pick_dp4a_config(n, m_pad), nibbles=nibbles)
@@ -277,7 +278,7 @@ def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
     args.update({name: "i32" for name in names})
     args.update(HAS_BIAS=False, SPLIT=1, EVEN_K=True, BM=m_pad, BN=cfg.block_n, BKW=cfg.block_k_words)
     args.update(STAGES=cfg.num_stages)
-    args.update(NIBBLES=NIBBLE_MODES[cfg.nibbles], INTERPRET=False, PDL=True)
+    args.update(NIBBLES=NIBBLE_MODES[cfg.nibbles], INTERPRET=False, PDL=True, RELEASE=release_mode(cfg.release))
     aligned = ["a_ptr", "w_ptr", "out_ptr", "stride_am", "stride_wn", "stride_om", "kw_per_split"]
     module = "fptquant.kernels.triton_w4a4_dp4a"
     return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
@@ -285,6 +286,7 @@ def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
 
 def sliced_job(n: int, k: int) -> dict:
     """LLaMA-3-8B at M = 2–16 on the sliced tensor-core kernel, the tile ``pick_sliced_config`` gives (N, K)."""
+    from fptquant.kernels.triton_pdl import release_mode
     from fptquant.kernels.triton_w4a4_sliced import MMA_ROWS, pick_sliced_config
 
     cfg = pick_sliced_config(n, k)
@@ -293,7 +295,7 @@ def sliced_job(n: int, k: int) -> dict:
     names = ("M", "N", "K", "stride_am", "stride_wn", "stride_om", "k_per_split")
     args.update({name: "i32" for name in names})
     args.update(HAS_BIAS=False, SPLIT=cfg.split_k, EVEN_K=True, BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k)
-    args.update(SLICES=cfg.slices, STAGES=cfg.num_stages, INTERPRET=False, PDL=True)
+    args.update(SLICES=cfg.slices, STAGES=cfg.num_stages, INTERPRET=False, PDL=True, RELEASE=release_mode(cfg.release))
     aligned = ["a_ptr", "w_ptr", "out_ptr", "K", "stride_am", "stride_wn", "stride_om", "k_per_split"]
     module = "fptquant.kernels.triton_w4a4_sliced"
     return {"module": module, "kernel": "_sliced_kernel", "args": args, "num_warps": cfg.slices, "aligned": aligned}
@@ -389,10 +391,14 @@ def waits_before_touching_memory(ptx: str) -> bool:
 @pytest.mark.parametrize("name", ["dp4a-16-6144", "dp4a-8-28672", *SLICED_CASES])
 def test_decode_gemm_waits_for_the_quantize_and_lets_the_next_one_launch(builds, name):
     """Programmatic dependent launch both ways: the GEMM touches no memory before the quantize ahead of it has
-    finished, and lets the kernel after it (the next linear's quantize) launch at once."""
+    finished, and lets the kernel after it (the next linear's quantize) launch once its sums are done (after
+    the last dot of the K loop, before the epilogue's stores)."""
     ptx = builds[name].ptx
     assert waits_before_touching_memory(ptx)
     assert ptx.count("griddepcontrol.launch_dependents") == 1
+    release = ptx.index("griddepcontrol.launch_dependents")
+    last_dot = max(m.start() for m in re.finditer(r"\bmma\.sync\.|\bdp4a\.[us]32", ptx))
+    assert last_dot < release < ptx.rindex("st.global")
 
 
 @pytest.mark.parametrize("name", ["quantize-4096", "quantize-gated-14336", ("8b-mlp-bf16", False)])

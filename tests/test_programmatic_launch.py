@@ -4,6 +4,8 @@ never overwrite what that kernel still reads."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ pytest.importorskip("triton")
 
 from fptquant.kernels import quantize_per_token  # noqa: E402
 from fptquant.kernels.triton_pdl import programmatic_launch  # noqa: E402
-from fptquant.kernels.w4a4_matmul import w4a4_matmul, w4a4_matmul_reference  # noqa: E402
+from fptquant.kernels.w4a4_matmul import default_config, w4a4_matmul, w4a4_matmul_reference  # noqa: E402
 from fptquant.math.packing import pack_int4  # noqa: E402
 
 
@@ -65,7 +67,8 @@ def test_gemm_launched_early_reads_the_codes_of_the_quantize_before_it(m, k, gat
 
 @pytest.mark.skipif(not _hopper(), reason="programmatic dependent launch needs a Hopper GPU")
 @pytest.mark.parametrize("m", [1, 16])
-def test_quantize_launched_early_reads_the_output_of_the_gemm_before_it(m):
+@pytest.mark.parametrize("release", ["after_loop", "start"])
+def test_quantize_launched_early_reads_the_output_of_the_gemm_before_it(m, release):
     """Ten linears in a chain, each quantizing the previous one's bf16 output, eagerly and as one CUDA graph:
     bit for bit what the same kernels give with the device synchronized after every launch (a quantize that
     read too early would see an older output in the same memory; one that wrote too early would overwrite codes
@@ -82,7 +85,8 @@ def test_quantize_launched_early_reads_the_output_of_the_gemm_before_it(m):
             q, s = quantize_per_token(y, backend="triton")
             if sync:
                 torch.cuda.synchronize()
-            y = w4a4_matmul(q, s, packed, sw, None, torch.bfloat16, backend="triton")
+            cfg = replace(default_config(q, packed), release=release)
+            y = w4a4_matmul(q, s, packed, sw, None, torch.bfloat16, backend="triton", config=cfg)
             if sync:
                 torch.cuda.synchronize()
             outs.append(y)

@@ -229,6 +229,8 @@ def test_sliced_extremes_are_exact_and_bad_inputs_named():
         w4a4_matmul(a.to(torch.float8_e4m3fn), ones_m, pack_int4(w), ones_n, None, backend="triton", config=cfg)
     with pytest.raises(ConfigError, match="block_k"):
         w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, backend="triton", config=SlicedConfig(32, 128, 4))
+    with pytest.raises(ConfigError, match="release must be one of"):
+        w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, backend="triton", config=SlicedConfig(release="end"))
 
 
 def test_small_m_kernel_switch(monkeypatch):

@@ -29,7 +29,17 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from ..errors import ConfigError
 from .backend import interpreting
+
+RELEASE_MODES = {"none": 0, "start": 1, "after_loop": 2}  # when a decode GEMM lets the kernel after it launch
+
+
+def release_mode(release: str) -> int:
+    """A decode GEMM config's ``release`` as its kernel's constant, or a clear error."""
+    if release not in RELEASE_MODES:
+        raise ConfigError(f"release must be one of {', '.join(RELEASE_MODES)}, got {release!r}")
+    return RELEASE_MODES[release]
 
 
 def programmatic_launch(device: torch.device) -> bool:

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting
-from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
+from .triton_pdl import programmatic_launch, release_dependents, release_mode, wait_for_inputs
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
@@ -53,6 +53,7 @@ class Dp4aConfig:
     num_stages: int = 4
     nibbles: str = "offset"  # the weight nibbles as v + 8 ("offset"), sign-extended ("signed"), or as 16·v ("x16")
     pdl: bool = True  # launched as a programmatic dependent of the quantize before it (.triton_pdl)
+    release: str = "after_loop"  # when the kernel after it may launch: "start", "after_loop" (its sums done), "none"
 
 
 def pick_dp4a_config(n: int, m: int = 1) -> Dp4aConfig:
@@ -117,10 +118,11 @@ def _dp4a_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, KW, stride_am, stride_wn, stride_om, kw_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     BKW: tl.constexpr, STAGES: tl.constexpr, NIBBLES: tl.constexpr, INTERPRET: tl.constexpr, PDL: tl.constexpr,
+    RELEASE: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    release_dependents(PDL)  # the next quantize may launch now; it waits for this GEMM to finish
+    release_dependents(PDL and RELEASE == 1)  # the kernel after this one may launch now, and wait for it
     wait_for_inputs(PDL)
     rm = tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -157,6 +159,7 @@ def _dp4a_kernel(
         if NIBBLES == 0:
             row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), even, row_sum, False, INTERPRET)
             row_sum = _dp4a(tl.full((BM, BKW), ONES, tl.int32), odd, row_sum, False, INTERPRET)
+    release_dependents(PDL and RELEASE == 2)  # the sums are done: the next kernel may launch and wait for them
     # zero weight words past K add (0 + 8)·0 with the offset: the activation there is masked to zero too
     total = tl.sum(acc, axis=2)
     if NIBBLES == 2:
@@ -197,6 +200,6 @@ def dp4a_matmul(
         HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=kw % cfg.block_k_words == 0 and kw_per_split * split == kw,
         BM=triton.next_power_of_2(m), BN=cfg.block_n,
         BKW=cfg.block_k_words, STAGES=cfg.num_stages, NIBBLES=NIBBLE_MODES[cfg.nibbles], INTERPRET=interpreting(),
-        PDL=pdl, num_warps=cfg.num_warps, launch_pdl=pdl,
+        PDL=pdl, RELEASE=release_mode(cfg.release), num_warps=cfg.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return out.to(out_dtype)

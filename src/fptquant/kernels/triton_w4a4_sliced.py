@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from .backend import interpreting, sm_count
-from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
+from .triton_pdl import programmatic_launch, release_dependents, release_mode, wait_for_inputs
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
@@ -41,6 +41,7 @@ class SlicedConfig:  # defaults: the common pick of pick_sliced_config
     split_k: int = 1
     num_stages: int = 4
     pdl: bool = True  # launched as a programmatic dependent of the quantize before it (.triton_pdl)
+    release: str = "after_loop"  # when the kernel after it may launch: "start", "after_loop" (its sums done), "none"
 
 
 def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> SlicedConfig:
@@ -89,12 +90,12 @@ def _sliced_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, SLICES: tl.constexpr, STAGES: tl.constexpr, INTERPRET: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, RELEASE: tl.constexpr,
 ):  # fmt: skip
     KS: tl.constexpr = BK // SLICES  # codes a slice and step
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    release_dependents(PDL)  # the next quantize may launch now; it waits for this GEMM to finish
+    release_dependents(PDL and RELEASE == 1)  # the kernel after this one may launch now, and wait for it
     wait_for_inputs(PDL)
     rm = tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -117,6 +118,7 @@ def _sliced_kernel(
         a_even, a_odd = tl.split(tl.reshape(a, (SLICES, BM, KS // 2, 2)))
         acc = tl.dot(a_even, _low_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
         acc = tl.dot(a_odd, _high_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
+    release_dependents(PDL and RELEASE == 2)  # the sums are done: the next kernel may launch and wait for them
     total = tl.sum(acc, axis=0) >> 4  # Σ 16·v·a, a multiple of 16: the shift is exact
     _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
 
@@ -152,6 +154,6 @@ def sliced_matmul(
         m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k,
         BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k, SLICES=cfg.slices, STAGES=cfg.num_stages,
-        INTERPRET=interpreting(), PDL=pdl, num_warps=cfg.slices, launch_pdl=pdl,
+        INTERPRET=interpreting(), PDL=pdl, RELEASE=release_mode(cfg.release), num_warps=cfg.slices, launch_pdl=pdl,
     )  # fmt: skip
     return out.to(out_dtype)

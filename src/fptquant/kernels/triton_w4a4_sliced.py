@@ -49,14 +49,15 @@ def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> Sl
     more than the SMs of ``device`` (8B o and down): four warps a program, 1024 codes a step in five stages (whole
     linear as the quantize's programmatic dependent, session 21: 8B o 8.3 against 9.8 µs with 512 codes in four
     stages, down 16.3 against 17.9 launched plainly; four stages lost 5–7 µs when launched early). Where there
-    are hundreds on a short K (8B gate+up, 896), one warp each. Between, on a short K (8B qkv): 16 channels on
-    one warp, six stages (7.7–7.9 against 8.5 µs). Otherwise two warps, 512 codes a step."""
+    are hundreds on a short K (8B gate+up, 896), one warp each, three stages (26.9 against 27.7 µs whole with
+    four). Between, on a short K (8B qkv): 16 channels on one warp, six stages (7.7–7.9 against 8.5 µs).
+    Otherwise two warps, 512 codes a step."""
     sms = (sm_count(device) if device is not None else None) or H100_SMS
     programs = triton.cdiv(n, 32)
     if programs <= sms:
         return SlicedConfig(block_k=1024, slices=4, num_stages=5)
     if programs >= 6 * sms and k <= 4096:
-        return SlicedConfig(block_k=256, slices=1)
+        return SlicedConfig(block_k=256, slices=1, num_stages=3)
     if k <= 4096:
         return SlicedConfig(block_n=16, block_k=256, slices=1, num_stages=6)
     return SlicedConfig()

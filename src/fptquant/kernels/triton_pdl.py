@@ -6,12 +6,14 @@ quantize lets its dependent launch as soon as all its programs run (``griddepcon
 the GEMM's programs, already resident, wait until the quantize has finished and its codes are visible
 (``griddepcontrol.wait``) before they read anything. On the H100 (session 20) this took 0.7–1.6 µs off the
 one-token LLaMA-3-8B linears. Asking L2 for the weights before the wait (a bulk prefetch a row) was no faster at
-a 4 MB budget and slower at larger ones. The sliced kernel on a long K over few programs lost 7 µs when launched
-early, so its config turns the mode off there (``pdl``).
+a 4 MB budget and slower at larger ones. Four-stage sliced configs on few programs lost 5–7 µs when launched
+early (sessions 20–21, cause not found); the picks there use five stages, which do not.
 
-The same holds the other way: the decode GEMMs release their dependents when they start, and the quantize
-kernels are launched this way too and wait before touching memory, so the next linear's quantize is resident
-when a GEMM ends (session 21). Every kernel launched this way waits before its first global read or write, so it
+The same holds the other way (session 21): the quantize kernels are launched this way too and wait before
+touching memory, and the decode GEMMs release the kernel after them once their K loop is done
+(``release="after_loop"``), so the next linear's quantize is resident when a GEMM ends. Releasing at the GEMM's
+start instead cost up to 6 µs on some configs, which suggests the next GEMM's programs were placed on the SMs
+too early. Every kernel launched this way waits before its first global read or write, so it
 neither reads what the kernel before it is still writing nor overwrites what that kernel still reads.
 
 A kernel launched this way after one that does not release it starts when that one's programs finish, and

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
+from fptquant.kernels.quantize import gated_product
 from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
 from fptquant.kernels.triton_w4a4_gemv import GemvConfig, quantize_gemv
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig, matmul
@@ -309,8 +310,8 @@ def measure(
         base = bf16["median_us"]
         row["gemm_speedup"] = base / best["time"]["median_us"]
         row["whole_speedup"] = base / row["whole_linear"]["median_us"]
-        # the heuristic's and the sweep's four fastest few-token configs, as whole linears, with and without
-        # programmatic launch (the GEMM-only order need not be the whole linear's)
+        # the heuristic's and the sweep's four fastest few-token configs, as whole linears in each launch mode
+        # of PDL_MODES (the GEMM-only order need not be the whole linear's)
         fastest = sorted(timed, key=lambda r: r["time"]["median_us"])[:4]
         few = [CONFIG_TYPES[r["kind"]](**r["config"]) for r in [results[0], *fastest] if r["kind"] in FEW_TOKEN]
         if few:
@@ -390,7 +391,7 @@ def gated_chain(m: int, k: int, w_bf16, bufs: int, packs, q_bufs: int, sw, cfg, 
     # quantize rides on a producer both stacks run anyway (derived from separately timed parts)
     beyond = out["w4a4_chain"]["median_us"] - out["bf16_producer"]["median_us"]
     out["down_beyond_producer_speedup"] = base_gemm / beyond if beyond > 0 else float("nan")
-    ref = quantize_per_token(F.silu(g) * u, backend="triton")
+    ref = quantize_per_token(gated_product(g, u), backend="triton")
     q, s = quantize_per_token(g, up=u, backend="triton")
     diff = (q.int() - ref[0].int()).abs()
     out["gated_check"] = {"max_code_diff": int(diff.max()), "moved_fraction": float(diff.bool().double().mean())}

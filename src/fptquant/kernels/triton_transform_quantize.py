@@ -326,15 +326,16 @@ def kron_quantize_rows(
     u = up if up is not None else x
     args = (x, u, p1s, p2s, codes, scales, M, nb, x.stride(0), u.stride(0), codes.stride(0), float(lo), float(hi),
             QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, float(gain))  # fmt: skip
+    pdl = programmatic_launch(x.device)  # a compile option too: the occupancy probe must build the launched kernel
     constants = dict(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
         N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,
         ROUND_MID=round_mid, GATED=up is not None, UPCAST=interpreting() if upcast is None else upcast,
-        STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None), PDL=programmatic_launch(x.device),
+        STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None), PDL=pdl, launch_pdl=pdl,
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
     groups = triton.cdiv(M, t)
     if programs is None:
         programs = groups if not x.is_cuda else min(groups, _resident_programs(x.device.index or 0, args, constants))
-    _kron_quantize_kernel[(max(1, programs),)](*args, **constants, launch_pdl=constants["PDL"])
+    _kron_quantize_kernel[(max(1, programs),)](*args, **constants)
     return codes, scales[:, None]

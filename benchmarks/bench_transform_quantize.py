@@ -21,6 +21,7 @@ import torch
 from timing import finish_report, gbps, rotations, start_report, time_us
 
 from fptquant.kernels.transform_quantize import transform_quantize
+from fptquant.kernels.triton_blocks_quantize import fits_one_pass
 from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, tile_shape
 from fptquant.math.hadamard import hadamard_factors, random_orthogonal
 
@@ -64,20 +65,26 @@ def factors(n1: int, n2: int, kind: str, gen: torch.Generator) -> tuple[torch.Te
     return p1, p2, 1.0
 
 
-KNOBS = ("tokens", "num_warps", "stages")
+KNOBS = ("tokens", "num_warps", "stages", "one_pass")
 
 
-def tilings(n1: int, n2: int, sweep: bool) -> list[dict]:
-    if not sweep:
-        return [{}]
+def tilings(n1: int, n2: int, sweep: bool, nb: int = 1, static: bool = False) -> list[dict]:
+    """The default tiling first; where rows of several blocks take the one-pass kernel by default, the two passes
+    too (same run); with ``sweep`` every tiling of either."""
     _, n1p, n2p = tile_shape(n1, n2)
+    one_pass = not static and fits_one_pass(nb, n1p, n2p)
+    if not sweep:
+        return [{}, {"one_pass": False}] if one_pass else [{}]
     out = []
+    if one_pass:
+        out += [{"one_pass": True, "num_warps": w, "stages": st} for w in (4, 8) for st in (1, 2, 3)]
     for tokens in (1, 2, 4, 8):
         if tokens * n1p > 128 or tokens * n1p * n2p > MAX_TILE:
             continue
         for warps in (4, 8):
             for stages in (1, 2, 3):
-                out.append({"tokens": tokens, "num_warps": warps, "stages": stages})
+                two_pass = {"one_pass": False} if one_pass else {}
+                out.append({"tokens": tokens, "num_warps": warps, "stages": stages} | two_pass)
     return out
 
 
@@ -113,7 +120,7 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
         samples=5,
     )
     tried = []
-    for knobs in tilings(n1, n2, sweep):
+    for knobs in tilings(n1, n2, sweep, nb, static is not None):
         try:
             q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, **numerics, **up(0), **knobs)
         except Exception as err:  # a tiling the compiler refuses (e.g. out of shared memory)
@@ -165,6 +172,10 @@ def main() -> int:
                   f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_GBps']:>11.0f} {r['ok']} "
                   f"eager {100 * r.get('eager_fraction_of_copy', float('nan')):.1f}% "
                   f"{ {key: r['best'].get(key) for key in KNOBS} }", flush=True)  # fmt: skip
+            if not args.sweep and len(r["tried"]) > 1:  # the one-pass default and the two passes, same run
+                for t in r["tried"]:
+                    share = 100 * t.get("triton_GBps", 0.0) / r["copy_GBps"]
+                    print(f"{'':>34} {share:.1f}% of copy, ok {t.get('ok')}: { {key: t.get(key) for key in KNOBS} }")
             torch.cuda.empty_cache()
     return finish_report({**env, "rows": rows}, args.json, all(r["ok"] for r in rows))
 

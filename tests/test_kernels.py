@@ -167,12 +167,26 @@ def test_transform_quantize_tuning_knobs_keep_the_numerics(n1, n2, nb, tokens, p
     torch.testing.assert_close(scales[:, None], sr, rtol=1e-5, atol=0)
 
 
+class Spy:
+    """Records each launch's compile-time arguments; the rest (warmup, ...) is the real kernel's."""
+
+    def __init__(self, real, launched: list):
+        self.real, self.launched = real, launched
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: self.launched.append(kw) or self.real[grid](*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
 @pytest.mark.parametrize("block,nb,m", [(512, 3, 37), (64, 9, 20), (256, 4, 5)])
 @pytest.mark.parametrize("static_scale", [None, 0.05])
 def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, static_scale):
     """A block Hadamard passed as ±2^-j factors (exact in bfloat16) and the rest of its normalisation as a gain
     (1/√2 for 512 = 16·32, 1/2 for 64 = 8·8, none for 256 = 16·16): the kernel skips both lo dots (P1_LO =
     P2_LO = False), and its codes match the reference and the float64 normalised Hadamard."""
+    import fptquant.kernels.triton_blocks_quantize as tbq
     import fptquant.kernels.triton_transform_quantize as tq
     from fptquant.kernels.transform_quantize import transform_quantize, transform_quantize_reference
     from fptquant.math.hadamard import hadamard, hadamard_factors
@@ -182,20 +196,14 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
     assert gain == {512: 2**-0.5, 64: 0.5, 256: 1.0}[block]
     torch.testing.assert_close(torch.kron(p1, p2).double() * gain, hadamard(block), rtol=0, atol=1e-12)
     launched = []
-    real = tq._kron_quantize_kernel
-
-    class Spy:  # records each launch's compile-time arguments; the rest (warmup, ...) is the real kernel's
-        def __getitem__(self, grid):
-            return lambda *a, **kw: launched.append(kw) or real[grid](*a, **kw)
-
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-    monkeypatch.setattr(tq, "_kron_quantize_kernel", Spy())
+    for module, name in ((tq, "_kron_quantize_kernel"), (tbq, "_blocks_quantize_kernel")):
+        monkeypatch.setattr(module, name, Spy(getattr(module, name), launched))
     x = rows(m, nb * block, torch.bfloat16, seed=block)
     p1, p2 = p1.to(DEVICE), p2.to(DEVICE)
     q, s = transform_quantize(x, p1, p2, static_scale=static_scale, gain=gain, backend="triton")
-    assert launched and not launched[0]["P1_LO"] and not launched[0]["P2_LO"] and launched[0]["GAIN"] == (gain != 1)
+    assert len(launched) == 1 and not launched[0]["P1_LO"] and not launched[0]["P2_LO"]
+    assert launched[0]["GAIN"] == (gain != 1)
+    assert ("B0" in launched[0]) == (static_scale is None)  # dynamic scales: the one-pass kernel
     qr, sr = transform_quantize_reference(x, p1, p2, static_scale=static_scale, gain=gain)
     close_codes(q.cpu(), qr.cpu())
     torch.testing.assert_close(s.cpu(), sr.cpu(), rtol=1e-5, atol=0)
@@ -203,6 +211,54 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
     q64, s64 = quantize_per_token_reference(h.reshape(m, -1).float(), static_scale=static_scale)
     close_codes(q.cpu(), q64, fraction=2e-3)
     torch.testing.assert_close(s.cpu(), s64, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize(
+    "n1,n2,nb,m,programs",
+    [(16, 32, 28, 3, None), (16, 32, 7, 9, 2), (8, 8, 9, 5, None), (24, 24, 2, 4, 1), (9, 64, 5, 6, 4)],
+)  # fmt: skip
+@pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])
+def test_one_pass_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, numerics):
+    """Rows of several blocks with dynamic scales in one pass (the row in registers, blocks as the batch of 3-D
+    dots: 28 = 16 + 8 + 4, 9 = 8 + 1, padded 24×24 and 9×64 blocks, fewer programs than tokens): the codes and
+    scales of the two-pass kernel and of the reference, with one clip ratio and a two-sided one, and a block far
+    below the rest of its row."""
+    from fptquant.kernels.quantize import gated_product
+    from fptquant.kernels.transform_quantize import transform_quantize_reference
+    from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(nb * m)
+    p1 = (random_orthogonal(n1, g) * torch.rand(n1, generator=g).add(0.5)).float()
+    p2 = random_orthogonal(n2, g).float()
+    if numerics == "round-mid":  # FlatQuant's online_bf16: factors bfloat16 holds
+        p1, p2 = p1.bfloat16().float(), p2.bfloat16().float()
+    p1, p2 = p1.to(DEVICE), p2.to(DEVICE)
+    x = rows(m, nb * n1 * n2, torch.float32 if numerics == "float32-x" else torch.bfloat16, seed=nb)
+    x[1, : n1 * n2] *= 1e-3
+    up = rows(m, nb * n1 * n2, torch.bfloat16, seed=nb + 1) if numerics == "gated" else None
+    for clip in (0.9, (0.7, 0.95)):
+        kwargs = {"round_mid": numerics == "round-mid", "up": up}
+        q, s = kron_quantize_rows(x, p1, p2, nb, clip, None, one_pass=True, programs=programs, **kwargs)
+        q2, s2 = kron_quantize_rows(x, p1, p2, nb, clip, None, one_pass=False, **kwargs)
+        close_codes(q, q2)
+        torch.testing.assert_close(s, s2, rtol=1e-6, atol=0)
+        source = gated_product(x, up) if up is not None else x
+        qr, sr = transform_quantize_reference(source, p1, p2, clip_ratio=clip, round_mid=kwargs["round_mid"])
+        close_codes(q, qr)
+        torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+
+
+def test_one_pass_refuses_rows_it_cannot_hold():
+    """``one_pass=True`` where the kernel does not apply is a clear error, not a silent fallback: a static scale,
+    one block a row, more than three power-of-two runs of blocks (15 = 8 + 4 + 2 + 1), a row past 16384 values."""
+    from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
+
+    p = torch.eye(16, device=DEVICE)
+    for nb, static in ((4, 0.5), (1, None), (15, None), (128, None)):
+        x = torch.randn(2, nb * 256, device=DEVICE, dtype=torch.bfloat16)
+        with pytest.raises(ConfigError, match="one-pass kernel"):
+            kron_quantize_rows(x, p, p, nb, 1.0, static, one_pass=True)
 
 
 @pytest.mark.parametrize(

@@ -193,16 +193,16 @@ def _kron_quantize_kernel(
                 _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1, n2, stride_q, N2)
 
 
-_RESIDENT: dict[tuple, int] = {}  # (device, compile-time arguments) -> programs that fit on the GPU at once
+_RESIDENT: dict[tuple, int] = {}  # (device, kernel, compile-time arguments) -> programs that fit on the GPU at once
 
 
-def _resident_programs(device_index: int, args: tuple, constants: dict) -> int:
-    """Programs of this compiled kernel that the GPU holds at once (at most 4 an SM), by its shared memory and
-    registers: the persistent grid must not exceed it, or the programs left over run their whole share of the
-    tokens as a second wave after the rest have finished."""
-    key = (device_index, *sorted(constants.items()))
+def _resident_programs(kernel, device_index: int, args: tuple, constants: dict) -> int:
+    """Programs of ``kernel`` compiled with ``constants`` that the GPU holds at once (at most 4 an SM), by its
+    shared memory and registers: the persistent grid must not exceed it, or the programs left over run their whole
+    share of the tokens as a second wave after the rest have finished."""
+    key = (device_index, id(kernel), *sorted(constants.items()))
     if key not in _RESIDENT:
-        compiled = _kron_quantize_kernel.warmup(*args, grid=(1,), **constants)
+        compiled = kernel.warmup(*args, grid=(1,), **constants)
         compiled._init_handles()
         props = triton.runtime.driver.active.utils.get_device_properties(device_index)
         per_sm = props["max_shared_mem"] + DRIVER_SHARED_BYTES
@@ -308,13 +308,26 @@ def kron_quantize_rows(
     gain: float = 1.0,
     round_mid: bool = False,
     up: torch.Tensor | None = None,
+    one_pass: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``;
     ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`; ``up``: the rows are ``silu(x) · up``);
     ``clip_ratio`` one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
-    ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them)."""
+    ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them). ``one_pass``:
+    rows of several blocks with dynamic scales go to :mod:`.triton_blocks_quantize` (None: where they fit there and
+    no ``tokens`` are asked for; True: there or a clear error; False: the two passes here)."""
+    from .triton_blocks_quantize import fits_one_pass, launch_one_pass, one_pass_knobs
+
     M, K = x.shape
-    t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], tokens)
+    n1p, n2p = padded(p1.shape[0]), padded(p2.shape[0])
+    fits = fits_one_pass(nb, n1p, n2p) and static_scale is None
+    if one_pass and not fits:
+        raise ConfigError(
+            f"the one-pass kernel takes dynamic scales and up to three power-of-two runs of blocks, at most "
+            f"{MAX_TILE} values a row; got {nb} blocks of {n1p}×{n2p}, static scale {static_scale}"
+        )
+    one_pass = fits and (one_pass or (one_pass is None and tokens is None))
+    t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], 1 if one_pass else tokens)
     p1s, p2s, p1_lo, p2_lo = _prepared_factors(p1, p2, t)
     halves = (1 + p1_lo, 1 + p2_lo)
     if out is None:
@@ -334,8 +347,12 @@ def kron_quantize_rows(
         STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None), PDL=pdl, launch_pdl=pdl,
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
+    if one_pass:
+        launch_one_pass(args, constants | one_pass_knobs(nb, n1p, n2p, num_warps, stages), nb, programs)
+        return codes, scales[:, None]
     groups = triton.cdiv(M, t)
     if programs is None:
-        programs = groups if not x.is_cuda else min(groups, _resident_programs(x.device.index or 0, args, constants))
+        held = _resident_programs(_kron_quantize_kernel, x.device.index or 0, args, constants) if x.is_cuda else groups
+        programs = min(groups, held)
     _kron_quantize_kernel[(max(1, programs),)](*args, **constants)
     return codes, scales[:, None]

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Session 22 on the GPU machine (issue 8).
+#   probe  benchmarks/probe_sliced_down.py: the 16-token 8B down GEMM in variants (packed activations, tiled
+#          weights, activations read once, loads only), to find what holds it at 2.1 TB/s
+#   kv     INT4-KV decode attention at batch 64, KV 2048 (acceptance 5)
+#   tqtest the transform-quantize tests on CUDA (the one-pass kernel for rows of several blocks among them)
+#   tq     bench_transform_quantize.py: the block Hadamard (T_d) and its gated form, dynamic, at M = 8192 and
+#          32768 (one pass, the default now, and the two passes, same run), then a tiling sweep at 8192
+#   STEPS="probe kv" bash scripts/gpu_session22.sh
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
+for step in ${STEPS:-probe}; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    probe)
+      timeout 420 python3 benchmarks/probe_sliced_down.py --json "$OUT/probe_down.json" ;;
+    tqtest)
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_gated_quantize.py \
+        -k "one_pass or hadamard or transform_quantize or bf16_numerics or gated" 2>&1 | tail -4 ;;
+    tq)
+      timeout 240 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 \
+        --cases 16x32:hadamard,16x32:hadamard-gated --json "$OUT/tq.json"
+      timeout 240 python3 benchmarks/bench_transform_quantize.py --m 8192 --sweep --cases 16x32:hadamard \
+        --json "$OUT/tq_sweep.json" ;;
+    kv)
+      timeout 120 python3 benchmarks/bench_kv_attention.py --batch 64 --length 2048 --json "$OUT/kv.json" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done 2>&1 | tee "$OUT/run.log"

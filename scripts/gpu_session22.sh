@@ -24,6 +24,13 @@ for step in ${STEPS:-probe}; do
         --cases 16x32:hadamard,16x32:hadamard-gated --json "$OUT/tq.json"
       timeout 240 python3 benchmarks/bench_transform_quantize.py --m 8192 --sweep --cases 16x32:hadamard \
         --json "$OUT/tq_sweep.json" ;;
+    tq2)  # the one-pass defaults from tq's sweep (4 warps, 3 stages), and a sweep of the gated form
+      timeout 200 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 \
+        --cases 16x32:hadamard,16x32:hadamard-gated --json "$OUT/tq.json"
+      timeout 120 python3 benchmarks/bench_transform_quantize.py --static --m 8192 \
+        --cases 16x32:hadamard,16x32:hadamard-gated --json "$OUT/tq_static.json"
+      timeout 240 python3 benchmarks/bench_transform_quantize.py --m 8192 --sweep --cases 16x32:hadamard-gated \
+        --json "$OUT/tq_sweep_gated.json" ;;
     kv)
       timeout 120 python3 benchmarks/bench_kv_attention.py --batch 64 --length 2048 --json "$OUT/kv.json" ;;
     *) echo "unknown step $step" ;;

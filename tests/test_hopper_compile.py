@@ -73,7 +73,7 @@ def one_pass_job(n1: int, n2: int, nb: int, gated: bool = False) -> dict:
 
     _, n1p, n2p = tile_shape(n1, n2, 1)
     pieces = block_pieces(nb)
-    knobs = one_pass_knobs(nb, n1p, n2p, None, None)
+    knobs = one_pass_knobs(nb, n1p, n2p, None, None, 2, gated)
     args = {
         "x_ptr": "*bf16", "u_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32",
         "M": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32",

@@ -348,7 +348,8 @@ def kron_quantize_rows(
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
     if one_pass:
-        launch_one_pass(args, constants | one_pass_knobs(nb, n1p, n2p, num_warps, stages), nb, programs)
+        knobs = one_pass_knobs(nb, n1p, n2p, num_warps, stages, x.element_size(), up is not None)
+        launch_one_pass(args, constants | knobs, nb, programs)
         return codes, scales[:, None]
     groups = triton.cdiv(M, t)
     if programs is None:

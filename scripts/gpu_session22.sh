@@ -31,6 +31,14 @@ for step in ${STEPS:-probe}; do
         --cases 16x32:hadamard,16x32:hadamard-gated --json "$OUT/tq_static.json"
       timeout 240 python3 benchmarks/bench_transform_quantize.py --m 8192 --sweep --cases 16x32:hadamard-gated \
         --json "$OUT/tq_sweep_gated.json" ;;
+    tqpdl)  # every case at M = 8192 with and without programmatic launch (FPTQUANT_PDL=0), dynamic and static
+      cases=16x32:hadamard,16x32:hadamard-gated,9x64:heads-bf16,24x24:kron-bf16,112x128:kron-bf16,64x64:kron-bf16
+      for pdl in 1 0; do
+        FPTQUANT_PDL=$pdl timeout 200 python3 benchmarks/bench_transform_quantize.py --m 8192 --cases $cases \
+          --json "$OUT/tq_pdl$pdl.json"
+        FPTQUANT_PDL=$pdl timeout 120 python3 benchmarks/bench_transform_quantize.py --static --m 8192 \
+          --cases $cases --json "$OUT/tq_static_pdl$pdl.json"
+      done ;;
     kv)
       timeout 120 python3 benchmarks/bench_kv_attention.py --batch 64 --length 2048 --json "$OUT/kv.json" ;;
     *) echo "unknown step $step" ;;

@@ -171,8 +171,10 @@ def launch_one_pass(args: tuple, constants: dict, nb: int, programs: int | None)
 def one_pass_knobs(
     nb: int, n1p: int, n2p: int, num_warps: int | None, stages: int | None, x_bytes: int = 2, gated: bool = False
 ) -> dict:
-    """Four warps, three rows of ``x`` in flight (fewer where they do not fit in shared memory): the H100 sweep of
-    session 22 at 28 blocks of 16×32, M = 8192: 92.5% of copy bandwidth, against 80% with two rows, 55% with one,
-    and 64% / 46% / 35% on eight warps (one program an SM: 160 registers a thread)."""
+    """Four warps; three rows of ``x`` in flight up to 32 KB a row, else two (fewer where they do not fit in shared
+    memory). The H100 sweeps of session 22 at 28 blocks of 16×32, M = 8192: 92.5% of copy bandwidth with three
+    rows, against 80% with two and 55% with one (eight warps: 64%, 46%, 35%; 160 registers a thread leave one
+    program an SM); the gated form (gate and up, 56 KB a row) 62% with two, against 42% with three and 51% with
+    one."""
     row = nb * n1p * n2p * x_bytes * (2 if gated else 1)
-    return {"num_warps": num_warps or 4, "STAGES": stages or stages_that_fit(3, row, 16384) or 1}
+    return {"num_warps": num_warps or 4, "STAGES": stages or stages_that_fit(3 if row <= 32768 else 2, row, 16384) or 1}

@@ -39,6 +39,14 @@ for step in ${STEPS:-probe}; do
         FPTQUANT_PDL=$pdl timeout 120 python3 benchmarks/bench_transform_quantize.py --static --m 8192 \
           --cases $cases --json "$OUT/tq_static_pdl$pdl.json"
       done ;;
+    tq3)  # programmatic launch for decode-sized transform calls only (M <= 64): every case, dynamic at 8192 and
+          # 32768, static at 8192, and a tiling sweep of 112x128 (dynamic, 8192)
+      cases=16x32:hadamard,16x32:hadamard-gated,9x64:heads-bf16,24x24:kron-bf16,112x128:kron-bf16,64x64:kron-bf16
+      timeout 200 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases $cases --json "$OUT/tq.json"
+      timeout 120 python3 benchmarks/bench_transform_quantize.py --static --m 8192 --cases $cases \
+        --json "$OUT/tq_static.json"
+      timeout 200 python3 benchmarks/bench_transform_quantize.py --m 8192 --sweep --cases 112x128:kron-bf16 \
+        --json "$OUT/tq_sweep_112.json" ;;
     kv)
       timeout 120 python3 benchmarks/bench_kv_attention.py --batch 64 --length 2048 --json "$OUT/kv.json" ;;
     *) echo "unknown step $step" ;;

@@ -16,6 +16,9 @@ start instead cost up to 6 µs on some configs, which suggests the next GEMM's p
 too early. Every kernel launched this way waits before its first global read or write, so it
 neither reads what the kernel before it is still writing nor overwrites what that kernel still reads.
 
+The transform quantize is launched this way only up to 64 tokens: launched early, its prefill-sized persistent
+grids lost up to a quarter of their bandwidth (session 22).
+
 A kernel launched this way after one that does not release it starts when that one's programs finish, and
 still waits: the instructions are safe whatever came before. The interpreter has neither, so there ``ENABLED``
 is false and they are left out. ``FPTQUANT_PDL=0`` turns the launch mode off (the kernels then run as before).

@@ -13,9 +13,10 @@ dots where fp16 cost one, and need no range check (bf16 has float32's exponents)
 spent its time on the per-token prescale of ``X`` and the layout changes around its dots, not on the dots.
 
 Programs are persistent (a grid of at most a few waves, each looping over token groups) so the factors
-are read once per program. Rows of several blocks (``nb > 1``) with dynamic scales take two passes: the
-row's range over all its blocks, then the codes (recomputing the tiles; the second read of ``x`` mostly hits
-L2). A static scale, or one block per row, is one pass.
+are read once per program. Rows of several blocks (``nb > 1``) with dynamic scales go to the one-pass kernel of
+:mod:`.triton_blocks_quantize` where a row fits in registers; otherwise they take two passes here: the row's range
+over all its blocks, then the codes (recomputing the tiles; the second read of ``x`` mostly hits L2). A static
+scale, or one block per row, is one pass.
 """
 
 from __future__ import annotations

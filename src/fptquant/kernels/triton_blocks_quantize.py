@@ -18,8 +18,8 @@ import triton.language as tl
 from ..errors import ConfigError
 from .backend import stages_that_fit
 from .triton_pdl import release_dependents, wait_for_inputs
-from .triton_quantize import _int4_codes, _round_to, _swiglu, _upper_half
-from .triton_transform_quantize import MAX_TILE, _clipped_amax, _dot, _resident_programs, _split
+from .triton_quantize import _int4_codes, _swiglu, _upper_half
+from .triton_transform_quantize import MAX_TILE, _clipped_amax, _resident_programs, _transform
 
 
 @triton.jit
@@ -39,30 +39,7 @@ def _blocks(
             x = _upper_half(x)
     p1h, p1l = tl.broadcast_to(p1h[None], (B, N1, N1)), tl.broadcast_to(p1l[None], (B, N1, N1))
     p2h, p2l = tl.broadcast_to(p2h[None], (B, N2, N2)), tl.broadcast_to(p2l[None], (B, N2, N2))
-    if X_SPLIT:
-        xh, xl = _split(x.to(tl.float32))
-        w = _dot(p1h, xh, None, UPCAST)
-        if P1_LO:
-            w = _dot(p1l, xh, w, UPCAST)
-        w = _dot(p1h, xl, w, UPCAST)
-    else:
-        w = _dot(p1h, x, None, UPCAST)
-        if P1_LO:
-            w = _dot(p1l, x, w, UPCAST)
-    if ROUND_MID:
-        wb = _round_to(w, tl.bfloat16, UPCAST)
-        y = _dot(wb, p2h, None, UPCAST)
-        if P2_LO:
-            y = _dot(wb, p2l, y, UPCAST)
-    else:
-        wh, wl = _split(w)
-        y = _dot(wh, p2h, None, UPCAST)
-        y = _dot(wl, p2h, y, UPCAST)
-        if P2_LO:
-            y = _dot(wh, p2l, y, UPCAST)
-    if GAIN:
-        y = y * gain
-    return y
+    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)
 
 
 @triton.jit

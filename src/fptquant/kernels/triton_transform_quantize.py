@@ -101,6 +101,16 @@ def _tile(
         x = _swiglu(x, tl.load(u_ptr + tok.to(tl.int64)[:, None] * stride_u + col, mask=mask, other=0.0))
         if not X_SPLIT:  # a bf16 value in float32: its upper half is the bf16 operand, exactly
             x = _upper_half(x)
+    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)
+
+
+@triton.jit
+def _transform(
+    x, p1h, p1l, p2h, p2l, gain, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr,
+    GAIN: tl.constexpr, ROUND_MID: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """``Y = (P1ᵀ · X) · P2`` as the dots of the numerics above (2-D, or 3-D with the factors broadcast over the
+    batch: :mod:`.triton_blocks_quantize`)."""
     if X_SPLIT:
         xh, xl = _split(x.to(tl.float32))
         w = _dot(p1h, xh, None, UPCAST)

@@ -78,12 +78,12 @@ def tilings(n1: int, n2: int, sweep: bool, nb: int = 1, static: bool = False) ->
     out = []
     if one_pass:
         out += [{"one_pass": True, "num_warps": w, "stages": st} for w in (4, 8) for st in (1, 2, 3)]
+    two_pass = {"one_pass": False} if one_pass else {}
     for tokens in (1, 2, 4, 8):
         if tokens * n1p > 128 or tokens * n1p * n2p > MAX_TILE:
             continue
         for warps in (4, 8):
             for stages in (1, 2, 3):
-                two_pass = {"one_pass": False} if one_pass else {}
                 out.append({"tokens": tokens, "num_warps": warps, "stages": stages} | two_pass)
     return out
 

@@ -114,10 +114,6 @@ def tile_layout(packed: torch.Tensor, bn: int, bk: int) -> torch.Tensor:
     return packed.reshape(n // bn, bn, half // (bk // 2), bk // 2).permute(0, 2, 1, 3).contiguous()
 
 
-def pack_pairs(codes: torch.Tensor) -> torch.Tensor:
-    return pack_int4(codes)  # even k in the low nibble, like the weights
-
-
 def weight_operand(packed: torch.Tensor, wlayout: str, bn: int, bk: int):
     """The GEMM's weight argument in ``wlayout`` (``tma_t`` takes the weights transposed, ``(K/2, N)``)."""
     if wlayout == "tiles":
@@ -198,7 +194,7 @@ def main() -> int:
     bufs = rotations(n * k // 2)
     packs = [pack_int4(torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda")) for _ in range(bufs - 1)]
     packs.insert(0, pack_int4(w))
-    a_packed = pack_pairs(codes)
+    a_packed = pack_int4(codes)  # even k in the low nibble, like the weights
     weight_bytes = n * k // 2
     rows, ok = [], True
 

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("triton")
 
 from fptquant.kernels import quantize_per_token  # noqa: E402
-from fptquant.kernels.triton_pdl import programmatic_launch  # noqa: E402
+from fptquant.kernels.triton_pdl import DECODE_MAX_TOKENS, programmatic_launch  # noqa: E402
 from fptquant.kernels.w4a4_matmul import default_config, w4a4_matmul, w4a4_matmul_reference  # noqa: E402
 from fptquant.math.packing import pack_int4  # noqa: E402
 
@@ -26,6 +26,13 @@ def test_launch_mode_is_off_where_it_cannot_run(monkeypatch):
 
 def _hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.mark.skipif(not _hopper(), reason="programmatic dependent launch needs a Hopper GPU")
+def test_launch_mode_is_for_decode_sized_calls_that_say_their_tokens():
+    cuda = torch.device("cuda")
+    assert programmatic_launch(cuda) and programmatic_launch(cuda, tokens=DECODE_MAX_TOKENS)
+    assert not programmatic_launch(cuda, tokens=DECODE_MAX_TOKENS + 1)
 
 
 @pytest.mark.skipif(not _hopper(), reason="programmatic dependent launch needs a Hopper GPU")

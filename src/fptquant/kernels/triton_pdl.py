@@ -16,8 +16,8 @@ start instead cost up to 6 µs on some configs, which suggests the next GEMM's p
 too early. Every kernel launched this way waits before its first global read or write, so it
 neither reads what the kernel before it is still writing nor overwrites what that kernel still reads.
 
-The transform quantize is launched this way only up to 64 tokens: launched early, its prefill-sized persistent
-grids lost up to a quarter of their bandwidth (session 22).
+A caller that passes its token count gets the launch mode only up to ``DECODE_MAX_TOKENS``: the transform quantize,
+whose prefill-sized persistent grids lost up to a quarter of their bandwidth when launched early (session 22).
 
 A kernel launched this way after one that does not release it starts when that one's programs finish, and
 still waits: the instructions are safe whatever came before. The interpreter has neither, so there ``ENABLED``
@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from .backend import interpreting
 
 RELEASE_MODES = {"none": 0, "start": 1, "after_loop": 2}  # when a decode GEMM lets the kernel after it launch
+DECODE_MAX_TOKENS = 64  # the most tokens a call given as ``tokens`` takes the launch mode with
 
 
 def release_mode(release: str) -> int:
@@ -47,10 +48,13 @@ def release_mode(release: str) -> int:
     return RELEASE_MODES[release]
 
 
-def programmatic_launch(device: torch.device) -> bool:
-    """Whether kernels on ``device`` use programmatic dependent launch (Hopper or newer, not interpreted). Asked
-    before every decode quantize and GEMM launch, so the device's generation is looked up once."""
+def programmatic_launch(device: torch.device, tokens: int | None = None) -> bool:
+    """Whether kernels on ``device`` use programmatic dependent launch (Hopper or newer, not interpreted), for a
+    call of ``tokens`` tokens where given (decode-sized only). Asked before every decode quantize and GEMM launch,
+    so the device's generation is looked up once."""
     if interpreting() or device.type != "cuda" or os.environ.get("FPTQUANT_PDL", "1") == "0":
+        return False
+    if tokens is not None and tokens > DECODE_MAX_TOKENS:
         return False
     return _hopper_or_newer(device.index if device.index is not None else torch.cuda.current_device())
 

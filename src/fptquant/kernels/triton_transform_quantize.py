@@ -36,7 +36,6 @@ from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
 from .triton_quantize import _int4_codes, _round_to, _swiglu, _upper_half
 
 MAX_TILE = 16384  # padded elements of x a program holds at once (T·N1·N2)
-PDL_MAX_TOKENS = 64  # programmatic dependent launch (.triton_pdl) up to this many tokens: decode
 
 
 @triton.jit
@@ -354,7 +353,7 @@ def kron_quantize_rows(
     # a compile option too (the occupancy probe must build the launched kernel); decode-sized calls only: launched
     # early, a prefill-sized persistent grid lost up to a quarter of its bandwidth (session 22, static scales: block
     # Hadamard 74.6% of copy against 89.2%, 24×24 50.8% against 66.2%, 9×64 68.1% against 73.1%)
-    pdl = programmatic_launch(x.device) and M <= PDL_MAX_TOKENS
+    pdl = programmatic_launch(x.device, tokens=M)
     constants = dict(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
         N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,

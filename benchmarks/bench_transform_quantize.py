@@ -21,8 +21,8 @@ import torch
 from timing import finish_report, gbps, rotations, start_report, time_us
 
 from fptquant.kernels.transform_quantize import transform_quantize
-from fptquant.kernels.triton_blocks_quantize import fits_one_pass
-from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, tile_shape
+from fptquant.kernels.triton_blocks_quantize import check_batched
+from fptquant.kernels.triton_transform_quantize import MAX_TILE, kron_quantize_rows, prefers_batched, tile_shape
 from fptquant.math.hadamard import hadamard_factors, random_orthogonal
 
 # (K, n1, n2, kind): FlatQuant's Kronecker sizes for LLaMA-3-8B and SmolLM2, a block Hadamard (T_d), head mixing.
@@ -65,26 +65,28 @@ def factors(n1: int, n2: int, kind: str, gen: torch.Generator) -> tuple[torch.Te
     return p1, p2, 1.0
 
 
-KNOBS = ("tokens", "num_warps", "stages", "one_pass")
+KNOBS = ("tokens", "num_warps", "stages", "batched")
 
 
 def tilings(n1: int, n2: int, sweep: bool, nb: int = 1, static: bool = False) -> list[dict]:
-    """The default tiling first; where rows of several blocks take the one-pass kernel by default, the two passes
-    too (same run); with ``sweep`` every tiling of either."""
+    """The default first, then the other kernel (tiled or batched) where it takes the rows, same run; with
+    ``sweep`` every tiling of either."""
     _, n1p, n2p = tile_shape(n1, n2)
-    one_pass = not static and fits_one_pass(nb, n1p, n2p)
+    takes = check_batched(nb, n1p, n2p, None) is None
+    default = prefers_batched(nb, n1p, n2p, static)
     if not sweep:
-        return [{}, {"one_pass": False}] if one_pass else [{}]
+        return [{}, {"batched": not default}] if takes else [{}]
     out = []
-    if one_pass:
-        out += [{"one_pass": True, "num_warps": w, "stages": st} for w in (4, 8) for st in (1, 2, 3)]
-    two_pass = {"one_pass": False} if one_pass else {}
+    if takes:
+        steps = [None] if nb > 1 else [t for t in (2, 4, 8, 16) if t * n1p * n2p <= MAX_TILE]
+        out += [{"batched": True, "tokens": t, "num_warps": w, "stages": st} for t in steps for w in (4, 8)
+                for st in (1, 2, 3)]  # fmt: skip
     for tokens in (1, 2, 4, 8):
         if tokens * n1p > 128 or tokens * n1p * n2p > MAX_TILE:
             continue
         for warps in (4, 8):
             for stages in (1, 2, 3):
-                out.append({"tokens": tokens, "num_warps": warps, "stages": stages} | two_pass)
+                out.append({"tokens": tokens, "num_warps": warps, "stages": stages, "batched": False})
     return out
 
 
@@ -172,7 +174,7 @@ def main() -> int:
                   f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_GBps']:>11.0f} {r['ok']} "
                   f"eager {100 * r.get('eager_fraction_of_copy', float('nan')):.1f}% "
                   f"{ {key: r['best'].get(key) for key in KNOBS} }", flush=True)  # fmt: skip
-            if not args.sweep and len(r["tried"]) > 1:  # the one-pass default and the two passes, same run
+            if not args.sweep and len(r["tried"]) > 1:  # the default and the other kernel, same run
                 for t in r["tried"]:
                     share = 100 * t.get("triton_GBps", 0.0) / r["copy_GBps"]
                     print(f"{'':>34} {share:.1f}% of copy, ok {t.get('ok')}: { {key: t.get(key) for key in KNOBS} }")

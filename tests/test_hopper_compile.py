@@ -66,20 +66,23 @@ def transform_quantize_job(
     return {"module": module, "kernel": "_kron_quantize_kernel", "args": args, "num_warps": warps, "aligned": aligned}
 
 
-def one_pass_job(n1: int, n2: int, nb: int, gated: bool = False) -> dict:
-    """A row of ``nb`` blocks with a dynamic scale in one pass (:mod:`fptquant.kernels.triton_blocks_quantize`):
-    exact factors (a block Hadamard) with a gain, as deploy runs ``T_d``."""
-    from fptquant.kernels.triton_blocks_quantize import block_pieces, one_pass_knobs
+def batched_job(n1: int, n2: int, nb: int, gated: bool = False, static: bool = False) -> dict:
+    """The batched transform quantize (:mod:`fptquant.kernels.triton_blocks_quantize`): a row of ``nb`` blocks
+    a step with exact factors (a block Hadamard) and a gain, as deploy runs ``T_d``; or, ``nb = 1``, the default
+    tokens a step of a FlatQuant block with bfloat16 numerics."""
+    from fptquant.kernels.triton_blocks_quantize import batched_knobs, block_pieces, step_tokens
 
     _, n1p, n2p = tile_shape(n1, n2, 1)
-    pieces = block_pieces(nb)
-    knobs = one_pass_knobs(nb, n1p, n2p, None, None, 2, gated)
+    tokens = step_tokens(nb, n1p, n2p, None)
+    pieces = block_pieces(nb) if nb > 1 else (tokens, 0, 0)
+    knobs = batched_knobs(tokens * nb * n1p * n2p, None, None, 2, gated)
     args = {
         "x_ptr": "*bf16", "u_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32",
         "M": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32",
-        "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "B0": pieces[0], "B1": pieces[1], "B2": pieces[2],
-        "SYMMETRIC": True, "N1": n1p, "N2": n2p, "X_SPLIT": False, "P1_LO": False, "P2_LO": False, "GAIN": True,
-        "ROUND_MID": False, "GATED": gated, "UPCAST": False, "STAGES": knobs["STAGES"], "PDL": True,
+        "static_amax": "fp32", "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "TOKENS": tokens,
+        "B0": pieces[0], "B1": pieces[1], "B2": pieces[2], "STATIC": static, "SYMMETRIC": True, "N1": n1p,
+        "N2": n2p, "X_SPLIT": False, "P1_LO": False, "P2_LO": False, "GAIN": nb > 1, "ROUND_MID": nb == 1,
+        "GATED": gated, "UPCAST": False, "STAGES": knobs["STAGES"], "PDL": True,
     }  # fmt: skip
     aligned = ["x_ptr", "u_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_u", "stride_q"]
     module = "fptquant.kernels.triton_blocks_quantize"
@@ -87,7 +90,13 @@ def one_pass_job(n1: int, n2: int, nb: int, gated: bool = False) -> dict:
             "aligned": aligned}  # fmt: skip
 
 
-ONE_PASS_CASES = {"one-pass-hadamard": (16, 32, 28), "one-pass-hadamard-gated": (16, 32, 28, True)}
+BATCHED_CASES = {
+    "batched-hadamard": (16, 32, 28),
+    "batched-hadamard-gated": (16, 32, 28, True),
+    "batched-tokens-24x24": (24, 24, 1),
+    "batched-tokens-9x64": (9, 64, 1),
+    "batched-tokens-24x24-static": (24, 24, 1, False, True),
+}
 
 
 def kv_attention_job() -> dict:
@@ -333,7 +342,7 @@ def builds() -> dict:
     """One child process compiles them all (each test reads its own)."""
     jobs = {(name, static): transform_quantize_job(*case, static=static) for name, case in TQ_CASES.items()
             for static in (False, True)}  # fmt: skip
-    jobs.update({name: one_pass_job(*case) for name, case in ONE_PASS_CASES.items()})
+    jobs.update({name: batched_job(*case) for name, case in BATCHED_CASES.items()})
     jobs["kv"] = kv_attention_job()
     jobs["kv-write"] = kv_write_job()
     jobs["kv-fake-quant"] = kv_fake_quant_job()
@@ -368,16 +377,17 @@ def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, st
     assert build.shared_bytes <= shared_bytes(t, n1p, n2p, stages, halves, gated) <= SHARED_BYTES
 
 
-@pytest.mark.parametrize("name", list(ONE_PASS_CASES))
-def test_one_pass_block_transform_holds_the_row_without_spills(builds, name):
-    """LLaMA-3-8B's T_d (28 blocks of 16×32 a row) in one pass: the row's 14336 values stay in registers (no
-    spills), every block's products run on the tensor cores (batched 3-D dots: mma.sync), the codes leave as
-    vectors, the next token's row is in flight (cp.async) while one is computed, and it waits before touching
-    memory as the other quantize kernels do."""
+@pytest.mark.parametrize("name", list(BATCHED_CASES))
+def test_batched_transform_quantize_holds_its_step_without_spills(builds, name):
+    """A step in registers: LLaMA-3-8B's T_d row (28 blocks of 16×32, 14336 values) or 16 tokens of SmolLM2's
+    padded 24×24 and 9×64 blocks. No spills, every block's products on the tensor cores (batched 3-D dots:
+    mma.sync), the values arrive and the codes leave as vectors, the next step is in flight (cp.async) while one
+    is computed, and it waits before touching memory as the other quantize kernels do."""
     build = builds[name]
     assert build.spill_bytes == 0
     assert "mma.sync" in build.ptx and "cp.async" in build.ptx
     assert "st.global.b8" not in build.memory_ops("st")
+    assert build.async_copy_bytes() == {16}  # 8 bf16 values a copy: a padded block's rows are multiples of 8
     assert build.ptx.count("griddepcontrol.launch_dependents") == 1
     assert waits_before_touching_memory(build.ptx)
 

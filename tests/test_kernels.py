@@ -203,7 +203,7 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
     q, s = transform_quantize(x, p1, p2, static_scale=static_scale, gain=gain, backend="triton")
     assert len(launched) == 1 and not launched[0]["P1_LO"] and not launched[0]["P2_LO"]
     assert launched[0]["GAIN"] == (gain != 1)
-    assert ("B0" in launched[0]) == (static_scale is None)  # dynamic scales: the one-pass kernel
+    assert ("B0" in launched[0]) == (static_scale is None)  # dynamic scales: the batched kernel, one pass
     qr, sr = transform_quantize_reference(x, p1, p2, static_scale=static_scale, gain=gain)
     close_codes(q.cpu(), qr.cpu())
     torch.testing.assert_close(s.cpu(), sr.cpu(), rtol=1e-5, atol=0)
@@ -218,7 +218,7 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
     [(16, 32, 28, 3, None), (16, 32, 7, 9, 2), (8, 8, 9, 5, None), (24, 24, 2, 4, 1), (9, 64, 5, 6, 4)],
 )  # fmt: skip
 @pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])
-def test_one_pass_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, numerics):
+def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, numerics):
     """Rows of several blocks with dynamic scales in one pass (the row in registers, blocks as the batch of 3-D
     dots: 28 = 16 + 8 + 4, 9 = 8 + 1, padded 24×24 and 9×64 blocks, fewer programs than tokens): the codes and
     scales of the two-pass kernel and of the reference, with one clip ratio and a two-sided one, and a block far
@@ -239,8 +239,8 @@ def test_one_pass_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, n
     up = rows(m, nb * n1 * n2, torch.bfloat16, seed=nb + 1) if numerics == "gated" else None
     for clip in (0.9, (0.7, 0.95)):
         kwargs = {"round_mid": numerics == "round-mid", "up": up}
-        q, s = kron_quantize_rows(x, p1, p2, nb, clip, None, one_pass=True, programs=programs, **kwargs)
-        q2, s2 = kron_quantize_rows(x, p1, p2, nb, clip, None, one_pass=False, **kwargs)
+        q, s = kron_quantize_rows(x, p1, p2, nb, clip, None, batched=True, programs=programs, **kwargs)
+        q2, s2 = kron_quantize_rows(x, p1, p2, nb, clip, None, batched=False, **kwargs)
         close_codes(q, q2)
         torch.testing.assert_close(s, s2, rtol=1e-6, atol=0)
         source = gated_product(x, up) if up is not None else x
@@ -249,16 +249,57 @@ def test_one_pass_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, n
         torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
 
 
-def test_one_pass_refuses_rows_it_cannot_hold():
-    """``one_pass=True`` where the kernel does not apply is a clear error, not a silent fallback: a static scale,
-    one block a row, more than three power-of-two runs of blocks (15 = 8 + 4 + 2 + 1), a row past 16384 values."""
+@pytest.mark.parametrize(
+    "n1,n2,m,tokens,programs",
+    [(24, 24, 37, None, None), (9, 64, 21, 4, 2), (32, 48, 13, None, 1), (64, 64, 6, 2, None), (8, 8, 5, 8, None)],
+)  # fmt: skip
+@pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])
+@pytest.mark.parametrize("static_scale", [None, 0.2])
+def test_batched_tokens_match_the_tiled_kernel(n1, n2, m, tokens, programs, numerics, static_scale):
+    """Rows of one block with tokens as the batch of 3-D dots (16 tokens of padded 24×24 or 9×64 by default, a
+    last step short of tokens, fewer programs than steps): the tiled kernel's codes and scales and the
+    reference's, dynamic or static, with one clip ratio and a two-sided one, and a token far below the rest."""
+    from fptquant.kernels.quantize import gated_product
+    from fptquant.kernels.transform_quantize import transform_quantize_reference
+    from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
+    from fptquant.math.hadamard import random_orthogonal
+
+    g = torch.Generator().manual_seed(n1 * m)
+    p1 = (random_orthogonal(n1, g) * torch.rand(n1, generator=g).add(0.5)).float()
+    p2 = random_orthogonal(n2, g).float()
+    if numerics == "round-mid":
+        p1, p2 = p1.bfloat16().float(), p2.bfloat16().float()
+    p1, p2 = p1.to(DEVICE), p2.to(DEVICE)
+    x = rows(m, n1 * n2, torch.float32 if numerics == "float32-x" else torch.bfloat16, seed=m)
+    x[2] *= 1e-3
+    up = rows(m, n1 * n2, torch.bfloat16, seed=m + 1) if numerics == "gated" else None
+    for clip in (0.9, (0.7, 0.95)):
+        kwargs = {"round_mid": numerics == "round-mid", "up": up}
+        codes = torch.full(x.shape, 99, dtype=torch.int8, device=DEVICE)
+        scales = torch.full((m,), -1.0, device=DEVICE)
+        kron_quantize_rows(x, p1, p2, 1, clip, static_scale, batched=True, tokens=tokens, programs=programs,
+                           out=(codes, scales), **kwargs)  # fmt: skip
+        q2, s2 = kron_quantize_rows(x, p1, p2, 1, clip, static_scale, batched=False, **kwargs)
+        close_codes(codes, q2)
+        torch.testing.assert_close(scales[:, None], s2, rtol=1e-6, atol=0)
+        source = gated_product(x, up) if up is not None else x
+        qr, sr = transform_quantize_reference(source, p1, p2, clip_ratio=clip, static_scale=static_scale,
+                                              round_mid=kwargs["round_mid"])  # fmt: skip
+        close_codes(codes, qr)
+        torch.testing.assert_close(scales[:, None], sr, rtol=1e-5, atol=0)
+
+
+def test_batched_refuses_rows_it_cannot_hold():
+    """``batched=True`` where the kernel does not apply is a clear error, not a silent fallback: more than three
+    power-of-two runs of blocks (15 = 8 + 4 + 2 + 1), a row past 16384 values, several tokens of rows of several
+    blocks, tokens a step that are not a power of two or exceed 16384 values."""
     from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
 
     p = torch.eye(16, device=DEVICE)
-    for nb, static in ((4, 0.5), (1, None), (15, None), (128, None)):
+    for nb, tokens in ((15, None), (128, None), (4, 2), (1, 3), (1, 128)):
         x = torch.randn(2, nb * 256, device=DEVICE, dtype=torch.bfloat16)
-        with pytest.raises(ConfigError, match="one-pass kernel"):
-            kron_quantize_rows(x, p, p, nb, 1.0, static, one_pass=True)
+        with pytest.raises(ConfigError, match="batched transform quantize cannot"):
+            kron_quantize_rows(x, p, p, nb, 1.0, None, batched=True, tokens=tokens)
 
 
 @pytest.mark.parametrize(

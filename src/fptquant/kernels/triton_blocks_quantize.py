@@ -1,13 +1,16 @@
-"""One pass over rows of several transform blocks with dynamic scales (a block Hadamard's ``T_d``: 28 blocks of
-16×32 a LLaMA-3-8B down_proj row), for :mod:`.triton_transform_quantize`.
+"""The transform quantize with its blocks as the batch of 3-D dots, for :mod:`.triton_transform_quantize`: a
+step is one token's row of several blocks (a block Hadamard's ``T_d``: 28 blocks of 16×32 a LLaMA-3-8B down_proj
+row), or several tokens of a one-block row (SmolLM2's 24×24 and 9×64).
 
 That kernel tiles ``T`` tokens × one block, so a row of ``nb`` blocks with a per-token scale takes two passes:
 the row's range over all its blocks, then the codes, transforming every block twice (55–57% of copy bandwidth on
-the H100, against 94% for the one-pass static scale). Here a program takes one token's whole row at once, its
-blocks as the batch of 3-D dots (``W = P1ᵀ·X`` and ``Y = W·P2`` per block, no block-diagonal padding), keeps
-``Y`` in registers for the range, and writes the codes from it. ``nb`` is taken as up to three power-of-two
-pieces of blocks (28 = 16 + 8 + 4), so no batch slot is padding. The numerics are :func:`._tile`'s, product for
-product: the same ``hi``/``lo`` dots, ``ROUND_MID``, ``GAIN`` and ``GATED``.
+the H100, against 94% for the one-pass static scale). Here a step holds a token's whole row at once, its blocks
+as the batch of dots (``W = P1ᵀ·X`` and ``Y = W·P2`` per block, no block-diagonal padding), keeps ``Y`` in
+registers for the range, and writes the codes from it. ``nb`` is taken as up to three power-of-two pieces of
+blocks (28 = 16 + 8 + 4), so no batch slot is padding. For small blocks the tiled kernel's ``I_T ⊗ P1ᵀ`` spends
+most of its first dot on zeros and a tile holds two tokens; with tokens as the batch a step holds up to 16.
+The numerics are :func:`._tile`'s, product for product: the same ``hi``/``lo`` dots, ``ROUND_MID``, ``GAIN`` and
+``GATED``.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ from .triton_transform_quantize import MAX_TILE, _clipped_amax, _resident_progra
 
 @triton.jit
 def _blocks(
-    x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, FIRST: tl.constexpr, B: tl.constexpr, n1: tl.constexpr,
-    n2: tl.constexpr, stride_x, stride_u, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr,
-    P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr,
-    UPCAST: tl.constexpr,
+    x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, FIRST: tl.constexpr, B: tl.constexpr, TOKENS: tl.constexpr,
+    n1: tl.constexpr, n2: tl.constexpr, stride_x, stride_u, N1: tl.constexpr, N2: tl.constexpr,
+    X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr,
+    GATED: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    """``Y`` of blocks ``FIRST .. FIRST+B-1`` of token ``tok``, float32 ``(B, N1, N2)``."""
-    col = _columns(FIRST, B, n1, n2, N1, N2)
-    mask = _real(N1, N2, n1, n2)
-    x = tl.load(x_ptr + tl.cast(tok, tl.int64) * stride_x + col, mask=mask, other=0.0)
+    """``Y`` of the batch ``FIRST .. FIRST+B-1`` of step ``step`` (:func:`_offsets`), float32 ``(B, N1, N2)``."""
+    mask = _mask(step, M, B, TOKENS, n1, n2, N1, N2)
+    x = tl.load(x_ptr + _offsets(step, FIRST, B, TOKENS, n1, n2, N1, N2, stride_x), mask=mask, other=0.0)
     if GATED:  # masked lanes: silu(0) · 0 = 0
-        x = _swiglu(x, tl.load(u_ptr + tl.cast(tok, tl.int64) * stride_u + col, mask=mask, other=0.0))
+        u = tl.load(u_ptr + _offsets(step, FIRST, B, TOKENS, n1, n2, N1, N2, stride_u), mask=mask, other=0.0)
+        x = _swiglu(x, u)
         if not X_SPLIT:
             x = _upper_half(x)
     p1h, p1l = tl.broadcast_to(p1h[None], (B, N1, N1)), tl.broadcast_to(p1l[None], (B, N1, N1))
@@ -43,46 +46,66 @@ def _blocks(
 
 
 @triton.jit
-def _columns(FIRST: tl.constexpr, B: tl.constexpr, n1: tl.constexpr, n2: tl.constexpr, N1: tl.constexpr,
-             N2: tl.constexpr):  # fmt: skip
-    blk = FIRST + tl.arange(0, B)[:, None, None]
-    return blk * (n1 * n2) + tl.arange(0, N1)[None, :, None] * n2 + tl.arange(0, N2)[None, None, :]
+def _offsets(step, FIRST: tl.constexpr, B: tl.constexpr, TOKENS: tl.constexpr, n1: tl.constexpr, n2: tl.constexpr,
+             N1: tl.constexpr, N2: tl.constexpr, stride):  # fmt: skip
+    """Element offsets ``(B, N1, N2)`` of a batch: blocks ``FIRST + j`` of token ``step`` (TOKENS = 1), or the
+    one block of tokens ``step·TOKENS + j``."""
+    j = tl.arange(0, B)
+    if TOKENS == 1:
+        base = tl.cast(step, tl.int64) * stride + (FIRST + j) * (n1 * n2)
+    else:
+        base = (step * TOKENS + j).to(tl.int64) * stride
+    return base[:, None, None] + (tl.arange(0, N1)[None, :, None] * n2 + tl.arange(0, N2)[None, None, :])
 
 
 @triton.jit
-def _real(N1: tl.constexpr, N2: tl.constexpr, n1: tl.constexpr, n2: tl.constexpr):
-    """The lanes of a block that hold values (the factors are padded to powers of two)."""
-    return (tl.arange(0, N1)[None, :, None] < n1) & (tl.arange(0, N2)[None, None, :] < n2)
+def _mask(step, M, B: tl.constexpr, TOKENS: tl.constexpr, n1: tl.constexpr, n2: tl.constexpr, N1: tl.constexpr,
+          N2: tl.constexpr):  # fmt: skip
+    """The lanes that hold values: the factors are padded to powers of two, the last step's tokens may run out."""
+    real = (tl.arange(0, N1)[None, :, None] < n1) & (tl.arange(0, N2)[None, None, :] < n2)
+    if TOKENS > 1:
+        real = real & ((step * TOKENS + tl.arange(0, B)) < M)[:, None, None]
+    return real
 
 
 @triton.jit
-def _range(y, SYMMETRIC: tl.constexpr):
-    """``(max, min)`` of all of ``y`` (``(max|y|, -max|y|)`` with SYMMETRIC). Padded lanes hold zeros, which
-    never change the clipped range ``max(-min·lo, max·hi)``."""
-    if SYMMETRIC:
-        top = tl.max(tl.abs(y))
-        return top, -top
-    return tl.max(y), tl.min(y)
+def _range(y, SYMMETRIC: tl.constexpr, PER_ITEM: tl.constexpr):
+    """``(max, min)`` of all of ``y``, or of each batch item with PER_ITEM (``(max|y|, -max|y|)`` with
+    SYMMETRIC). Padded lanes hold zeros, which never change the clipped range ``max(-min·lo, max·hi)``."""
+    if PER_ITEM:  # one return: Triton 3.6 types every return of a function alike, constexpr branches too
+        v = tl.abs(y) if SYMMETRIC else y
+        top = tl.max(tl.max(v, axis=2), axis=1)
+        bottom = -top if SYMMETRIC else tl.min(tl.min(y, axis=2), axis=1)
+    else:
+        v = tl.abs(y) if SYMMETRIC else y
+        top = tl.max(v)
+        bottom = -top if SYMMETRIC else tl.min(y)
+    return top, bottom
 
 
 @triton.jit
-def _store_blocks(q_ptr, y, inv, tok, FIRST: tl.constexpr, B: tl.constexpr, n1: tl.constexpr, n2: tl.constexpr,
-                  stride_q, N1: tl.constexpr, N2: tl.constexpr):  # fmt: skip
-    q = _int4_codes(y * inv, q_ptr.dtype.element_ty)
-    col = _columns(FIRST, B, n1, n2, N1, N2)
-    tl.store(q_ptr + tl.cast(tok, tl.int64) * stride_q + col, q, mask=_real(N1, N2, n1, n2))
+def _store_blocks(q_ptr, y, inv, step, M, FIRST: tl.constexpr, B: tl.constexpr, TOKENS: tl.constexpr,
+                  n1: tl.constexpr, n2: tl.constexpr, stride_q, N1: tl.constexpr, N2: tl.constexpr):  # fmt: skip
+    if TOKENS > 1:
+        q = _int4_codes(y * inv[:, None, None], q_ptr.dtype.element_ty)
+    else:
+        q = _int4_codes(y * inv, q_ptr.dtype.element_ty)
+    offs = _offsets(step, FIRST, B, TOKENS, n1, n2, N1, N2, stride_q)
+    tl.store(q_ptr + offs, q, mask=_mask(step, M, B, TOKENS, n1, n2, N1, N2))
 
 
 @triton.jit
 def _blocks_quantize_kernel(
-    x_ptr, u_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, stride_x, stride_u, stride_q, clip_lo, clip_hi, eps_amax, gain,
-    n1: tl.constexpr, n2: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
-    SYMMETRIC: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr,
-    P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr,
-    STAGES: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, u_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, stride_x, stride_u, stride_q, clip_lo, clip_hi, static_amax,
+    eps_amax, gain, n1: tl.constexpr, n2: tl.constexpr, TOKENS: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr,
+    B2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
+    X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr,
+    GATED: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    """A step is one token's row of ``B0 + B1 + B2`` blocks (TOKENS = 1) or ``TOKENS = B0`` tokens of one block."""
     release_dependents(PDL)  # as in the tiled kernel (.triton_pdl)
     wait_for_inputs(PDL)
+    PER_TOKEN: tl.constexpr = TOKENS > 1
     i, c = tl.arange(0, N1), tl.arange(0, N2)
     p1h = tl.load(p1_ptr + i[:, None] * N1 + i[None, :])  # P1ᵀ, padded: the hi half, then the lo half
     p1l = p1h  # unused unless P1_LO
@@ -92,28 +115,35 @@ def _blocks_quantize_kernel(
     p2l = p2h
     if P2_LO:
         p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
-    for tok in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=STAGES):
-        y0 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, 0, B0, n1, n2, stride_x, stride_u, N1, N2,
-                     X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
-        top, bottom = _range(y0, SYMMETRIC)
+    for step in tl.range(tl.program_id(0), tl.cdiv(M, TOKENS), tl.num_programs(0), num_stages=STAGES):
+        y0 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u, N1,
+                     N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+        top, bottom = _range(y0, SYMMETRIC, PER_TOKEN)
         if B1 > 0:
-            y1 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, B0, B1, n1, n2, stride_x, stride_u, N1, N2,
-                         X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
-            top1, bottom1 = _range(y1, SYMMETRIC)
+            y1 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, B0, B1, TOKENS, n1, n2, stride_x,
+                         stride_u, N1, N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+            top1, bottom1 = _range(y1, SYMMETRIC, PER_TOKEN)
             top, bottom = tl.maximum(top, top1), tl.minimum(bottom, bottom1)
         if B2 > 0:
-            y2 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, B0 + B1, B2, n1, n2, stride_x, stride_u,
-                         N1, N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
-            top2, bottom2 = _range(y2, SYMMETRIC)
+            y2 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, B0 + B1, B2, TOKENS, n1, n2, stride_x,
+                         stride_u, N1, N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+            top2, bottom2 = _range(y2, SYMMETRIC, PER_TOKEN)
             top, bottom = tl.maximum(top, top2), tl.minimum(bottom, bottom2)
         amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
+        if STATIC:
+            amax = tl.zeros_like(amax) + static_amax
         inv = tl.math.div_rn(7.0 + tl.zeros_like(amax), amax)
-        tl.store(s_ptr + tok, tl.math.div_rn(amax, 7.0 + tl.zeros_like(amax)))
-        _store_blocks(q_ptr, y0, inv, tok, 0, B0, n1, n2, stride_q, N1, N2)
+        scale = tl.math.div_rn(amax, 7.0 + tl.zeros_like(amax))
+        if PER_TOKEN:
+            tok = step * TOKENS + tl.arange(0, TOKENS)
+            tl.store(s_ptr + tok, scale, mask=tok < M)
+        else:
+            tl.store(s_ptr + step, scale)
+        _store_blocks(q_ptr, y0, inv, step, M, 0, B0, TOKENS, n1, n2, stride_q, N1, N2)
         if B1 > 0:
-            _store_blocks(q_ptr, y1, inv, tok, B0, B1, n1, n2, stride_q, N1, N2)
+            _store_blocks(q_ptr, y1, inv, step, M, B0, B1, TOKENS, n1, n2, stride_q, N1, N2)
         if B2 > 0:
-            _store_blocks(q_ptr, y2, inv, tok, B0 + B1, B2, n1, n2, stride_q, N1, N2)
+            _store_blocks(q_ptr, y2, inv, step, M, B0 + B1, B2, TOKENS, n1, n2, stride_q, N1, N2)
 
 
 def block_pieces(nb: int) -> tuple[int, int, int] | None:
@@ -123,35 +153,64 @@ def block_pieces(nb: int) -> tuple[int, int, int] | None:
     return tuple(counts + [0] * (3 - len(counts))) if len(counts) <= 3 else None
 
 
-def fits_one_pass(nb: int, n1p: int, n2p: int) -> bool:
-    """Whether a row of ``nb`` padded ``n1p×n2p`` blocks takes the one-pass kernel."""
+def fits_row(nb: int, n1p: int, n2p: int) -> bool:
+    """Whether a row of ``nb > 1`` padded ``n1p×n2p`` blocks fits one step (one token's row in registers)."""
     return nb > 1 and block_pieces(nb) is not None and nb * n1p * n2p <= MAX_TILE
 
 
-def launch_one_pass(args: tuple, constants: dict, nb: int, programs: int | None) -> None:
+def step_tokens(nb: int, n1p: int, n2p: int, tokens: int | None) -> int:
+    """Tokens a step: one for rows of several blocks; for rows of one block ``tokens``, by default as many as
+    ``MAX_TILE`` values hold, at most 16 (24×24 and 9×64 blocks, padded to 1024 values: 16)."""
+    if nb > 1:
+        return 1
+    return tokens or max(1, min(16, MAX_TILE // (n1p * n2p)))
+
+
+def check_batched(nb: int, n1p: int, n2p: int, tokens: int | None) -> str | None:
+    """Why the batched kernel cannot take these rows, or None where it can."""
+    if nb > 1:
+        if tokens not in (None, 1):
+            return f"rows of {nb} blocks take one token a step, not {tokens}"
+        if not fits_row(nb, n1p, n2p):
+            return (f"a row of {nb} blocks of {n1p}×{n2p} does not fit one step (at most three power-of-two runs "
+                    f"of blocks, at most {MAX_TILE} values)")  # fmt: skip
+        return None
+    t = step_tokens(nb, n1p, n2p, tokens)
+    if t & (t - 1) or t * n1p * n2p > MAX_TILE:
+        return f"{t} tokens of {n1p}×{n2p} a step: a power of two, at most {MAX_TILE} values"
+    return None
+
+
+def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, programs: int | None) -> None:
     """Launch the kernel on the tiled kernel's arguments and constants (``T = 1``: its ``I_T ⊗ P1ᵀ`` is ``P1ᵀ``);
-    ``programs`` None: as many as the GPU holds at once, at most one a token."""
-    pieces = block_pieces(nb)
-    if pieces is None or constants["T"] != 1:
-        raise ConfigError(f"{nb} blocks a row do not fit the one-pass kernel (at most three powers of two)")
-    x, u, p1s, p2s, codes, scales, m, _, sx, su, sq, lo, hi, _, eps, gain = args
-    keep = ("n1", "n2", "SYMMETRIC", "N1", "N2", "X_SPLIT", "P1_LO", "P2_LO", "GAIN", "ROUND_MID", "GATED", "UPCAST",
-            "STAGES", "PDL", "launch_pdl", "num_warps")  # fmt: skip
-    args = (x, u, p1s, p2s, codes, scales, m, sx, su, sq, lo, hi, eps, gain)
-    constants = {key: constants[key] for key in keep} | {"B0": pieces[0], "B1": pieces[1], "B2": pieces[2]}
+    ``programs`` None: as many as the GPU holds at once, at most one a step."""
+    n1p, n2p = constants["N1"], constants["N2"]
+    problem = check_batched(nb, n1p, n2p, tokens)
+    if problem is not None or constants["T"] != 1:
+        raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
+    t = step_tokens(nb, n1p, n2p, tokens)
+    pieces = block_pieces(nb) if nb > 1 else (t, 0, 0)
+    x, u, p1s, p2s, codes, scales, m, _, sx, su, sq, lo, hi, static_amax, eps, gain = args
+    keep = ("n1", "n2", "STATIC", "SYMMETRIC", "N1", "N2", "X_SPLIT", "P1_LO", "P2_LO", "GAIN", "ROUND_MID",
+            "GATED", "UPCAST", "STAGES", "PDL", "launch_pdl", "num_warps")  # fmt: skip
+    args = (x, u, p1s, p2s, codes, scales, m, sx, su, sq, lo, hi, static_amax, eps, gain)
+    constants = {key: constants[key] for key in keep} | {"TOKENS": t, "B0": pieces[0], "B1": pieces[1],
+                                                         "B2": pieces[2]}  # fmt: skip
+    steps = triton.cdiv(m, t)
     if programs is None:
         held = _resident_programs(_blocks_quantize_kernel, x.device.index or 0, args, constants) if x.is_cuda else m
-        programs = min(m, held)
+        programs = min(steps, held)
     _blocks_quantize_kernel[(max(1, programs),)](*args, **constants)
 
 
-def one_pass_knobs(
-    nb: int, n1p: int, n2p: int, num_warps: int | None, stages: int | None, x_bytes: int = 2, gated: bool = False
+def batched_knobs(
+    values: int, num_warps: int | None, stages: int | None, x_bytes: int = 2, gated: bool = False
 ) -> dict:
-    """Four warps; three rows of ``x`` in flight up to 32 KB a row, else two (fewer where they do not fit in shared
-    memory). The H100 sweeps of session 22 at 28 blocks of 16×32, M = 8192: 92.5% of copy bandwidth with three
-    rows, against 80% with two and 55% with one (eight warps: 64%, 46%, 35%; 160 registers a thread leave one
-    program an SM); the gated form (gate and up, 56 KB a row) 62% with two, against 42% with three and 51% with
-    one."""
-    row = nb * n1p * n2p * x_bytes * (2 if gated else 1)
-    return {"num_warps": num_warps or 4, "STAGES": stages or stages_that_fit(3 if row <= 32768 else 2, row, 16384) or 1}
+    """Four warps; three steps of ``x`` (``values`` padded values a step) in flight up to 32 KB a step, else two
+    (fewer where they do not fit in shared memory). The H100 sweeps of session 22 at 28 blocks of 16×32, M = 8192:
+    92.5% of copy bandwidth with three rows, against 80% with two and 55% with one (eight warps: 64%, 46%, 35%;
+    160 registers a thread leave one program an SM); the gated form (gate and up, 56 KB a row) 62% with two,
+    against 42% with three and 51% with one."""
+    step = values * x_bytes * (2 if gated else 1)
+    stages = stages or stages_that_fit(3 if step <= 32768 else 2, step, 16384) or 1
+    return {"num_warps": num_warps or 4, "STAGES": stages}

@@ -13,10 +13,10 @@ dots where fp16 cost one, and need no range check (bf16 has float32's exponents)
 spent its time on the per-token prescale of ``X`` and the layout changes around its dots, not on the dots.
 
 Programs are persistent (a grid of at most a few waves, each looping over token groups) so the factors
-are read once per program. Rows of several blocks (``nb > 1``) with dynamic scales go to the one-pass kernel of
-:mod:`.triton_blocks_quantize` where a row fits in registers; otherwise they take two passes here: the row's range
-over all its blocks, then the codes (recomputing the tiles; the second read of ``x`` mostly hits L2). A static
-scale, or one block per row, is one pass.
+are read once per program. Rows of several blocks (``nb > 1``) with dynamic scales go to the batched kernel of
+:mod:`.triton_blocks_quantize` where a row fits in registers (:func:`prefers_batched`); otherwise they take two
+passes here: the row's range over all its blocks, then the codes (recomputing the tiles; the second read of ``x``
+mostly hits L2). A static scale, or one block per row, is one pass.
 """
 
 from __future__ import annotations
@@ -302,6 +302,14 @@ def default_warps(t: int, n1p: int, n2p: int) -> int:
     return 8 if t * n1p * n2p >= 16384 else 4
 
 
+def prefers_batched(nb: int, n1p: int, n2p: int, static: bool) -> bool:
+    """Where the batched kernel is the default: rows of several blocks with dynamic scales that fit one step (one
+    pass instead of two: 84–93% of copy bandwidth against 44–58% for LLaMA-3-8B's ``T_d``, session 22)."""
+    from .triton_blocks_quantize import fits_row
+
+    return not static and fits_row(nb, n1p, n2p)
+
+
 def kron_quantize_rows(
     x: torch.Tensor,
     p1: torch.Tensor,
@@ -319,26 +327,24 @@ def kron_quantize_rows(
     gain: float = 1.0,
     round_mid: bool = False,
     up: torch.Tensor | None = None,
-    one_pass: bool | None = None,
+    batched: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``;
     ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`; ``up``: the rows are ``silu(x) · up``);
     ``clip_ratio`` one factor or a learned two-sided ``(lo, hi)`` pair (:func:`.quantize.quantize_per_token_reference`).
-    ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them). ``one_pass``:
-    rows of several blocks with dynamic scales go to :mod:`.triton_blocks_quantize` (None: where they fit there and
-    no ``tokens`` are asked for; True: there or a clear error; False: the two passes here)."""
-    from .triton_blocks_quantize import fits_one_pass, launch_one_pass, one_pass_knobs
+    ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them). ``batched``:
+    the kernel of :mod:`.triton_blocks_quantize`, blocks or tokens as the batch of 3-D dots (None: where
+    :func:`prefers_batched`; True: there or a clear error; False: the tiled kernel here). ``tokens`` are the
+    tokens a tile here, the tokens a step there."""
+    from .triton_blocks_quantize import batched_knobs, check_batched, launch_batched, step_tokens
 
     M, K = x.shape
     n1p, n2p = padded(p1.shape[0]), padded(p2.shape[0])
-    fits = fits_one_pass(nb, n1p, n2p) and static_scale is None
-    if one_pass and not fits:
-        raise ConfigError(
-            f"the one-pass kernel takes dynamic scales and up to three power-of-two runs of blocks, at most "
-            f"{MAX_TILE} values a row; got {nb} blocks of {n1p}×{n2p}, static scale {static_scale}"
-        )
-    one_pass = fits and (one_pass or (one_pass is None and tokens is None))
-    t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], 1 if one_pass else tokens)
+    if batched is None:
+        batched = tokens is None and prefers_batched(nb, n1p, n2p, static_scale is not None)
+    if batched and (problem := check_batched(nb, n1p, n2p, tokens)) is not None:
+        raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
+    t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], 1 if batched else tokens)
     p1s, p2s, p1_lo, p2_lo = _prepared_factors(p1, p2, t)
     halves = (1 + p1_lo, 1 + p2_lo)
     if out is None:
@@ -361,9 +367,10 @@ def kron_quantize_rows(
         STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None), PDL=pdl, launch_pdl=pdl,
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
-    if one_pass:
-        knobs = one_pass_knobs(nb, n1p, n2p, num_warps, stages, x.element_size(), up is not None)
-        launch_one_pass(args, constants | knobs, nb, programs)
+    if batched:
+        values = step_tokens(nb, n1p, n2p, tokens) * nb * n1p * n2p
+        knobs = batched_knobs(values, num_warps, stages, x.element_size(), up is not None)
+        launch_batched(args, constants | knobs, nb, tokens, programs)
         return codes, scales[:, None]
     groups = triton.cdiv(M, t)
     if programs is None:

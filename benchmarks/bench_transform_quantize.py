@@ -1,12 +1,14 @@
 """Fused online transform + per-token INT4 quantize vs device copy bandwidth (issue 8, acceptance 4).
 
-    python3 benchmarks/bench_transform_quantize.py [--json FILE] [--sweep] [--static] [--eager]
+    python3 benchmarks/bench_transform_quantize.py [--json FILE] [--sweep | --tilings JSON] [--static] [--eager]
 
 For each (M, K, n1×n2): codes checked against the PyTorch reference (±1 on ≤0.1% of codes, scales to
 2e-3), then, in the same run, a bf16 device copy of the input, the fused Triton kernel, and the unfused
 PyTorch path (two matmuls + quantize). Bandwidth = bytes read + written / median time. ``--sweep``
 times every tiling (tokens per tile, warps, pipeline stages), each checked, and reports the
-fastest (all of them in the JSON); ``--static`` uses a static scale (one pass) instead of per-token dynamic scales.
+fastest (all of them in the JSON); ``--tilings`` times the given ones instead (a JSON list of knob dicts;
+``"programs": "steps"`` launches one program a step of ``tokens``, no persistent loop); ``--static`` uses a
+static scale (one pass) instead of per-token dynamic scales.
 The copy and the kernel are timed by CUDA-graph replay (device time: at M = 8192 a call's Python and launch
 cost is close to its GPU time and left gaps between eagerly queued calls); the best tiling is also timed
 eagerly (``triton_eager``), and ``--eager`` times everything that way.
@@ -15,6 +17,7 @@ eagerly (``triton_eager``), and ``--eager`` times everything that way.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -65,7 +68,7 @@ def factors(n1: int, n2: int, kind: str, gen: torch.Generator) -> tuple[torch.Te
     return p1, p2, 1.0
 
 
-KNOBS = ("tokens", "num_warps", "stages", "batched")
+KNOBS = ("tokens", "num_warps", "stages", "batched", "programs")
 
 
 def tilings(n1: int, n2: int, sweep: bool, nb: int = 1, static: bool = False) -> list[dict]:
@@ -98,7 +101,9 @@ def check(q, s, qr, sr) -> tuple[bool, int, float]:
     return ok, int(diff.gt(0).sum()), scale_rel
 
 
-def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: float | None, graph: bool) -> dict:
+def measure(
+    m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: float | None, graph: bool, given: list | None
+) -> dict:
     gen = torch.Generator().manual_seed(k)
     gated, base = kind.endswith("-gated"), kind.removesuffix("-gated")
     p1, p2, gain = factors(n1, n2, base, gen)
@@ -122,7 +127,9 @@ def measure(m: int, k: int, n1: int, n2: int, kind: str, sweep: bool, static: fl
         samples=5,
     )
     tried = []
-    for knobs in tilings(n1, n2, sweep, nb, static is not None):
+    for knobs in given or tilings(n1, n2, sweep, nb, static is not None):
+        if knobs.get("programs") == "steps":
+            knobs = knobs | {"programs": -(-m // knobs["tokens"])}
         try:
             q, s = kron_quantize_rows(xs[0], p1, p2, nb, 1.0, static, **numerics, **up(0), **knobs)
         except Exception as err:  # a tiling the compiler refuses (e.g. out of shared memory)
@@ -154,6 +161,7 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--m", default="8192,32768")
     parser.add_argument("--sweep", action="store_true", help="time every tiling and report the fastest")
+    parser.add_argument("--tilings", default=None, help='JSON knob dicts: [{"batched": true, "tokens": 4}]')
     parser.add_argument("--static", action="store_true", help="a static scale (one pass) instead of dynamic")
     parser.add_argument("--eager", action="store_true", help="time without CUDA graphs")
     parser.add_argument("--cases", default=None, help="comma list of N1xN2:KIND to run, e.g. 24x24:kron-bf16")
@@ -168,7 +176,8 @@ def main() -> int:
         for k, n1, n2, kind in CASES:
             if args.cases and f"{n1}x{n2}:{kind}" not in args.cases.split(","):
                 continue
-            r = measure(m, k, n1, n2, kind, args.sweep, 0.05 if args.static else None, not args.eager)
+            given = json.loads(args.tilings) if args.tilings else None
+            r = measure(m, k, n1, n2, kind, args.sweep, 0.05 if args.static else None, not args.eager, given)
             rows.append(r)
             print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>10} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "
                   f"{100 * r['fraction_of_copy']:>7.1f}% {r['torch_GBps']:>11.0f} {r['ok']} "

@@ -379,7 +379,7 @@ def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, st
 
 @pytest.mark.parametrize("name", list(BATCHED_CASES))
 def test_batched_transform_quantize_holds_its_step_without_spills(builds, name):
-    """A step in registers: LLaMA-3-8B's T_d row (28 blocks of 16×32, 14336 values) or 16 tokens of SmolLM2's
+    """A step in registers: LLaMA-3-8B's T_d row (28 blocks of 16×32, 14336 values) or four tokens of SmolLM2's
     padded 24×24 and 9×64 blocks. No spills, every block's products on the tensor cores (batched 3-D dots:
     mma.sync), the values arrive and the codes leave as vectors, the next step is in flight (cp.async) while one
     is computed, and it waits before touching memory as the other quantize kernels do."""

@@ -256,7 +256,7 @@ def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, nu
 @pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])
 @pytest.mark.parametrize("static_scale", [None, 0.2])
 def test_batched_tokens_match_the_tiled_kernel(n1, n2, m, tokens, programs, numerics, static_scale):
-    """Rows of one block with tokens as the batch of 3-D dots (16 tokens of padded 24×24 or 9×64 by default, a
+    """Rows of one block with tokens as the batch of 3-D dots (four tokens of padded 24×24 or 9×64 by default, a
     last step short of tokens, fewer programs than steps): the tiled kernel's codes and scales and the
     reference's, dynamic or static, with one clip ratio and a two-sided one, and a token far below the rest."""
     from fptquant.kernels.quantize import gated_product

@@ -8,8 +8,8 @@ the H100, against 94% for the one-pass static scale). Here a step holds a token'
 as the batch of dots (``W = P1ᵀ·X`` and ``Y = W·P2`` per block, no block-diagonal padding), keeps ``Y`` in
 registers for the range, and writes the codes from it. ``nb`` is taken as up to three power-of-two pieces of
 blocks (28 = 16 + 8 + 4), so no batch slot is padding. For small blocks the tiled kernel's ``I_T ⊗ P1ᵀ`` spends
-most of its first dot on zeros and a tile holds two tokens; with tokens as the batch a step holds up to 16.
-The numerics are :func:`._tile`'s, product for product: the same ``hi``/``lo`` dots, ``ROUND_MID``, ``GAIN`` and
+most of its first dot on zeros and a tile holds two tokens; with tokens as the batch a step holds four, one a
+warp. The numerics are :func:`._tile`'s, product for product: the same ``hi``/``lo`` dots, ``ROUND_MID``, ``GAIN`` and
 ``GATED``.
 """
 
@@ -158,12 +158,20 @@ def fits_row(nb: int, n1p: int, n2p: int) -> bool:
     return nb > 1 and block_pieces(nb) is not None and nb * n1p * n2p <= MAX_TILE
 
 
+SMALL_BLOCK = 1024  # padded values of the largest block whose one-block rows are batched by tokens by default
+
+
 def step_tokens(nb: int, n1p: int, n2p: int, tokens: int | None) -> int:
-    """Tokens a step: one for rows of several blocks; for rows of one block ``tokens``, by default as many as
-    ``MAX_TILE`` values hold, at most 16 (24×24 and 9×64 blocks, padded to 1024 values: 16)."""
+    """Tokens a step: one for rows of several blocks; for rows of one block ``tokens``, by default four (one a
+    warp), fewer where four exceed ``MAX_TILE`` values. The H100 sweep of session 23 (24×24 and 9×64, padded to
+    1024 values, M = 8192): four tokens first (62.8% of copy bandwidth dynamic, 71.9% static for 24×24), eight
+    62.3% / 58.9%, sixteen 52.8% / 57.6%, two 44.1%."""
     if nb > 1:
         return 1
-    return tokens or max(1, min(16, MAX_TILE // (n1p * n2p)))
+    default = 4
+    while default > 1 and default * n1p * n2p > MAX_TILE:
+        default //= 2
+    return tokens or default
 
 
 def check_batched(nb: int, n1p: int, n2p: int, tokens: int | None) -> str | None:

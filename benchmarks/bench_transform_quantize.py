@@ -93,12 +93,19 @@ def tilings(n1: int, n2: int, sweep: bool, nb: int = 1, static: bool = False) ->
     return out
 
 
-def check(q, s, qr, sr) -> tuple[bool, int, float]:
+def check(q, s, qr, sr, round_mid: bool) -> tuple[bool, int, float]:
+    """Codes within ±1 of the reference on ≤ 0.1% of them; scales to 2e-3 (float32 summation order: the
+    reference sums in float64). With ``round_mid`` the mid product is rounded to bfloat16, and where summation
+    order moves it across a rounding boundary at a row's maximum the scale moves by one bfloat16 step (≤ 2^-7):
+    allowed on ≤ 0.1% of the tokens."""
     diff = (q.int() - qr.int()).abs()
-    # a scale moves by float32 summation order (the reference sums in float64)
-    scale_rel = ((s - sr).abs() / sr).max().item()
-    ok = int(diff.max()) <= 1 and (diff > 0).double().mean().item() <= 1e-3 and scale_rel <= 2e-3
-    return ok, int(diff.gt(0).sum()), scale_rel
+    rel = ((s - sr).abs() / sr).flatten()
+    ok = int(diff.max()) <= 1 and (diff > 0).double().mean().item() <= 1e-3
+    if round_mid:
+        ok = ok and rel.max().item() <= 2**-7 and (rel > 2e-3).double().mean().item() <= 1e-3
+    else:
+        ok = ok and rel.max().item() <= 2e-3
+    return ok, int(diff.gt(0).sum()), rel.max().item()
 
 
 def measure(
@@ -135,7 +142,7 @@ def measure(
         except Exception as err:  # a tiling the compiler refuses (e.g. out of shared memory)
             tried.append({**knobs, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
-        ok, flips, scale_rel = check(q, s, qr, sr)
+        ok, flips, scale_rel = check(q, s, qr, sr, numerics["round_mid"])
         kern = time_us(
             lambda i, knobs=knobs: kron_quantize_rows(xs[i], p1, p2, nb, 1.0, static, **numerics, **up(i), **knobs),
             n,

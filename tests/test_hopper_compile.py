@@ -66,16 +66,18 @@ def transform_quantize_job(
     return {"module": module, "kernel": "_kron_quantize_kernel", "args": args, "num_warps": warps, "aligned": aligned}
 
 
-def batched_job(n1: int, n2: int, nb: int, gated: bool = False, static: bool = False) -> dict:
+def batched_job(
+    n1: int, n2: int, nb: int, gated: bool = False, static: bool = False, tokens: int | None = None
+) -> dict:
     """The batched transform quantize (:mod:`fptquant.kernels.triton_blocks_quantize`): a row of ``nb`` blocks
-    a step with exact factors (a block Hadamard) and a gain, as deploy runs ``T_d``; or, ``nb = 1``, the default
-    tokens a step of a FlatQuant block with bfloat16 numerics."""
+    a step with exact factors (a block Hadamard) and a gain, as deploy runs ``T_d``; or, ``nb = 1``, ``tokens``
+    (by default one) a step of a FlatQuant block with bfloat16 numerics."""
     from fptquant.kernels.triton_blocks_quantize import batched_knobs, block_pieces, step_tokens
 
     _, n1p, n2p = tile_shape(n1, n2, 1)
-    tokens = step_tokens(nb, n1p, n2p, None)
+    tokens = step_tokens(nb, n1p, n2p, tokens)
     pieces = block_pieces(nb) if nb > 1 else (tokens, 0, 0)
-    knobs = batched_knobs(tokens * nb * n1p * n2p, None, None, 2, gated)
+    knobs = batched_knobs(tokens * nb * n1p * n2p, nb, None, None, 2, gated)
     args = {
         "x_ptr": "*bf16", "u_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32",
         "M": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32",
@@ -96,6 +98,7 @@ BATCHED_CASES = {
     "batched-tokens-24x24": (24, 24, 1),
     "batched-tokens-9x64": (9, 64, 1),
     "batched-tokens-24x24-static": (24, 24, 1, False, True),
+    "batched-4-tokens-24x24": (24, 24, 1, False, False, 4),
 }
 
 
@@ -379,10 +382,11 @@ def test_transform_quantize_compiles_to_vector_memory_and_wgmma(builds, name, st
 
 @pytest.mark.parametrize("name", list(BATCHED_CASES))
 def test_batched_transform_quantize_holds_its_step_without_spills(builds, name):
-    """A step in registers: LLaMA-3-8B's T_d row (28 blocks of 16×32, 14336 values) or four tokens of SmolLM2's
-    padded 24×24 and 9×64 blocks. No spills, every block's products on the tensor cores (batched 3-D dots:
-    mma.sync), the values arrive and the codes leave as vectors, the next step is in flight (cp.async) while one
-    is computed, and it waits before touching memory as the other quantize kernels do."""
+    """A step in registers: LLaMA-3-8B's T_d row (28 blocks of 16×32, 14336 values) on four warps, or a token of
+    SmolLM2's padded 24×24 and 9×64 blocks on one warp (or four tokens). No spills, every block's products on the
+    tensor cores (batched 3-D dots: mma.sync), the values arrive and the codes leave as vectors, the next step is
+    in flight (cp.async) while one is computed, and it waits before touching memory as the other quantize kernels
+    do."""
     build = builds[name]
     assert build.spill_bytes == 0
     assert "mma.sync" in build.ptx and "cp.async" in build.ptx

@@ -251,14 +251,16 @@ def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, nu
 
 @pytest.mark.parametrize(
     "n1,n2,m,tokens,programs",
-    [(24, 24, 37, None, None), (9, 64, 21, 4, 2), (32, 48, 13, None, 1), (64, 64, 6, 2, None), (8, 8, 5, 8, None)],
+    [(24, 24, 37, None, None), (9, 64, 21, 4, 2), (32, 48, 13, 2, 1), (64, 64, 6, None, None), (8, 8, 5, 8, None),
+     (24, 24, 11, 4, None)],
 )  # fmt: skip
 @pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])
 @pytest.mark.parametrize("static_scale", [None, 0.2])
-def test_batched_tokens_match_the_tiled_kernel(n1, n2, m, tokens, programs, numerics, static_scale):
-    """Rows of one block with tokens as the batch of 3-D dots (four tokens of padded 24×24 or 9×64 by default, a
-    last step short of tokens, fewer programs than steps): the tiled kernel's codes and scales and the
-    reference's, dynamic or static, with one clip ratio and a two-sided one, and a token far below the rest."""
+def test_batched_one_block_rows_match_the_tiled_kernel(n1, n2, m, tokens, programs, numerics, static_scale):
+    """Rows of one block in the batched kernel (a token a step by default, or several tokens as the batch of 3-D
+    dots; padded 24×24 and 9×64 blocks, a last step short of tokens, fewer programs than steps): the tiled
+    kernel's codes and scales and the reference's, dynamic or static, with one clip ratio and a two-sided one,
+    and a token far below the rest."""
     from fptquant.kernels.quantize import gated_product
     from fptquant.kernels.transform_quantize import transform_quantize_reference
     from fptquant.kernels.triton_transform_quantize import kron_quantize_rows

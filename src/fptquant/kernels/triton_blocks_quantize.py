@@ -1,6 +1,6 @@
 """The transform quantize with its blocks as the batch of 3-D dots, for :mod:`.triton_transform_quantize`: a
 step is one token's row of several blocks (a block Hadamard's ``T_d``: 28 blocks of 16×32 a LLaMA-3-8B down_proj
-row), or several tokens of a one-block row (SmolLM2's 24×24 and 9×64).
+row), or the one block of a token's row, or of several (SmolLM2's 24×24 and 9×64).
 
 That kernel tiles ``T`` tokens × one block, so a row of ``nb`` blocks with a per-token scale takes two passes:
 the row's range over all its blocks, then the codes, transforming every block twice (55–57% of copy bandwidth on
@@ -8,8 +8,9 @@ the H100, against 94% for the one-pass static scale). Here a step holds a token'
 as the batch of dots (``W = P1ᵀ·X`` and ``Y = W·P2`` per block, no block-diagonal padding), keeps ``Y`` in
 registers for the range, and writes the codes from it. ``nb`` is taken as up to three power-of-two pieces of
 blocks (28 = 16 + 8 + 4), so no batch slot is padding. For small blocks the tiled kernel's ``I_T ⊗ P1ᵀ`` spends
-most of its first dot on zeros and a tile holds two tokens; with tokens as the batch a step holds four, one a
-warp. The numerics are :func:`._tile`'s, product for product: the same ``hi``/``lo`` dots, ``ROUND_MID``, ``GAIN`` and
+most of its first dot on zeros, and its four warps meet at block-wide barriers around every layout change; here
+a one-warp program takes a token a step by default (``tokens`` a step: several tokens as the batch). The
+numerics are :func:`._tile`'s, product for product: the same ``hi``/``lo`` dots, ``ROUND_MID``, ``GAIN`` and
 ``GATED``.
 """
 
@@ -162,16 +163,10 @@ SMALL_BLOCK = 1024  # padded values of the largest block whose one-block rows ar
 
 
 def step_tokens(nb: int, n1p: int, n2p: int, tokens: int | None) -> int:
-    """Tokens a step: one for rows of several blocks; for rows of one block ``tokens``, by default four (one a
-    warp), fewer where four exceed ``MAX_TILE`` values. The H100 sweep of session 23 (24×24 and 9×64, padded to
-    1024 values, M = 8192): four tokens first (62.8% of copy bandwidth dynamic, 71.9% static for 24×24), eight
-    62.3% / 58.9%, sixteen 52.8% / 57.6%, two 44.1%."""
-    if nb > 1:
+    """Tokens a step: one for rows of several blocks; for rows of one block ``tokens``, by default one."""
+    if nb > 1 or tokens is None:
         return 1
-    default = 4
-    while default > 1 and default * n1p * n2p > MAX_TILE:
-        default //= 2
-    return tokens or default
+    return tokens
 
 
 def check_batched(nb: int, n1p: int, n2p: int, tokens: int | None) -> str | None:
@@ -212,13 +207,18 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
 
 
 def batched_knobs(
-    values: int, num_warps: int | None, stages: int | None, x_bytes: int = 2, gated: bool = False
+    values: int, nb: int, num_warps: int | None, stages: int | None, x_bytes: int = 2, gated: bool = False
 ) -> dict:
-    """Four warps; three steps of ``x`` (``values`` padded values a step) in flight up to 32 KB a step, else two
-    (fewer where they do not fit in shared memory). The H100 sweeps of session 22 at 28 blocks of 16×32, M = 8192:
-    92.5% of copy bandwidth with three rows, against 80% with two and 55% with one (eight warps: 64%, 46%, 35%;
-    160 registers a thread leave one program an SM); the gated form (gate and up, 56 KB a row) 62% with two,
-    against 42% with three and 51% with one."""
+    """Four warps for rows of several blocks, one for rows of one block; three steps of ``x`` (``values`` padded
+    values a step) in flight up to 32 KB a step, else two (fewer where they do not fit in shared memory).
+
+    The H100 sweeps of session 22 at 28 blocks of 16×32, M = 8192: 92.5% of copy bandwidth with three rows,
+    against 80% with two and 55% with one (eight warps: 64%, 46%, 35%; 160 registers a thread leave one program
+    an SM); the gated form (gate and up, 56 KB a row) 62% with two, against 42% with three and 51% with one. Those
+    of session 23 for rows of one block (SmolLM2's 24×24 and 9×64, M = 8192 and 32768): one warp a token, 16
+    programs an SM, against four tokens on four warps (whose block-wide barriers around the layout changes hold
+    every warp at the slowest): 24×24 67.3% / 71.5% of copy against 60.6% / 67.5% with dynamic scales, 74.9% /
+    74.2% against 71.8% / 73.5% static; 9×64 65.0% / 79.1% against 66.4% / 73.7% dynamic."""
     step = values * x_bytes * (2 if gated else 1)
     stages = stages or stages_that_fit(3 if step <= 32768 else 2, step, 16384) or 1
-    return {"num_warps": num_warps or 4, "STAGES": stages}
+    return {"num_warps": num_warps or (4 if nb > 1 else 1), "STAGES": stages}

@@ -308,11 +308,12 @@ def default_warps(t: int, n1p: int, n2p: int) -> int:
 def prefers_batched(nb: int, n1p: int, n2p: int, static: bool) -> bool:
     """Where the batched kernel is the default: rows of several blocks with dynamic scales that fit one step (one
     pass instead of two: 84–93% of copy bandwidth against 44–58% for LLaMA-3-8B's ``T_d``, session 22), and rows
-    of one small block (at most ``SMALL_BLOCK`` padded values), whose tiles here hold two tokens and spend half
-    their first dot on the zeros of ``I_T ⊗ P1ᵀ``. Session 23, H100, M = 8192 / 32768, four tokens a step against
-    the tiled kernel: SmolLM2's 24×24 62.8% / 67.5% of copy against 53.7% / 52.7% dynamic, 71.9% / 75.2% against
-    65.9% / 67.2% static; 9×64 64.3% / 73.7% against 63.5% / 72.2% dynamic, 77.8% / 86.3% against 74.7% / 84.2%
-    static. Larger blocks stay here (64×64: 92% tiled against 58% batched)."""
+    of one small block (at most ``SMALL_BLOCK`` padded values), whose tiles here hold two tokens, spend half their
+    first dot on the zeros of ``I_T ⊗ P1ᵀ`` and meet at block-wide barriers. Session 23 (H100, M = 8192 / 32768,
+    same run), a one-warp program a token against the tiled kernel: SmolLM2's 24×24 67.2% / 71.3% of copy against
+    53.1% / 53.5% with dynamic scales, 72.7% / 72.8% against 65.1% / 66.3% static; 9×64 64.0% / 77.1% against
+    63.5% / 72.0% dynamic, 76.8% / 88.7% against 73.7% / 83.9% static. Larger blocks stay here (32×48: 76.6%
+    against 67.8%; 64×64: 92.4% against 67.8%, dynamic at 8192)."""
     from .triton_blocks_quantize import SMALL_BLOCK, fits_row
 
     if nb == 1:

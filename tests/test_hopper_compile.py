@@ -38,6 +38,8 @@ TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves[,
     "8b-mlp-bf16-gated": (112, 128, 1, True, True, True),
     "block-hadamard-gated": (16, 32, 28, True, False, True),
     "smollm2-heads-bf16": (9, 64, 1, True, True),
+    # P2 = I (FlatQuant's head mixing M ⊗ I): the second dot is left out
+    "8b-heads-bf16-eye": (32, 128, 1, True, True, False, True),
 }
 
 
@@ -47,7 +49,14 @@ def factor_halves(exact: bool) -> tuple[int, int]:
 
 
 def transform_quantize_job(
-    n1: int, n2: int, nb: int, exact: bool = False, round_mid: bool = False, gated: bool = False, static: bool = False
+    n1: int,
+    n2: int,
+    nb: int,
+    exact: bool = False,
+    round_mid: bool = False,
+    gated: bool = False,
+    eye: bool = False,
+    static: bool = False,
 ) -> dict:
     t, n1p, n2p = tile_shape(n1, n2)
     halves = factor_halves(exact)
@@ -57,7 +66,7 @@ def transform_quantize_job(
         "clip_hi": "fp32", "static_amax": "fp32", "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2,
         "STATIC": static, "SYMMETRIC": True,
         "ONE_TILE": nb == 1, "T": t, "N1": n1p, "N2": n2p, "X_SPLIT": False, "P1_LO": not exact,
-        "P2_LO": not exact, "GAIN": exact, "ROUND_MID": round_mid, "GATED": gated, "UPCAST": False,
+        "P2_LO": not exact, "P2_EYE": eye, "GAIN": exact, "ROUND_MID": round_mid, "GATED": gated, "UPCAST": False,
         "STAGES": default_stages(t, n1p, n2p, halves, gated), "PDL": True,
     }  # fmt: skip
     aligned = ["x_ptr", "u_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_u", "stride_q"]
@@ -67,7 +76,7 @@ def transform_quantize_job(
 
 
 def batched_job(
-    n1: int, n2: int, nb: int, gated: bool = False, static: bool = False, tokens: int | None = None
+    n1: int, n2: int, nb: int, gated: bool = False, static: bool = False, tokens: int | None = None, eye: bool = False
 ) -> dict:
     """The batched transform quantize (:mod:`fptquant.kernels.triton_blocks_quantize`): a row of ``nb`` blocks
     a step with exact factors (a block Hadamard) and a gain, as deploy runs ``T_d``; or, ``nb = 1``, ``tokens``
@@ -83,8 +92,8 @@ def batched_job(
         "M": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32",
         "static_amax": "fp32", "eps_amax": "fp32", "gain": "fp32", "n1": n1, "n2": n2, "TOKENS": tokens,
         "B0": pieces[0], "B1": pieces[1], "B2": pieces[2], "STATIC": static, "SYMMETRIC": True, "N1": n1p,
-        "N2": n2p, "X_SPLIT": False, "P1_LO": False, "P2_LO": False, "GAIN": nb > 1, "ROUND_MID": nb == 1,
-        "GATED": gated, "UPCAST": False, "STAGES": knobs["STAGES"], "PDL": True,
+        "N2": n2p, "X_SPLIT": False, "P1_LO": False, "P2_LO": False, "P2_EYE": eye, "GAIN": nb > 1,
+        "ROUND_MID": nb == 1, "GATED": gated, "UPCAST": False, "STAGES": knobs["STAGES"], "PDL": True,
     }  # fmt: skip
     aligned = ["x_ptr", "u_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_u", "stride_q"]
     module = "fptquant.kernels.triton_blocks_quantize"
@@ -99,6 +108,7 @@ BATCHED_CASES = {
     "batched-tokens-9x64": (9, 64, 1),
     "batched-tokens-24x24-static": (24, 24, 1, False, True),
     "batched-4-tokens-24x24": (24, 24, 1, False, False, 4),
+    "batched-heads-9x64-eye": (9, 64, 1, False, False, None, True),
 }
 
 

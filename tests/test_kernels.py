@@ -305,6 +305,38 @@ def test_batched_refuses_rows_it_cannot_hold():
 
 
 @pytest.mark.parametrize(
+    "n1,n2,m,batched", [(9, 64, 21, None), (9, 64, 6, False), (32, 128, 5, None), (4, 16, 9, True)]
+)
+@pytest.mark.parametrize("round_mid", [False, True])
+@pytest.mark.parametrize("static_scale", [None, 0.3])
+def test_head_mixing_leaves_out_the_identity_dot(monkeypatch, n1, n2, m, batched, round_mid, static_scale):
+    """FlatQuant's head mixing ``M ⊗ I`` before o_proj: the kernels see ``P2 = I`` (P2_EYE) and take ``Y`` as
+    the second dot would give it; the codes and scales are the reference's, for the tiled and the batched kernel,
+    with float32 and bfloat16 mid products; a ``P2`` one entry off the identity is not taken for it."""
+    import fptquant.kernels.triton_blocks_quantize as tbq
+    import fptquant.kernels.triton_transform_quantize as tq
+    from fptquant.kernels.transform_quantize import transform_quantize_reference
+    from fptquant.math.hadamard import random_orthogonal
+
+    launched = []
+    for module, name in ((tq, "_kron_quantize_kernel"), (tbq, "_blocks_quantize_kernel")):
+        monkeypatch.setattr(module, name, Spy(getattr(module, name), launched))
+    g = torch.Generator().manual_seed(n1 * m)
+    p1 = random_orthogonal(n1, g).float()
+    p1 = (p1.bfloat16().float() if round_mid else p1).to(DEVICE)
+    eye = torch.eye(n2, device=DEVICE)
+    x = rows(m, n1 * n2, torch.bfloat16, seed=m)
+    q, s = tq.kron_quantize_rows(x, p1, eye, 1, 0.9, static_scale, round_mid=round_mid, batched=batched)
+    qr, sr = transform_quantize_reference(x, p1, eye, clip_ratio=0.9, static_scale=static_scale, round_mid=round_mid)
+    close_codes(q, qr)
+    torch.testing.assert_close(s, sr, rtol=1e-5, atol=0)
+    near = eye.clone()
+    near[1, 0] = 2**-6
+    tq.kron_quantize_rows(x, p1, near, 1, 0.9, static_scale, round_mid=round_mid, batched=batched)
+    assert [launch["P2_EYE"] for launch in launched] == [True, False]
+
+
+@pytest.mark.parametrize(
     "n1,n2,nb,m,kind",
     [(24, 24, 1, 37, "kron"), (32, 48, 1, 9, "kron"), (112, 128, 1, 3, "kron"), (16, 32, 3, 13, "kron"),
      (9, 64, 1, 21, "heads")],

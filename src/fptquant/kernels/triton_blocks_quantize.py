@@ -30,8 +30,8 @@ from .triton_transform_quantize import MAX_TILE, _clipped_amax, _resident_progra
 def _blocks(
     x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, FIRST: tl.constexpr, B: tl.constexpr, TOKENS: tl.constexpr,
     n1: tl.constexpr, n2: tl.constexpr, stride_x, stride_u, N1: tl.constexpr, N2: tl.constexpr,
-    X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr,
-    GATED: tl.constexpr, UPCAST: tl.constexpr,
+    X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, P2_EYE: tl.constexpr, GAIN: tl.constexpr,
+    ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y`` of the batch ``FIRST .. FIRST+B-1`` of step ``step`` (:func:`_offsets`), float32 ``(B, N1, N2)``."""
     mask = _mask(step, M, B, TOKENS, n1, n2, N1, N2)
@@ -43,7 +43,7 @@ def _blocks(
             x = _upper_half(x)
     p1h, p1l = tl.broadcast_to(p1h[None], (B, N1, N1)), tl.broadcast_to(p1l[None], (B, N1, N1))
     p2h, p2l = tl.broadcast_to(p2h[None], (B, N2, N2)), tl.broadcast_to(p2l[None], (B, N2, N2))
-    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)
+    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, UPCAST)
 
 
 @triton.jit
@@ -100,8 +100,8 @@ def _blocks_quantize_kernel(
     x_ptr, u_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, stride_x, stride_u, stride_q, clip_lo, clip_hi, static_amax,
     eps_amax, gain, n1: tl.constexpr, n2: tl.constexpr, TOKENS: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr,
     B2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
-    X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr,
-    GATED: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, P2_EYE: tl.constexpr, GAIN: tl.constexpr,
+    ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """A step is one token's row of ``B0 + B1 + B2`` blocks (TOKENS = 1) or ``TOKENS = B0`` tokens of one block."""
     release_dependents(PDL)  # as in the tiled kernel (.triton_pdl)
@@ -112,22 +112,24 @@ def _blocks_quantize_kernel(
     p1l = p1h  # unused unless P1_LO
     if P1_LO:
         p1l = tl.load(p1_ptr + N1 * N1 + i[:, None] * N1 + i[None, :])
-    p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
+    p2h = tl.zeros((N2, N2), dtype=tl.bfloat16)  # unused with P2_EYE
+    if not P2_EYE:
+        p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
     p2l = p2h
     if P2_LO:
         p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
     for step in tl.range(tl.program_id(0), tl.cdiv(M, TOKENS), tl.num_programs(0), num_stages=STAGES):
         y0 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u, N1,
-                     N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+                     N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
         top, bottom = _range(y0, SYMMETRIC, PER_TOKEN)
         if B1 > 0:
             y1 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, B0, B1, TOKENS, n1, n2, stride_x,
-                         stride_u, N1, N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+                         stride_u, N1, N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
             top1, bottom1 = _range(y1, SYMMETRIC, PER_TOKEN)
             top, bottom = tl.maximum(top, top1), tl.minimum(bottom, bottom1)
         if B2 > 0:
             y2 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, B0 + B1, B2, TOKENS, n1, n2, stride_x,
-                         stride_u, N1, N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+                         stride_u, N1, N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
             top2, bottom2 = _range(y2, SYMMETRIC, PER_TOKEN)
             top, bottom = tl.maximum(top, top2), tl.minimum(bottom, bottom2)
         amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
@@ -194,7 +196,7 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
     t = step_tokens(nb, n1p, n2p, tokens)
     pieces = block_pieces(nb) if nb > 1 else (t, 0, 0)
     x, u, p1s, p2s, codes, scales, m, _, sx, su, sq, lo, hi, static_amax, eps, gain = args
-    keep = ("n1", "n2", "STATIC", "SYMMETRIC", "N1", "N2", "X_SPLIT", "P1_LO", "P2_LO", "GAIN", "ROUND_MID",
+    keep = ("n1", "n2", "STATIC", "SYMMETRIC", "N1", "N2", "X_SPLIT", "P1_LO", "P2_LO", "P2_EYE", "GAIN", "ROUND_MID",
             "GATED", "UPCAST", "STAGES", "PDL", "launch_pdl", "num_warps")  # fmt: skip
     args = (x, u, p1s, p2s, codes, scales, m, sx, su, sq, lo, hi, static_amax, eps, gain)
     constants = {key: constants[key] for key in keep} | {"TOKENS": t, "B0": pieces[0], "B1": pieces[1],

@@ -84,7 +84,7 @@ def _dot(a, b, acc, UPCAST: tl.constexpr):
 def _tile(
     x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_x,
     stride_u, N2: tl.constexpr, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr,
-    GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr,
+    P2_EYE: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y`` of block ``b`` of the tile's tokens, float32 ``(T·N1, N2)``: ``W = (I_T ⊗ P1ᵀ) · X`` then
     ``Y = W · P2``, every operand as bfloat16 ``hi + lo`` pairs (the reference's numerics). A bf16 ``x`` is
@@ -100,16 +100,18 @@ def _tile(
         x = _swiglu(x, tl.load(u_ptr + tok.to(tl.int64)[:, None] * stride_u + col, mask=mask, other=0.0))
         if not X_SPLIT:  # a bf16 value in float32: its upper half is the bf16 operand, exactly
             x = _upper_half(x)
-    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, UPCAST)
+    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, UPCAST)
 
 
 @triton.jit
 def _transform(
     x, p1h, p1l, p2h, p2l, gain, X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr,
-    GAIN: tl.constexpr, ROUND_MID: tl.constexpr, UPCAST: tl.constexpr,
+    P2_EYE: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y = (P1ᵀ · X) · P2`` as the dots of the numerics above (2-D, or 3-D with the factors broadcast over the
-    batch: :mod:`.triton_blocks_quantize`)."""
+    batch: :mod:`.triton_blocks_quantize`). With P2_EYE (``P2 = I``: FlatQuant's head mixing ``M ⊗ I`` before
+    o_proj) ``Y`` is what the second dot would give, without it: ``W`` in bfloat16, or ``W``'s ``hi + lo``
+    (exact in float32)."""
     if X_SPLIT:
         xh, xl = _split(x.to(tl.float32))
         w = _dot(p1h, xh, None, UPCAST)
@@ -120,7 +122,13 @@ def _transform(
         w = _dot(p1h, x, None, UPCAST)
         if P1_LO:
             w = _dot(p1l, x, w, UPCAST)
-    if ROUND_MID:  # bfloat16 transform numerics: one product fewer, the one that bounds large tiles
+    if P2_EYE:
+        if ROUND_MID:
+            y = _round_to(w, tl.bfloat16, UPCAST).to(tl.float32)
+        else:
+            wh, wl = _split(w)
+            y = wh.to(tl.float32) + wl.to(tl.float32)
+    elif ROUND_MID:  # bfloat16 transform numerics: one product fewer, the one that bounds large tiles
         wb = _round_to(w, tl.bfloat16, UPCAST)
         y = _dot(wb, p2h, None, UPCAST)
         if P2_LO:
@@ -150,8 +158,8 @@ def _kron_quantize_kernel(
     x_ptr, u_ptr, p1_ptr, p2_ptr, q_ptr, s_ptr, M, nb, stride_x, stride_u, stride_q, clip_lo, clip_hi, static_amax,
     eps_amax, gain, n1: tl.constexpr, n2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr,
     ONE_TILE: tl.constexpr, T: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr,
-    P1_LO: tl.constexpr, P2_LO: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr, GATED: tl.constexpr,
-    UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    P1_LO: tl.constexpr, P2_LO: tl.constexpr, P2_EYE: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr,
+    GATED: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     release_dependents(PDL)  # a decode GEMM after this may launch now and wait for the codes (.triton_pdl)
     wait_for_inputs(PDL)  # launched early itself: nothing is read or written before the kernel before it is done
@@ -163,7 +171,9 @@ def _kron_quantize_kernel(
     p1l = p1h  # unused unless P1_LO
     if P1_LO:
         p1l = tl.load(p1_ptr + R * R + i[:, None] * R + i[None, :])
-    p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
+    p2h = tl.zeros((N2, N2), dtype=tl.bfloat16)  # unused with P2_EYE
+    if not P2_EYE:
+        p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
     p2l = p2h
     if P2_LO:
         p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
@@ -175,7 +185,7 @@ def _kron_quantize_kernel(
         row_ok = (tok < M) & (r < n1)
         if ONE_TILE:  # one pass: the tile is every value of its tokens
             y = _tile(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, 0, n1, n2, stride_x, stride_u,
-                      N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+                      N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
             if STATIC:
                 amax = tl.zeros((T,), dtype=tl.float32) + static_amax
             else:
@@ -188,7 +198,7 @@ def _kron_quantize_kernel(
             bottom = tl.full((T,), float("inf"), dtype=tl.float32)
             for b in range(0, nb):
                 y = _tile(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, stride_u,
-                          N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+                          N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
                 tile_top, tile_bottom = _token_range(y, T, N1, SYMMETRIC)
                 top, bottom = tl.maximum(top, tile_top), tl.minimum(bottom, tile_bottom)
             amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
@@ -200,7 +210,7 @@ def _kron_quantize_kernel(
         else:
             for b in range(0, nb):
                 y = _tile(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, tok, row_ok, r, b, n1, n2, stride_x, stride_u,
-                          N2, X_SPLIT, P1_LO, P2_LO, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+                          N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
                 _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1, n2, stride_q, N2)
 
 
@@ -226,12 +236,15 @@ def _resident_programs(kernel, device_index: int, args: tuple, constants: dict) 
     return _RESIDENT[key]
 
 
-_PREPARED: dict[tuple, tuple] = {}  # (ids, versions, tokens a tile) -> (weakrefs of P1 and P2, prepared factors)
+_PREPARED: dict[tuple, tuple] = {}  # (ids, versions, tokens a tile) -> (weakrefs of P1 and P2, Prepared)
 
 
-def _prepared_factors(p1: torch.Tensor, p2: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, bool, bool]:
-    """:func:`split_factors` and whether each ``lo`` half is nonzero, kept per factor pair (until either is
-    changed in place or freed) so a call launches nothing but the kernel (the first one reads two flags)."""
+def _prepared_factors(
+    p1: torch.Tensor, p2: torch.Tensor, t: int
+) -> tuple[torch.Tensor, torch.Tensor, bool, bool, bool]:
+    """:func:`split_factors`, whether each ``lo`` half is nonzero and whether ``P2`` is the identity, kept per
+    factor pair (until either is changed in place or freed) so a call launches nothing but the kernel (the first
+    one reads three flags)."""
     key = (id(p1), p1._version, id(p2), p2._version, t)
     hit = _PREPARED.get(key)
     if hit is not None and hit[0]() is p1 and hit[1]() is p2:
@@ -239,7 +252,8 @@ def _prepared_factors(p1: torch.Tensor, p2: torch.Tensor, t: int) -> tuple[torch
     if len(_PREPARED) >= 64:
         _PREPARED.pop(next(iter(_PREPARED)))
     p1s, p2s = split_factors(p1, p2, t)
-    prepared = (p1s, p2s, bool(p1s[1].any()), bool(p2s[1].any()))
+    eye = torch.equal(p2, torch.eye(p2.shape[0], dtype=p2.dtype, device=p2.device))
+    prepared = (p1s, p2s, bool(p1s[1].any()), bool(p2s[1].any()), eye)
     _PREPARED[key] = (weakref.ref(p1), weakref.ref(p2), prepared)
     return prepared
 
@@ -356,7 +370,7 @@ def kron_quantize_rows(
     if batched and (problem := check_batched(nb, n1p, n2p, tokens)) is not None:
         raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
     t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], 1 if batched else tokens)
-    p1s, p2s, p1_lo, p2_lo = _prepared_factors(p1, p2, t)
+    p1s, p2s, p1_lo, p2_lo, p2_eye = _prepared_factors(p1, p2, t)
     halves = (1 + p1_lo, 1 + p2_lo)
     if out is None:
         codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
@@ -373,7 +387,8 @@ def kron_quantize_rows(
     pdl = programmatic_launch(x.device, tokens=M)
     constants = dict(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
-        N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, GAIN=gain != 1.0,
+        N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, P2_EYE=p2_eye,
+        GAIN=gain != 1.0,
         ROUND_MID=round_mid, GATED=up is not None, UPCAST=interpreting() if upcast is None else upcast,
         STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None), PDL=pdl, launch_pdl=pdl,
         num_warps=num_warps or default_warps(t, n1p, n2p),

@@ -205,19 +205,21 @@ def gluon_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages:
             "num_warps": warps, "gluon": True}  # fmt: skip
 
 
-def quantize_job(k: int, gated: bool = False) -> dict:
-    """The per-token quantize with the tiling ``quantize_tile`` picks for K (``gated``: of silu(x)·u)."""
+def quantize_job(k: int, gated: bool = False, norm: bool = False) -> dict:
+    """The per-token quantize with the tiling ``quantize_tile`` picks for K (``gated``: of silu(x)·u; ``norm``: of
+    the weighted RMSNorm of bfloat16 rows)."""
     from fptquant.kernels.triton_quantize import quantize_tile
 
     block_m, warps, block_k, pieces = quantize_tile(k)
-    args = {"x_ptr": "*bf16", "u_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32", "K": "i32",
-            "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip": "fp32", "static_amax": "fp32",
-            "eps_amax": "fp32", "STATIC": False, "BLOCK_M": block_m, "BLOCK_K": block_k,
-            "ONE_TILE": pieces is not None, "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0,
-            "GATED": gated, "PDL": True}  # fmt: skip
+    args = {"x_ptr": "*bf16", "u_ptr": "*bf16", "w_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32", "M": "i32",
+            "K": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip": "fp32",
+            "static_amax": "fp32", "eps_amax": "fp32", "inv_k": "fp32", "norm_eps": "fp32", "STATIC": False,
+            "BLOCK_M": block_m, "BLOCK_K": block_k, "ONE_TILE": pieces is not None,
+            "W1": pieces[1] if pieces else 0, "W2": pieces[2] if pieces else 0, "GATED": gated, "NORM": norm,
+            "ROUND_TO": "tl.bfloat16", "WEIGHT": norm, "INTERPRET": False, "PDL": True}  # fmt: skip
     module = "fptquant.kernels.triton_quantize"
-    return {"module": module, "kernel": "_quantize_rows_kernel", "args": args, "num_warps": warps,
-            "aligned": ["x_ptr", "u_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_u", "stride_q"]}  # fmt: skip
+    aligned = ["x_ptr", "u_ptr", "w_ptr", "q_ptr", "s_ptr", "K", "stride_x", "stride_u", "stride_q"]
+    return {"module": module, "kernel": "_quantize_rows_kernel", "args": args, "num_warps": warps, "aligned": aligned}
 
 
 GLUON_CASES = {
@@ -367,6 +369,7 @@ def builds() -> dict:
     jobs.update({name: gluon_gemm_job(*case) for name, case in GLUON_CASES.items()})
     jobs.update({f"quantize-{k}": quantize_job(k) for k in (4096, 28672, 576, 1536)})
     jobs.update({f"quantize-gated-{k}": quantize_job(k, gated=True) for k in (14336, 1536)})
+    jobs.update({f"norm-quantize-{k}": quantize_job(k, norm=True) for k in (4096, 8192, 576)})
     jobs.update({name: gemv_job(*case) for name, case in GEMV_CASES.items()})
     jobs.update({name: quantize_gemv_job(*case) for name, case in QUANTIZE_GEMV_CASES.items()})
     return dict(zip(jobs, compile_for_hopper(list(jobs.values())), strict=True))
@@ -521,6 +524,18 @@ def test_per_token_quantize_reads_the_row_once_without_spills(builds, k):
     assert build.spill_bytes == 0  # 32768 values over 16 warps: 64 a thread
     assert build.memory_ops("ld") <= VECTOR_LOADS | {"ld.global.b32"}  # bf16 in 16-, 8- or 4-byte vectors
     assert "st.global.b8" not in build.memory_ops("st")  # the codes leave as vectors too
+
+
+@pytest.mark.parametrize("k", [4096, 8192, 576])
+def test_norm_quantize_reads_the_row_once_without_spills(builds, k):
+    """The RMSNorm fused into the quantize (LLaMA-3-8B's and 70B's hidden sizes, SmolLM2's): the row and the
+    weight arrive as vectors, the codes leave as vectors, nothing spills, and the norm's two roundings to
+    bfloat16 are conversions (round to nearest even), not truncations."""
+    build = builds[f"norm-quantize-{k}"]
+    assert build.spill_bytes == 0
+    assert build.memory_ops("ld") <= VECTOR_LOADS | {"ld.global.b32"}
+    assert "st.global.b8" not in build.memory_ops("st")
+    assert "cvt.rn.bf16x2.f32" in build.ptx or "cvt.rn.bf16.f32" in build.ptx
 
 
 @pytest.mark.parametrize("name", list(TMA_CASES))

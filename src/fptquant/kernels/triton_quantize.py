@@ -9,7 +9,9 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from ..errors import ConfigError
 from ..math.quantization import SCALE_EPS
+from .backend import interpreting
 from .quantize import QMAX, QMIN
 from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
 
@@ -26,6 +28,8 @@ def _rint(y, INTERPRET: tl.constexpr):
         r = libdevice.rint(y)
     return r
 
+
+_TRITON_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 # 1.5 * 2^23: adding it leaves round-half-even(v) in a float32's low mantissa bits
 ROUNDING_MAGIC = tl.constexpr(12582912.0)
@@ -89,6 +93,22 @@ def _load_piece(x_row, u_row, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, 
 
 
 @triton.jit
+def _normed(x, r, w_ptr, START: tl.constexpr, WIDTH: tl.constexpr, K, ROUND_TO: tl.constexpr, WEIGHT: tl.constexpr,
+            INTERPRET: tl.constexpr):  # fmt: skip
+    """The RMSNorm of a piece as the unfused model computes it (:func:`.norm_quantize.rms_norm_reference`):
+    ``x · r`` rounded to the input's dtype, times the weight, rounded again."""
+    y = x * r[:, None]
+    if ROUND_TO != tl.float32:
+        y = _round_to(y, ROUND_TO, INTERPRET).to(tl.float32)
+    if WEIGHT:
+        cols = START + tl.arange(0, WIDTH)
+        y = tl.load(w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :] * y
+        if ROUND_TO != tl.float32:
+            y = _round_to(y, ROUND_TO, INTERPRET).to(tl.float32)
+    return y
+
+
+@triton.jit
 def _store_piece(q_row, x, inv, row_ok, START: tl.constexpr, WIDTH: tl.constexpr, K):
     cols = START + tl.arange(0, WIDTH)
     q = _int4_codes(x * inv[:, None], q_row.dtype.element_ty)
@@ -98,13 +118,16 @@ def _store_piece(q_row, x, inv, row_ok, START: tl.constexpr, WIDTH: tl.constexpr
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, u_ptr, q_ptr, s_ptr, M, K, stride_x, stride_u, stride_q, clip, static_amax, eps_amax,
-    STATIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-    W1: tl.constexpr, W2: tl.constexpr, GATED: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, u_ptr, w_ptr, q_ptr, s_ptr, M, K, stride_x, stride_u, stride_q, clip, static_amax, eps_amax, inv_k,
+    norm_eps, STATIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
+    W1: tl.constexpr, W2: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr, ROUND_TO: tl.constexpr,
+    WEIGHT: tl.constexpr, INTERPRET: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """ONE_TILE: the row is read once, as up to three column pieces of power-of-two widths BLOCK_K, W1, W2
     (0: absent) that add up to K where K allows (576 = 512 + 64, 28672 = 16384 + 8192 + 4096), so no lane
-    holds padding; else one padded piece. Otherwise two passes over K in BLOCK_K steps (amax, then codes)."""
+    holds padding; else one padded piece. Otherwise two passes over K in BLOCK_K steps (amax, then codes).
+    NORM (one tile only): the rows quantized are the RMSNorm of ``x`` (``eps`` ``norm_eps``, a weight with
+    WEIGHT, the norm's output rounded to ROUND_TO), so the normalized activations never go to memory."""
     release_dependents(PDL)  # a decode GEMM after this may launch now and wait for the codes (.triton_pdl)
     wait_for_inputs(PDL)  # launched early itself: nothing is read or written before the kernel before it is done
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -114,12 +137,28 @@ def _quantize_rows_kernel(
     q_row = q_ptr + rows[:, None].to(tl.int64) * stride_q
     if ONE_TILE:
         x0 = _load_piece(x_row, u_row, row_ok, 0, BLOCK_K, K, GATED)
-        amax = tl.max(tl.abs(x0), axis=1)
+        x1 = x0  # unused unless W1
+        x2 = x0
         if W1 > 0:
             x1 = _load_piece(x_row, u_row, row_ok, BLOCK_K, W1, K, GATED)
-            amax = tl.maximum(amax, tl.max(tl.abs(x1), axis=1))
         if W2 > 0:
             x2 = _load_piece(x_row, u_row, row_ok, BLOCK_K + W1, W2, K, GATED)
+        if NORM:  # the row's mean square (masked lanes hold zeros), then the norm of every piece
+            squares = tl.sum(x0 * x0, axis=1)
+            if W1 > 0:
+                squares += tl.sum(x1 * x1, axis=1)
+            if W2 > 0:
+                squares += tl.sum(x2 * x2, axis=1)
+            r = tl.math.rsqrt(squares * inv_k + norm_eps)
+            x0 = _normed(x0, r, w_ptr, 0, BLOCK_K, K, ROUND_TO, WEIGHT, INTERPRET)
+            if W1 > 0:
+                x1 = _normed(x1, r, w_ptr, BLOCK_K, W1, K, ROUND_TO, WEIGHT, INTERPRET)
+            if W2 > 0:
+                x2 = _normed(x2, r, w_ptr, BLOCK_K + W1, W2, K, ROUND_TO, WEIGHT, INTERPRET)
+        amax = tl.max(tl.abs(x0), axis=1)
+        if W1 > 0:
+            amax = tl.maximum(amax, tl.max(tl.abs(x1), axis=1))
+        if W2 > 0:
             amax = tl.maximum(amax, tl.max(tl.abs(x2), axis=1))
         if STATIC:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32) + static_amax
@@ -183,9 +222,12 @@ def quantize_rows(
     block_m: int | None = None,
     num_warps: int | None = None,
     up: torch.Tensor | None = None,
+    norm: tuple[torch.Tensor | None, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``block_m`` rows a program and ``num_warps`` (default: :func:`quantize_tile`) are for the benchmark's
-    tile sweep. ``up``: the rows quantized are ``silu(x) · up`` (rows of ``up`` as strided as ``x``'s)."""
+    tile sweep. ``up``: the rows quantized are ``silu(x) · up`` (rows of ``up`` as strided as ``x``'s).
+    ``norm``: ``(weight or None, eps)``, the rows quantized are the RMSNorm of ``x``
+    (:func:`.norm_quantize.rms_norm_reference`); rows of at most 32768 values."""
     assert QMAX == 7 and QMIN == -8
     M, K = x.shape
     codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
@@ -195,12 +237,16 @@ def quantize_rows(
     num_warps = num_warps or default_warps
     grid = (triton.cdiv(M, block_m),)
     u = up if up is not None else x  # unread unless gated
+    weight, eps = norm if norm is not None else (None, 0.0)
+    if norm is not None and (pieces is None or up is not None):
+        raise ConfigError(f"the fused RMSNorm takes rows of at most 32768 values and no up projection (K = {K})")
     pdl = programmatic_launch(x.device)
     _quantize_rows_kernel[grid](
-        x, u, codes, scales, M, K, x.stride(0), u.stride(0), codes.stride(0), float(clip_ratio),
-        QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS,
+        x, u, weight if weight is not None else x, codes, scales, M, K, x.stride(0), u.stride(0), codes.stride(0),
+        float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, 1.0 / K, float(eps),
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
-        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=up is not None,
-        PDL=pdl, num_warps=num_warps, launch_pdl=pdl,
+        W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=up is not None, NORM=norm is not None,
+        ROUND_TO=_TRITON_DTYPES[x.dtype], WEIGHT=weight is not None, INTERPRET=interpreting(), PDL=pdl,
+        num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return codes, scales[:, None]

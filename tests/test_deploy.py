@@ -173,10 +173,12 @@ def test_cli_quantize_packed_eval_and_generate(tiny_model_dir, text_file, tmp_pa
 
 
 def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
-    """q/k/v and gate/up reuse one quantization of their common input; the logits are unchanged."""
-    from fptquant.deploy import modules, to_deploy
+    """q/k/v and gate/up reuse one quantization of their common input; the logits are unchanged. (The norms in
+    front of them are left unfused here: fused, they quantize for the siblings, test_norms_are_fused_...)"""
+    from fptquant.deploy import export, modules, to_deploy
 
     model = quantized("qwen2", "quarot", intermediate_size=96)
+    monkeypatch.setattr(export, "fuse_norms", lambda adapter: 0)
     to_deploy(model)
     layer = model.model.layers[0]
     assert layer.self_attn.q_proj.shared_input is layer.self_attn.v_proj.shared_input is not None
@@ -196,6 +198,65 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
             m.shared_input = None
     monkeypatch.setattr(modules.QuantizedLinear, "_transform_and_quantize", real)
     assert torch.equal(logits(model, tokens), linked)
+
+
+@pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot")])
+def test_norms_are_fused_into_their_readers_quantize(arch, method, tokens, monkeypatch, tmp_path):
+    """Each layer's input and post-attention RMSNorm quantize for q/k/v and gate/up (kernels/norm_quantize.py)
+    instead of writing their output: two fused quantizes and two plain ones (o, down) a layer, logits close to the
+    unfused model's (the kernel sums the squares in another order), the state dict unchanged, and the reloaded
+    checkpoint fused the same way with the same logits."""
+    from fptquant.deploy import export, modules, norm, to_deploy
+    from fptquant.deploy.norm import FusedRMSNorm
+
+    model = quantized(arch, method, intermediate_size=96)
+    plain = copy.deepcopy(model)
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "fuse_norms", lambda adapter: 0)
+        to_deploy(plain)
+    to_deploy(model)
+    layers = model.model.layers
+    assert all(isinstance(m, FusedRMSNorm) for layer in layers for m in (layer.input_layernorm,
+                                                                        layer.post_attention_layernorm))  # fmt: skip
+    assert not isinstance(model.model.norm, FusedRMSNorm)  # the final norm feeds the unquantized lm_head
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    unfused, fused = logits(plain, tokens), logits(model, tokens)
+    assert (fused - unfused).abs().max() <= 1e-2 * unfused.abs().max()
+    assert fused.argmax(-1).eq(unfused.argmax(-1)).double().mean() >= 0.95
+    plain_calls, norm_calls = [], []
+    real, real_norm = modules.QuantizedLinear._transform_and_quantize, norm.norm_quantize
+    monkeypatch.setattr(modules.QuantizedLinear, "_transform_and_quantize",
+                        lambda self, *a: plain_calls.append(1) or real(self, *a))  # fmt: skip
+    monkeypatch.setattr(norm, "norm_quantize", lambda *a, **kw: norm_calls.append(1) or real_norm(*a, **kw))
+    assert torch.equal(logits(model, tokens), fused)
+    assert len(plain_calls) == len(norm_calls) == 2 * len(layers)
+    assert all(m.shared_input.source is None for m in model.modules() if getattr(m, "shared_input", None))
+    save_packed(model, None, tmp_path / "ckpt")
+    reloaded, _ = load(tmp_path / "ckpt")
+    assert sum(isinstance(m, FusedRMSNorm) for m in reloaded.modules()) == 2 * len(layers)
+    assert torch.equal(logits(reloaded, tokens), fused)
+
+
+def test_norms_stay_unfused_where_their_readers_transform_or_scale_their_input(monkeypatch):
+    """No fusion where the readers transform their input online (FlatQuant's Kronecker P_a before q/k/v) or
+    where S_n records the norm's input (its hooks sit on the norms)."""
+    from fptquant.deploy import export, to_deploy
+    from fptquant.deploy.norm import fuse_norms
+    from fptquant.fakequant.residual_scaling import enable_residual_scaling
+    from fptquant.math.online import OnlineHadamard
+
+    model = quantized("llama", "rtn", intermediate_size=96)
+    monkeypatch.setattr(export, "fuse_norms", lambda adapter: 0)
+    to_deploy(model)
+    adapter = get_adapter(model)
+    snapshot = copy.deepcopy(model)
+    hadamard = OnlineHadamard(model.config.hidden_size, 8)
+    for layer in model.model.layers:
+        for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            lin.input_transform = hadamard
+    assert fuse_norms(adapter) == len(model.model.layers)  # the post-attention norms only
+    enable_residual_scaling(get_adapter(snapshot), ("o", "down"))
+    assert fuse_norms(get_adapter(snapshot)) == 0
 
 
 @pytest.mark.parametrize("method", ["rtn", "quarot"])

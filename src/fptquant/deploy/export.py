@@ -15,6 +15,7 @@ from ..math.packing import pack_int4
 from ..math.quantization import Axis
 from .mlp import fuse_swiglu
 from .modules import QuantizedLinear, describe_transform, link_shared_inputs
+from .norm import fuse_norms
 
 SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
 
@@ -90,6 +91,7 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
         enable_residual_scaling(adapter, scaled)
     link_siblings(model)
     fuse_swiglu(adapter)
+    fuse_norms(adapter)
     return manifest
 
 

@@ -15,6 +15,7 @@ from ..models.loading import parse_dtype
 from .export import link_siblings, shared_transform_prefixes, tied_output_key
 from .mlp import fuse_swiglu
 from .modules import QuantizedLinear, build_transform
+from .norm import fuse_norms
 
 
 def _hf_config(config: dict):
@@ -65,6 +66,7 @@ def build_model(config: dict, state: dict[str, torch.Tensor], dtype=None) -> nn.
             raise ModelLoadError(f"checkpoint residual_scaling {list(scaled)}: {e}") from None
     link_siblings(model)
     fuse_swiglu(get_adapter(model))
+    fuse_norms(get_adapter(model))
     model.fptquant_deploy_manifest = qc["modules"]
     model.fptquant_quantization_config = qc
     return model

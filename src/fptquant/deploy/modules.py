@@ -19,6 +19,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..kernels import quantize_per_token, quantize_per_token_reference, transform_quantize
+from ..kernels.backend import backend_for
+from ..kernels.norm_quantize import MAX_FUSED_ROW
 from ..kernels.quantize import gated_product
 from ..kernels.w4a4_matmul import w4a4_matmul
 from ..math.hadamard import hadamard_factors
@@ -115,8 +117,10 @@ class SharedInput:
             self.source = self.codes = None
         return codes
 
-    def store(self, x: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.source, self.codes, self.reads = x, codes, 1
+    def store(self, x: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor], reads: int = 1) -> None:
+        """Keep ``x``'s codes, already read ``reads`` times (1: by the member that quantized it; 0: quantized
+        for the members by the norm in front of them, :class:`~.norm.FusedRMSNorm`)."""
+        self.source, self.codes, self.reads = x, codes, reads
 
 
 class QuantizedLinear(nn.Module):
@@ -187,6 +191,17 @@ class QuantizedLinear(nn.Module):
         if args is None:  # no Triton kernel for two clips yet
             return quantize_per_token_reference(rows, clip_ratio=value)
         return quantize_per_token(rows, up=up, **args)
+
+    def fused_norm_args(self, x: torch.Tensor) -> dict | None:
+        """The quantizer as :func:`~fptquant.kernels.norm_quantize.norm_quantize` arguments where the RMSNorm in
+        front of this linear (and its siblings) can be fused into the quantize of ``x``; None where not: no
+        quantized input, an online transform, no siblings linked, rows the fused kernel does not hold, the
+        PyTorch backend, or a learned clip per end of the row."""
+        if not self.input_quantizer.spec.enabled or self.input_transform is not None or self.shared_input is None:
+            return None
+        if x.shape[-1] > MAX_FUSED_ROW or backend_for(x) != "triton":
+            return None
+        return self._per_token_args()
 
     def _per_token_args(self) -> dict | None:
         """The input quantizer as ``quantize_per_token`` arguments: a static scale or

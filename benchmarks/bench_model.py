@@ -14,7 +14,8 @@ Decode: 256 steps of one token per sequence after a 2048-token prefill and 8 war
 replayed as a CUDA graph (deploy.graphed_decode; BF16 with transformers' StaticCache, the quantized
 model with the INT4 cache), or with ``--eager-decode`` the eager Python loop (host launch cost
 included, as a user sees it without graphs); timed as a whole with CUDA events.
-Peak memory per phase.
+Peak memory per phase. ``--unfused-norms`` adds the packed model with its RMSNorms unfused from the quantize
+of q/k/v and gate/up (deploy/norm.py), same run.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ def main() -> int:
     p.add_argument("--kv", choices=("int4", "fake"), default="int4", help="the quantized model's decode KV cache")
     p.add_argument("--eager-decode", action="store_true", help="time the eager decode loop, not CUDA-graph replay")
     p.add_argument("--profile-batch", type=int, default=8, help="batch of the per-part breakdown (0: none)")
+    p.add_argument("--unfused-norms", action="store_true",
+                   help="also time the packed model with its norms unfused (to_deploy(fused_norms=False))")  # fmt: skip
     a = p.parse_args()
     env = start_report()
     if env is None:
@@ -202,6 +205,10 @@ def main() -> int:
     bf16 = build(a)
     packed = copy.deepcopy(bf16)
     fptquant.quantize(packed, fptquant.Recipe(method="rtn", bits="w4a4kv4", model="bench"))
+    unfused = None
+    if a.unfused_norms:
+        unfused = copy.deepcopy(packed)
+        to_deploy(unfused, fused_norms=False)
     to_deploy(packed)
     weights = {
         "bf16_gib": sum(t.numel() * t.element_size() for t in bf16.state_dict().values()) / 2**30,
@@ -211,7 +218,9 @@ def main() -> int:
     rows = []
     vocab = bf16.config.vocab_size
     for batch in [int(b) for b in a.batches.split(",")]:
-        for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):
+        variants = [("bf16", bf16), ("w4a4kv4_packed", packed)]
+        variants += [("w4a4kv4_packed_unfused_norms", unfused)] if unfused is not None else []
+        for name, model in variants:
             try:
                 int4 = name != "bf16" and a.kv == "int4"
                 r = measure(model, batch, a.prompt, a.steps, vocab, int4_cache=int4, graph=not a.eager_decode)
@@ -223,10 +232,14 @@ def main() -> int:
             torch.cuda.empty_cache()
     for batch in {r["batch"] for r in rows}:
         base = next(r for r in rows if r["batch"] == batch and r["model"] == "bf16")
-        q = next(r for r in rows if r["batch"] == batch and r["model"] != "bf16")
+        q = next(r for r in rows if r["batch"] == batch and r["model"] == "w4a4kv4_packed")
         if "error" not in base and "error" not in q:
             print(f"batch {batch}: prefill {base['prefill_ms'] / q['prefill_ms']:.2f}x, "
                   f"decode {base['decode_ms_per_step'] / q['decode_ms_per_step']:.2f}x vs BF16")  # fmt: skip
+        u = next((r for r in rows if r["batch"] == batch and r["model"] == "w4a4kv4_packed_unfused_norms"), None)
+        if u is not None and "error" not in u and "error" not in q:
+            print(f"batch {batch}: fused norms {u['prefill_ms'] / q['prefill_ms']:.2f}x prefill, "
+                  f"{u['decode_ms_per_step'] / q['decode_ms_per_step']:.2f}x decode vs unfused norms")  # fmt: skip
     parts = {}
     if a.profile_batch:
         for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):

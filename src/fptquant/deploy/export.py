@@ -58,8 +58,10 @@ def quantized_linear_from(name: str, linear: QuantLinear) -> QuantizedLinear:
     return out.to(linear.weight.device)
 
 
-def to_deploy(model: nn.Module) -> dict[str, dict]:
-    """Replace every ``QuantLinear`` of ``model`` in place; return the per-module manifest."""
+def to_deploy(model: nn.Module, fused_norms: bool = True) -> dict[str, dict]:
+    """Replace every ``QuantLinear`` of ``model`` in place; return the per-module manifest. ``fused_norms=False``
+    keeps the norms in front of q/k/v and gate/up as they are (:mod:`.norm`: fused, they quantize for their
+    readers instead of writing their output), e.g. to compare the two."""
     _check_exportable(model)
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     if not targets:
@@ -91,7 +93,8 @@ def to_deploy(model: nn.Module) -> dict[str, dict]:
         enable_residual_scaling(adapter, scaled)
     link_siblings(model)
     fuse_swiglu(adapter)
-    fuse_norms(adapter)
+    if fused_norms:
+        fuse_norms(adapter)
     return manifest
 
 

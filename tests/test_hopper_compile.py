@@ -84,7 +84,7 @@ def batched_job(
     from fptquant.kernels.triton_blocks_quantize import batched_knobs, block_pieces, step_tokens
 
     _, n1p, n2p = tile_shape(n1, n2, 1)
-    tokens = step_tokens(nb, n1p, n2p, tokens)
+    tokens = step_tokens(nb, tokens)
     pieces = block_pieces(nb) if nb > 1 else (tokens, 0, 0)
     knobs = batched_knobs(tokens * nb * n1p * n2p, nb, None, None, 2, gated)
     args = {

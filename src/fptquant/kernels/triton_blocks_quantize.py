@@ -161,10 +161,10 @@ def fits_row(nb: int, n1p: int, n2p: int) -> bool:
     return nb > 1 and block_pieces(nb) is not None and nb * n1p * n2p <= MAX_TILE
 
 
-SMALL_BLOCK = 1024  # padded values of the largest block whose one-block rows are batched by tokens by default
+SMALL_BLOCK = 1024  # padded values of the largest block whose one-block rows take this kernel by default
 
 
-def step_tokens(nb: int, n1p: int, n2p: int, tokens: int | None) -> int:
+def step_tokens(nb: int, tokens: int | None) -> int:
     """Tokens a step: one for rows of several blocks; for rows of one block ``tokens``, by default one."""
     if nb > 1 or tokens is None:
         return 1
@@ -180,7 +180,7 @@ def check_batched(nb: int, n1p: int, n2p: int, tokens: int | None) -> str | None
             return (f"a row of {nb} blocks of {n1p}×{n2p} does not fit one step (at most three power-of-two runs "
                     f"of blocks, at most {MAX_TILE} values)")  # fmt: skip
         return None
-    t = step_tokens(nb, n1p, n2p, tokens)
+    t = step_tokens(nb, tokens)
     if t & (t - 1) or t * n1p * n2p > MAX_TILE:
         return f"{t} tokens of {n1p}×{n2p} a step: a power of two, at most {MAX_TILE} values"
     return None
@@ -193,7 +193,7 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
     problem = check_batched(nb, n1p, n2p, tokens)
     if problem is not None or constants["T"] != 1:
         raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
-    t = step_tokens(nb, n1p, n2p, tokens)
+    t = step_tokens(nb, tokens)
     pieces = block_pieces(nb) if nb > 1 else (t, 0, 0)
     x, u, p1s, p2s, codes, scales, m, _, sx, su, sq, lo, hi, static_amax, eps, gain = args
     keep = ("n1", "n2", "STATIC", "SYMMETRIC", "N1", "N2", "X_SPLIT", "P1_LO", "P2_LO", "P2_EYE", "GAIN", "ROUND_MID",

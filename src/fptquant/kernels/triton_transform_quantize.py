@@ -394,7 +394,7 @@ def kron_quantize_rows(
         num_warps=num_warps or default_warps(t, n1p, n2p),
     )  # fmt: skip
     if batched:
-        values = step_tokens(nb, n1p, n2p, tokens) * nb * n1p * n2p
+        values = step_tokens(nb, tokens) * nb * n1p * n2p
         knobs = batched_knobs(values, nb, num_warps, stages, x.element_size(), up is not None)
         launch_batched(args, constants | knobs, nb, tokens, programs)
         return codes, scales[:, None]

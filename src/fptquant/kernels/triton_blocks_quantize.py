@@ -73,12 +73,11 @@ def _mask(step, M, B: tl.constexpr, TOKENS: tl.constexpr, n1: tl.constexpr, n2: 
 def _range(y, SYMMETRIC: tl.constexpr, PER_ITEM: tl.constexpr):
     """``(max, min)`` of all of ``y``, or of each batch item with PER_ITEM (``(max|y|, -max|y|)`` with
     SYMMETRIC). Padded lanes hold zeros, which never change the clipped range ``max(-min·lo, max·hi)``."""
+    v = tl.abs(y) if SYMMETRIC else y
     if PER_ITEM:  # one return: Triton 3.6 types every return of a function alike, constexpr branches too
-        v = tl.abs(y) if SYMMETRIC else y
         top = tl.max(tl.max(v, axis=2), axis=1)
         bottom = -top if SYMMETRIC else tl.min(tl.min(y, axis=2), axis=1)
     else:
-        v = tl.abs(y) if SYMMETRIC else y
         top = tl.max(v)
         bottom = -top if SYMMETRIC else tl.min(y)
     return top, bottom
@@ -133,7 +132,7 @@ def _blocks_quantize_kernel(
             top2, bottom2 = _range(y2, SYMMETRIC, PER_TOKEN)
             top, bottom = tl.maximum(top, top2), tl.minimum(bottom, bottom2)
         amax = _clipped_amax(top, bottom, clip_lo, clip_hi, eps_amax)
-        if STATIC:
+        if STATIC:  # the range above is then unused, and the compiler drops it
             amax = tl.zeros_like(amax) + static_amax
         inv = tl.math.div_rn(7.0 + tl.zeros_like(amax), amax)
         scale = tl.math.div_rn(amax, 7.0 + tl.zeros_like(amax))

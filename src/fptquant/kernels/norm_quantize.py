@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError
 from .backend import backend_for
-from .quantize import check_codes_dtype, quantize_per_token_reference
+from .quantize import check_codes_dtype, quantize_per_token
 
 NORM_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_FUSED_ROW = 32768  # values a row of the fused kernel holds in registers (.triton_quantize)
@@ -54,13 +54,9 @@ def norm_quantize(
     the quantize as two steps."""
     _check(x, weight, eps)
     check_codes_dtype(codes_dtype)
-    if backend_for(x, backend) == "torch" or x.shape[-1] > MAX_FUSED_ROW:
-        normed = rms_norm_reference(x, weight, eps)
-        if backend_for(x, backend) == "torch":
-            return quantize_per_token_reference(normed, clip_ratio, static_scale, codes_dtype)
-        from .quantize import quantize_per_token
-
-        return quantize_per_token(normed, clip_ratio, static_scale, "triton", codes_dtype)
+    backend = backend_for(x, backend)
+    if backend == "torch" or x.shape[-1] > MAX_FUSED_ROW:  # the norm, then the quantize
+        return quantize_per_token(rms_norm_reference(x, weight, eps), clip_ratio, static_scale, backend, codes_dtype)
     from .triton_quantize import quantize_rows
 
     rows = x.reshape(-1, x.shape[-1]).contiguous()

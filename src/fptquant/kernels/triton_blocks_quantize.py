@@ -19,11 +19,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..errors import ConfigError
 from .backend import stages_that_fit
 from .triton_pdl import release_dependents, wait_for_inputs
 from .triton_quantize import _int4_codes, _swiglu, _upper_half
-from .triton_transform_quantize import MAX_TILE, _clipped_amax, _resident_programs, _transform
+from .triton_transform_quantize import MAX_TILE, _clipped_amax, _load_factors, _resident_programs, _transform
 
 
 @triton.jit
@@ -106,17 +105,7 @@ def _blocks_quantize_kernel(
     release_dependents(PDL)  # as in the tiled kernel (.triton_pdl)
     wait_for_inputs(PDL)
     PER_TOKEN: tl.constexpr = TOKENS > 1
-    i, c = tl.arange(0, N1), tl.arange(0, N2)
-    p1h = tl.load(p1_ptr + i[:, None] * N1 + i[None, :])  # P1ᵀ, padded: the hi half, then the lo half
-    p1l = p1h  # unused unless P1_LO
-    if P1_LO:
-        p1l = tl.load(p1_ptr + N1 * N1 + i[:, None] * N1 + i[None, :])
-    p2h = tl.zeros((N2, N2), dtype=tl.bfloat16)  # unused with P2_EYE
-    if not P2_EYE:
-        p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
-    p2l = p2h
-    if P2_LO:
-        p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
+    p1h, p1l, p2h, p2l = _load_factors(p1_ptr, p2_ptr, N1, N2, P1_LO, P2_LO, P2_EYE)  # T = 1: P1ᵀ itself
     for step in tl.range(tl.program_id(0), tl.cdiv(M, TOKENS), tl.num_programs(0), num_stages=STAGES):
         y0 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u, N1,
                      N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
@@ -186,12 +175,9 @@ def check_batched(nb: int, n1p: int, n2p: int, tokens: int | None) -> str | None
 
 
 def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, programs: int | None) -> None:
-    """Launch the kernel on the tiled kernel's arguments and constants (``T = 1``: its ``I_T ⊗ P1ᵀ`` is ``P1ᵀ``);
-    ``programs`` None: as many as the GPU holds at once, at most one a step."""
-    n1p, n2p = constants["N1"], constants["N2"]
-    problem = check_batched(nb, n1p, n2p, tokens)
-    if problem is not None or constants["T"] != 1:
-        raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
+    """Launch the kernel on the tiled kernel's arguments and constants (``T = 1``: its ``I_T ⊗ P1ᵀ`` is ``P1ᵀ``),
+    for rows :func:`check_batched` takes (its caller checks); ``programs`` None: as many as the GPU holds at
+    once, at most one a step."""
     t = step_tokens(nb, tokens)
     pieces = block_pieces(nb) if nb > 1 else (t, 0, 0)
     x, u, p1s, p2s, codes, scales, m, _, sx, su, sq, lo, hi, static_amax, eps, gain = args
@@ -202,7 +188,7 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
                                                          "B2": pieces[2]}  # fmt: skip
     steps = triton.cdiv(m, t)
     if programs is None:
-        held = _resident_programs(_blocks_quantize_kernel, x.device.index or 0, args, constants) if x.is_cuda else m
+        held = _resident_programs(_blocks_quantize_kernel, x.device.index or 0, args, constants) if x.is_cuda else steps
         programs = min(steps, held)
     _blocks_quantize_kernel[(max(1, programs),)](*args, **constants)
 

@@ -22,10 +22,9 @@ import triton.language as tl
 
 from ..math.quantization import SCALE_EPS
 from .backend import interpreting
-from .triton_quantize import _rint
+from .triton_quantize import TRITON_DTYPES, _rint
 
 _INV_LEVELS = (torch.tensor(1.0) / 15).item()  # float32 1/15, exact as a Python float, as torch's CUDA kernel uses it
-_STORAGE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 @triton.jit
@@ -123,7 +122,7 @@ def quantize_and_write(
         x = x.contiguous()
     _kv_write_kernel[(b * h * t,)](
         x, codes, scale, zero, start, h, t, codes.shape[2], x.stride(0), x.stride(1), x.stride(2),
-        float(lo), float(hi), SCALE_EPS, _INV_LEVELS, D=d, DTYPE=_STORAGE[x.dtype], INTERPRET=interpreting(),
+        float(lo), float(hi), SCALE_EPS, _INV_LEVELS, D=d, DTYPE=TRITON_DTYPES[x.dtype], INTERPRET=interpreting(),
         RECIPROCAL=x.is_cuda, num_warps=1,
     )  # fmt: skip
 
@@ -137,6 +136,6 @@ def fake_quantize_heads(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     out = torch.empty((b, h, t, d), dtype=x.dtype, device=x.device)
     _kv_fake_quant_kernel[(b * h * t,)](
         x, out, h, t, x.stride(0), x.stride(1), x.stride(2), float(lo), float(hi), SCALE_EPS, _INV_LEVELS, D=d,
-        DTYPE=_STORAGE[x.dtype], INTERPRET=interpreting(), RECIPROCAL=x.is_cuda, num_warps=1,
+        DTYPE=TRITON_DTYPES[x.dtype], INTERPRET=interpreting(), RECIPROCAL=x.is_cuda, num_warps=1,
     )  # fmt: skip
     return out

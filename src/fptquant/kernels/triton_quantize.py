@@ -29,7 +29,7 @@ def _rint(y, INTERPRET: tl.constexpr):
     return r
 
 
-_TRITON_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 # 1.5 * 2^23: adding it leaves round-half-even(v) in a float32's low mantissa bits
 ROUNDING_MAGIC = tl.constexpr(12582912.0)
@@ -246,7 +246,7 @@ def quantize_rows(
         float(clip_ratio), QMAX * float(static_scale or 0.0), QMAX * SCALE_EPS, 1.0 / K, float(eps),
         STATIC=static_scale is not None, BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=pieces is not None,
         W1=pieces[1] if pieces else 0, W2=pieces[2] if pieces else 0, GATED=up is not None, NORM=norm is not None,
-        ROUND_TO=_TRITON_DTYPES[x.dtype], WEIGHT=weight is not None, INTERPRET=interpreting(), PDL=pdl,
+        ROUND_TO=TRITON_DTYPES[x.dtype], WEIGHT=weight is not None, INTERPRET=interpreting(), PDL=pdl,
         num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return codes, scales[:, None]

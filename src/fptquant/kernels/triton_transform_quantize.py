@@ -145,6 +145,26 @@ def _transform(
 
 
 @triton.jit
+def _load_factors(p1_ptr, p2_ptr, R: tl.constexpr, N2: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr,
+                  P2_EYE: tl.constexpr):  # fmt: skip
+    """The factors' bfloat16 ``hi`` and ``lo`` halves (:func:`split_factors`), read once per program: ``(R, R)``
+    for ``I_T ⊗ P1ᵀ`` (``R = T·N1``), ``(N2, N2)`` for ``P2``. A ``lo`` half that is zero, or a ``P2`` that is
+    the identity, is not read (the dots that would use it are left out)."""
+    i, c = tl.arange(0, R), tl.arange(0, N2)
+    p1h = tl.load(p1_ptr + i[:, None] * R + i[None, :])
+    p1l = p1h  # unused unless P1_LO
+    if P1_LO:
+        p1l = tl.load(p1_ptr + R * R + i[:, None] * R + i[None, :])
+    p2h = tl.zeros((N2, N2), dtype=tl.bfloat16)  # unused with P2_EYE
+    if not P2_EYE:
+        p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
+    p2l = p2h
+    if P2_LO:
+        p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
+    return p1h, p1l, p2h, p2l
+
+
+@triton.jit
 def _store_codes(q_ptr, y, inv_rows, tok, row_ok, r, b, n1: tl.constexpr, n2: tl.constexpr, stride_q,
                  N2: tl.constexpr):  # fmt: skip
     q = _int4_codes(y * inv_rows[:, None], q_ptr.dtype.element_ty)
@@ -165,18 +185,7 @@ def _kron_quantize_kernel(
     wait_for_inputs(PDL)  # launched early itself: nothing is read or written before the kernel before it is done
     R: tl.constexpr = T * N1
     i = tl.arange(0, R)
-    c = tl.arange(0, N2)
-    # the factors' hi and lo halves, read once per program: (I_T ⊗ P1ᵀ) is (R, R), P2 is (N2, N2)
-    p1h = tl.load(p1_ptr + i[:, None] * R + i[None, :])
-    p1l = p1h  # unused unless P1_LO
-    if P1_LO:
-        p1l = tl.load(p1_ptr + R * R + i[:, None] * R + i[None, :])
-    p2h = tl.zeros((N2, N2), dtype=tl.bfloat16)  # unused with P2_EYE
-    if not P2_EYE:
-        p2h = tl.load(p2_ptr + c[:, None] * N2 + c[None, :])
-    p2l = p2h
-    if P2_LO:
-        p2l = tl.load(p2_ptr + N2 * N2 + c[:, None] * N2 + c[None, :])
+    p1h, p1l, p2h, p2l = _load_factors(p1_ptr, p2_ptr, R, N2, P1_LO, P2_LO, P2_EYE)
     r = i % N1
     # STAGES > 1: the next tile's loads are issued (cp.async) while this one is computed
     for g in tl.range(tl.program_id(0), tl.cdiv(M, T), tl.num_programs(0), num_stages=STAGES):
@@ -371,7 +380,6 @@ def kron_quantize_rows(
         raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
     t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], 1 if batched else tokens)
     p1s, p2s, p1_lo, p2_lo, p2_eye = _prepared_factors(p1, p2, t)
-    halves = (1 + p1_lo, 1 + p2_lo)
     if out is None:
         codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
         scales = torch.empty((M,), dtype=torch.float32, device=x.device)
@@ -388,16 +396,16 @@ def kron_quantize_rows(
     constants = dict(
         n1=p1.shape[0], n2=p2.shape[0], STATIC=static_scale is not None, SYMMETRIC=lo == hi, ONE_TILE=nb == 1, T=t,
         N1=n1p, N2=n2p, X_SPLIT=x.dtype != torch.bfloat16, P1_LO=p1_lo, P2_LO=p2_lo, P2_EYE=p2_eye,
-        GAIN=gain != 1.0,
-        ROUND_MID=round_mid, GATED=up is not None, UPCAST=interpreting() if upcast is None else upcast,
-        STAGES=stages or default_stages(t, n1p, n2p, halves, up is not None), PDL=pdl, launch_pdl=pdl,
-        num_warps=num_warps or default_warps(t, n1p, n2p),
+        GAIN=gain != 1.0, ROUND_MID=round_mid, GATED=up is not None,
+        UPCAST=interpreting() if upcast is None else upcast, PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
     if batched:
         values = step_tokens(nb, tokens) * nb * n1p * n2p
         knobs = batched_knobs(values, nb, num_warps, stages, x.element_size(), up is not None)
         launch_batched(args, constants | knobs, nb, tokens, programs)
         return codes, scales[:, None]
+    constants |= dict(STAGES=stages or default_stages(t, n1p, n2p, (1 + p1_lo, 1 + p2_lo), up is not None),
+                      num_warps=num_warps or default_warps(t, n1p, n2p))  # fmt: skip
     groups = triton.cdiv(M, t)
     if programs is None:
         held = _resident_programs(_kron_quantize_kernel, x.device.index or 0, args, constants) if x.is_cuda else groups

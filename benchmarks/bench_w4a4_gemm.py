@@ -20,6 +20,7 @@ import argparse
 import sys
 import traceback
 from dataclasses import asdict, replace
+from dataclasses import fields as dataclass_fields
 
 import torch
 import torch.nn.functional as F
@@ -336,16 +337,20 @@ PDL_MODES = {  # how a decode config's GEMM takes part in programmatic dependent
     "off": {"pdl": False},  # launched when the quantize has finished, releases nothing
     "start": {"pdl": True, "release": "start"},  # releases the next quantize as soon as it starts
     "none": {"pdl": True, "release": "none"},  # launched early, releases nothing
+    # "on", with the first steps of weights read before the wait for the codes (sliced configs only)
+    "preload1": {"pdl": True, "preload": 1},
+    "preload2": {"pdl": True, "preload": 2},
 }
 
 
 def pdl_sweep(whole, bufs: int, configs: list) -> list[dict]:
     """The decode whole linear of each config in each of ``PDL_MODES``, same run (``pdl`` and ``release`` of the
-    config itself are overridden; the quantize is always launched as a dependent, where the device can)."""
+    config itself, and ``preload`` of a sliced one, are overridden; the quantize is always launched as a dependent, where the device can)."""
     out = []
     for cfg in configs:
         try:
-            variants = {mode: replace(cfg, **fields) for mode, fields in PDL_MODES.items()}
+            names = {f.name for f in dataclass_fields(cfg)}
+            variants = {mode: replace(cfg, **f) for mode, f in PDL_MODES.items() if set(f) <= names}
             times = {mode: time_us(lambda i, c=v: whole(i, c), bufs, graph=True) for mode, v in variants.items()}
             out.append({"kind": kind_of(cfg), "config": asdict(cfg), **times})
         except Exception as e:  # a driver without programmatic launch in graphs must not end the run
@@ -475,8 +480,9 @@ def main() -> int:
                           f"(exact {r.get('cublas_fp8_exact', '-')}), "
                           f"best {r['best']['kind']} {changed(r['best'])}", flush=True)  # fmt: skip
                 for p in r.get("pdl", []):
-                    times = " / ".join(f"{p[mode]['median_us']:.1f}" for mode in PDL_MODES) if "on" in p else p["error"]
-                    print(f"{'':>15} whole, programmatic launch {' / '.join(PDL_MODES)}: {times} µs, {p['kind']} "
+                    modes = [mode for mode in PDL_MODES if mode in p]
+                    times = " / ".join(f"{p[mode]['median_us']:.1f}" for mode in modes) if modes else p["error"]
+                    print(f"{'':>15} whole, programmatic launch {' / '.join(modes)}: {times} µs, {p['kind']} "
                           f"{changed(p)}", flush=True)  # fmt: skip
                 if "gated" in r:
                     gd = r["gated"]

@@ -332,24 +332,32 @@ def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
     return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
 
 
-def sliced_job(n: int, k: int) -> dict:
-    """LLaMA-3-8B at M = 2–16 on the sliced tensor-core kernel, the tile ``pick_sliced_config`` gives (N, K)."""
+def sliced_job(n: int, k: int, preload: int | None = None) -> dict:
+    """LLaMA-3-8B at M = 2–16 on the sliced tensor-core kernel, the tile ``pick_sliced_config`` gives (N, K)
+    (``preload``: steps of weights read before the wait, where not the pick's)."""
+    from dataclasses import replace
+
     from fptquant.kernels.triton_pdl import release_mode
     from fptquant.kernels.triton_w4a4_sliced import MMA_ROWS, pick_sliced_config
 
     cfg = pick_sliced_config(n, k)
+    cfg = cfg if preload is None else replace(cfg, preload=preload)
     args = {"a_ptr": "*i8", "w_ptr": "*u8", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
             "out_ptr": "*fp32" if cfg.split_k > 1 else "*bf16"}  # fmt: skip
     names = ("M", "N", "K", "stride_am", "stride_wn", "stride_om", "k_per_split")
     args.update({name: "i32" for name in names})
     args.update(HAS_BIAS=False, SPLIT=cfg.split_k, EVEN_K=True, BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k)
     args.update(SLICES=cfg.slices, STAGES=cfg.num_stages, INTERPRET=False, PDL=True, RELEASE=release_mode(cfg.release))
+    args.update(PRELOAD=cfg.preload)
     aligned = ["a_ptr", "w_ptr", "out_ptr", "K", "stride_am", "stride_wn", "stride_om", "k_per_split"]
     module = "fptquant.kernels.triton_w4a4_sliced"
     return {"module": module, "kernel": "_sliced_kernel", "args": args, "num_warps": cfg.slices, "aligned": aligned}
 
 
 SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336), "sliced-qkv": (6144, 4096)}
+SLICED_PRELOAD_CASES = {f"sliced-down-preload-{p}": (4096, 14336, p) for p in (1, 2)} | {
+    "sliced-o-preload-2": (4096, 4096, 2)
+}
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +372,7 @@ def builds() -> dict:
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
     jobs.update({f"dp4a-{mode}-{m}": dp4a_job(m, 4096, mode) for mode in ("signed", "x16") for m in (1, 4)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
-    jobs.update({name: sliced_job(*case) for name, case in SLICED_CASES.items()})
+    jobs.update({name: sliced_job(*case) for name, case in (SLICED_CASES | SLICED_PRELOAD_CASES).items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
     jobs.update({name: gluon_gemm_job(*case) for name, case in GLUON_CASES.items()})
     jobs.update({f"quantize-{k}": quantize_job(k) for k in (4096, 28672, 576, 1536)})
@@ -499,6 +507,17 @@ def test_sliced_decode_unpacks_whole_registers_into_int8_mma(builds, name):
     assert re.search(r"mma\.sync\.aligned\.m16n8k32\.row\.col\S*\.s32\.s8\.s8\.s32", build.ptx)
     assert re.search(r"and\.b32 \S+ \S+ 0xF0F0F0F0", build.ptx)  # four nibbles an instruction, not one
     assert build.async_copy_bytes() <= {8, 16}  # weights and codes reach shared memory as vectors
+
+
+@pytest.mark.parametrize("name", list(SLICED_PRELOAD_CASES))
+def test_sliced_preload_reads_weights_before_the_wait_without_spills(builds, name):
+    """The preloaded steps are global loads issued before ``griddepcontrol.wait``; the codes are read only after."""
+    build = builds[name]
+    assert build.spill_bytes == 0
+    wait = build.ptx.index("griddepcontrol.wait")
+    before, after = build.ptx[:wait], build.ptx[wait:]
+    assert "ld.global" in before and "cp.async" not in before
+    assert "cp.async" in after  # the pipelined loop, codes and weights, after the wait
 
 
 @pytest.mark.parametrize("k", [14336, 1536])

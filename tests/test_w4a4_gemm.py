@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -189,6 +191,9 @@ SLICED_CONFIGS = {
     "qkv": pick_sliced_config(6144, 4096),
     "long_k": pick_sliced_config(4096, 14336),
     "split_tail": SlicedConfig(block_n=64, block_k=256, slices=4, split_k=3),
+    # weights of the first steps read before the wait: past K for K = 576, inside it otherwise
+    "preload_long_k": replace(pick_sliced_config(4096, 14336), preload=2),
+    "preload_split": SlicedConfig(block_n=32, block_k=256, slices=2, split_k=2, preload=1),
 }
 
 
@@ -229,6 +234,8 @@ def test_sliced_extremes_are_exact_and_bad_inputs_named():
         w4a4_matmul(a.to(torch.float8_e4m3fn), ones_m, pack_int4(w), ones_n, None, backend="triton", config=cfg)
     with pytest.raises(ConfigError, match="block_k"):
         w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, backend="triton", config=SlicedConfig(32, 128, 4))
+    with pytest.raises(ConfigError, match="preload must be"):
+        w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, backend="triton", config=SlicedConfig(preload=3))
     with pytest.raises(ConfigError, match="release must be one of"):
         w4a4_matmul(a, ones_m, pack_int4(w), ones_n, None, backend="triton", config=SlicedConfig(release="end"))
 

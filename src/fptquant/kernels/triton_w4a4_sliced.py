@@ -42,6 +42,7 @@ class SlicedConfig:  # defaults: the common pick of pick_sliced_config
     num_stages: int = 4
     pdl: bool = True  # launched as a programmatic dependent of the quantize before it (.triton_pdl)
     release: str = "after_loop"  # when the kernel after it may launch: "start", "after_loop" (its sums done), "none"
+    preload: int = 0  # steps of weights read into registers before the wait for the codes (0, 1 or 2)
 
 
 def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> SlicedConfig:
@@ -85,17 +86,37 @@ def _high_nibbles_x16(w, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _step_weights(w_ptrs, k, k_end, byte, UNMASKED: tl.constexpr):
+    """The packed weights of the step at ``k``; zero past ``k_end`` (a tail, or a preloaded step past a short K)."""
+    if UNMASKED:
+        return tl.load(w_ptrs + k // 2)
+    return tl.load(w_ptrs + k // 2, mask=k // 2 + byte < k_end // 2, other=0)
+
+
+@triton.jit
+def _step_sum(acc, a_ptrs, wp, k, k_end, code, UNMASKED: tl.constexpr, SLICES: tl.constexpr, BM: tl.constexpr,
+              KS: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+    """``acc`` plus the step at ``k``: the even codes meet the low nibbles, the odd ones the high nibbles."""
+    if UNMASKED:
+        a = tl.load(a_ptrs + k)
+    else:  # zero activations past K
+        a = tl.load(a_ptrs + k, mask=k + code < k_end, other=0)
+    a_even, a_odd = tl.split(tl.reshape(a, (SLICES, BM, KS // 2, 2)))
+    acc = tl.dot(a_even, _low_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
+    return tl.dot(a_odd, _high_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
+
+
+@triton.jit
 def _sliced_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, SLICES: tl.constexpr, STAGES: tl.constexpr, INTERPRET: tl.constexpr,
-    PDL: tl.constexpr, RELEASE: tl.constexpr,
+    PDL: tl.constexpr, RELEASE: tl.constexpr, PRELOAD: tl.constexpr,
 ):  # fmt: skip
     KS: tl.constexpr = BK // SLICES  # codes a slice and step
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     release_dependents(PDL and RELEASE == 1)  # the kernel after this one may launch now, and wait for it
-    wait_for_inputs(PDL)
     rm = tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     s = tl.arange(0, SLICES)[:, None, None]
@@ -104,19 +125,24 @@ def _sliced_kernel(
     # wrapped rows and channels: no masks on them; padded tokens are never stored
     w_ptrs = w_ptr + (rn % N)[None, None, :].to(tl.int64) * stride_wn + byte  # (slice, byte, channel)
     a_ptrs = a_ptr + (rm % M)[None, :, None].to(tl.int64) * stride_am + code  # (slice, token, code)
-    acc = tl.zeros((SLICES, BM, BN), dtype=tl.int32)
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
-    for k in tl.range(k_start, k_end, BK, num_stages=STAGES):
-        if EVEN_K:
-            wp = tl.load(w_ptrs + k // 2)
-            a = tl.load(a_ptrs + k)
-        else:  # zero weights and activations past K
-            wp = tl.load(w_ptrs + k // 2, mask=k // 2 + byte < k_end // 2, other=0)
-            a = tl.load(a_ptrs + k, mask=k + code < k_end, other=0)
-        a_even, a_odd = tl.split(tl.reshape(a, (SLICES, BM, KS // 2, 2)))
-        acc = tl.dot(a_even, _low_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
-        acc = tl.dot(a_odd, _high_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
+    # no kernel writes the weights: the first PRELOAD steps of them are read into registers before the wait,
+    # while the quantize before this kernel still runs, and meet their activations after the loop (masked: a
+    # short K may end inside them)
+    if PRELOAD >= 1:
+        w_first = _step_weights(w_ptrs, k_start, k_end, byte, False)
+    if PRELOAD >= 2:
+        w_second = _step_weights(w_ptrs, k_start + BK, k_end, byte, False)
+    wait_for_inputs(PDL)
+    acc = tl.zeros((SLICES, BM, BN), dtype=tl.int32)
+    for k in tl.range(k_start + PRELOAD * BK, k_end, BK, num_stages=STAGES):
+        wp = _step_weights(w_ptrs, k, k_end, byte, EVEN_K)
+        acc = _step_sum(acc, a_ptrs, wp, k, k_end, code, EVEN_K, SLICES, BM, KS, INTERPRET)
+    if PRELOAD >= 1:
+        acc = _step_sum(acc, a_ptrs, w_first, k_start, k_end, code, False, SLICES, BM, KS, INTERPRET)
+    if PRELOAD >= 2:
+        acc = _step_sum(acc, a_ptrs, w_second, k_start + BK, k_end, code, False, SLICES, BM, KS, INTERPRET)
     release_dependents(PDL and RELEASE == 2)  # the sums are done: the next kernel may launch and wait for them
     total = tl.sum(acc, axis=0) >> 4  # Σ 16·v·a, a multiple of 16: the shift is exact
     _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
@@ -142,6 +168,8 @@ def sliced_matmul(
         )
     if any(v & (v - 1) for v in (cfg.block_n, cfg.block_k, cfg.slices)) or cfg.block_n < 16:
         raise ConfigError(f"block_n, block_k and slices must be powers of two (block_n ≥ 16), got {cfg}")
+    if cfg.preload not in (0, 1, 2):
+        raise ConfigError(f"preload must be 0, 1 or 2 steps of weights, got {cfg.preload}")
     if cfg.block_k // cfg.slices < 64:
         raise ConfigError(f"block_k {cfg.block_k} must give each of {cfg.slices} slices a step of ≥ 64 codes")
     codes, packed = codes.contiguous(), packed.contiguous()  # the kernel steps along K one byte at a time
@@ -153,6 +181,7 @@ def sliced_matmul(
         m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k,
         BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k, SLICES=cfg.slices, STAGES=cfg.num_stages,
-        INTERPRET=interpreting(), PDL=pdl, RELEASE=release_mode(cfg.release), num_warps=cfg.slices, launch_pdl=pdl,
+        INTERPRET=interpreting(), PDL=pdl, RELEASE=release_mode(cfg.release), PRELOAD=cfg.preload, num_warps=cfg.slices,
+        launch_pdl=pdl,
     )  # fmt: skip
     return out.to(out_dtype)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Session 24 on the GPU machine (issue 8).
+#   test    the few-token GEMM tests and the programmatic-launch tests on CUDA (the preloading configs among them)
+#   decode  bench_w4a4_gemm.py at 1 and 16 tokens: every decode config's whole linear in each launch mode, the
+#           sliced configs also with one and two steps of weights read before the wait (acceptance 3)
+#   gated   tilings of the gated block Hadamard quantize at M = 8192 and 32768 (acceptance 4)
+#   heads   tilings of 9×64 head mixing with float32 numerics at M = 8192 (acceptance 4)
+#   large   tilings of 112×128 at M = 8192 (acceptance 4)
+#   STEPS="test decode" bash scripts/gpu_session24.sh
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
+for step in ${STEPS:-test decode}; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    test)
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_w4a4_gemm.py tests/test_programmatic_launch.py \
+        -k "few_token or sliced or programmatic or back_to_back" 2>&1 | tail -4 ;;
+    decode)
+      timeout 300 python3 benchmarks/bench_w4a4_gemm.py --m 1,16 --json "$OUT/decode.json" ;;
+    gated)
+      timeout 150 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 16x32:hadamard-gated \
+        --tilings "$(cat scripts/tilings_gated.json)" --json "$OUT/tq_gated.json" ;;
+    heads)
+      timeout 120 python3 benchmarks/bench_transform_quantize.py --m 8192 --cases 9x64:heads \
+        --tilings "$(cat scripts/tilings_small_warps.json)" --json "$OUT/tq_heads.json" ;;
+    large)
+      timeout 150 python3 benchmarks/bench_transform_quantize.py --m 8192 --cases 112x128:kron-bf16 \
+        --tilings "$(cat scripts/tilings_large.json)" --json "$OUT/tq_large.json" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done 2>&1 | tee "$OUT/run.log"

@@ -345,7 +345,8 @@ PDL_MODES = {  # how a decode config's GEMM takes part in programmatic dependent
 
 def pdl_sweep(whole, bufs: int, configs: list) -> list[dict]:
     """The decode whole linear of each config in each of ``PDL_MODES``, same run (``pdl`` and ``release`` of the
-    config itself, and ``preload`` of a sliced one, are overridden; the quantize is always launched as a dependent, where the device can)."""
+    config itself, and ``preload`` of a sliced one, are overridden; the quantize is always launched as a
+    dependent, where the device can)."""
     out = []
     for cfg in configs:
         try:

@@ -6,6 +6,9 @@
 #   gated   tilings of the gated block Hadamard quantize at M = 8192 and 32768 (acceptance 4)
 #   heads   tilings of 9×64 head mixing with float32 numerics at M = 8192 (acceptance 4)
 #   large   tilings of 112×128 at M = 8192 (acceptance 4)
+#   ahead   SmolLM2's one-block rows with the next steps read ahead into registers (tilings_ahead.json), dynamic at
+#           M = 8192 and 32768, static at 8192 (acceptance 4)
+#   decode16  the 16-token whole linears of o, gate+up and down again, in every launch mode (acceptance 3)
 #   STEPS="test decode" bash scripts/gpu_session24.sh
 set -u
 OUT=${OUT:-out}
@@ -16,7 +19,8 @@ for step in ${STEPS:-test decode}; do
   case $step in
     test)
       timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_w4a4_gemm.py tests/test_programmatic_launch.py \
-        -k "few_token or sliced or programmatic or back_to_back" 2>&1 | tail -4 ;;
+        tests/test_kernels.py -k "few_token or sliced or programmatic or launched_early or batched" 2>&1 \
+        | grep -E "passed|failed|FAILED|Error" | head -20 ;;
     decode)
       timeout 300 python3 benchmarks/bench_w4a4_gemm.py --m 1,16 --json "$OUT/decode.json" ;;
     gated)
@@ -28,6 +32,14 @@ for step in ${STEPS:-test decode}; do
     large)
       timeout 150 python3 benchmarks/bench_transform_quantize.py --m 8192 --cases 112x128:kron-bf16 \
         --tilings "$(cat scripts/tilings_large.json)" --json "$OUT/tq_large.json" ;;
+    ahead)
+      CASES=24x24:kron-bf16,9x64:heads-bf16,9x64:heads
+      timeout 200 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases $CASES \
+        --tilings "$(cat scripts/tilings_ahead.json)" --json "$OUT/tq_ahead.json"
+      timeout 120 python3 benchmarks/bench_transform_quantize.py --static --m 8192 --cases $CASES \
+        --tilings "$(cat scripts/tilings_ahead.json)" --json "$OUT/tq_ahead_static.json" ;;
+    decode16)
+      timeout 200 python3 benchmarks/bench_w4a4_gemm.py --m 16 --layers o,gate_up,down --json "$OUT/decode16.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done 2>&1 | tee "$OUT/run.log"

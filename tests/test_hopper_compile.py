@@ -76,7 +76,14 @@ def transform_quantize_job(
 
 
 def batched_job(
-    n1: int, n2: int, nb: int, gated: bool = False, static: bool = False, tokens: int | None = None, eye: bool = False
+    n1: int,
+    n2: int,
+    nb: int,
+    gated: bool = False,
+    static: bool = False,
+    tokens: int | None = None,
+    eye: bool = False,
+    ahead: int = 0,
 ) -> dict:
     """The batched transform quantize (:mod:`fptquant.kernels.triton_blocks_quantize`): a row of ``nb`` blocks
     a step with exact factors (a block Hadamard) and a gain, as deploy runs ``T_d``; or, ``nb = 1``, ``tokens``
@@ -86,7 +93,7 @@ def batched_job(
     _, n1p, n2p = tile_shape(n1, n2, 1)
     tokens = step_tokens(nb, tokens)
     pieces = block_pieces(nb) if nb > 1 else (tokens, 0, 0)
-    knobs = batched_knobs(tokens * nb * n1p * n2p, nb, None, None, 2, gated)
+    knobs = batched_knobs(tokens * nb * n1p * n2p, nb, None, None, 2, gated, ahead)
     args = {
         "x_ptr": "*bf16", "u_ptr": "*bf16", "p1_ptr": "*bf16", "p2_ptr": "*bf16", "q_ptr": "*i8", "s_ptr": "*fp32",
         "M": "i32", "stride_x": "i32", "stride_u": "i32", "stride_q": "i32", "clip_lo": "fp32", "clip_hi": "fp32",
@@ -94,6 +101,7 @@ def batched_job(
         "B0": pieces[0], "B1": pieces[1], "B2": pieces[2], "STATIC": static, "SYMMETRIC": True, "N1": n1p,
         "N2": n2p, "X_SPLIT": False, "P1_LO": False, "P2_LO": False, "P2_EYE": eye, "GAIN": nb > 1,
         "ROUND_MID": nb == 1, "GATED": gated, "UPCAST": False, "STAGES": knobs["STAGES"], "PDL": True,
+        "AHEAD": knobs["AHEAD"],
     }  # fmt: skip
     aligned = ["x_ptr", "u_ptr", "p1_ptr", "p2_ptr", "q_ptr", "s_ptr", "stride_x", "stride_u", "stride_q"]
     module = "fptquant.kernels.triton_blocks_quantize"
@@ -109,6 +117,8 @@ BATCHED_CASES = {
     "batched-tokens-24x24-static": (24, 24, 1, False, True),
     "batched-4-tokens-24x24": (24, 24, 1, False, False, 4),
     "batched-heads-9x64-eye": (9, 64, 1, False, False, None, True),
+    "batched-ahead-24x24": (24, 24, 1, False, False, None, False, 2),
+    "batched-ahead-9x64-eye": (9, 64, 1, False, False, None, True, 2),
 }
 
 
@@ -406,13 +416,16 @@ def test_batched_transform_quantize_holds_its_step_without_spills(builds, name):
     """A step in registers: LLaMA-3-8B's T_d row (28 blocks of 16×32, 14336 values) on four warps, or a token of
     SmolLM2's padded 24×24 and 9×64 blocks on one warp (or four tokens). No spills, every block's products on the
     tensor cores (batched 3-D dots: mma.sync), the values arrive and the codes leave as vectors, the next step is
-    in flight (cp.async) while one is computed, and it waits before touching memory as the other quantize kernels
-    do."""
+    in flight (cp.async, or loads into registers with ``ahead``) while one is computed, and it waits before
+    touching memory as the other quantize kernels do."""
     build = builds[name]
     assert build.spill_bytes == 0
-    assert "mma.sync" in build.ptx and "cp.async" in build.ptx
+    assert "mma.sync" in build.ptx
     assert "st.global.b8" not in build.memory_ops("st")
-    assert build.async_copy_bytes() == {16}  # 8 bf16 values a copy: a padded block's rows are multiples of 8
+    if BATCHED_CASES[name][7:8] == (2,):  # the next steps read ahead into registers, as vectors
+        assert "cp.async" not in build.ptx and "ld.global.v4.b32" in build.memory_ops("ld")
+    else:
+        assert build.async_copy_bytes() == {16}  # 8 bf16 values a copy: a padded block's rows are multiples of 8
     assert build.ptx.count("griddepcontrol.launch_dependents") == 1
     assert waits_before_touching_memory(build.ptx)
 

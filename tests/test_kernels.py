@@ -214,15 +214,16 @@ def test_block_hadamard_on_exact_factors_with_a_gain(monkeypatch, block, nb, m, 
 
 
 @pytest.mark.parametrize(
-    "n1,n2,nb,m,programs",
-    [(16, 32, 28, 3, None), (16, 32, 7, 9, 2), (8, 8, 9, 5, None), (24, 24, 2, 4, 1), (9, 64, 5, 6, 4)],
+    "n1,n2,nb,m,programs,ahead",
+    [(16, 32, 28, 3, None, 0), (16, 32, 7, 9, 2, 0), (8, 8, 9, 5, None, 0), (24, 24, 2, 4, 1, 0), (9, 64, 5, 6, 4, 0),
+     (16, 32, 8, 7, 2, 2)],
 )  # fmt: skip
 @pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])
-def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, numerics):
+def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, ahead, numerics):
     """Rows of several blocks with dynamic scales in one pass (the row in registers, blocks as the batch of 3-D
-    dots: 28 = 16 + 8 + 4, 9 = 8 + 1, padded 24×24 and 9×64 blocks, fewer programs than tokens): the codes and
-    scales of the two-pass kernel and of the reference, with one clip ratio and a two-sided one, and a block far
-    below the rest of its row."""
+    dots: 28 = 16 + 8 + 4, 9 = 8 + 1, padded 24×24 and 9×64 blocks, fewer programs than tokens; 8 blocks with the
+    next two rows read ahead into registers): the codes and scales of the two-pass kernel and of the reference,
+    with one clip ratio and a two-sided one, and a block far below the rest of its row."""
     from fptquant.kernels.quantize import gated_product
     from fptquant.kernels.transform_quantize import transform_quantize_reference
     from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
@@ -239,7 +240,7 @@ def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, nu
     up = rows(m, nb * n1 * n2, torch.bfloat16, seed=nb + 1) if numerics == "gated" else None
     for clip in (0.9, (0.7, 0.95)):
         kwargs = {"round_mid": numerics == "round-mid", "up": up}
-        q, s = kron_quantize_rows(x, p1, p2, nb, clip, None, batched=True, programs=programs, **kwargs)
+        q, s = kron_quantize_rows(x, p1, p2, nb, clip, None, batched=True, programs=programs, ahead=ahead, **kwargs)
         q2, s2 = kron_quantize_rows(x, p1, p2, nb, clip, None, batched=False, **kwargs)
         close_codes(q, q2)
         torch.testing.assert_close(s, s2, rtol=1e-6, atol=0)
@@ -250,17 +251,17 @@ def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, nu
 
 
 @pytest.mark.parametrize(
-    "n1,n2,m,tokens,programs",
-    [(24, 24, 37, None, None), (9, 64, 21, 4, 2), (32, 48, 13, 2, 1), (64, 64, 6, None, None), (8, 8, 5, 8, None),
-     (24, 24, 11, 4, None)],
+    "n1,n2,m,tokens,programs,ahead",
+    [(24, 24, 37, None, None, 0), (9, 64, 21, 4, 2, 0), (32, 48, 13, 2, 1, 0), (64, 64, 6, None, None, 0),
+     (8, 8, 5, 8, None, 0), (24, 24, 11, 4, None, 0), (24, 24, 13, None, 3, 2), (9, 64, 21, 4, 2, 1)],
 )  # fmt: skip
 @pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])
 @pytest.mark.parametrize("static_scale", [None, 0.2])
-def test_batched_one_block_rows_match_the_tiled_kernel(n1, n2, m, tokens, programs, numerics, static_scale):
+def test_batched_one_block_rows_match_the_tiled_kernel(n1, n2, m, tokens, programs, ahead, numerics, static_scale):
     """Rows of one block in the batched kernel (a token a step by default, or several tokens as the batch of 3-D
-    dots; padded 24×24 and 9×64 blocks, a last step short of tokens, fewer programs than steps): the tiled
-    kernel's codes and scales and the reference's, dynamic or static, with one clip ratio and a two-sided one,
-    and a token far below the rest."""
+    dots; padded 24×24 and 9×64 blocks, a last step short of tokens, fewer programs than steps; the next one or
+    two steps read ahead into registers): the tiled kernel's codes and scales and the reference's, dynamic or
+    static, with one clip ratio and a two-sided one, and a token far below the rest."""
     from fptquant.kernels.quantize import gated_product
     from fptquant.kernels.transform_quantize import transform_quantize_reference
     from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
@@ -280,7 +281,7 @@ def test_batched_one_block_rows_match_the_tiled_kernel(n1, n2, m, tokens, progra
         codes = torch.full(x.shape, 99, dtype=torch.int8, device=DEVICE)
         scales = torch.full((m,), -1.0, device=DEVICE)
         kron_quantize_rows(x, p1, p2, 1, clip, static_scale, batched=True, tokens=tokens, programs=programs,
-                           out=(codes, scales), **kwargs)  # fmt: skip
+                           ahead=ahead, out=(codes, scales), **kwargs)  # fmt: skip
         q2, s2 = kron_quantize_rows(x, p1, p2, 1, clip, static_scale, batched=False, **kwargs)
         close_codes(codes, q2)
         torch.testing.assert_close(scales[:, None], s2, rtol=1e-6, atol=0)
@@ -294,14 +295,19 @@ def test_batched_one_block_rows_match_the_tiled_kernel(n1, n2, m, tokens, progra
 def test_batched_refuses_rows_it_cannot_hold():
     """``batched=True`` where the kernel does not apply is a clear error, not a silent fallback: more than three
     power-of-two runs of blocks (15 = 8 + 4 + 2 + 1), a row past 16384 values, several tokens of rows of several
-    blocks, tokens a step that are not a power of two or exceed 16384 values."""
+    blocks, tokens a step that are not a power of two or exceed 16384 values, steps read ahead of a row of several
+    runs of blocks (6 = 4 + 2) or more than two; and steps read ahead in the tiled kernel."""
     from fptquant.kernels.triton_transform_quantize import kron_quantize_rows
 
     p = torch.eye(16, device=DEVICE)
-    for nb, tokens in ((15, None), (128, None), (4, 2), (1, 3), (1, 128)):
+    for nb, tokens, ahead in ((15, None, 0), (128, None, 0), (4, 2, 0), (1, 3, 0), (1, 128, 0), (6, None, 1),
+                              (1, None, 3)):  # fmt: skip
         x = torch.randn(2, nb * 256, device=DEVICE, dtype=torch.bfloat16)
         with pytest.raises(ConfigError, match="batched transform quantize cannot"):
-            kron_quantize_rows(x, p, p, nb, 1.0, None, batched=True, tokens=tokens)
+            kron_quantize_rows(x, p, p, nb, 1.0, None, batched=True, tokens=tokens, ahead=ahead)
+    with pytest.raises(ConfigError, match="ahead is a knob of the batched"):
+        kron_quantize_rows(torch.randn(2, 256, device=DEVICE, dtype=torch.bfloat16), p, p, 1, 1.0, None,
+                           batched=False, ahead=1)  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,38 @@ from .triton_transform_quantize import MAX_TILE, _clipped_amax, _load_factors, _
 
 
 @triton.jit
+def _load_blocks(
+    x_ptr, u_ptr, step, M, FIRST: tl.constexpr, B: tl.constexpr, TOKENS: tl.constexpr, n1: tl.constexpr,
+    n2: tl.constexpr, stride_x, stride_u, N1: tl.constexpr, N2: tl.constexpr, GATED: tl.constexpr,
+):  # fmt: skip
+    """``x`` (and ``up`` with GATED, else ``x`` again) of the batch ``FIRST .. FIRST+B-1`` of step ``step``
+    (:func:`_offsets`), ``(B, N1, N2)``; zeros where the step is past the last one."""
+    live = step * TOKENS + 0 * tl.arange(0, B) < M  # a tensor: the interpreter takes no scalar mask term
+    mask = _mask(step, M, B, TOKENS, n1, n2, N1, N2) & live[:, None, None]
+    x = tl.load(x_ptr + _offsets(step, FIRST, B, TOKENS, n1, n2, N1, N2, stride_x), mask=mask, other=0.0)
+    u = x
+    if GATED:
+        u = tl.load(u_ptr + _offsets(step, FIRST, B, TOKENS, n1, n2, N1, N2, stride_u), mask=mask, other=0.0)
+    return x, u
+
+
+@triton.jit
+def _blocks_of(
+    x, u, p1h, p1l, p2h, p2l, gain, B: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, X_SPLIT: tl.constexpr,
+    P1_LO: tl.constexpr, P2_LO: tl.constexpr, P2_EYE: tl.constexpr, GAIN: tl.constexpr, ROUND_MID: tl.constexpr,
+    GATED: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """``Y`` of a batch of loaded blocks (:func:`_load_blocks`), float32 ``(B, N1, N2)``."""
+    if GATED:  # masked lanes: silu(0) · 0 = 0
+        x = _swiglu(x, u)
+        if not X_SPLIT:
+            x = _upper_half(x)
+    p1h, p1l = tl.broadcast_to(p1h[None], (B, N1, N1)), tl.broadcast_to(p1l[None], (B, N1, N1))
+    p2h, p2l = tl.broadcast_to(p2h[None], (B, N2, N2)), tl.broadcast_to(p2l[None], (B, N2, N2))
+    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, UPCAST)
+
+
+@triton.jit
 def _blocks(
     x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, FIRST: tl.constexpr, B: tl.constexpr, TOKENS: tl.constexpr,
     n1: tl.constexpr, n2: tl.constexpr, stride_x, stride_u, N1: tl.constexpr, N2: tl.constexpr,
@@ -33,16 +65,9 @@ def _blocks(
     ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """``Y`` of the batch ``FIRST .. FIRST+B-1`` of step ``step`` (:func:`_offsets`), float32 ``(B, N1, N2)``."""
-    mask = _mask(step, M, B, TOKENS, n1, n2, N1, N2)
-    x = tl.load(x_ptr + _offsets(step, FIRST, B, TOKENS, n1, n2, N1, N2, stride_x), mask=mask, other=0.0)
-    if GATED:  # masked lanes: silu(0) · 0 = 0
-        u = tl.load(u_ptr + _offsets(step, FIRST, B, TOKENS, n1, n2, N1, N2, stride_u), mask=mask, other=0.0)
-        x = _swiglu(x, u)
-        if not X_SPLIT:
-            x = _upper_half(x)
-    p1h, p1l = tl.broadcast_to(p1h[None], (B, N1, N1)), tl.broadcast_to(p1l[None], (B, N1, N1))
-    p2h, p2l = tl.broadcast_to(p2h[None], (B, N2, N2)), tl.broadcast_to(p2l[None], (B, N2, N2))
-    return _transform(x, p1h, p1l, p2h, p2l, gain, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, UPCAST)
+    x, u = _load_blocks(x_ptr, u_ptr, step, M, FIRST, B, TOKENS, n1, n2, stride_x, stride_u, N1, N2, GATED)
+    return _blocks_of(x, u, p1h, p1l, p2h, p2l, gain, B, N1, N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID,
+                      GATED, UPCAST)  # fmt: skip
 
 
 @triton.jit
@@ -100,15 +125,35 @@ def _blocks_quantize_kernel(
     B2: tl.constexpr, STATIC: tl.constexpr, SYMMETRIC: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
     X_SPLIT: tl.constexpr, P1_LO: tl.constexpr, P2_LO: tl.constexpr, P2_EYE: tl.constexpr, GAIN: tl.constexpr,
     ROUND_MID: tl.constexpr, GATED: tl.constexpr, UPCAST: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    AHEAD: tl.constexpr,
 ):  # fmt: skip
-    """A step is one token's row of ``B0 + B1 + B2`` blocks (TOKENS = 1) or ``TOKENS = B0`` tokens of one block."""
+    """A step is one token's row of ``B0 + B1 + B2`` blocks (TOKENS = 1) or ``TOKENS = B0`` tokens of one block.
+    AHEAD > 0 (one batch a step only): the next AHEAD steps are read into registers instead of a pipeline."""
     release_dependents(PDL)  # as in the tiled kernel (.triton_pdl)
     wait_for_inputs(PDL)
     PER_TOKEN: tl.constexpr = TOKENS > 1
+    pid, programs, steps = tl.program_id(0), tl.num_programs(0), tl.cdiv(M, TOKENS)
+    if AHEAD > 0:  # the first steps' x are read before the factors, so that their reads and the factors' overlap
+        xa, ua = _load_blocks(x_ptr, u_ptr, pid, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u, N1, N2, GATED)
+        if AHEAD > 1:
+            xb, ub = _load_blocks(x_ptr, u_ptr, pid + programs, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u, N1, N2,
+                                  GATED)  # fmt: skip
     p1h, p1l, p2h, p2l = _load_factors(p1_ptr, p2_ptr, N1, N2, P1_LO, P2_LO, P2_EYE)  # T = 1: P1ᵀ itself
-    for step in tl.range(tl.program_id(0), tl.cdiv(M, TOKENS), tl.num_programs(0), num_stages=STAGES):
-        y0 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u, N1,
-                     N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
+    for step in tl.range(pid, steps, programs, num_stages=STAGES):
+        if AHEAD > 0:  # registers carry the next steps' x (STAGES = 1: no shared-memory pipeline)
+            x, u = xa, ua
+            if AHEAD > 1:
+                xa, ua = xb, ub
+                xb, ub = _load_blocks(x_ptr, u_ptr, step + 2 * programs, M, 0, B0, TOKENS, n1, n2, stride_x,
+                                      stride_u, N1, N2, GATED)  # fmt: skip
+            else:
+                xa, ua = _load_blocks(x_ptr, u_ptr, step + programs, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u,
+                                      N1, N2, GATED)  # fmt: skip
+            y0 = _blocks_of(x, u, p1h, p1l, p2h, p2l, gain, B0, N1, N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN,
+                            ROUND_MID, GATED, UPCAST)  # fmt: skip
+        else:
+            y0 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, 0, B0, TOKENS, n1, n2, stride_x, stride_u,
+                         N1, N2, X_SPLIT, P1_LO, P2_LO, P2_EYE, GAIN, ROUND_MID, GATED, UPCAST)  # fmt: skip
         top, bottom = _range(y0, SYMMETRIC, PER_TOKEN)
         if B1 > 0:
             y1 = _blocks(x_ptr, u_ptr, p1h, p1l, p2h, p2l, gain, step, M, B0, B1, TOKENS, n1, n2, stride_x,
@@ -159,8 +204,12 @@ def step_tokens(nb: int, tokens: int | None) -> int:
     return tokens
 
 
-def check_batched(nb: int, n1p: int, n2p: int, tokens: int | None) -> str | None:
+def check_batched(nb: int, n1p: int, n2p: int, tokens: int | None, ahead: int = 0) -> str | None:
     """Why the batched kernel cannot take these rows, or None where it can."""
+    if ahead not in (0, 1, 2):
+        return f"ahead must be 0, 1 or 2 steps, got {ahead}"
+    if ahead and nb > 1 and nb & (nb - 1):
+        return f"steps read ahead need a row of one power-of-two run of blocks, not {nb}"
     if nb > 1:
         if tokens not in (None, 1):
             return f"rows of {nb} blocks take one token a step, not {tokens}"
@@ -182,7 +231,7 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
     pieces = block_pieces(nb) if nb > 1 else (t, 0, 0)
     x, u, p1s, p2s, codes, scales, m, _, sx, su, sq, lo, hi, static_amax, eps, gain = args
     keep = ("n1", "n2", "STATIC", "SYMMETRIC", "N1", "N2", "X_SPLIT", "P1_LO", "P2_LO", "P2_EYE", "GAIN", "ROUND_MID",
-            "GATED", "UPCAST", "STAGES", "PDL", "launch_pdl", "num_warps")  # fmt: skip
+            "GATED", "UPCAST", "STAGES", "AHEAD", "PDL", "launch_pdl", "num_warps")  # fmt: skip
     args = (x, u, p1s, p2s, codes, scales, m, sx, su, sq, lo, hi, static_amax, eps, gain)
     constants = {key: constants[key] for key in keep} | {"TOKENS": t, "B0": pieces[0], "B1": pieces[1],
                                                          "B2": pieces[2]}  # fmt: skip
@@ -194,7 +243,13 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
 
 
 def batched_knobs(
-    values: int, nb: int, num_warps: int | None, stages: int | None, x_bytes: int = 2, gated: bool = False
+    values: int,
+    nb: int,
+    num_warps: int | None,
+    stages: int | None,
+    x_bytes: int = 2,
+    gated: bool = False,
+    ahead: int = 0,
 ) -> dict:
     """Four warps for rows of several blocks, one for rows of one block; three steps of ``x`` (``values`` padded
     values a step) in flight up to 32 KB a step, else two (fewer where they do not fit in shared memory).
@@ -205,7 +260,11 @@ def batched_knobs(
     of session 23 for rows of one block (SmolLM2's 24×24 and 9×64, M = 8192 and 32768): one warp a token, 16
     programs an SM, against four tokens on four warps (whose block-wide barriers around the layout changes hold
     every warp at the slowest): 24×24 67.3% / 71.5% of copy against 60.6% / 67.5% with dynamic scales, 74.9% /
-    74.2% against 71.8% / 73.5% static; 9×64 65.0% / 79.1% against 66.4% / 73.7% dynamic."""
+    74.2% against 71.8% / 73.5% static; 9×64 65.0% / 79.1% against 66.4% / 73.7% dynamic.
+
+    ``ahead`` steps read into registers ahead of the one computed replace the shared-memory pipeline (one stage)."""
     step = values * x_bytes * (2 if gated else 1)
+    if ahead:
+        stages = 1
     stages = stages or stages_that_fit(3 if step <= 32768 else 2, step, 16384) or 1
-    return {"num_warps": num_warps or (4 if nb > 1 else 1), "STAGES": stages}
+    return {"num_warps": num_warps or (4 if nb > 1 else 1), "STAGES": stages, "AHEAD": ahead}

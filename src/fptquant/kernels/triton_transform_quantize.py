@@ -362,6 +362,7 @@ def kron_quantize_rows(
     round_mid: bool = False,
     up: torch.Tensor | None = None,
     batched: bool | None = None,
+    ahead: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``;
     ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`; ``up``: the rows are ``silu(x) · up``);
@@ -369,14 +370,17 @@ def kron_quantize_rows(
     ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them). ``batched``:
     the kernel of :mod:`.triton_blocks_quantize`, blocks or tokens as the batch of 3-D dots (None: where
     :func:`prefers_batched`; True: there or a clear error; False: the tiled kernel here). ``tokens`` are the
-    tokens a tile here, the tokens a step there."""
+    tokens a tile here, the tokens a step there; ``ahead`` (batched kernel only) steps read into registers ahead of
+    the one computed, instead of a shared-memory pipeline."""
     from .triton_blocks_quantize import batched_knobs, check_batched, launch_batched, step_tokens
 
     M, K = x.shape
     n1p, n2p = padded(p1.shape[0]), padded(p2.shape[0])
     if batched is None:
-        batched = tokens is None and prefers_batched(nb, n1p, n2p, static_scale is not None)
-    if batched and (problem := check_batched(nb, n1p, n2p, tokens)) is not None:
+        batched = bool(ahead) or (tokens is None and prefers_batched(nb, n1p, n2p, static_scale is not None))
+    if ahead and not batched:
+        raise ConfigError("ahead is a knob of the batched transform quantize (batched=True)")
+    if batched and (problem := check_batched(nb, n1p, n2p, tokens, ahead)) is not None:
         raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
     t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], 1 if batched else tokens)
     p1s, p2s, p1_lo, p2_lo, p2_eye = _prepared_factors(p1, p2, t)
@@ -401,7 +405,7 @@ def kron_quantize_rows(
     )  # fmt: skip
     if batched:
         values = step_tokens(nb, tokens) * nb * n1p * n2p
-        knobs = batched_knobs(values, nb, num_warps, stages, x.element_size(), up is not None)
+        knobs = batched_knobs(values, nb, num_warps, stages, x.element_size(), up is not None, ahead)
         launch_batched(args, constants | knobs, nb, tokens, programs)
         return codes, scales[:, None]
     constants |= dict(STAGES=stages or default_stages(t, n1p, n2p, (1 + p1_lo, 1 + p2_lo), up is not None),

@@ -252,7 +252,7 @@ def test_batched_rows_of_blocks_match_the_two_passes(n1, n2, nb, m, programs, ah
 
 @pytest.mark.parametrize(
     "n1,n2,m,tokens,programs,ahead",
-    [(24, 24, 37, None, None, 0), (9, 64, 21, 4, 2, 0), (32, 48, 13, 2, 1, 0), (64, 64, 6, None, None, 0),
+    [(24, 24, 37, None, None, None), (9, 64, 21, 4, 2, 0), (32, 48, 13, 2, 1, 0), (64, 64, 6, None, None, 0),
      (8, 8, 5, 8, None, 0), (24, 24, 11, 4, None, 0), (24, 24, 13, None, 3, 2), (9, 64, 21, 4, 2, 1)],
 )  # fmt: skip
 @pytest.mark.parametrize("numerics", ["bf16-x", "float32-x", "round-mid", "gated"])

@@ -36,14 +36,14 @@ def test_launch_mode_is_for_decode_sized_calls_that_say_their_tokens():
 
 
 @pytest.mark.skipif(not _hopper(), reason="programmatic dependent launch needs a Hopper GPU")
-@pytest.mark.parametrize("m,preload", [(1, 0), (4, 0), (16, 0), (16, 2)])
+@pytest.mark.parametrize("m,preload", [(1, None), (4, None), (16, None), (16, 0), (16, 2)])
 @pytest.mark.parametrize("k", [4096, 14336])
 @pytest.mark.parametrize("gated", [False, True])
 def test_gemm_launched_early_reads_the_codes_of_the_quantize_before_it(m, preload, k, gated):
     """Ten back-to-back linears on different inputs, eagerly and as one CUDA graph: each output equals the
     reference of its own input. K = 14336 keeps the quantize (one program a row) long enough for a GEMM that
     read too early to see the previous call's codes; at 16 tokens K = 4096 is the sliced kernel launched early,
-    also with two steps of weights read before its wait (``preload``)."""
+    with the default's steps of weights read before its wait, none or two (``preload``)."""
     assert programmatic_launch(torch.device("cuda"))
     n, calls = 4096, 10
     g = torch.Generator(device="cuda").manual_seed(m)
@@ -55,7 +55,7 @@ def test_gemm_launched_early_reads_the_codes_of_the_quantize_before_it(m, preloa
     def linear(i: int) -> torch.Tensor:
         q, s = quantize_per_token(xs[i], up=ups[i] if gated else None, backend="triton")
         cfg = default_config(q, packed)
-        cfg = replace(cfg, preload=preload) if preload else cfg
+        cfg = cfg if preload is None else replace(cfg, preload=preload)
         return w4a4_matmul(q, s, packed, sw, None, torch.float32, backend="triton", config=cfg)
 
     refs = []

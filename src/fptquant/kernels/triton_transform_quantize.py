@@ -362,7 +362,7 @@ def kron_quantize_rows(
     round_mid: bool = False,
     up: torch.Tensor | None = None,
     batched: bool | None = None,
-    ahead: int = 0,
+    ahead: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``;
     ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`; ``up``: the rows are ``silu(x) · up``);
@@ -370,9 +370,9 @@ def kron_quantize_rows(
     ``tokens``, ``programs``, ``num_warps`` and ``stages`` are tuning knobs (benchmarks sweep them). ``batched``:
     the kernel of :mod:`.triton_blocks_quantize`, blocks or tokens as the batch of 3-D dots (None: where
     :func:`prefers_batched`; True: there or a clear error; False: the tiled kernel here). ``tokens`` are the
-    tokens a tile here, the tokens a step there; ``ahead`` (batched kernel only) steps read into registers ahead of
-    the one computed, instead of a shared-memory pipeline."""
-    from .triton_blocks_quantize import batched_knobs, check_batched, launch_batched, step_tokens
+    tokens a tile here, the tokens a step there; ``ahead`` (batched kernel only; None: :func:`default_ahead`) steps
+    read into registers ahead of the one computed, instead of a shared-memory pipeline."""
+    from .triton_blocks_quantize import batched_knobs, check_batched, default_ahead, launch_batched, step_tokens
 
     M, K = x.shape
     n1p, n2p = padded(p1.shape[0]), padded(p2.shape[0])
@@ -380,6 +380,9 @@ def kron_quantize_rows(
         batched = bool(ahead) or (tokens is None and prefers_batched(nb, n1p, n2p, static_scale is not None))
     if ahead and not batched:
         raise ConfigError("ahead is a knob of the batched transform quantize (batched=True)")
+    if batched and ahead is None:
+        ahead = default_ahead(nb, p2.shape[0], n2p, tokens)
+    ahead = ahead or 0
     if batched and (problem := check_batched(nb, n1p, n2p, tokens, ahead)) is not None:
         raise ConfigError(f"the batched transform quantize cannot take these rows: {problem}")
     t, n1p, n2p = tile_shape(p1.shape[0], p2.shape[0], 1 if batched else tokens)

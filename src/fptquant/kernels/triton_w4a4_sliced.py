@@ -52,13 +52,15 @@ def pick_sliced_config(n: int, k: int, device: torch.device | None = None) -> Sl
     stages, down 16.3 against 17.9 launched plainly; four stages lost 5–7 µs when launched early). Where there
     are hundreds on a short K (8B gate+up, 896), one warp each, three stages (26.9 against 27.7 µs whole with
     four). Between, on a short K (8B qkv): 16 channels on one warp, six stages (7.7–7.9 against 8.5 µs).
-    Otherwise two warps, 512 codes a step."""
+    Otherwise two warps, 512 codes a step. The first two read their first step of weights before the wait for the
+    codes (session 24, two calls, whole linear: o 8.0 against 8.3–8.6 µs, gate+up 26.5 against 27.2–27.3, down
+    15.9–16.3 against 16.2–16.3; two steps gained less, and qkv's config lost 0.6 µs with one)."""
     sms = (sm_count(device) if device is not None else None) or H100_SMS
     programs = triton.cdiv(n, 32)
     if programs <= sms:
-        return SlicedConfig(block_k=1024, slices=4, num_stages=5)
+        return SlicedConfig(block_k=1024, slices=4, num_stages=5, preload=1)
     if programs >= 6 * sms and k <= 4096:
-        return SlicedConfig(block_k=256, slices=1, num_stages=3)
+        return SlicedConfig(block_k=256, slices=1, num_stages=3, preload=1)
     if k <= 4096:
         return SlicedConfig(block_n=16, block_k=256, slices=1, num_stages=6)
     return SlicedConfig()

@@ -8,6 +8,8 @@
 #   large   tilings of 112×128 at M = 8192 (acceptance 4)
 #   ahead   SmolLM2's one-block rows with the next steps read ahead into registers (tilings_ahead.json), dynamic at
 #           M = 8192 and 32768, static at 8192 (acceptance 4)
+#   tq      every default at M = 8192 and 32768, dynamic (the other kernel timed beside it); tq_static: static at 8192
+#   mlp32x48  SmolLM2's 32×48 (columns padded to 64) in the batched kernel, with and without a step read ahead
 #   decode16  the 16-token whole linears of o, gate+up and down again, in every launch mode (acceptance 3)
 #   STEPS="test decode" bash scripts/gpu_session24.sh
 set -u
@@ -18,9 +20,19 @@ for step in ${STEPS:-test decode}; do
   echo "=== $step $(date +%T)"
   case $step in
     test)
-      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_w4a4_gemm.py tests/test_programmatic_launch.py \
-        tests/test_kernels.py -k "few_token or sliced or programmatic or launched_early or batched" 2>&1 \
-        | grep -E "passed|failed|FAILED|Error" | head -20 ;;
+      timeout 300 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_gemm.py \
+        tests/test_programmatic_launch.py tests/test_kernels.py \
+        -k "few_token or sliced or programmatic or launched_early or batched" 2>&1 | tail -6 ;;
+    tq)
+      ALL=24x24:kron-bf16,9x64:heads-bf16,9x64:heads,32x48:kron-bf16,64x64:kron-bf16,112x128:kron-bf16
+      ALL=$ALL,16x32:hadamard,16x32:hadamard-gated
+      timeout 220 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases $ALL --json "$OUT/tq.json" ;;
+    tq_static)
+      timeout 150 python3 benchmarks/bench_transform_quantize.py --static --m 8192 --cases \
+        24x24:kron-bf16,9x64:heads-bf16,9x64:heads,32x48:kron-bf16 --json "$OUT/tq_static.json" ;;
+    mlp32x48)
+      timeout 120 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 32x48:kron-bf16 \
+        --tilings "$(cat scripts/tilings_32x48.json)" --json "$OUT/tq_32x48.json" ;;
     decode)
       timeout 300 python3 benchmarks/bench_w4a4_gemm.py --m 1,16 --json "$OUT/decode.json" ;;
     gated)

@@ -76,7 +76,7 @@ def tilings(n1: int, n2: int, sweep: bool, nb: int = 1, static: bool = False) ->
     ``sweep`` every tiling of either."""
     _, n1p, n2p = tile_shape(n1, n2)
     takes = check_batched(nb, n1p, n2p, None) is None
-    default = prefers_batched(nb, n1p, n2p, static)
+    default = prefers_batched(nb, n1p, n2p, static, n2)
     if not sweep:
         return [{}, {"batched": not default}] if takes else [{}]
     out = []

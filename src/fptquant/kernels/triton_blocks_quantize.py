@@ -195,6 +195,8 @@ def fits_row(nb: int, n1p: int, n2p: int) -> bool:
 
 
 SMALL_BLOCK = 1024  # padded values of the largest block whose one-block rows take this kernel by default
+PADDED_BLOCK = 2048  # the same, for blocks with padded columns (a step read ahead: :func:`default_ahead`)
+AHEAD_VALUES = 16384  # padded values of the steps read ahead an SM holds at most (programs an SM × a step's values)
 
 
 def step_tokens(nb: int, tokens: int | None) -> int:
@@ -209,7 +211,8 @@ def default_ahead(nb: int, n2: int, n2p: int, tokens: int | None) -> int:
     as 32×32) a token a step; elsewhere the shared-memory pipeline. Session 24 (H100, same run, % of copy at
     M = 8192 / 32768): 24×24 77.2% / 81.2% against 68.1% / 72.1% with dynamic scales, 90.6% against 74.8% static
     at 8192; 9×64 head mixing (64 columns, none padded) 80.7% / 79.4% against 83.1% / 90.9%. Two steps ahead was
-    slower than one in every case."""
+    slower than one in every case. Programs an SM are then at most ``AHEAD_VALUES`` over a step's values: 16 of
+    24×24 (held as 32×32), 8 of 32×48 (32×64: 81.9% of copy at 8192 against 63.6% with 16)."""
     return 1 if nb == 1 and step_tokens(nb, tokens) == 1 and n2 < n2p else 0
 
 
@@ -245,9 +248,12 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
     constants = {key: constants[key] for key in keep} | {"TOKENS": t, "B0": pieces[0], "B1": pieces[1],
                                                          "B2": pieces[2]}  # fmt: skip
     steps = triton.cdiv(m, t)
-    if programs is None:
-        held = _resident_programs(_blocks_quantize_kernel, x.device.index or 0, args, constants) if x.is_cuda else steps
-        programs = min(steps, held)
+    if programs is None and not x.is_cuda:
+        programs = steps
+    elif programs is None:
+        values = t * sum(pieces) * constants["N1"] * constants["N2"]
+        per_sm = max(1, AHEAD_VALUES // values) if constants["AHEAD"] else None
+        programs = min(steps, _resident_programs(_blocks_quantize_kernel, x.device.index or 0, args, constants, per_sm))
     _blocks_quantize_kernel[(max(1, programs),)](*args, **constants)
 
 

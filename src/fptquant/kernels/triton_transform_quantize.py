@@ -226,13 +226,13 @@ def _kron_quantize_kernel(
 _RESIDENT: dict[tuple, int] = {}  # (device, kernel, compile-time arguments) -> programs that fit on the GPU at once
 
 
-def _resident_programs(kernel, device_index: int, args: tuple, constants: dict) -> int:
+def _resident_programs(kernel, device_index: int, args: tuple, constants: dict, per_sm: int | None = None) -> int:
     """Programs of ``kernel`` compiled with ``constants`` that the GPU holds at once, by its shared memory and
     registers, at most 16 warps an SM (4 programs of 4 warps, 16 of one warp): the persistent grid must not exceed
     it, or the programs left over run their whole share of the tokens as a second wave after the rest have
     finished. One-warp programs of SmolLM2's 24×24 at M = 8192 (session 23, H100): 16 an SM 67.3% of copy, 8
-    66.3%, 32 64.2%."""
-    key = (device_index, id(kernel), *sorted(constants.items()))
+    66.3%, 32 64.2%. ``per_sm``: at most that many an SM."""
+    key = (device_index, id(kernel), per_sm, *sorted(constants.items()))
     if key not in _RESIDENT:
         compiled = kernel.warmup(*args, grid=(1,), **constants)
         compiled._init_handles()
@@ -240,7 +240,7 @@ def _resident_programs(kernel, device_index: int, args: tuple, constants: dict) 
         per_sm = props["max_shared_mem"] + DRIVER_SHARED_BYTES
         by_shared = per_sm // (compiled.metadata.shared + DRIVER_SHARED_BYTES)
         by_registers = props["max_num_regs"] // max(1, compiled.n_regs * 32 * constants["num_warps"])
-        most = max(4, 16 // constants["num_warps"])
+        most = min(max(4, 16 // constants["num_warps"]), per_sm or 16)
         _RESIDENT[key] = max(1, min(most, by_shared, by_registers)) * props["multiprocessor_count"]
     return _RESIDENT[key]
 
@@ -328,19 +328,21 @@ def default_warps(t: int, n1p: int, n2p: int) -> int:
     return 8 if t * n1p * n2p >= 16384 else 4
 
 
-def prefers_batched(nb: int, n1p: int, n2p: int, static: bool) -> bool:
+def prefers_batched(nb: int, n1p: int, n2p: int, static: bool, n2: int | None = None) -> bool:
     """Where the batched kernel is the default: rows of several blocks with dynamic scales that fit one step (one
     pass instead of two: 84–93% of copy bandwidth against 44–58% for LLaMA-3-8B's ``T_d``, session 22), and rows
-    of one small block (at most ``SMALL_BLOCK`` padded values), whose tiles here hold two tokens, spend half their
-    first dot on the zeros of ``I_T ⊗ P1ᵀ`` and meet at block-wide barriers. Session 23 (H100, M = 8192 / 32768,
-    same run), a one-warp program a token against the tiled kernel: SmolLM2's 24×24 67.2% / 71.3% of copy against
-    53.1% / 53.5% with dynamic scales, 72.7% / 72.8% against 65.1% / 66.3% static; 9×64 64.0% / 77.1% against
-    63.5% / 72.0% dynamic, 76.8% / 88.7% against 73.7% / 83.9% static. Larger blocks stay here (32×48: 76.6%
-    against 67.8%; 64×64: 92.4% against 67.8%, dynamic at 8192)."""
-    from .triton_blocks_quantize import SMALL_BLOCK, fits_row
+    of one small block (at most ``SMALL_BLOCK`` padded values, or ``PADDED_BLOCK`` where its ``n2`` columns are
+    padded and a step is read ahead), whose tiles here hold two tokens, spend half their first dot on the zeros
+    of ``I_T ⊗ P1ᵀ`` and meet at block-wide barriers. Session 23 (H100, M = 8192 / 32768, same run), a one-warp
+    program a token against the tiled kernel: SmolLM2's 24×24 67.2% / 71.3% of copy against 53.1% / 53.5% with
+    dynamic scales, 72.7% / 72.8% against 65.1% / 66.3% static; 9×64 64.0% / 77.1% against 63.5% / 72.0%
+    dynamic, 76.8% / 88.7% against 73.7% / 83.9% static. Session 24: SmolLM2's 32×48 (held as 32×64) a step
+    read ahead, eight programs an SM, 81.9% / 84.0% against 76.5% / 82.2% here. Larger blocks stay here (64×64:
+    92.4% against 67.8%, dynamic at 8192)."""
+    from .triton_blocks_quantize import PADDED_BLOCK, SMALL_BLOCK, fits_row
 
     if nb == 1:
-        return n1p * n2p <= SMALL_BLOCK
+        return n1p * n2p <= SMALL_BLOCK or (n2 is not None and n2 < n2p and n1p * n2p <= PADDED_BLOCK)
     return not static and fits_row(nb, n1p, n2p)
 
 
@@ -377,7 +379,9 @@ def kron_quantize_rows(
     M, K = x.shape
     n1p, n2p = padded(p1.shape[0]), padded(p2.shape[0])
     if batched is None:
-        batched = bool(ahead) or (tokens is None and prefers_batched(nb, n1p, n2p, static_scale is not None))
+        batched = bool(ahead) or (
+            tokens is None and prefers_batched(nb, n1p, n2p, static_scale is not None, p2.shape[0])
+        )
     if ahead and not batched:
         raise ConfigError("ahead is a knob of the batched transform quantize (batched=True)")
     if batched and ahead is None:

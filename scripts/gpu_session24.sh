@@ -23,6 +23,9 @@ for step in ${STEPS:-test decode}; do
       timeout 300 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_gemm.py \
         tests/test_programmatic_launch.py tests/test_kernels.py \
         -k "few_token or sliced or programmatic or launched_early or batched" 2>&1 | tail -6 ;;
+    test2)  # what test's five minutes did not reach in call 3, and the deploy tests of the transform quantize
+      timeout 300 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_kernels.py tests/test_deploy.py \
+        -k "batched or one_block or transform_quantize or head_mixing or fused" 2>&1 | tail -6 ;;
     tq)
       ALL=24x24:kron-bf16,9x64:heads-bf16,9x64:heads,32x48:kron-bf16,64x64:kron-bf16,112x128:kron-bf16
       ALL=$ALL,16x32:hadamard,16x32:hadamard-gated

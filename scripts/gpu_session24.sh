@@ -23,6 +23,17 @@ for step in ${STEPS:-test decode}; do
       timeout 300 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_gemm.py \
         tests/test_programmatic_launch.py tests/test_kernels.py \
         -k "few_token or sliced or programmatic or launched_early or batched" 2>&1 | tail -6 ;;
+    test3)  # one file at a time, each with its summary
+      for sel in "tests/test_programmatic_launch.py" "tests/test_kernels.py -k one_block_rows" \
+                 "tests/test_kernels.py -k rows_of_blocks_match or refuses" "tests/test_w4a4_gemm.py -k few_token or sliced"; do
+        echo "--- $sel"
+        timeout 240 python3 -m pytest -o addopts="" -q -p no:cacheprovider $sel 2>&1 | tail -3
+      done ;;
+    tq32)
+      timeout 100 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 32x48:kron-bf16,24x24:kron-bf16 \
+        --json "$OUT/tq32.json"
+      timeout 100 python3 benchmarks/bench_transform_quantize.py --static --m 8192 --cases 32x48:kron-bf16 \
+        --json "$OUT/tq32_static.json" ;;
     test2)  # what test's five minutes did not reach in call 3, and the deploy tests of the transform quantize
       timeout 300 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_kernels.py tests/test_deploy.py \
         -k "batched or one_block or transform_quantize or head_mixing or fused" 2>&1 | tail -6 ;;

@@ -237,8 +237,8 @@ def _resident_programs(kernel, device_index: int, args: tuple, constants: dict, 
         compiled = kernel.warmup(*args, grid=(1,), **constants)
         compiled._init_handles()
         props = triton.runtime.driver.active.utils.get_device_properties(device_index)
-        per_sm = props["max_shared_mem"] + DRIVER_SHARED_BYTES
-        by_shared = per_sm // (compiled.metadata.shared + DRIVER_SHARED_BYTES)
+        sm_shared = props["max_shared_mem"] + DRIVER_SHARED_BYTES
+        by_shared = sm_shared // (compiled.metadata.shared + DRIVER_SHARED_BYTES)
         by_registers = props["max_num_regs"] // max(1, compiled.n_regs * 32 * constants["num_warps"])
         most = min(max(4, 16 // constants["num_warps"]), per_sm or 16)
         _RESIDENT[key] = max(1, min(most, by_shared, by_registers)) * props["multiprocessor_count"]

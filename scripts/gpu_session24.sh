@@ -25,9 +25,10 @@ for step in ${STEPS:-test decode}; do
         -k "few_token or sliced or programmatic or launched_early or batched" 2>&1 | tail -6 ;;
     test3)  # one file at a time, each with its summary
       for sel in "tests/test_programmatic_launch.py" "tests/test_kernels.py -k one_block_rows" \
-                 "tests/test_kernels.py -k rows_of_blocks_match or refuses" "tests/test_w4a4_gemm.py -k few_token or sliced"; do
+                 "tests/test_kernels.py -k 'rows_of_blocks_match or refuses'" \
+                 "tests/test_w4a4_gemm.py -k 'few_token or sliced'"; do
         echo "--- $sel"
-        timeout 240 python3 -m pytest -o addopts="" -q -p no:cacheprovider $sel 2>&1 | tail -3
+        eval timeout 240 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -3
       done ;;
     tq32)
       timeout 100 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 32x48:kron-bf16,24x24:kron-bf16 \

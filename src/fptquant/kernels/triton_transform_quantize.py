@@ -329,20 +329,25 @@ def default_warps(t: int, n1p: int, n2p: int) -> int:
 
 
 def prefers_batched(nb: int, n1p: int, n2p: int, static: bool, n2: int | None = None) -> bool:
-    """Where the batched kernel is the default: rows of several blocks with dynamic scales that fit one step (one
-    pass instead of two: 84–93% of copy bandwidth against 44–58% for LLaMA-3-8B's ``T_d``, session 22), and rows
-    of one small block (at most ``SMALL_BLOCK`` padded values, or ``PADDED_BLOCK`` where its ``n2`` columns are
-    padded and a step is read ahead), whose tiles here hold two tokens, spend half their first dot on the zeros
-    of ``I_T ⊗ P1ᵀ`` and meet at block-wide barriers. Session 23 (H100, M = 8192 / 32768, same run), a one-warp
-    program a token against the tiled kernel: SmolLM2's 24×24 67.2% / 71.3% of copy against 53.1% / 53.5% with
-    dynamic scales, 72.7% / 72.8% against 65.1% / 66.3% static; 9×64 64.0% / 77.1% against 63.5% / 72.0%
-    dynamic, 76.8% / 88.7% against 73.7% / 83.9% static. Session 24: SmolLM2's 32×48 (held as 32×64) a step
-    read ahead, eight programs an SM, 81.9% / 84.0% against 76.5% / 82.2% here. Larger blocks stay here (64×64:
-    92.4% against 67.8%, dynamic at 8192)."""
+    """Where the batched kernel is the default.
+
+    - Rows of several blocks with dynamic scales that fit one step: one pass instead of two (84–93% of copy
+      bandwidth against 44–58% for LLaMA-3-8B's ``T_d``, session 22).
+    - Rows of one small block: at most ``SMALL_BLOCK`` padded values, or, with dynamic scales, ``PADDED_BLOCK``
+      where its ``n2`` columns are padded (a step is then read ahead). Tiles here hold two such tokens, spend half
+      their first dot on the zeros of ``I_T ⊗ P1ᵀ`` and meet at block-wide barriers.
+
+    Session 23 (H100, M = 8192 / 32768, same run), a one-warp program a token against the tiled kernel: 24×24
+    67.2% / 71.3% of copy against 53.1% / 53.5% with dynamic scales, 72.7% / 72.8% against 65.1% / 66.3% static;
+    9×64 64.0% / 77.1% against 63.5% / 72.0% dynamic, 76.8% / 88.7% against 73.7% / 83.9% static. Session 24:
+    32×48 (held as 32×64) a step read ahead, eight programs an SM, 81.1% / 84.2% against 76.9% / 82.1% here with
+    dynamic scales; static it stays here (83.6% against 78.5% at 8192). Larger blocks stay here (64×64: 92.4%
+    against 68.5%, dynamic at 8192)."""
     from .triton_blocks_quantize import PADDED_BLOCK, SMALL_BLOCK, fits_row
 
     if nb == 1:
-        return n1p * n2p <= SMALL_BLOCK or (n2 is not None and n2 < n2p and n1p * n2p <= PADDED_BLOCK)
+        padded = n2 is not None and n2 < n2p and n1p * n2p <= PADDED_BLOCK
+        return n1p * n2p <= SMALL_BLOCK or (padded and not static)
     return not static and fits_row(nb, n1p, n2p)
 
 

@@ -30,6 +30,12 @@ for step in ${STEPS:-test decode}; do
         echo "--- $sel"
         eval timeout 240 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -3
       done ;;
+    test4)  # the deploy paths and the other transform-quantize tests with the new defaults
+      for sel in "tests/test_deploy.py -k 'flatquant or online_transform or round_trip or fused or siblings'" \
+                 "tests/test_kernels.py -k 'kron or transform or head_mixing or hadamard and not one_block_rows'"; do
+        echo "--- $sel"
+        eval timeout 280 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -3
+      done ;;
     tq32)
       timeout 100 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 32x48:kron-bf16,24x24:kron-bf16 \
         --json "$OUT/tq32.json"

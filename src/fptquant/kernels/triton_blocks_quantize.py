@@ -251,7 +251,7 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
     if programs is None and not x.is_cuda:
         programs = steps
     elif programs is None:
-        values = t * sum(pieces) * constants["N1"] * constants["N2"]
+        values = sum(pieces) * constants["N1"] * constants["N2"]  # a step: its blocks, or its tokens of one block
         per_sm = max(1, AHEAD_VALUES // values) if constants["AHEAD"] else None
         programs = min(steps, _resident_programs(_blocks_quantize_kernel, x.device.index or 0, args, constants, per_sm))
     _blocks_quantize_kernel[(max(1, programs),)](*args, **constants)

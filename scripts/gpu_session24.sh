@@ -36,6 +36,11 @@ for step in ${STEPS:-test decode}; do
         echo "--- $sel"
         eval timeout 280 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -3
       done ;;
+    heads32)  # 9×64 head mixing with float32 numerics: a step read ahead with fewer programs an SM
+      timeout 100 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 9x64:heads \
+        --tilings "$(cat scripts/tilings_heads_f32.json)" --json "$OUT/tq_heads32.json"
+      timeout 100 python3 benchmarks/bench_transform_quantize.py --static --m 8192 --cases 9x64:heads \
+        --tilings "$(cat scripts/tilings_heads_f32.json)" --json "$OUT/tq_heads32_static.json" ;;
     tq32)
       timeout 100 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 32x48:kron-bf16,24x24:kron-bf16 \
         --json "$OUT/tq32.json"

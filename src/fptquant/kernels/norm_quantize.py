@@ -18,10 +18,10 @@ import torch
 
 from ..errors import ConfigError
 from .backend import backend_for
-from .quantize import check_codes_dtype, quantize_per_token
+from .quantize import ONE_PASS_ROW, check_codes_dtype, quantize_per_token
 
 NORM_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-MAX_FUSED_ROW = 32768  # values a row of the fused kernel holds in registers (.triton_quantize)
+MAX_FUSED_ROW = ONE_PASS_ROW  # the fused kernel normalizes a row it holds whole in registers
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .backend import backend_for
 
 QMAX, QMIN = 7, -8
 CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)
+ONE_PASS_ROW = 32768  # values of the longest row the Triton kernel reads once (held in registers)
 
 
 def check_codes_dtype(dtype: torch.dtype) -> None:

@@ -12,7 +12,7 @@ from triton.language.extra import libdevice
 from ..errors import ConfigError
 from ..math.quantization import SCALE_EPS
 from .backend import interpreting
-from .quantize import QMAX, QMIN
+from .quantize import ONE_PASS_ROW, QMAX, QMIN
 from .triton_pdl import programmatic_launch, release_dependents, wait_for_inputs
 
 
@@ -200,11 +200,11 @@ def row_pieces(k: int) -> tuple[int, int, int]:
 
 
 def quantize_tile(k: int) -> tuple[int, int, int, tuple[int, int, int] | None]:
-    """``(rows a program, warps, widest piece, pieces)``: rows of up to 32768 values are read once, as the
+    """``(rows a program, warps, widest piece, pieces)``: rows of up to ``ONE_PASS_ROW`` values are read once, as the
     pieces of :func:`row_pieces` (two passes ran 70B's K = 28672 at 57% of copy bandwidth, one tile 78%),
     about 8192 values a program; longer rows take two passes of 4096-wide tiles (pieces None)."""
     whole = triton.next_power_of_2(k)
-    if whole > 32768:
+    if whole > ONE_PASS_ROW:
         return 2, 8, 4096, None
     pieces = row_pieces(k)
     if whole == 2048:  # graph-timed sweep, K = 1536: 2 rows on 4 warps 102.6% / 100.5% of copy at M = 8192 / 32768,
@@ -227,7 +227,7 @@ def quantize_rows(
     """``block_m`` rows a program and ``num_warps`` (default: :func:`quantize_tile`) are for the benchmark's
     tile sweep. ``up``: the rows quantized are ``silu(x) · up`` (rows of ``up`` as strided as ``x``'s).
     ``norm``: ``(weight or None, eps)``, the rows quantized are the RMSNorm of ``x``
-    (:func:`.norm_quantize.rms_norm_reference`); rows of at most 32768 values."""
+    (:func:`.norm_quantize.rms_norm_reference`); rows of at most ``ONE_PASS_ROW`` values."""
     assert QMAX == 7 and QMIN == -8
     M, K = x.shape
     codes = torch.empty((M, K), dtype=codes_dtype, device=x.device)
@@ -239,7 +239,9 @@ def quantize_rows(
     u = up if up is not None else x  # unread unless gated
     weight, eps = norm if norm is not None else (None, 0.0)
     if norm is not None and (pieces is None or up is not None):
-        raise ConfigError(f"the fused RMSNorm takes rows of at most 32768 values and no up projection (K = {K})")
+        raise ConfigError(
+            f"the fused RMSNorm takes rows of at most {ONE_PASS_ROW} values and no up projection (K = {K})"
+        )
     pdl = programmatic_launch(x.device)
     _quantize_rows_kernel[grid](
         x, u, weight if weight is not None else x, codes, scales, M, K, x.stride(0), u.stride(0), codes.stride(0),

@@ -192,12 +192,17 @@ class QuantizedLinear(nn.Module):
             return quantize_per_token_reference(rows, clip_ratio=value)
         return quantize_per_token(rows, up=up, **args)
 
+    def quantizes_shared_input_plainly(self) -> bool:
+        """Whether this linear and its siblings quantize one shared input with no online transform in front: the
+        quantize an RMSNorm before them may take over (:mod:`.norm`)."""
+        return self.input_quantizer.spec.enabled and self.input_transform is None and self.shared_input is not None
+
     def fused_norm_args(self, x: torch.Tensor) -> dict | None:
         """The quantizer as :func:`~fptquant.kernels.norm_quantize.norm_quantize` arguments where the RMSNorm in
         front of this linear (and its siblings) can be fused into the quantize of ``x``; None where not: no
         quantized input, an online transform, no siblings linked, rows the fused kernel does not hold, the
         PyTorch backend, or a learned clip per end of the row."""
-        if not self.input_quantizer.spec.enabled or self.input_transform is not None or self.shared_input is None:
+        if not self.quantizes_shared_input_plainly():
             return None
         if x.shape[-1] > MAX_FUSED_ROW or backend_for(x) != "triton":
             return None

@@ -72,10 +72,10 @@ def _fusable(norm: nn.Module, readers: list[nn.Module]) -> float | None:
         return None
     if not all(isinstance(r, QuantizedLinear) for r in readers):
         return None
-    shared, lead = readers[0].shared_input, readers[0]
-    if shared is None or shared.members != len(readers) or any(r.shared_input is not shared for r in readers):
+    shared = readers[0].shared_input
+    if not readers[0].quantizes_shared_input_plainly() or shared.members != len(readers):
         return None
-    if lead.input_transform is not None or not lead.input_quantizer.spec.enabled:
+    if any(r.shared_input is not shared for r in readers):
         return None
     eps = _eps(norm)
     return eps if eps is not None and _computes_rms_norm(norm, eps) else None

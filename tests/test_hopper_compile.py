@@ -19,6 +19,7 @@ from fptquant.kernels.triton_transform_quantize import (  # noqa: E402
     shared_bytes,
     tile_shape,
 )
+from fptquant.kernels.triton_w4a4_sliced import pick_sliced_config  # noqa: E402
 
 VECTOR_LOADS = {"ld.global.v4.b32", "ld.global.v2.b32"}
 TQ_CASES = {  # (n1, n2, blocks[, factors bfloat16 holds exactly: no lo halves[, the bf16 mid product]])
@@ -349,7 +350,7 @@ def sliced_job(n: int, k: int, preload: int | None = None) -> dict:
     from dataclasses import replace
 
     from fptquant.kernels.triton_pdl import release_mode
-    from fptquant.kernels.triton_w4a4_sliced import MMA_ROWS, pick_sliced_config
+    from fptquant.kernels.triton_w4a4_sliced import MMA_ROWS
 
     cfg = pick_sliced_config(n, k)
     cfg = cfg if preload is None else replace(cfg, preload=preload)
@@ -366,12 +367,6 @@ def sliced_job(n: int, k: int, preload: int | None = None) -> dict:
 
 
 SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336), "sliced-qkv": (6144, 4096)}
-
-
-def pick_sliced(n: int, k: int):
-    from fptquant.kernels.triton_w4a4_sliced import pick_sliced_config
-
-    return pick_sliced_config(n, k)
 
 
 SLICED_PRELOAD_CASES = {f"sliced-down-preload-{p}": (4096, 14336, p) for p in (1, 2)} | {
@@ -490,7 +485,7 @@ def test_decode_gemm_waits_for_the_quantize_and_lets_the_next_one_launch(builds,
     finished, and lets the kernel after it (the next linear's quantize) launch once its sums are done (after
     the last dot of the K loop, before the epilogue's stores)."""
     ptx = builds[name].ptx
-    preloads = name in SLICED_CASES and pick_sliced(*SLICED_CASES[name]).preload > 0
+    preloads = name in SLICED_CASES and pick_sliced_config(*SLICED_CASES[name]).preload > 0
     if preloads:  # weights, which no kernel writes, may be read before the wait (checked on the GPU)
         before = ptx[: ptx.index("griddepcontrol.wait")]
         assert ptx.count("griddepcontrol.wait") == 1 and not re.search(r"\bst\.global|\batom\.|cp\.async", before)

@@ -173,6 +173,10 @@ def main() -> int:
     parser.add_argument("--eager", action="store_true", help="time without CUDA graphs")
     parser.add_argument("--cases", default=None, help="comma list of N1xN2:KIND to run, e.g. 24x24:kron-bf16")
     args = parser.parse_args()
+    try:
+        given = json.loads(args.tilings) if args.tilings else None
+    except json.JSONDecodeError as err:
+        parser.error(f"--tilings is not JSON: {err}")
     env = start_report()
     if env is None:
         return 2
@@ -183,7 +187,6 @@ def main() -> int:
         for k, n1, n2, kind in CASES:
             if args.cases and f"{n1}x{n2}:{kind}" not in args.cases.split(","):
                 continue
-            given = json.loads(args.tilings) if args.tilings else None
             r = measure(m, k, n1, n2, kind, args.sweep, 0.05 if args.static else None, not args.eager, given)
             rows.append(r)
             print(f"{m:>6} {k:>6} {f'{n1}x{n2}':>8} {kind:>10} {r['copy_GBps']:>10.0f} {r['triton_GBps']:>11.0f} "

@@ -154,22 +154,25 @@ def kv_attention_job() -> dict:
     return {"module": module, "kernel": "_decode_kernel", "args": args, "num_warps": 4, "aligned": aligned}
 
 
-def gemm_job(m: int, n: int, k: int, fp8: bool, split_nibbles: bool = False) -> dict:
-    """The W4A4 GEMM with the tiling ``pick_config`` chooses (prefill: weights unpacked to a byte first)."""
+def gemm_job(m: int, n: int, k: int, fp8: bool, split_nibbles: bool = False, swiglu: bool = False) -> dict:
+    """The W4A4 GEMM with the tiling ``pick_config`` chooses (prefill: weights unpacked to a byte first);
+    ``swiglu``: ``swiglu_config``'s, down_proj's codes out (:mod:`fptquant.kernels.w4a4_swiglu`)."""
     from dataclasses import replace
 
-    from fptquant.kernels.triton_w4a4_matmul import pick_config
+    from fptquant.kernels.triton_w4a4_matmul import pick_config, swiglu_config
 
-    cfg = replace(pick_config(m, n, k), split_nibbles=split_nibbles)
+    cfg = replace((swiglu_config if swiglu else pick_config)(m, n, k), split_nibbles=split_nibbles)
     code = "*fp8e4nv" if fp8 else "*i8"
     args = {
         "a_ptr": code, "w_ptr": code if cfg.unpack_first else "*u8", "sa_ptr": "*fp32", "sw_ptr": "*fp32",
-        "bias_ptr": "*fp32", "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32",
-        "stride_wn": "i32", "stride_om": "i32", "k_per_split": "i32", "HAS_BIAS": False, "SPLIT": cfg.split_k,
+        "bias_ptr": "*fp32", "out_ptr": "*i8" if swiglu else "*bf16", "M": "i32", "N": "i32", "K": "i32",
+        "stride_am": "i32", "stride_wn": "i32", "stride_om": "i32", "k_per_split": "i32", "HAS_BIAS": False,
+        "SPLIT": cfg.split_k,
         "SWAP": cfg.swap, "FP8": fp8, "MAGIC": cfg.magic_unpack, "DOT_TY": "tl.float8e4nv" if fp8 else "tl.int8",
         "ACC_TY": "tl.float32" if fp8 else "tl.int32", "PACKED": not cfg.unpack_first,
         "PROMOTE": cfg.block_k // (2 if cfg.split_nibbles else 1), "SPLIT_NIBBLES": cfg.split_nibbles,
         "EVEN_K": True, "BM": cfg.block_m, "BN": cfg.block_n, "BK": cfg.block_k, "GROUP_M": cfg.group_m,
+        "inv": "fp32", "SWIGLU": swiglu, "ROUND_TY": "tl.bfloat16", "INTERPRET": False,
     }  # fmt: skip
     aligned = ["a_ptr", "w_ptr", "sa_ptr", "sw_ptr", "out_ptr", "M", "N", "K", "stride_am", "stride_wn",
                "stride_om", "k_per_split"]  # fmt: skip
@@ -200,18 +203,22 @@ def tma_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages: i
             "aligned": ["sa_ptr", "sw_ptr", "out_ptr", "N", "K", "stride_om"]}  # fmt: skip
 
 
-def gluon_gemm_job(block_m: int, block_n: int, block_k: int, warps: int, stages: int, out="bfloat16") -> dict:
-    """The warp-specialized Gluon prefill GEMM (INT8), with as many of ``stages`` as fit."""
+def gluon_gemm_job(
+    block_m: int, block_n: int, block_k: int, warps: int, stages: int, out="bfloat16", swiglu: bool = False
+) -> dict:
+    """The warp-specialized Gluon prefill GEMM (INT8), with as many of ``stages`` as fit (``swiglu``: down_proj's
+    codes out, gate and up rounded to ``out``)."""
     import torch
 
     from fptquant.kernels.gluon_w4a4_tma import gluon_stages
 
-    stages = gluon_stages(block_m, block_n, block_k, stages, getattr(torch, out))
+    stages = gluon_stages(block_m, block_n, block_k, stages, getattr(torch, out), swiglu)
+    store = ["desc", "int8", [block_m, block_n // 2]] if swiglu else ["desc", out, [block_m, block_n]]
     args = {
         "a_desc": ["desc", "int8", [block_m, block_k]], "w_desc": ["desc", "int8", [block_n, block_k]],
-        "out_desc": ["desc", out, [block_m, block_n]], "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
-        "M": "i32", "N": "i32", "K": "i32", "HAS_BIAS": True, "STAGES": stages, "GROUP_M": 8, "PROGRAMS": 132,
-        "num_warps": warps,
+        "out_desc": store, "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
+        "M": "i32", "N": "i32", "K": "i32", "inv": "fp32", "HAS_BIAS": True, "STAGES": stages, "GROUP_M": 8,
+        "PROGRAMS": 132, "SWIGLU": swiglu, "ROUND_TY": f"tl.{out}", "num_warps": warps,
     }  # fmt: skip
     return {"module": "fptquant.kernels.gluon_w4a4_tma", "kernel": "_gluon_tma_kernel", "args": args,
             "num_warps": warps, "gluon": True}  # fmt: skip
@@ -238,6 +245,9 @@ GLUON_CASES = {
     "gluon-256x128": (256, 128, 128, 8, 3),  # pick_config's prefill tile
     "gluon-128x128": (128, 128, 128, 8, 5),
     "gluon-64x64-float32-out": (64, 64, 64, 4, 4, "float32"),
+    # gate+up with down_proj's codes out (fptquant.kernels.w4a4_swiglu)
+    "gluon-256x128-swiglu": (256, 128, 128, 8, 3, "bfloat16", True),
+    "gluon-128x128-swiglu": (128, 128, 128, 8, 5, "bfloat16", True),
 }
 TMA_CASES = {
     "tma-int8-128x256": (128, 256, 128, 8, 3, False),
@@ -298,6 +308,8 @@ GEMM_CASES = {  # LLaMA-3-8B gate+up: prefill and decode, both 8-bit routes
     "decode-int8": (16, 28672, 4096, False),
     "decode-int8-split-nibbles": (16, 28672, 4096, False, True),
     "decode-fp8-split-nibbles": (16, 28672, 4096, True, True),
+    "prefill-int8-swiglu": (8192, 28672, 4096, False, False, True),
+    "64-tokens-int8-swiglu": (64, 28672, 4096, False, False, True),
 }
 
 
@@ -344,9 +356,9 @@ def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
     return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
 
 
-def sliced_job(n: int, k: int, preload: int | None = None) -> dict:
+def sliced_job(n: int, k: int, preload: int | None = None, swiglu: bool = False) -> dict:
     """LLaMA-3-8B at M = 2–16 on the sliced tensor-core kernel, the tile ``pick_sliced_config`` gives (N, K)
-    (``preload``: steps of weights read before the wait, where not the pick's)."""
+    (``preload``: steps of weights read before the wait, where not the pick's; ``swiglu``: down_proj's codes out)."""
     from dataclasses import replace
 
     from fptquant.kernels.triton_pdl import release_mode
@@ -355,18 +367,19 @@ def sliced_job(n: int, k: int, preload: int | None = None) -> dict:
     cfg = pick_sliced_config(n, k)
     cfg = cfg if preload is None else replace(cfg, preload=preload)
     args = {"a_ptr": "*i8", "w_ptr": "*u8", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
-            "out_ptr": "*fp32" if cfg.split_k > 1 else "*bf16"}  # fmt: skip
+            "out_ptr": "*i8" if swiglu else "*fp32" if cfg.split_k > 1 else "*bf16"}  # fmt: skip
     names = ("M", "N", "K", "stride_am", "stride_wn", "stride_om", "k_per_split")
     args.update({name: "i32" for name in names})
     args.update(HAS_BIAS=False, SPLIT=cfg.split_k, EVEN_K=True, BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k)
     args.update(SLICES=cfg.slices, STAGES=cfg.num_stages, INTERPRET=False, PDL=True, RELEASE=release_mode(cfg.release))
-    args.update(PRELOAD=cfg.preload)
+    args.update(PRELOAD=cfg.preload, inv="fp32", SWIGLU=swiglu, ROUND_TY="tl.bfloat16")
     aligned = ["a_ptr", "w_ptr", "out_ptr", "K", "stride_am", "stride_wn", "stride_om", "k_per_split"]
     module = "fptquant.kernels.triton_w4a4_sliced"
     return {"module": module, "kernel": "_sliced_kernel", "args": args, "num_warps": cfg.slices, "aligned": aligned}
 
 
-SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336), "sliced-qkv": (6144, 4096)}
+SLICED_CASES = {"sliced-gate_up": (28672, 4096), "sliced-down": (4096, 14336), "sliced-qkv": (6144, 4096),
+                "sliced-gate_up-swiglu": (28672, 4096, None, True)}  # fmt: skip
 
 
 SLICED_PRELOAD_CASES = {f"sliced-down-preload-{p}": (4096, 14336, p) for p in (1, 2)} | {
@@ -485,7 +498,7 @@ def test_decode_gemm_waits_for_the_quantize_and_lets_the_next_one_launch(builds,
     finished, and lets the kernel after it (the next linear's quantize) launch once its sums are done (after
     the last dot of the K loop, before the epilogue's stores)."""
     ptx = builds[name].ptx
-    preloads = name in SLICED_CASES and pick_sliced_config(*SLICED_CASES[name]).preload > 0
+    preloads = name in SLICED_CASES and pick_sliced_config(*SLICED_CASES[name][:2]).preload > 0
     if preloads:  # weights, which no kernel writes, may be read before the wait (checked on the GPU)
         before = ptx[: ptx.index("griddepcontrol.wait")]
         assert ptx.count("griddepcontrol.wait") == 1 and not re.search(r"\bst\.global|\batom\.|cp\.async", before)
@@ -611,3 +624,20 @@ def test_one_token_gemv_streams_the_weights_pipelined_without_spills(builds, nam
     # bytes: derived in the kernel by halving, their alignment was unknown and the copies shrank to 8 bytes)
     assert 16 in build.async_copy_bytes()
     assert "ld.global.b8" not in build.memory_ops("ld")
+
+
+SWIGLU_BUILDS = ["gluon-256x128-swiglu", "gluon-128x128-swiglu", "prefill-int8-swiglu", "64-tokens-int8-swiglu",
+                 "sliced-gate_up-swiglu"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SWIGLU_BUILDS)
+def test_swiglu_epilogue_forms_down_codes_without_spills(builds, name):
+    """The gate+up GEMM whose epilogue writes down_proj's codes: silu by ex2 and the approximate division (an IEEE
+    one per value would bound the epilogue), codes by the rounding trick (no cvt to an integer), nothing spilled."""
+    build = builds[name]
+    assert build.spill_bytes == 0
+    assert "ex2.approx" in build.ptx and "div.rn.f32" not in build.ptx
+    assert not re.search(r"cvt\.rni\S*\.s32\.f32", build.ptx)
+    if name.startswith("gluon"):  # the codes leave by TMA store, as the bf16 tile does
+        assert "cp.async.bulk.tensor.2d.global.shared" in build.ptx
+        assert re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", build.ptx).count("1") == 1

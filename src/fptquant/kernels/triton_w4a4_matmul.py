@@ -19,6 +19,9 @@ import triton
 import triton.language as tl
 
 from ..errors import ConfigError
+from .backend import interpreting
+from .triton_quantize import TRITON_DTYPES
+from .triton_swiglu_codes import _swiglu_codes_epilogue
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,11 @@ def _w4a4_kernel(
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, MAGIC: tl.constexpr,
     DOT_TY: tl.constexpr, ACC_TY: tl.constexpr, PACKED: tl.constexpr, PROMOTE: tl.constexpr,
     SPLIT_NIBBLES: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    GROUP_M: tl.constexpr, inv=1.0, SWIGLU: tl.constexpr = False, ROUND_TY: tl.constexpr = tl.bfloat16,
+    INTERPRET: tl.constexpr = False,
 ):  # fmt: skip
+    """SWIGLU (no SWAP, no SPLIT): the weight rows are interleaved gate/up ones and ``out_ptr`` takes down_proj's
+    codes (:mod:`.triton_swiglu_codes`), ``inv`` the reciprocal of their static scale."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     grid_m = tl.cdiv(M, BM)
@@ -181,7 +187,11 @@ def _w4a4_kernel(
             w = _unpack(wp, BN, BK, MAGIC, FP8, DOT_TY) if PACKED else wp
             acc = _dot(a, w, acc, SWAP, FP8, PROMOTE)
 
-    _tile_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, SWAP, SPLIT)
+    if SWIGLU:
+        _swiglu_codes_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, pid_n * (BN // 2), inv,
+                               HAS_BIAS, ROUND_TY, INTERPRET)  # fmt: skip
+    else:
+        _tile_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, SWAP, SPLIT)
 
 
 def split_k_plan(length: int, split_k: int, step: int) -> tuple[int, int]:
@@ -240,6 +250,15 @@ def tma_min_tokens() -> int:
     return int(value)
 
 
+def swiglu_config(m: int, n: int, k: int) -> GemmConfig:
+    """:func:`pick_config`'s tile for the SwiGLU epilogue, which needs whole output tiles in the codes' orientation:
+    where it picks a swapped or split-K one (17–64 tokens), the 64×128 prefill tile instead."""
+    cfg = pick_config(m, n, k)
+    if cfg.swap or cfg.split_k > 1:
+        return GemmConfig(64, 128, 128, num_warps=4, num_stages=4, unpack_first=True)
+    return cfg
+
+
 def matmul(
     codes: torch.Tensor,
     act_scale: torch.Tensor,
@@ -248,11 +267,16 @@ def matmul(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     config: GemmConfig | None = None,
+    swiglu_inv: float | None = None,
 ) -> torch.Tensor:
+    """``swiglu_inv``: the SwiGLU epilogue (:mod:`.w4a4_swiglu`), int8 codes ``(M, N / 2)`` out."""
     m, k = codes.shape
     n = packed.shape[0]
     cfg = config or pick_config(m, n, k)
     split, k_per_split = split_k_plan(k, cfg.split_k, cfg.block_k)
+    swiglu = swiglu_inv is not None
+    if swiglu and (cfg.swap or split > 1 or codes.dtype != torch.int8):
+        raise ConfigError(f"the SwiGLU epilogue needs int8 codes and whole unswapped tiles, got {cfg}")
     fp8 = codes.dtype == torch.float8_e4m3fn
     if cfg.unpack_first and packed.dtype == torch.uint8:
         packed = unpack_weights(packed.contiguous(), codes.dtype)
@@ -260,15 +284,18 @@ def matmul(
         from .gluon_w4a4_tma import gluon_fits, gluon_matmul
         from .triton_w4a4_tma import tma_fits, tma_matmul
 
-        if cfg.gluon and gluon_fits(codes, packed, out_dtype, cfg):
-            return gluon_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg)
-        if tma_fits(codes, packed):
+        if cfg.gluon and gluon_fits(codes, packed, out_dtype, cfg, swiglu):
+            return gluon_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg, swiglu_inv)
+        if tma_fits(codes, packed) and not swiglu:
             return tma_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg)
     packed_weights = packed.dtype == torch.uint8  # else one code a byte, in the codes' dtype
     promote = cfg.block_k if cfg.promote is None else cfg.promote
     if cfg.split_nibbles:  # each of the two dots sums half of the block's products
         promote = min(promote, cfg.block_k // 2)
-    out = split_k_output((m, n), split, out_dtype, codes.device)
+    if swiglu:
+        out = torch.empty((m, n // 2), dtype=torch.int8, device=codes.device)
+    else:
+        out = split_k_output((m, n), split, out_dtype, codes.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
     _w4a4_kernel[grid](
         codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, m, n, k,
@@ -277,6 +304,8 @@ def matmul(
         DOT_TY=tl.float8e4nv if fp8 else tl.int8, ACC_TY=tl.float32 if fp8 else tl.int32, PACKED=packed_weights,
         PROMOTE=promote, SPLIT_NIBBLES=cfg.split_nibbles,
         EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k, BM=cfg.block_m, BN=cfg.block_n,
-        BK=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BK=cfg.block_k, GROUP_M=cfg.group_m, inv=1.0 if swiglu_inv is None else swiglu_inv, SWIGLU=swiglu,
+        ROUND_TY=TRITON_DTYPES[out_dtype], INTERPRET=interpreting(), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )  # fmt: skip
-    return out.to(out_dtype)
+    return out if swiglu else out.to(out_dtype)

@@ -27,6 +27,8 @@ import triton.language as tl
 from ..errors import ConfigError
 from .backend import interpreting, sm_count
 from .triton_pdl import programmatic_launch, release_dependents, release_mode, wait_for_inputs
+from .triton_quantize import TRITON_DTYPES
+from .triton_swiglu_codes import _swiglu_codes_epilogue
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
@@ -113,7 +115,8 @@ def _sliced_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, SLICES: tl.constexpr, STAGES: tl.constexpr, INTERPRET: tl.constexpr,
-    PDL: tl.constexpr, RELEASE: tl.constexpr, PRELOAD: tl.constexpr,
+    PDL: tl.constexpr, RELEASE: tl.constexpr, PRELOAD: tl.constexpr, inv=1.0, SWIGLU: tl.constexpr = False,
+    ROUND_TY: tl.constexpr = tl.bfloat16,
 ):  # fmt: skip
     KS: tl.constexpr = BK // SLICES  # codes a slice and step
     pid_n = tl.program_id(0)
@@ -147,7 +150,12 @@ def _sliced_kernel(
         acc = _step_sum(acc, a_ptrs, w_second, k_start + BK, k_end, code, False, SLICES, BM, KS, INTERPRET)
     release_dependents(PDL and RELEASE == 2)  # the sums are done: the next kernel may launch and wait for them
     total = tl.sum(acc, axis=0) >> 4  # Σ 16·v·a, a multiple of 16: the shift is exact
-    _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
+    if SWIGLU:  # interleaved gate/up rows, down_proj's codes out (.triton_swiglu_codes; SPLIT is 1)
+        _swiglu_codes_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, pid_n * (BN // 2),
+                               inv, HAS_BIAS, ROUND_TY, INTERPRET)  # fmt: skip
+    else:
+        _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False,
+                       SPLIT)  # fmt: skip
 
 
 def sliced_matmul(
@@ -158,9 +166,11 @@ def sliced_matmul(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     config: SlicedConfig | None = None,
+    swiglu_inv: float | None = None,
 ) -> torch.Tensor:
     """``(M, K)`` int8 codes (M ≤ 16) × ``(N, K/2)`` packed weights → ``(M, N)``, like
-    :func:`.w4a4_matmul.w4a4_matmul`."""
+    :func:`.w4a4_matmul.w4a4_matmul`; with ``swiglu_inv`` the SwiGLU epilogue (:mod:`.w4a4_swiglu`), int8 codes
+    ``(M, N / 2)`` out."""
     m, k = codes.shape
     n = packed.shape[0]
     cfg = config or pick_sliced_config(n, k, codes.device)
@@ -176,14 +186,21 @@ def sliced_matmul(
         raise ConfigError(f"block_k {cfg.block_k} must give each of {cfg.slices} slices a step of ≥ 64 codes")
     codes, packed = codes.contiguous(), packed.contiguous()  # the kernel steps along K one byte at a time
     split, k_per_split = split_k_plan(k, cfg.split_k, cfg.block_k)
-    out = split_k_output((m, n), split, out_dtype, codes.device)
+    swiglu = swiglu_inv is not None
+    if swiglu and split > 1:
+        raise ConfigError(f"the SwiGLU epilogue needs whole output tiles: no split-K, got {cfg}")
+    if swiglu:
+        out = torch.empty((m, n // 2), dtype=torch.int8, device=codes.device)
+    else:
+        out = split_k_output((m, n), split, out_dtype, codes.device)
     pdl = cfg.pdl and programmatic_launch(codes.device)
     _sliced_kernel[(triton.cdiv(n, cfg.block_n), split)](
         codes, packed, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
         m, n, k, codes.stride(0), packed.stride(0), out.stride(0), k_per_split,
         HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=k % cfg.block_k == 0 and k_per_split * split == k,
         BM=MMA_ROWS, BN=cfg.block_n, BK=cfg.block_k, SLICES=cfg.slices, STAGES=cfg.num_stages,
-        INTERPRET=interpreting(), PDL=pdl, RELEASE=release_mode(cfg.release), PRELOAD=cfg.preload, num_warps=cfg.slices,
-        launch_pdl=pdl,
+        INTERPRET=interpreting(), PDL=pdl, RELEASE=release_mode(cfg.release), PRELOAD=cfg.preload,
+        inv=1.0 if swiglu_inv is None else swiglu_inv, SWIGLU=swiglu, ROUND_TY=TRITON_DTYPES[out_dtype],
+        num_warps=cfg.slices, launch_pdl=pdl,
     )  # fmt: skip
-    return out.to(out_dtype)
+    return out if swiglu else out.to(out_dtype)

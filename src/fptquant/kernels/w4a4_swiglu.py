@@ -1,0 +1,98 @@
+"""A SwiGLU MLP's gate+up W4A4 linear that writes down_proj's INT4 codes, for down_proj inputs with a static scale.
+
+``codes_down = quantize(silu(gate) · up, static_scale)`` with ``gate, up = W4A4 linears of the same codes``:
+the GEMM runs over the gate and up weight rows interleaved (:func:`interleave_gate_up`), so each output tile
+holds both halves of its columns and the epilogue forms the product and its codes. Neither gate, up nor the
+product goes to memory, and down_proj's per-token quantize pass disappears: with a dynamic scale it could
+not (a token's scale needs its whole row, spread over many tiles), nor with an online transform in front
+of down_proj wider than a tile (QuaRot's and FPTQuant's block Hadamards span 2048 columns on LLaMA-3-8B).
+
+Numerics are those of the unfused chain: gate and up rounded to ``out_dtype`` as the two linears return
+them, then :func:`~.quantize.gated_product` and the static-scale quantizer of :mod:`.quantize`. As with the
+gated quantize kernels, silu's ``exp`` and division may move a product to the neighbouring bfloat16 on rare
+entries, and a code by one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from .backend import backend_for
+from .quantize import QMAX, gated_product, quantize_per_token_reference
+from .w4a4_matmul import _check, w4a4_matmul_reference
+
+
+def interleave_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Gate and up rows (weights, packed or not, their scales or biases) alternating along dim 0: gate row ``i``
+    at ``2i``, up row ``i`` at ``2i + 1``, the order the fused epilogue splits."""
+    if gate.shape != up.shape or gate.dtype != up.dtype:
+        raise ConfigError(f"gate and up must match, got {tuple(gate.shape)} {gate.dtype} and "
+                          f"{tuple(up.shape)} {up.dtype}")  # fmt: skip
+    return torch.stack((gate, up), dim=1).reshape(2 * gate.shape[0], *gate.shape[1:])
+
+
+def static_inverse_and_scale(static_scale: float) -> tuple[float, float]:
+    """``(7 / amax, amax / 7)`` with ``amax = 7 · static_scale``, in float32 as the quantize reference forms them."""
+    if not static_scale > 0:
+        raise ConfigError(f"the static scale of down_proj's input must be positive, got {static_scale}")
+    amax = torch.tensor(QMAX * float(static_scale), dtype=torch.float32)
+    qmax = torch.tensor(float(QMAX), dtype=torch.float32)
+    return float(qmax / amax), float(amax / qmax)
+
+
+def _check_swiglu(codes, act_scale, packed, weight_scale, bias) -> None:
+    _check(codes, act_scale, packed, weight_scale)
+    if packed.shape[0] % 2:
+        raise ConfigError(f"interleaved gate/up weights have an even row count, got {packed.shape[0]}")
+    if bias is not None and bias.shape != (packed.shape[0],):
+        raise ConfigError(f"bias must be ({packed.shape[0]},) like the interleaved rows, got {tuple(bias.shape)}")
+
+
+def w4a4_swiglu_quantize_reference(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    static_scale: float,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes (M, N/2) int8, scales (M, 1) float32)`` of down_proj's input from the gate+up linear's codes."""
+    _check_swiglu(codes, act_scale, packed, weight_scale, bias)
+    out = w4a4_matmul_reference(codes, act_scale, packed, weight_scale, bias, out_dtype)
+    return quantize_per_token_reference(gated_product(out[:, 0::2], out[:, 1::2]), static_scale=static_scale)
+
+
+def w4a4_swiglu_quantize(
+    codes: torch.Tensor,
+    act_scale: torch.Tensor,
+    packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    static_scale: float,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`w4a4_swiglu_quantize_reference`, on the backend the switch picks: up to 16 tokens the sliced
+    decode kernel, from ``FPTQUANT_TMA_MIN_TOKENS`` on a Hopper GPU the Gluon GEMM, else the pointer GEMM, each
+    with the SwiGLU epilogue. Codes must be int8 (the INT8 route: exact sums)."""
+    if backend_for(codes, backend) == "torch":
+        return w4a4_swiglu_quantize_reference(codes, act_scale, packed, weight_scale, static_scale, bias, out_dtype)
+    _check_swiglu(codes, act_scale, packed, weight_scale, bias)
+    if codes.dtype != torch.int8:
+        raise ConfigError(f"the fused SwiGLU epilogue takes int8 codes, got {codes.dtype}")
+    inv, scale = static_inverse_and_scale(static_scale)
+    bias = bias.float() if bias is not None else None
+    m, n = codes.shape[0], packed.shape[0]
+    if m <= 16 and codes.shape[1] % 8 == 0:
+        from .triton_w4a4_sliced import pick_sliced_config, sliced_matmul
+
+        cfg = pick_sliced_config(n, codes.shape[1], codes.device)
+        out = sliced_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg, swiglu_inv=inv)
+    else:
+        from .triton_w4a4_matmul import matmul, swiglu_config
+
+        out = matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, swiglu_config(m, n, codes.shape[1]),
+                     swiglu_inv=inv)  # fmt: skip
+    return out, torch.full((m, 1), scale, dtype=torch.float32, device=codes.device)

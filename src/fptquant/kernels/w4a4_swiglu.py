@@ -73,10 +73,13 @@ def w4a4_swiglu_quantize(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     backend: str | None = None,
+    config=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`w4a4_swiglu_quantize_reference`, on the backend the switch picks: up to 16 tokens the sliced
     decode kernel, from ``FPTQUANT_TMA_MIN_TOKENS`` on a Hopper GPU the Gluon GEMM, else the pointer GEMM, each
-    with the SwiGLU epilogue. Codes must be int8 (the INT8 route: exact sums)."""
+    with the SwiGLU epilogue. Codes must be int8 (the INT8 route: exact sums). ``config``: a
+    :class:`~.triton_w4a4_sliced.SlicedConfig` or an unswapped, unsplit
+    :class:`~.triton_w4a4_matmul.GemmConfig` instead of the pick."""
     if backend_for(codes, backend) == "torch":
         return w4a4_swiglu_quantize_reference(codes, act_scale, packed, weight_scale, static_scale, bias, out_dtype)
     _check_swiglu(codes, act_scale, packed, weight_scale, bias)
@@ -84,15 +87,15 @@ def w4a4_swiglu_quantize(
         raise ConfigError(f"the fused SwiGLU epilogue takes int8 codes, got {codes.dtype}")
     inv, scale = static_inverse_and_scale(static_scale)
     bias = bias.float() if bias is not None else None
-    m, n = codes.shape[0], packed.shape[0]
-    if m <= 16 and codes.shape[1] % 8 == 0:
-        from .triton_w4a4_sliced import pick_sliced_config, sliced_matmul
+    (m, k), n = codes.shape, packed.shape[0]
+    from .triton_w4a4_matmul import matmul, swiglu_config
+    from .triton_w4a4_sliced import SlicedConfig, pick_sliced_config, sliced_matmul
 
-        cfg = pick_sliced_config(n, codes.shape[1], codes.device)
-        out = sliced_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, cfg, swiglu_inv=inv)
+    if config is None and m <= 16 and k % 8 == 0:
+        config = pick_sliced_config(n, k, codes.device)
+    if isinstance(config, SlicedConfig):
+        out = sliced_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config, swiglu_inv=inv)
     else:
-        from .triton_w4a4_matmul import matmul, swiglu_config
-
-        out = matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, swiglu_config(m, n, codes.shape[1]),
+        out = matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config or swiglu_config(m, n, k),
                      swiglu_inv=inv)  # fmt: skip
     return out, torch.full((m, 1), scale, dtype=torch.float32, device=codes.device)

@@ -30,6 +30,7 @@ from timing import finish_report, rotations, start_report, time_us
 from fptquant.kernels import quantize_per_token
 from fptquant.kernels.quantize import gated_product
 from fptquant.kernels.triton_w4a4_matmul import GemmConfig
+from fptquant.kernels.triton_w4a4_sliced import pick_sliced_config
 from fptquant.kernels.w4a4_matmul import w4a4_matmul
 from fptquant.kernels.w4a4_swiglu import interleave_gate_up, w4a4_swiglu_quantize, w4a4_swiglu_quantize_reference
 from fptquant.math.packing import pack_int4
@@ -96,6 +97,11 @@ def mlp_case(model: str, m: int, sweep: bool) -> dict:
         return w4a4_swiglu_quantize(q, s, packs_gu[i], sw_gu, s_d, backend="triton", config=cfg)
 
     row["w4a4_gate_up"] = time_us(gate_up_whole, q_gu, graph=True)
+    if m <= 16:  # the sliced kernel with its plain epilogue (bf16 gate and up out), for where the epilogue costs
+        cfg = pick_sliced_config(2 * inter, hidden, x.device)
+        row["sliced_plain_gate_up_gemm"] = time_us(
+            lambda i: w4a4_matmul(codes, sa, packs_gu[i], sw_gu, None, backend="triton", config=cfg), q_gu, graph=True
+        )
     if sweep and m > 16:
         row["gate_up_sweep"] = []
         for cfg in PREFILL_SWEEP:
@@ -160,6 +166,9 @@ def main() -> int:
                       f"{t['w4a4_chain']:>8.1f} {t['w4a4_unfused_chain']:>8.1f} | {r['gate_up_speedup']:.2f}x "
                       f"{r['down_speedup']:.2f}x {r['chain_speedup']:.2f}x (unfused {r['unfused_chain_speedup']:.2f}x) "
                       f"check {r['check']}", flush=True)  # fmt: skip
+                if "sliced_plain_gate_up_gemm" in r:
+                    print(f"{'':>15} sliced gate_up GEMM alone, bf16 out: "
+                          f"{r['sliced_plain_gate_up_gemm']['median_us']:.1f} us", flush=True)  # fmt: skip
                 for s in r.get("gate_up_sweep", []):
                     print(f"{'':>15} gate_up {s.get('time', {}).get('median_us', float('nan')):.1f} us "
                           f"{s['config']} {s.get('error', '')}", flush=True)  # fmt: skip

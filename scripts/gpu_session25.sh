@@ -2,6 +2,7 @@
 # Session 25 on the GPU machine (issue 8): the gate+up GEMM that writes down_proj's static INT4 codes.
 #   test   the fused-epilogue tests on CUDA (sliced, pointer, Gluon) and the GEMM tests its kernels share
 #   mlp    bench_mlp_static.py: the static W4A4 MLP against BF16 at 1, 16 and 8192 tokens, 8B and 70B (acceptance 2, 3)
+#   mlp2   the same without the sweep, the picks as shipped after call 1, and 8B at 2, 4 and 8 tokens too
 #   STEPS="test mlp" bash scripts/gpu_session25.sh
 set -u
 OUT=${OUT:-out}
@@ -18,6 +19,11 @@ for step in ${STEPS:-test mlp}; do
     mlp)
       timeout 330 python3 benchmarks/bench_mlp_static.py --m 1,16,8192 --shapes 8b,70b --sweep \
         --json "$OUT/mlp_static.json" ;;
+    mlp2)
+      timeout 200 python3 benchmarks/bench_mlp_static.py --m 1,2,4,8,16,8192 --shapes 8b --json "$OUT/mlp_8b.json"
+      timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,16,8192 --shapes 70b --json "$OUT/mlp_70b.json" ;;
+    test_gluon)
+      timeout 120 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_swiglu.py 2>&1 | tail -4 ;;
     *) echo "unknown step $step" ;;
   esac
 done

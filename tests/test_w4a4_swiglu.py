@@ -10,6 +10,7 @@ pytest.importorskip("triton")
 
 from fptquant.errors import ConfigError  # noqa: E402
 from fptquant.kernels.quantize import gated_product, quantize_per_token_reference  # noqa: E402
+from fptquant.kernels.triton_w4a4_matmul import GemmConfig, swiglu_config  # noqa: E402
 from fptquant.kernels.w4a4_matmul import w4a4_matmul_reference  # noqa: E402
 from fptquant.kernels.w4a4_swiglu import (  # noqa: E402
     interleave_gate_up,
@@ -75,18 +76,30 @@ def _hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
+GLUON_TILES = {  # the prefill pick (two wgmma instructions across N), a tall tile, a small one
+    "128x256": GemmConfig(128, 256, 128, num_warps=8, num_stages=4, unpack_first=True, tma=True, gluon=True),
+    "256x128": GemmConfig(256, 128, 128, num_warps=8, num_stages=3, unpack_first=True, tma=True, gluon=True),
+    "64x64": GemmConfig(64, 64, 64, num_warps=4, num_stages=4, unpack_first=True, tma=True, gluon=True),
+}
+
+
+def test_prefill_pick_is_a_gluon_tile_the_epilogue_takes():
+    assert swiglu_config(8192, 28672, 4096) == GLUON_TILES["128x256"]
+    assert not swiglu_config(40, 28672, 4096).swap  # pick_config's swapped decode tile is replaced
+
+
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel runs on Hopper GPUs only (no interpreter)")
+@pytest.mark.parametrize("tile", GLUON_TILES)
 @pytest.mark.parametrize("m,k,inter", [(1000, 576, 1536), (300, 14336, 132)])
-def test_gluon_swiglu_epilogue_is_taken_over_many_tiles(monkeypatch, m, k, inter):
-    """More tiles than SMs and ragged edges (132 gate/up pairs: the last tile half full); the Gluon kernel ran."""
+def test_gluon_swiglu_epilogue_is_taken_over_many_tiles(monkeypatch, tile, m, k, inter):
+    """More tiles than SMs and ragged edges (132 gate/up pairs: the last tile part full); the Gluon kernel ran."""
     import fptquant.kernels.gluon_w4a4_tma as glu
 
-    monkeypatch.setenv("FPTQUANT_TMA_MIN_TOKENS", "256")
     calls = []
     real = glu.gluon_matmul
     monkeypatch.setattr(glu, "gluon_matmul", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
     (codes, packed, sa, sw), static, b, (expected, scales) = mlp_problem(m, k, inter, seed=m, bias=True)
-    out, out_scales = w4a4_swiglu_quantize(codes, sa, packed, sw, static, b, backend="triton")
+    out, out_scales = w4a4_swiglu_quantize(codes, sa, packed, sw, static, b, backend="triton", config=GLUON_TILES[tile])
     assert_codes_match(out, expected)
     assert torch.equal(out_scales, scales) and len(calls) == 1
 

@@ -294,6 +294,49 @@ def test_swiglu_product_is_formed_inside_the_down_projections_quantize(method, t
     assert gated.count(True) == len(mlps)
 
 
+def test_static_down_input_takes_the_gate_up_epilogue(tokens, tmp_path, monkeypatch):
+    """With static activations and no transform before down_proj, gate+up run as one GEMM over interleaved rows
+    whose epilogue writes down_proj's codes: logits match the unfused MLP's, gate and up keep their state (views of
+    the interleaved weights), the checkpoint saved after it reloads to the same logits, and few tokens take the
+    interleaved GEMM without the epilogue."""
+    from fptquant.deploy import mlp as deploy_mlp
+    from fptquant.deploy import to_deploy
+    from fptquant.kernels.quantize import gated_product
+
+    model = make_tiny_model("llama", intermediate_size=96)
+    recipe = fptquant.Recipe(method="rtn", bits="w4a4kv4", act_static=True, model="tiny")
+    fptquant.quantize(model, recipe, torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0)))
+    to_deploy(model)
+    mlps = [layer.mlp for layer in model.model.layers]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    epilogues = []
+    real, real_gemm = deploy_mlp.w4a4_swiglu_quantize, deploy_mlp.w4a4_matmul
+    monkeypatch.setattr(deploy_mlp, "w4a4_swiglu_quantize", lambda *a, **kw: epilogues.append(1) or real(*a, **kw))
+    fused = logits(model, tokens)
+    assert len(epilogues) == len(mlps)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert mlps[0].gate_proj.qweight.data_ptr() == mlps[0]._interleaved.packed.data_ptr()  # a view, no copy
+    for mlp in mlps:  # the transformers MLP's forward on the same modules (gate and up read their views)
+        mlp.forward = lambda x, m=mlp: m.down_proj(gated_product(m.gate_proj(x), m.up_proj(x)))
+    unfused = logits(model, tokens)
+    few = tokens[:1, :3]  # three tokens: the interleaved GEMM, then the gated quantize
+    unfused_few = logits(model, few)
+    assert (fused - unfused).abs().max() <= 1e-2 * unfused.abs().max()
+    assert fused.argmax(-1).eq(unfused.argmax(-1)).double().mean() >= 0.95
+    for mlp in mlps:
+        del mlp.forward
+    epilogues.clear()
+    gemms = []
+    monkeypatch.setattr(deploy_mlp, "w4a4_matmul", lambda *a, **kw: gemms.append(a[2].shape) or real_gemm(*a, **kw))
+    fused_few = logits(model, few)
+    assert not epilogues and gemms == [mlps[0]._interleaved.packed.shape] * len(mlps)
+    assert (fused_few - unfused_few).abs().max() <= 1e-2 * unfused_few.abs().max()
+    save_packed(model, None, tmp_path / "static")
+    reloaded, _ = load(tmp_path / "static")
+    assert torch.equal(logits(reloaded, tokens), fused)
+
+
 def test_group_size_that_does_not_tile_a_layer_is_named():
     model = make_tiny_model("llama")  # MLP input 100
     with pytest.raises(ConfigError, match="group size 24 does not divide the input size 100 of down_proj"):

@@ -108,19 +108,21 @@ class SharedInput:
         self.codes: tuple[torch.Tensor, torch.Tensor] | None = None
         self.reads = 0
 
-    def lookup(self, x: torch.Tensor):
+    def lookup(self, x: torch.Tensor, reads: int = 1):
+        """``x``'s codes if kept, counted as ``reads`` reads (2: gate and up at once, :mod:`.mlp`)."""
         if self.source is not x:
             return None
         codes = self.codes
-        self.reads += 1
+        self.reads += reads
         if self.reads >= self.members:
             self.source = self.codes = None
         return codes
 
     def store(self, x: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor], reads: int = 1) -> None:
         """Keep ``x``'s codes, already read ``reads`` times (1: by the member that quantized it; 0: quantized
-        for the members by the norm in front of them, :class:`~.norm.FusedRMSNorm`)."""
-        self.source, self.codes, self.reads = x, codes, reads
+        for the members by the norm in front of them, :class:`~.norm.FusedRMSNorm`); nothing is kept once every
+        member has read them."""
+        self.source, self.codes, self.reads = (x, codes, reads) if reads < self.members else (None, None, 0)
 
 
 class QuantizedLinear(nn.Module):
@@ -227,11 +229,16 @@ class QuantizedLinear(nn.Module):
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         # one token too: quantize then dp4a beat the GEMV that quantizes as it reads (H100, session 19)
-        cached = self.shared_input.lookup(x) if self.shared_input is not None else None
-        codes, scales = cached if cached is not None else self._transform_and_quantize(rows)
+        return self._matmul(*self.quantized_input(x, rows), x)
+
+    def quantized_input(self, x: torch.Tensor, rows: torch.Tensor, reads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes and scales of ``rows`` (``x`` as a matrix), from the shared input's cache where a sibling or
+        the norm in front left them, counted as ``reads`` of its members' reads."""
+        cached = self.shared_input.lookup(x, reads) if self.shared_input is not None else None
+        codes = cached if cached is not None else self._transform_and_quantize(rows)
         if self.shared_input is not None and cached is None:
-            self.shared_input.store(x, (codes, scales))
-        return self._matmul(codes, scales, x)
+            self.shared_input.store(x, codes, reads)
+        return codes
 
     def forward_gated(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """``forward(silu(gate) · up)`` with the product formed by the input's transform+quantize kernel, so a
@@ -242,8 +249,10 @@ class QuantizedLinear(nn.Module):
         return self._matmul(*self._transform_and_quantize(rows, up_rows), gate)
 
     def _matmul(self, codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.float() if self.bias is not None else None
-        y = w4a4_matmul(codes, scales.float(), self.qweight, self.weight_scale, bias, out_dtype=x.dtype)
+        # gate and up hold views of their MLP's interleaved weights (.mlp): the kernels read unit strides
+        bias = self.bias.float().contiguous() if self.bias is not None else None
+        weights, scale = self.qweight.contiguous(), self.weight_scale.contiguous()
+        y = w4a4_matmul(codes, scales.float(), weights, scale, bias, out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

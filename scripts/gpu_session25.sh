@@ -3,6 +3,8 @@
 #   test   the fused-epilogue tests on CUDA (sliced, pointer, Gluon) and the GEMM tests its kernels share
 #   mlp    bench_mlp_static.py: the static W4A4 MLP against BF16 at 1, 16 and 8192 tokens, 8B and 70B (acceptance 2, 3)
 #   mlp2   the same without the sweep, the picks as shipped after call 1, and 8B at 2, 4 and 8 tokens too
+#   test3  the SwiGLU kernel tests again (ragged Gluon case) and the deploy MLP tests on CUDA
+#   mlp3   the MLP bench once more at 4, 16 and 8192 tokens (a second sample of the figures)
 #   STEPS="test mlp" bash scripts/gpu_session25.sh
 set -u
 OUT=${OUT:-out}
@@ -24,6 +26,13 @@ for step in ${STEPS:-test mlp}; do
       timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,16,8192 --shapes 70b --json "$OUT/mlp_70b.json" ;;
     test_gluon)
       timeout 120 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_swiglu.py 2>&1 | tail -4 ;;
+    test3)
+      for sel in "tests/test_w4a4_swiglu.py" "tests/test_deploy.py -k 'static_down_input or swiglu_product or round_trip'"; do
+        echo "--- $sel"
+        eval timeout 200 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -4
+      done ;;
+    mlp3)
+      timeout 250 python3 benchmarks/bench_mlp_static.py --m 4,16,8192 --shapes 8b,70b --json "$OUT/mlp3.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done

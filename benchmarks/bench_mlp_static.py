@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import traceback
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from bench_w4a4_gemm import SHAPES, bf16_swiglu
+from bench_w4a4_gemm import SHAPES, SLICED_SWEEP, bf16_swiglu
 from timing import finish_report, rotations, start_report, time_us
 
 from fptquant.kernels import quantize_per_token
@@ -42,6 +43,9 @@ PREFILL_SWEEP = [  # the fused gate+up at prefill: Gluon tiles (the int8 codes t
     GemmConfig(256, 128, 128, num_warps=8, num_stages=4, unpack_first=True, tma=True, gluon=True),
     GemmConfig(128, 256, 128, num_warps=8, num_stages=4, unpack_first=True, tma=True, gluon=True),
 ]
+
+
+DECODE_SWEEP = [replace(c, preload=p) for c in SLICED_SWEEP if c.split_k == 1 for p in (0, 1)]  # whole tiles only
 
 
 def random_packs(rows: int, cols: int, copies: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -102,9 +106,9 @@ def mlp_case(model: str, m: int, sweep: bool) -> dict:
         row["sliced_plain_gate_up_gemm"] = time_us(
             lambda i: w4a4_matmul(codes, sa, packs_gu[i], sw_gu, None, backend="triton", config=cfg), q_gu, graph=True
         )
-    if sweep and m > 16:
+    if sweep:
         row["gate_up_sweep"] = []
-        for cfg in PREFILL_SWEEP:
+        for cfg in PREFILL_SWEEP if m > 16 else DECODE_SWEEP:
             try:
                 t = time_us(lambda i, c=cfg: gate_up_whole(i, c), q_gu, graph=True)
                 row["gate_up_sweep"].append({"config": repr(cfg), "time": t})
@@ -140,7 +144,7 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--m", default="1,16,8192")
     parser.add_argument("--shapes", default="8b,70b")
-    parser.add_argument("--sweep", action="store_true", help="prefill: also time the fused gate+up in other tiles")
+    parser.add_argument("--sweep", action="store_true", help="also time the fused gate+up in other tiles / configs")
     args = parser.parse_args()
     report = start_report()
     if report is None:

@@ -5,6 +5,7 @@
 #   mlp2   the same without the sweep, the picks as shipped after call 1, and 8B at 2, 4 and 8 tokens too
 #   test3  the SwiGLU kernel tests again (ragged Gluon case) and the deploy MLP tests on CUDA
 #   mlp3   the MLP bench once more at 4, 16 and 8192 tokens (a second sample of the figures)
+#   sweep16  the fused gate+up at 8 and 16 tokens in every sliced config (whole tiles), with and without preload
 #   STEPS="test mlp" bash scripts/gpu_session25.sh
 set -u
 OUT=${OUT:-out}
@@ -33,6 +34,9 @@ for step in ${STEPS:-test mlp}; do
       done ;;
     mlp3)
       timeout 250 python3 benchmarks/bench_mlp_static.py --m 4,16,8192 --shapes 8b,70b --json "$OUT/mlp3.json" ;;
+    sweep16)
+      timeout 300 python3 benchmarks/bench_mlp_static.py --m 8,16 --shapes 8b --sweep --json "$OUT/sweep16_8b.json" | grep -v "^ " 
+      timeout 200 python3 benchmarks/bench_mlp_static.py --m 16 --shapes 70b --sweep --json "$OUT/sweep16_70b.json" | grep -v "^ " ;;
     *) echo "unknown step $step" ;;
   esac
 done

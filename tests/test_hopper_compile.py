@@ -246,6 +246,7 @@ GLUON_CASES = {
     "gluon-128x128": (128, 128, 128, 8, 5),
     "gluon-64x64-float32-out": (64, 64, 64, 4, 4, "float32"),
     # gate+up with down_proj's codes out (fptquant.kernels.w4a4_swiglu)
+    "gluon-128x256-swiglu": (128, 256, 128, 8, 4, "bfloat16", True),  # swiglu_config's prefill tile
     "gluon-256x128-swiglu": (256, 128, 128, 8, 3, "bfloat16", True),
     "gluon-128x128-swiglu": (128, 128, 128, 8, 5, "bfloat16", True),
 }
@@ -602,12 +603,18 @@ def test_tma_prefill_gemm_copies_by_tma_into_wgmma_without_spills(builds, name):
     assert build.shared_bytes <= 227 * 1024  # the H100 launched none of these at 256x128 before the split epilogue
 
 
+# 128x256 tiles hold 128 int32 sums a thread beside the 168 registers warp specialization leaves the MMA warps: the
+# epilogue spills (200 bytes with a bf16 output tile, 192 with codes). The H100 sweeps timed that tile fastest for
+# the SwiGLU epilogue all the same (docs/RESULTS.md, session 25), so only a larger spill fails.
+GLUON_SPILL_BYTES = {"gluon-128x256-swiglu": 256}
+
+
 @pytest.mark.parametrize("name", list(GLUON_CASES))
 def test_gluon_prefill_gemm_keeps_a_wgmma_group_in_flight(builds, name):
     """What the Gluon kernel exists for: the INT8 main loop waits for all but the newest wgmma group
     (Triton's own loop waits for all: ``wait_group 0`` after every K step)."""
     build = builds[name]
-    assert build.spill_bytes == 0
+    assert build.spill_bytes <= GLUON_SPILL_BYTES.get(name, 0)
     assert "wgmma.mma_async.sync.aligned" in build.ptx and ".s32.s8.s8" in build.ptx
     waits = re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", build.ptx)
     assert waits.count("1") == 1 and waits.count("0") == 1  # the loop keeps one; the tile's end drains
@@ -626,16 +633,17 @@ def test_one_token_gemv_streams_the_weights_pipelined_without_spills(builds, nam
     assert "ld.global.b8" not in build.memory_ops("ld")
 
 
-SWIGLU_BUILDS = ["gluon-256x128-swiglu", "gluon-128x128-swiglu", "prefill-int8-swiglu", "64-tokens-int8-swiglu",
-                 "sliced-gate_up-swiglu"]  # fmt: skip
+SWIGLU_BUILDS = ["gluon-128x256-swiglu", "gluon-256x128-swiglu", "gluon-128x128-swiglu", "prefill-int8-swiglu",
+                 "64-tokens-int8-swiglu", "sliced-gate_up-swiglu"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SWIGLU_BUILDS)
 def test_swiglu_epilogue_forms_down_codes_without_spills(builds, name):
     """The gate+up GEMM whose epilogue writes down_proj's codes: silu by ex2 and the approximate division (an IEEE
-    one per value would bound the epilogue), codes by the rounding trick (no cvt to an integer), nothing spilled."""
+    one per value would bound the epilogue), codes by the rounding trick (no cvt to an integer), nothing spilled
+    (but the 128x256 Gluon tile's epilogue, within GLUON_SPILL_BYTES)."""
     build = builds[name]
-    assert build.spill_bytes == 0
+    assert build.spill_bytes <= GLUON_SPILL_BYTES.get(name, 0)
     assert "ex2.approx" in build.ptx and "div.rn.f32" not in build.ptx
     assert not re.search(r"cvt\.rni\S*\.s32\.f32", build.ptx)
     if name.startswith("gluon"):  # the codes leave by TMA store, as the bf16 tile does

@@ -339,6 +339,13 @@ def test_static_down_input_takes_the_gate_up_epilogue(tokens, tmp_path, monkeypa
     save_packed(model, None, tmp_path / "static")
     reloaded, _ = load(tmp_path / "static", device=device)
     assert torch.equal(logits(reloaded, tokens), fused)
+    monkeypatch.setenv("FPTQUANT_SWIGLU_EPILOGUE", "0")  # the switch keeps the unfused path
+    epilogues.clear()
+    switched_off = logits(reloaded, tokens)
+    assert not epilogues and (switched_off - unfused).abs().max() <= 5e-2 * unfused.abs().max()
+    monkeypatch.setenv("FPTQUANT_SWIGLU_EPILOGUE", "yes")
+    with pytest.raises(ConfigError, match="FPTQUANT_SWIGLU_EPILOGUE must be 0 or 1"):
+        logits(reloaded, tokens)
 
 
 def test_group_size_that_does_not_tile_a_layer_is_named():

@@ -16,11 +16,13 @@ interleaved GEMM returns gate and up as usual (the sliced kernel of few-token de
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..kernels.backend import backend_for
 from ..kernels.quantize import gated_product
 from ..kernels.w4a4_matmul import w4a4_matmul
@@ -31,6 +33,15 @@ from .modules import QuantizedLinear, _same_input_side
 GATED_ACTIVATIONS = ("silu",)
 # H100, session 25, 8B: the fused chain 42.3 against 45.8 µs unfused at 4 tokens, 48.0 against 42.2 at 2
 EPILOGUE_MIN_TOKENS = 4
+
+
+def epilogue_enabled() -> bool:
+    """``FPTQUANT_SWIGLU_EPILOGUE``: ``1`` (default) lets a static down_proj input take the gate+up epilogue, ``0``
+    keeps the unfused path (to compare the two, or to rule the epilogue out)."""
+    value = os.environ.get("FPTQUANT_SWIGLU_EPILOGUE", "1")
+    if value not in ("0", "1"):
+        raise ConfigError(f"FPTQUANT_SWIGLU_EPILOGUE must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 class Interleaved(NamedTuple):
@@ -66,6 +77,8 @@ class FusedSwiGLU(nn.Module):
         """Quantized gate and up reading one input alike (no hooks), and down_proj's input static with no online
         transform, on the Triton backend."""
         if not (isinstance(gate, QuantizedLinear) and isinstance(up, QuantizedLinear)) or _hooked(gate, up, down):
+            return False
+        if not epilogue_enabled():
             return False
         spec = down.input_quantizer.spec
         if not spec.enabled or spec.dynamic or down.input_transform is not None:

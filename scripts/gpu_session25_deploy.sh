@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Session 25: the static RTN deploy check on SmolLM2 with the gate+up epilogue on and off (after
 # `source .stage/common/setup.sh`), and a count of the epilogue's calls in one packed forward.
+# STEP=fptquant: FPTQuant static without T_d (down_rotation=none: down_proj's input takes the epilogue), 256 e2e
+# steps, its deploy check, then the packed model's perplexity with the epilogue on and off (scripts/epilogue_ppl.py).
 set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
+if [[ ${STEP:-rtn} == fptquant ]]; then
+  METHODS=fptquant DEPLOY_ARGS="--act-static --method-arg down_rotation=none --method-arg e2e_steps=256" \
+    bash scripts/gpu_deploy.sh | tail -4
+  python3 scripts/epilogue_ppl.py --packed "$HOME/packed_fptquant" --json "$OUT/epilogue_ppl_fptquant.json"
+  exit 0
+fi
 for on in 1 0; do
   FPTQUANT_SWIGLU_EPILOGUE=$on METHODS=rtn DEPLOY_ARGS="--act-static" bash scripts/gpu_deploy.sh
   for ext in json log; do mv "$OUT/deploy_rtn.$ext" "$OUT/deploy_rtn_static_epilogue$on.$ext"; done

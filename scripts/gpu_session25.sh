@@ -6,6 +6,7 @@
 #   test3  the SwiGLU kernel tests again (ragged Gluon case) and the deploy MLP tests on CUDA
 #   mlp3   the MLP bench once more at 4, 16 and 8192 tokens (a second sample of the figures)
 #   sweep16  the fused gate+up at 8 and 16 tokens in every sliced config (whole tiles), with and without preload
+#   tq_f32   the float32-numerics transform quantizes (P1's lo product added after, not chained), with their tests
 #   STEPS="test mlp" bash scripts/gpu_session25.sh
 set -u
 OUT=${OUT:-out}
@@ -37,6 +38,13 @@ for step in ${STEPS:-test mlp}; do
     sweep16)
       timeout 300 python3 benchmarks/bench_mlp_static.py --m 8,16 --shapes 8b --sweep --json "$OUT/sweep16_8b.json" | grep -v "^ " 
       timeout 200 python3 benchmarks/bench_mlp_static.py --m 16 --shapes 70b --sweep --json "$OUT/sweep16_70b.json" | grep -v "^ " ;;
+    tq_f32)
+      timeout 150 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_kernels.py \
+        -k "head_mixing or one_block_rows or rows_of_blocks_match" 2>&1 | tail -3
+      timeout 200 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 \
+        --cases 9x64:heads,9x64:heads-bf16,24x24:kron,32x48:kron,112x128:kron --json "$OUT/tq_f32.json"
+      timeout 100 python3 benchmarks/bench_transform_quantize.py --static --m 8192 --cases 9x64:heads \
+        --json "$OUT/tq_f32_static.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -120,8 +120,8 @@ def _transform(
         w = _dot(p1h, xl, w, UPCAST)
     else:
         w = _dot(p1h, x, None, UPCAST)
-        if P1_LO:  # a product of its own, added after: the two dots overlap instead of waiting on one another
-            w += _dot(p1l, x, None, UPCAST)
+        if P1_LO:
+            w = _dot(p1l, x, w, UPCAST)
     if P2_EYE:
         if ROUND_MID:
             y = _round_to(w, tl.bfloat16, UPCAST).to(tl.float32)

@@ -259,7 +259,8 @@ class QuantizedLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, w=int4 packed, a={self.input_quantizer.extra_repr()}"
 
 
-def _same_input_side(a: QuantizedLinear, b: QuantizedLinear) -> bool:
+def same_input_side(a: QuantizedLinear, b: QuantizedLinear) -> bool:
+    """Whether ``a`` and ``b`` turn one input into the same codes: the same transform, quantizer spec and state."""
     if a.input_transform is not b.input_transform or a.input_quantizer.spec != b.input_quantizer.spec:
         return False
     sa, sb = a.input_quantizer.state_dict(), b.input_quantizer.state_dict()
@@ -272,7 +273,7 @@ def link_shared_inputs(groups: list[list[nn.Module]]) -> int:
     linked = 0
     for group in groups:
         if len(group) > 1 and all(isinstance(m, QuantizedLinear) for m in group):
-            if all(_same_input_side(group[0], m) for m in group[1:]):
+            if all(same_input_side(group[0], m) for m in group[1:]):
                 shared = SharedInput(len(group))
                 for m in group:
                     m.shared_input = shared

@@ -24,7 +24,10 @@ from .backend import backend_for
 from .quantize import check_codes_dtype, quantize_per_token
 
 
-def _check(codes: torch.Tensor, act_scale: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor) -> None:
+def check_matmul_args(
+    codes: torch.Tensor, act_scale: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor
+) -> None:
+    """Names what does not fit :func:`w4a4_matmul`'s arguments (dtypes, ranks, K, scale shapes)."""
     check_codes_dtype(codes.dtype)
     if codes.dim() != 2 or packed.dim() != 2:
         raise ConfigError(f"w4a4 matmul takes 2-D codes and weights, got {tuple(codes.shape)}, {tuple(packed.shape)}")
@@ -47,7 +50,7 @@ def w4a4_matmul_reference(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    _check(codes, act_scale, packed, weight_scale)
+    check_matmul_args(codes, act_scale, packed, weight_scale)
     acc = (codes.double() @ unpack_int4(packed).double().T).float()
     out = acc * act_scale.float() * weight_scale.float()[None, :]
     if bias is not None:
@@ -73,7 +76,7 @@ def w4a4_matmul(
     else :func:`default_config`."""
     if backend_for(codes, backend) == "torch":
         return w4a4_matmul_reference(codes, act_scale, packed, weight_scale, bias, out_dtype)
-    _check(codes, act_scale, packed, weight_scale)
+    check_matmul_args(codes, act_scale, packed, weight_scale)
     from .triton_w4a4_dp4a import Dp4aConfig, dp4a_matmul
     from .triton_w4a4_gemv import GemvConfig, gemv
     from .triton_w4a4_matmul import matmul

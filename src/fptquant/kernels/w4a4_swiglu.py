@@ -20,7 +20,7 @@ import torch
 from ..errors import ConfigError
 from .backend import backend_for
 from .quantize import QMAX, gated_product, quantize_per_token_reference
-from .w4a4_matmul import _check, w4a4_matmul_reference
+from .w4a4_matmul import check_matmul_args, w4a4_matmul_reference
 
 
 def interleave_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def static_inverse_and_scale(static_scale: float) -> tuple[float, float]:
 
 
 def _check_swiglu(codes, act_scale, packed, weight_scale, bias) -> None:
-    _check(codes, act_scale, packed, weight_scale)
+    check_matmul_args(codes, act_scale, packed, weight_scale)
     if packed.shape[0] % 2:
         raise ConfigError(f"interleaved gate/up weights have an even row count, got {packed.shape[0]}")
     if bias is not None and bias.shape != (packed.shape[0],):

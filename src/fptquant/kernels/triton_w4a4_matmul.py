@@ -201,9 +201,14 @@ def split_k_plan(length: int, split_k: int, step: int) -> tuple[int, int]:
     return triton.cdiv(length, per_split), per_split
 
 
-def split_k_output(shape: tuple[int, int], split: int, out_dtype: torch.dtype, device) -> torch.Tensor:
+def split_k_output(
+    shape: tuple[int, int], split: int, out_dtype: torch.dtype, device, swiglu: bool = False
+) -> torch.Tensor:
     """The kernel's output buffer: zeroed float32 where ``split`` programs add partial sums atomically, else
-    ``out_dtype`` itself (``.to(out_dtype)`` afterwards is then a no-op)."""
+    ``out_dtype`` itself (``.to(out_dtype)`` afterwards is then a no-op). ``swiglu``: the SwiGLU epilogue's int8
+    codes of down_proj's input, half as wide (:mod:`.triton_swiglu_codes`; whole tiles, ``split`` 1)."""
+    if swiglu:
+        return torch.empty((shape[0], shape[1] // 2), dtype=torch.int8, device=device)
     if split > 1:
         return torch.zeros(shape, dtype=torch.float32, device=device)
     return torch.empty(shape, dtype=out_dtype, device=device)
@@ -297,10 +302,7 @@ def matmul(
     promote = cfg.block_k if cfg.promote is None else cfg.promote
     if cfg.split_nibbles:  # each of the two dots sums half of the block's products
         promote = min(promote, cfg.block_k // 2)
-    if swiglu:
-        out = torch.empty((m, n // 2), dtype=torch.int8, device=codes.device)
-    else:
-        out = split_k_output((m, n), split, out_dtype, codes.device)
+    out = split_k_output((m, n), split, out_dtype, codes.device, swiglu)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
     _w4a4_kernel[grid](
         codes, packed, act_scale, weight_scale, bias if bias is not None else weight_scale, out, m, n, k,

@@ -189,10 +189,7 @@ def sliced_matmul(
     swiglu = swiglu_inv is not None
     if swiglu and split > 1:
         raise ConfigError(f"the SwiGLU epilogue needs whole output tiles: no split-K, got {cfg}")
-    if swiglu:
-        out = torch.empty((m, n // 2), dtype=torch.int8, device=codes.device)
-    else:
-        out = split_k_output((m, n), split, out_dtype, codes.device)
+    out = split_k_output((m, n), split, out_dtype, codes.device, swiglu)
     pdl = cfg.pdl and programmatic_launch(codes.device)
     _sliced_kernel[(triton.cdiv(n, cfg.block_n), split)](
         codes, packed, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,

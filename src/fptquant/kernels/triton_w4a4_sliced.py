@@ -98,13 +98,15 @@ def _step_weights(w_ptrs, k, k_end, byte, UNMASKED: tl.constexpr):
 
 
 @triton.jit
-def _step_sum(acc, a_ptrs, wp, k, k_end, code, UNMASKED: tl.constexpr, SLICES: tl.constexpr, BM: tl.constexpr,
-              KS: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
-    """``acc`` plus the step at ``k``: the even codes meet the low nibbles, the odd ones the high nibbles."""
+def _step_sum(acc, a_ptrs, wp, k, k_end, code, token_ok, UNMASKED: tl.constexpr, SLICES: tl.constexpr,
+              BM: tl.constexpr, KS: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+    """``acc`` plus the step at ``k``: the even codes meet the low nibbles, the odd ones the high nibbles. MMA rows
+    past the tokens load zeros (``token_ok``) instead of repeating a token: rows wrapped onto one token's address
+    made the GEMM at one token 1.7× slower than at sixteen (session 26)."""
     if UNMASKED:
-        a = tl.load(a_ptrs + k)
+        a = tl.load(a_ptrs + k, mask=token_ok, other=0)
     else:  # zero activations past K
-        a = tl.load(a_ptrs + k, mask=k + code < k_end, other=0)
+        a = tl.load(a_ptrs + k, mask=token_ok & (k + code < k_end), other=0)
     a_even, a_odd = tl.split(tl.reshape(a, (SLICES, BM, KS // 2, 2)))
     acc = tl.dot(a_even, _low_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
     return tl.dot(a_odd, _high_nibbles_x16(wp, INTERPRET), acc, out_dtype=tl.int32)
@@ -127,9 +129,10 @@ def _sliced_kernel(
     s = tl.arange(0, SLICES)[:, None, None]
     byte = s * (KS // 2) + tl.arange(0, KS // 2)[None, :, None]  # (slice, byte, 1)
     code = s * KS + tl.arange(0, KS)[None, None, :]  # (slice, 1, code)
-    # wrapped rows and channels: no masks on them; padded tokens are never stored
+    # wrapped channels: no masks on them
     w_ptrs = w_ptr + (rn % N)[None, None, :].to(tl.int64) * stride_wn + byte  # (slice, byte, channel)
-    a_ptrs = a_ptr + (rm % M)[None, :, None].to(tl.int64) * stride_am + code  # (slice, token, code)
+    a_ptrs = a_ptr + rm[None, :, None].to(tl.int64) * stride_am + code  # (slice, token, code)
+    token_ok = (rm < M)[None, :, None]
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
     # no kernel writes the weights: the first PRELOAD steps of them are read into registers before the wait,
@@ -143,11 +146,11 @@ def _sliced_kernel(
     acc = tl.zeros((SLICES, BM, BN), dtype=tl.int32)
     for k in tl.range(k_start + PRELOAD * BK, k_end, BK, num_stages=STAGES):
         wp = _step_weights(w_ptrs, k, k_end, byte, EVEN_K)
-        acc = _step_sum(acc, a_ptrs, wp, k, k_end, code, EVEN_K, SLICES, BM, KS, INTERPRET)
+        acc = _step_sum(acc, a_ptrs, wp, k, k_end, code, token_ok, EVEN_K, SLICES, BM, KS, INTERPRET)
     if PRELOAD >= 1:
-        acc = _step_sum(acc, a_ptrs, w_first, k_start, k_end, code, False, SLICES, BM, KS, INTERPRET)
+        acc = _step_sum(acc, a_ptrs, w_first, k_start, k_end, code, token_ok, False, SLICES, BM, KS, INTERPRET)
     if PRELOAD >= 2:
-        acc = _step_sum(acc, a_ptrs, w_second, k_start + BK, k_end, code, False, SLICES, BM, KS, INTERPRET)
+        acc = _step_sum(acc, a_ptrs, w_second, k_start + BK, k_end, code, token_ok, False, SLICES, BM, KS, INTERPRET)
     release_dependents(PDL and RELEASE == 2)  # the sums are done: the next kernel may launch and wait for them
     total = tl.sum(acc, axis=0) >> 4  # Σ 16·v·a, a multiple of 16: the shift is exact
     if SWIGLU:  # interleaved gate/up rows, down_proj's codes out (.triton_swiglu_codes; SPLIT is 1)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Session 26 on the GPU machine (issue 8): the sliced decode GEMM at one to a few tokens.
+#   probe   probe_sliced_tokens.py: sliced (rows past M masked), padded to 16 rows, dp4a; 8B and 70B layers
+#   small   bench_w4a4_gemm.py whole linears at 1-4, 8 and 16 tokens, once per small-M kernel (sliced, dp4a)
+#   mlp     bench_mlp_static.py at 1-4, 8 and 16 tokens: the fused gate+up epilogue against the unfused path
+#   test    the sliced / few-token GEMM tests, the SwiGLU epilogue tests and the programmatic-launch tests on CUDA
+#   STEPS="probe small" bash scripts/gpu_session26.sh
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
+for step in ${STEPS:-probe small}; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    probe)
+      timeout 150 python3 benchmarks/probe_sliced_tokens.py --m 1,2,3,4,8,16 --layers qkv,o,gate_up,down \
+        --json "$OUT/probe_8b.json"
+      timeout 100 python3 benchmarks/probe_sliced_tokens.py --m 1,2,4,16 --shapes 70b --layers gate_up,down \
+        --json "$OUT/probe_70b.json" ;;
+    small)
+      for kernel in sliced dp4a; do
+        FPTQUANT_SMALL_M_KERNEL=$kernel timeout 200 python3 benchmarks/bench_w4a4_gemm.py --m 1,2,3,4,8 \
+          --json "$OUT/small_$kernel.json" 2>&1 | grep -v "programmatic launch"
+      done ;;
+    mlp)
+      timeout 200 python3 benchmarks/bench_mlp_static.py --m 1,2,3,4,8,16 --shapes 8b --json "$OUT/mlp_small.json" ;;
+    test)
+      for sel in "tests/test_w4a4_gemm.py -k 'sliced or few_token'" "tests/test_w4a4_swiglu.py" \
+                 "tests/test_programmatic_launch.py"; do
+        echo "--- $sel"
+        eval timeout 200 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -4
+      done ;;
+    *) echo "unknown step $step" ;;
+  esac
+done

@@ -297,8 +297,8 @@ def test_swiglu_product_is_formed_inside_the_down_projections_quantize(method, t
 def test_static_down_input_takes_the_gate_up_epilogue(tokens, tmp_path, monkeypatch):
     """With static activations and no transform before down_proj, gate+up run as one GEMM over interleaved rows
     whose epilogue writes down_proj's codes: logits match the unfused MLP's, gate and up keep their state (views of
-    the interleaved weights), the checkpoint saved after it reloads to the same logits, and few tokens take the
-    interleaved GEMM without the epilogue."""
+    the interleaved weights), the checkpoint saved after it reloads to the same logits, and a few tokens (the
+    few-token decode kernel) take the epilogue too."""
     from fptquant.deploy import mlp as deploy_mlp
     from fptquant.deploy import to_deploy
     from fptquant.kernels.quantize import gated_product
@@ -312,7 +312,7 @@ def test_static_down_input_takes_the_gate_up_epilogue(tokens, tmp_path, monkeypa
     mlps = [layer.mlp for layer in model.model.layers]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     epilogues = []
-    real, real_gemm = deploy_mlp.w4a4_swiglu_quantize, deploy_mlp.w4a4_matmul
+    real = deploy_mlp.w4a4_swiglu_quantize
     monkeypatch.setattr(deploy_mlp, "w4a4_swiglu_quantize", lambda *a, **kw: epilogues.append(1) or real(*a, **kw))
     fused = logits(model, tokens)
     assert len(epilogues) == len(mlps)
@@ -322,7 +322,7 @@ def test_static_down_input_takes_the_gate_up_epilogue(tokens, tmp_path, monkeypa
     for mlp in mlps:  # the transformers MLP's forward on the same modules (gate and up read their views)
         mlp.forward = lambda x, m=mlp: m.down_proj(gated_product(m.gate_proj(x), m.up_proj(x)))
     unfused = logits(model, tokens)
-    few = tokens[:1, :3]  # three tokens: the interleaved GEMM, then the gated quantize
+    few = tokens[:1, :3]  # three tokens: on a GPU the few-token decode kernel
     unfused_few = logits(model, few)
     # silu's approximate exp may move a code by one, ~2% of a 72-wide model's logits at that position: rare
     err = (fused - unfused).abs().amax(-1) / unfused.abs().max()
@@ -331,10 +331,8 @@ def test_static_down_input_takes_the_gate_up_epilogue(tokens, tmp_path, monkeypa
     for mlp in mlps:
         del mlp.forward
     epilogues.clear()
-    gemms = []
-    monkeypatch.setattr(deploy_mlp, "w4a4_matmul", lambda *a, **kw: gemms.append(a[2].shape) or real_gemm(*a, **kw))
     fused_few = logits(model, few)
-    assert not epilogues and gemms == [mlps[0]._interleaved.packed.shape] * len(mlps)
+    assert len(epilogues) == len(mlps)
     assert (fused_few - unfused_few).abs().max() <= 5e-2 * unfused_few.abs().max()
     save_packed(model, None, tmp_path / "static")
     reloaded, _ = load(tmp_path / "static", device=device)

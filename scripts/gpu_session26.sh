@@ -3,7 +3,9 @@
 #   probe   probe_sliced_tokens.py: sliced (rows past M masked), padded to 16 rows, dp4a; 8B and 70B layers
 #   small   bench_w4a4_gemm.py whole linears at 1-4, 8 and 16 tokens, once per small-M kernel (sliced, dp4a)
 #   mlp     bench_mlp_static.py at 1-4, 8 and 16 tokens: the fused gate+up epilogue against the unfused path
-#   test    the sliced / few-token GEMM tests, the SwiGLU epilogue tests and the programmatic-launch tests on CUDA
+#   test    the sliced / few-token GEMM tests, the SwiGLU epilogue tests, the programmatic-launch tests and the
+#           deploy MLP tests on CUDA
+#   mlp2    the MLP bench again (8B at 1-4, 8, 16 tokens; 70B at 1, 2, 4, 16): a second sample, fused at every size
 #   STEPS="probe small" bash scripts/gpu_session26.sh
 set -u
 OUT=${OUT:-out}
@@ -24,9 +26,13 @@ for step in ${STEPS:-probe small}; do
       done ;;
     mlp)
       timeout 200 python3 benchmarks/bench_mlp_static.py --m 1,2,3,4,8,16 --shapes 8b --json "$OUT/mlp_small.json" ;;
+    mlp2)
+      timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,3,4,8,16 --shapes 8b --json "$OUT/mlp2_8b.json"
+      timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,4,16 --shapes 70b --json "$OUT/mlp2_70b.json" ;;
     test)
       for sel in "tests/test_w4a4_gemm.py -k 'sliced or few_token'" "tests/test_w4a4_swiglu.py" \
-                 "tests/test_programmatic_launch.py"; do
+                 "tests/test_programmatic_launch.py" \
+                 "tests/test_deploy.py -k 'static_down_input or swiglu_product or fused_norm or round_trip'"; do
         echo "--- $sel"
         eval timeout 200 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -4
       done ;;

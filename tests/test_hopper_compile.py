@@ -336,22 +336,25 @@ def kv_fake_quant_job() -> dict:
             "aligned": ["x_ptr", "out_ptr", "stride_b", "stride_h", "stride_t"]}  # fmt: skip
 
 
-def dp4a_job(m_pad: int, n: int, nibbles: str = "offset") -> dict:
+def dp4a_job(m_pad: int, n: int, nibbles: str | None = "offset", swiglu: bool = False) -> dict:
     """LLaMA-3-8B at M = 1–16 (K = 4096: 512 weight words a row) on the dp4a kernel, the tiles
-    ``pick_dp4a_config`` gives N output channels, its weight nibbles unpacked the ``nibbles`` way."""
+    ``pick_dp4a_config`` gives N output channels, its weight nibbles unpacked the ``nibbles`` way (None: the
+    pick's); ``swiglu``: down_proj's codes out."""
     from dataclasses import replace
 
     from fptquant.kernels.triton_pdl import release_mode
     from fptquant.kernels.triton_w4a4_dp4a import NIBBLE_MODES, pick_dp4a_config
 
-    cfg = replace(pick_dp4a_config(n, m_pad), nibbles=nibbles)
+    cfg = pick_dp4a_config(n, m_pad)
+    cfg = cfg if nibbles is None else replace(cfg, nibbles=nibbles)
     args = {"a_ptr": "*i32", "w_ptr": "*i32", "sa_ptr": "*fp32", "sw_ptr": "*fp32", "bias_ptr": "*fp32",
-            "out_ptr": "*bf16"}  # fmt: skip
+            "out_ptr": "*i8" if swiglu else "*bf16"}  # fmt: skip
     names = ("M", "N", "KW", "stride_am", "stride_wn", "stride_om", "kw_per_split")
     args.update({name: "i32" for name in names})
     args.update(HAS_BIAS=False, SPLIT=1, EVEN_K=True, BM=m_pad, BN=cfg.block_n, BKW=cfg.block_k_words)
     args.update(STAGES=cfg.num_stages)
     args.update(NIBBLES=NIBBLE_MODES[cfg.nibbles], INTERPRET=False, PDL=True, RELEASE=release_mode(cfg.release))
+    args.update(inv="fp32", SWIGLU=swiglu, ROUND_TY="tl.bfloat16")
     aligned = ["a_ptr", "w_ptr", "out_ptr", "stride_am", "stride_wn", "stride_om", "kw_per_split"]
     module = "fptquant.kernels.triton_w4a4_dp4a"
     return {"module": module, "kernel": "_dp4a_kernel", "args": args, "num_warps": cfg.num_warps, "aligned": aligned}
@@ -399,6 +402,7 @@ def builds() -> dict:
     jobs["kv-fake-quant"] = kv_fake_quant_job()
     jobs.update({f"dp4a-{m}-{n}": dp4a_job(m, n) for m in (8, 16) for n in (6144, 28672)})
     jobs.update({f"dp4a-{mode}-{m}": dp4a_job(m, 4096, mode) for mode in ("signed", "x16") for m in (1, 4)})
+    jobs.update({f"dp4a-{m}-gate_up-swiglu": dp4a_job(m, 28672, None, swiglu=True) for m in (1, 4)})
     jobs.update({name: gemm_job(*case) for name, case in GEMM_CASES.items()})
     jobs.update({name: sliced_job(*case) for name, case in (SLICED_CASES | SLICED_PRELOAD_CASES).items()})
     jobs.update({name: tma_gemm_job(*case) for name, case in TMA_CASES.items()})
@@ -634,7 +638,8 @@ def test_one_token_gemv_streams_the_weights_pipelined_without_spills(builds, nam
 
 
 SWIGLU_BUILDS = ["gluon-128x256-swiglu", "gluon-256x128-swiglu", "gluon-128x128-swiglu", "prefill-int8-swiglu",
-                 "64-tokens-int8-swiglu", "sliced-gate_up-swiglu"]  # fmt: skip
+                 "64-tokens-int8-swiglu", "sliced-gate_up-swiglu", "dp4a-1-gate_up-swiglu",
+                 "dp4a-4-gate_up-swiglu"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SWIGLU_BUILDS)

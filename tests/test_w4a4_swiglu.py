@@ -57,7 +57,8 @@ def test_interleaved_reference_is_the_unfused_chain():
     assert torch.equal(out, expected) and torch.equal(out_scales, scales)
 
 
-# 1–16 tokens: the sliced decode kernel; more: the pointer GEMM (a Hopper GPU from FPTQUANT_TMA_MIN_TOKENS: Gluon).
+# 1–4 tokens: the dp4a kernel, 5–16 the sliced one; more: the pointer GEMM (a Hopper GPU from FPTQUANT_TMA_MIN_TOKENS:
+# Gluon).
 # K 576 = 9 × 64 and 1536 (SmolLM2), 256; intermediate 1536 (SmolLM2) and 100 (the tiny models: a ragged tile).
 CASES = [(1, 576, 1536, False), (16, 576, 100, True), (5, 1536, 48, True), (37, 576, 100, False),
          (70, 256, 96, True)]  # fmt: skip
@@ -70,6 +71,33 @@ def test_fused_codes_match_the_unfused_chain(m, k, inter, bias, dtype):
     out, out_scales = w4a4_swiglu_quantize(codes, sa, packed, sw, static, b, dtype, backend="triton")
     assert_codes_match(out, expected)
     assert torch.equal(out_scales, scales)
+
+
+@pytest.mark.parametrize("kernel", ["dp4a", "sliced"])
+@pytest.mark.parametrize("m,k,inter", [(1, 576, 100), (3, 1536, 48), (16, 256, 96)])
+def test_each_few_token_kernel_takes_the_epilogue(monkeypatch, kernel, m, k, inter):
+    """Both few-token kernels, at any of 1–16 tokens, with a ragged last tile (100 gate/up pairs) and a bias; the
+    kernel named ran."""
+    from fptquant.kernels import triton_w4a4_dp4a, triton_w4a4_sliced
+
+    module, name = {"dp4a": (triton_w4a4_dp4a, "dp4a_matmul"), "sliced": (triton_w4a4_sliced, "sliced_matmul")}[kernel]
+    calls, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **kw: calls.append(kw["swiglu_inv"]) or real(*a, **kw))
+    monkeypatch.setenv("FPTQUANT_SMALL_M_KERNEL", kernel)
+    (codes, packed, sa, sw), static, b, (expected, scales) = mlp_problem(m, k, inter, seed=3 * m + k, bias=True)
+    out, out_scales = w4a4_swiglu_quantize(codes, sa, packed, sw, static, b, backend="triton")
+    assert_codes_match(out, expected)
+    assert torch.equal(out_scales, scales) and len(calls) == 1
+
+
+def test_few_token_configs_that_split_tiles_are_refused():
+    from fptquant.kernels.triton_w4a4_dp4a import Dp4aConfig
+    from fptquant.kernels.triton_w4a4_sliced import SlicedConfig
+
+    (codes, packed, sa, sw), static, _, _ = mlp_problem(2, 2048, 64, seed=4, bias=False)
+    for config in (Dp4aConfig(16, 16, split_k=2), SlicedConfig(split_k=2)):
+        with pytest.raises(ConfigError, match="whole output tiles"):
+            w4a4_swiglu_quantize(codes, sa, packed, sw, static, backend="triton", config=config)
 
 
 def _hopper() -> bool:

@@ -21,7 +21,8 @@ CPU tests check; ``tests/test_hopper_compile.py`` checks the instructions).
 :func:`.w4a4_matmul.w4a4_matmul` picks it for 1–4 tokens: on the H100 at M = 8 it beat every tensor-core
 tile on all five LLaMA-3 shapes (1.6–2.1× BF16 against 1.1–1.5×; session 13), from M = 8 the sliced
 tensor-core kernel is ahead; at one token it streams the weights faster than the GEMV, whose two multiply-adds
-a code bound it on the integer ALUs (8B down 13.4 against 15.0 µs; session 19).
+a code bound it on the integer ALUs (8B down 13.4 against 15.0 µs; session 19). Over interleaved gate/up rows it
+takes the SwiGLU epilogue of :mod:`.w4a4_swiglu` at the same token counts.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import triton.language as tl
 from ..errors import ConfigError
 from .backend import interpreting
 from .triton_pdl import programmatic_launch, release_dependents, release_mode, wait_for_inputs
+from .triton_quantize import TRITON_DTYPES
+from .triton_swiglu_codes import _swiglu_codes_epilogue
 from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
 
 NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
@@ -118,7 +121,7 @@ def _dp4a_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, KW, stride_am, stride_wn, stride_om, kw_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     BKW: tl.constexpr, STAGES: tl.constexpr, NIBBLES: tl.constexpr, INTERPRET: tl.constexpr, PDL: tl.constexpr,
-    RELEASE: tl.constexpr,
+    RELEASE: tl.constexpr, inv=1.0, SWIGLU: tl.constexpr = False, ROUND_TY: tl.constexpr = tl.bfloat16,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -166,7 +169,12 @@ def _dp4a_kernel(
         total = total >> 4  # Σ 16·v·a, a multiple of 16: exact
     elif NIBBLES == 0:
         total -= 8 * tl.sum(row_sum, axis=1)[:, None]
-    _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False, SPLIT)
+    if SWIGLU:  # interleaved gate/up rows, down_proj's codes out (.triton_swiglu_codes; SPLIT is 1)
+        _swiglu_codes_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, pid_n * (BN // 2),
+                               inv, HAS_BIAS, ROUND_TY, INTERPRET)  # fmt: skip
+    else:
+        _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False,
+                       SPLIT)  # fmt: skip
 
 
 def dp4a_matmul(
@@ -177,9 +185,11 @@ def dp4a_matmul(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     config: Dp4aConfig | None = None,
+    swiglu_inv: float | None = None,
 ) -> torch.Tensor:
     """``(M, K)`` int8 codes (M ≤ 16) × ``(N, K/2)`` packed weights → ``(M, N)``, like
-    :func:`.w4a4_matmul.w4a4_matmul`."""
+    :func:`.w4a4_matmul.w4a4_matmul`; with ``swiglu_inv`` the SwiGLU epilogue (:mod:`.w4a4_swiglu`), int8 codes
+    ``(M, N / 2)`` out."""
     cfg = config or pick_dp4a_config(packed.shape[0], codes.shape[0])
     m, k = codes.shape
     n = packed.shape[0]
@@ -190,9 +200,12 @@ def dp4a_matmul(
         raise ConfigError(f"nibbles must be one of {', '.join(NIBBLE_MODES)}, got {cfg.nibbles!r}")
     kw = k // 8
     split, kw_per_split = split_k_plan(kw, cfg.split_k, cfg.block_k_words)
+    swiglu = swiglu_inv is not None
+    if swiglu and (split > 1 or cfg.block_n % 2):
+        raise ConfigError(f"the SwiGLU epilogue needs whole output tiles of an even width: no split-K, got {cfg}")
     words_a = codes.contiguous().view(torch.int32)  # 4 codes a word
     words_w = packed.contiguous().view(torch.int32)  # 8 codes a word
-    out = split_k_output((m, n), split, out_dtype, codes.device)
+    out = split_k_output((m, n), split, out_dtype, codes.device, swiglu)
     pdl = cfg.pdl and programmatic_launch(codes.device)
     _dp4a_kernel[(triton.cdiv(n, cfg.block_n), split)](
         words_a, words_w, act_scale.reshape(-1), weight_scale, bias if bias is not None else weight_scale, out,
@@ -200,6 +213,7 @@ def dp4a_matmul(
         HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=kw % cfg.block_k_words == 0 and kw_per_split * split == kw,
         BM=triton.next_power_of_2(m), BN=cfg.block_n,
         BKW=cfg.block_k_words, STAGES=cfg.num_stages, NIBBLES=NIBBLE_MODES[cfg.nibbles], INTERPRET=interpreting(),
-        PDL=pdl, RELEASE=release_mode(cfg.release), num_warps=cfg.num_warps, launch_pdl=pdl,
+        PDL=pdl, RELEASE=release_mode(cfg.release), inv=1.0 if swiglu_inv is None else swiglu_inv, SWIGLU=swiglu,
+        ROUND_TY=TRITON_DTYPES[out_dtype], num_warps=cfg.num_warps, launch_pdl=pdl,
     )  # fmt: skip
-    return out.to(out_dtype)
+    return out if swiglu else out.to(out_dtype)

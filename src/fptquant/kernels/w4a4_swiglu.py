@@ -20,7 +20,7 @@ import torch
 from ..errors import ConfigError
 from .backend import backend_for
 from .quantize import QMAX, gated_product, quantize_per_token_reference
-from .w4a4_matmul import check_matmul_args, w4a4_matmul_reference
+from .w4a4_matmul import check_matmul_args, default_config, small_m_kernel, w4a4_matmul_reference
 
 
 def interleave_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -75,10 +75,11 @@ def w4a4_swiglu_quantize(
     backend: str | None = None,
     config=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like :func:`w4a4_swiglu_quantize_reference`, on the backend the switch picks: up to 16 tokens the sliced
-    decode kernel, from ``FPTQUANT_TMA_MIN_TOKENS`` on a Hopper GPU the Gluon GEMM, else the pointer GEMM, each
-    with the SwiGLU epilogue. Codes must be int8 (the INT8 route: exact sums). ``config``: a
-    :class:`~.triton_w4a4_sliced.SlicedConfig` or an unswapped, unsplit
+    """Like :func:`w4a4_swiglu_quantize_reference`, on the backend the switch picks: up to 16 tokens the few-token
+    kernel :func:`~.w4a4_matmul.small_m_kernel` names (dp4a up to ``DP4A_MAX_TOKENS``, then the sliced one), from
+    ``FPTQUANT_TMA_MIN_TOKENS`` on a Hopper GPU the Gluon GEMM, else the pointer GEMM, each with the SwiGLU
+    epilogue. Codes must be int8 (the INT8 route: exact sums). ``config``: a
+    :class:`~.triton_w4a4_dp4a.Dp4aConfig`, :class:`~.triton_w4a4_sliced.SlicedConfig` or an unswapped, unsplit
     :class:`~.triton_w4a4_matmul.GemmConfig` instead of the pick."""
     if backend_for(codes, backend) == "torch":
         return w4a4_swiglu_quantize_reference(codes, act_scale, packed, weight_scale, static_scale, bias, out_dtype)
@@ -88,12 +89,15 @@ def w4a4_swiglu_quantize(
     inv, scale = static_inverse_and_scale(static_scale)
     bias = bias.float() if bias is not None else None
     (m, k), n = codes.shape, packed.shape[0]
+    from .triton_w4a4_dp4a import Dp4aConfig, dp4a_matmul
     from .triton_w4a4_matmul import matmul, swiglu_config
-    from .triton_w4a4_sliced import SlicedConfig, pick_sliced_config, sliced_matmul
+    from .triton_w4a4_sliced import SlicedConfig, sliced_matmul
 
-    if config is None and m <= 16 and k % 8 == 0:
-        config = pick_sliced_config(n, k, codes.device)
-    if isinstance(config, SlicedConfig):
+    if config is None and small_m_kernel(codes, packed) is not None:
+        config = default_config(codes, packed)
+    if isinstance(config, Dp4aConfig):
+        out = dp4a_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config, swiglu_inv=inv)
+    elif isinstance(config, SlicedConfig):
         out = sliced_matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config, swiglu_inv=inv)
     else:
         out = matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config or swiglu_config(m, n, k),

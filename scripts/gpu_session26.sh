@@ -6,6 +6,8 @@
 #   test    the sliced / few-token GEMM tests, the SwiGLU epilogue tests, the programmatic-launch tests and the
 #           deploy MLP tests on CUDA
 #   mlp2    the MLP bench again (8B at 1-4, 8, 16 tokens; 70B at 1, 2, 4, 16): a second sample, fused at every size
+#   test2   after the dp4a SwiGLU epilogue: its tests and the deploy MLP tests on CUDA
+#   mlp3    the MLP bench with the dp4a epilogue at 1-4 tokens (8B at 1-4, 8, 16 tokens; 70B at 1, 2, 4, 16)
 #   STEPS="probe small" bash scripts/gpu_session26.sh
 set -u
 OUT=${OUT:-out}
@@ -29,6 +31,15 @@ for step in ${STEPS:-probe small}; do
     mlp2)
       timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,3,4,8,16 --shapes 8b --json "$OUT/mlp2_8b.json"
       timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,4,16 --shapes 70b --json "$OUT/mlp2_70b.json" ;;
+    test2)
+      for sel in "tests/test_w4a4_swiglu.py" "tests/test_w4a4_gemm.py -k 'few_token'" \
+                 "tests/test_deploy.py -k 'static_down_input or swiglu_product'"; do
+        echo "--- $sel"
+        eval timeout 200 python3 -m pytest -o addopts=\"\" -q -p no:cacheprovider "$sel" 2>&1 | tail -4
+      done ;;
+    mlp3)
+      timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,3,4,8,16 --shapes 8b --json "$OUT/mlp3_8b.json"
+      timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,4,16 --shapes 70b --json "$OUT/mlp3_70b.json" ;;
     test)
       for sel in "tests/test_w4a4_gemm.py -k 'sliced or few_token'" "tests/test_w4a4_swiglu.py" \
                  "tests/test_programmatic_launch.py" \

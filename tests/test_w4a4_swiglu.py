@@ -14,6 +14,7 @@ from fptquant.kernels.triton_w4a4_matmul import GemmConfig, swiglu_config  # noq
 from fptquant.kernels.w4a4_matmul import w4a4_matmul_reference  # noqa: E402
 from fptquant.kernels.w4a4_swiglu import (  # noqa: E402
     interleave_gate_up,
+    static_scales,
     w4a4_swiglu_quantize,
     w4a4_swiglu_quantize_reference,
 )
@@ -98,6 +99,17 @@ def test_few_token_configs_that_split_tiles_are_refused():
     for config in (Dp4aConfig(16, 16, split_k=2), SlicedConfig(split_k=2)):
         with pytest.raises(ConfigError, match="whole output tiles"):
             w4a4_swiglu_quantize(codes, sa, packed, sw, static, backend="triton", config=config)
+
+
+def test_static_scales_are_filled_once_per_scale():
+    """The fused codes' scales: the first rows of one column per static scale, grown when more rows come."""
+    four = static_scales(4, 0.5, "cpu")
+    two = static_scales(2, 0.5, "cpu")
+    assert two.data_ptr() == four.data_ptr() and torch.equal(two, torch.full((2, 1), 0.5))
+    eight = static_scales(8, 0.5, "cpu")
+    assert eight.shape == (8, 1) and static_scales(3, 0.5, "cpu").data_ptr() == eight.data_ptr()
+    assert torch.equal(static_scales(8, 0.25, "cpu"), torch.full((8, 1), 0.25))
+    assert torch.equal(static_scales(8, 0.5, "cpu"), torch.full((8, 1), 0.5))
 
 
 def _hopper() -> bool:

@@ -41,6 +41,27 @@ def static_inverse_and_scale(static_scale: float) -> tuple[float, float]:
     return float(qmax / amax), float(amax / qmax)
 
 
+_STATIC_SCALES: dict[tuple, torch.Tensor] = {}  # (device, scale) -> a column of it, as long as the most rows asked
+
+
+def static_scales(rows: int, scale: float, device: torch.device) -> torch.Tensor:
+    """The ``(rows, 1)`` float32 scales of codes quantized with one static ``scale``: the first rows of a column
+    kept per scale and grown when more are asked, not filled anew each call (a fill kernel would sit between the
+    gate+up GEMM and down_proj's, and break their programmatic launch at decode). Read-only. Not kept while a CUDA
+    graph is being captured, where the fill would run only when the graph replays."""
+    key = (torch.device(device), scale)
+    column = _STATIC_SCALES.get(key)
+    if column is not None and column.shape[0] >= rows:
+        return column[:rows]
+    column = torch.full((rows, 1), scale, dtype=torch.float32, device=device)
+    if column.is_cuda and torch.cuda.is_current_stream_capturing():
+        return column
+    if key not in _STATIC_SCALES and len(_STATIC_SCALES) >= 1024:
+        _STATIC_SCALES.pop(next(iter(_STATIC_SCALES)))
+    _STATIC_SCALES[key] = column
+    return column
+
+
 def _check_swiglu(codes, act_scale, packed, weight_scale, bias) -> None:
     check_matmul_args(codes, act_scale, packed, weight_scale)
     if packed.shape[0] % 2:
@@ -102,4 +123,4 @@ def w4a4_swiglu_quantize(
     else:
         out = matmul(codes, act_scale, packed, weight_scale, bias, out_dtype, config or swiglu_config(m, n, k),
                      swiglu_inv=inv)  # fmt: skip
-    return out, torch.full((m, 1), scale, dtype=torch.float32, device=codes.device)
+    return out, static_scales(m, scale, codes.device)

@@ -8,6 +8,7 @@
 #   mlp2    the MLP bench again (8B at 1-4, 8, 16 tokens; 70B at 1, 2, 4, 16): a second sample, fused at every size
 #   test2   after the dp4a SwiGLU epilogue: its tests and the deploy MLP tests on CUDA
 #   mlp3    the MLP bench with the dp4a epilogue at 1-4 tokens (8B at 1-4, 8, 16 tokens; 70B at 1, 2, 4, 16)
+#   mlp4    the MLP bench after the static scales stopped being filled every call (8B at 1, 4, 8, 16; 70B at 16)
 #   STEPS="probe small" bash scripts/gpu_session26.sh
 set -u
 OUT=${OUT:-out}
@@ -40,6 +41,10 @@ for step in ${STEPS:-probe small}; do
     mlp3)
       timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,3,4,8,16 --shapes 8b --json "$OUT/mlp3_8b.json"
       timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,2,4,16 --shapes 70b --json "$OUT/mlp3_70b.json" ;;
+    mlp4)
+      timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,4,8,16 --shapes 8b --json "$OUT/mlp4_8b.json"
+      timeout 100 python3 benchmarks/bench_mlp_static.py --m 16 --shapes 70b --json "$OUT/mlp4_70b.json"
+      timeout 100 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_swiglu.py 2>&1 | tail -2 ;;
     test)
       for sel in "tests/test_w4a4_gemm.py -k 'sliced or few_token'" "tests/test_w4a4_swiglu.py" \
                  "tests/test_programmatic_launch.py" \

@@ -37,8 +37,7 @@ from ..errors import ConfigError
 from .backend import interpreting
 from .triton_pdl import programmatic_launch, release_dependents, release_mode, wait_for_inputs
 from .triton_quantize import TRITON_DTYPES
-from .triton_swiglu_codes import _swiglu_codes_epilogue
-from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
+from .triton_w4a4_matmul import _finish_tile, split_k_output, split_k_plan
 
 NIBBLE_BIAS = tl.constexpr(-2004318072)  # 0x88888888 as int32: xor makes each two's complement nibble v + 8
 LOW_NIBBLES = tl.constexpr(0x0F0F0F0F)
@@ -169,12 +168,8 @@ def _dp4a_kernel(
         total = total >> 4  # Σ 16·v·a, a multiple of 16: exact
     elif NIBBLES == 0:
         total -= 8 * tl.sum(row_sum, axis=1)[:, None]
-    if SWIGLU:  # interleaved gate/up rows, down_proj's codes out (.triton_swiglu_codes; SPLIT is 1)
-        _swiglu_codes_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, pid_n * (BN // 2),
-                               inv, HAS_BIAS, ROUND_TY, INTERPRET)  # fmt: skip
-    else:
-        _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False,
-                       SPLIT)  # fmt: skip
+    _finish_tile(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, pid_n * (BN // 2), inv,
+                 HAS_BIAS, False, SPLIT, SWIGLU, ROUND_TY, INTERPRET)  # fmt: skip
 
 
 def dp4a_matmul(

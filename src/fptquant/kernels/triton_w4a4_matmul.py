@@ -138,6 +138,21 @@ def _tile_epilogue(
 
 
 @triton.jit
+def _finish_tile(
+    acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, first_code, inv,
+    HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, SPLIT: tl.constexpr, SWIGLU: tl.constexpr, ROUND_TY: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):  # fmt: skip
+    """Every GEMM's end: :func:`_tile_epilogue`, or with SWIGLU (interleaved gate/up rows, whole unswapped tiles)
+    down_proj's codes from :mod:`.triton_swiglu_codes`, columns ``first_code ...``."""
+    if SWIGLU:
+        _swiglu_codes_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, first_code, inv,
+                               HAS_BIAS, ROUND_TY, INTERPRET)  # fmt: skip
+    else:
+        _tile_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, SWAP, SPLIT)
+
+
+@triton.jit
 def _w4a4_kernel(
     a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_wn, stride_om, k_per_split,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, MAGIC: tl.constexpr,
@@ -187,11 +202,8 @@ def _w4a4_kernel(
             w = _unpack(wp, BN, BK, MAGIC, FP8, DOT_TY) if PACKED else wp
             acc = _dot(a, w, acc, SWAP, FP8, PROMOTE)
 
-    if SWIGLU:
-        _swiglu_codes_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, pid_n * (BN // 2), inv,
-                               HAS_BIAS, ROUND_TY, INTERPRET)  # fmt: skip
-    else:
-        _tile_epilogue(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, SWAP, SPLIT)
+    _finish_tile(acc, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, pid_n * (BN // 2), inv,
+                 HAS_BIAS, SWAP, SPLIT, SWIGLU, ROUND_TY, INTERPRET)  # fmt: skip
 
 
 def split_k_plan(length: int, split_k: int, step: int) -> tuple[int, int]:

@@ -28,8 +28,7 @@ from ..errors import ConfigError
 from .backend import interpreting, sm_count
 from .triton_pdl import programmatic_launch, release_dependents, release_mode, wait_for_inputs
 from .triton_quantize import TRITON_DTYPES
-from .triton_swiglu_codes import _swiglu_codes_epilogue
-from .triton_w4a4_matmul import _tile_epilogue, split_k_output, split_k_plan
+from .triton_w4a4_matmul import _finish_tile, split_k_output, split_k_plan
 
 MMA_ROWS = 16  # mma.sync's m16: the tokens, padded
 H100_SMS = 132  # the tile plan's SM count where the device has none to give (the CPU interpreter)
@@ -153,12 +152,8 @@ def _sliced_kernel(
         acc = _step_sum(acc, a_ptrs, w_second, k_start + BK, k_end, code, token_ok, False, SLICES, BM, KS, INTERPRET)
     release_dependents(PDL and RELEASE == 2)  # the sums are done: the next kernel may launch and wait for them
     total = tl.sum(acc, axis=0) >> 4  # Σ 16·v·a, a multiple of 16: the shift is exact
-    if SWIGLU:  # interleaved gate/up rows, down_proj's codes out (.triton_swiglu_codes; SPLIT is 1)
-        _swiglu_codes_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, pid_n * (BN // 2),
-                               inv, HAS_BIAS, ROUND_TY, INTERPRET)  # fmt: skip
-    else:
-        _tile_epilogue(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, HAS_BIAS, False,
-                       SPLIT)  # fmt: skip
+    _finish_tile(total, rm, rn, M, N, sa_ptr, sw_ptr, bias_ptr, out_ptr, stride_om, split, pid_n * (BN // 2), inv,
+                 HAS_BIAS, False, SPLIT, SWIGLU, ROUND_TY, INTERPRET)  # fmt: skip
 
 
 def sliced_matmul(

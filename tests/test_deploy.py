@@ -201,6 +201,44 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
 
 
 @pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot")])
+def test_qkv_run_one_gemm_over_their_stacked_weights(arch, method, tokens, monkeypatch, tmp_path):
+    """q, k and v run one GEMM a layer over their weights stacked by rows (Qwen2's biases too): logits equal to
+    three GEMMs' bit for bit, q/k/v hold row slices of the stacked buffers (no copy), the state dict is unchanged
+    and reloads to the same logits; FPTQUANT_MERGE_SIBLINGS=0 runs them one by one."""
+    from fptquant.deploy import siblings, to_deploy
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the real kernels where there is a GPU
+    model, tokens = quantized(arch, method, intermediate_size=96).to(device), tokens.to(device)
+    to_deploy(model)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.sibling_gemm is attn.v_proj.sibling_gemm is not None
+    assert model.model.layers[0].mlp.gate_proj.sibling_gemm is None  # FusedSwiGLU runs gate/up
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shapes = []
+    real = siblings.w4a4_matmul
+    monkeypatch.setattr(siblings, "w4a4_matmul", lambda *a, **kw: shapes.append(a[2].shape) or real(*a, **kw))
+    merged = logits(model, tokens)
+    stacked = attn.q_proj.sibling_gemm._stacked
+    rows = sum(getattr(attn, f"{r}_proj").out_features for r in "qkv")
+    assert shapes == [(rows, attn.q_proj.in_features // 2)] * len(model.model.layers)
+    assert attn.k_proj.qweight.data_ptr() == stacked.packed[attn.q_proj.out_features :].data_ptr()
+    assert (stacked.bias is not None) == (arch == "qwen2")
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(not m.sibling_gemm.pending for m in model.modules() if getattr(m, "sibling_gemm", None))
+    monkeypatch.setenv("FPTQUANT_MERGE_SIBLINGS", "0")
+    shapes.clear()
+    assert torch.equal(logits(model, tokens), merged) and not shapes
+    monkeypatch.setenv("FPTQUANT_MERGE_SIBLINGS", "2")
+    with pytest.raises(ConfigError, match="FPTQUANT_MERGE_SIBLINGS"):
+        logits(model, tokens)
+    monkeypatch.delenv("FPTQUANT_MERGE_SIBLINGS")
+    save_packed(model, None, tmp_path / "ckpt")
+    reloaded, _ = load(tmp_path / "ckpt", device=device)
+    assert torch.equal(logits(reloaded, tokens), merged)
+
+
+@pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot")])
 def test_norms_are_fused_into_their_readers_quantize(arch, method, tokens, monkeypatch, tmp_path):
     """Each layer's input and post-attention RMSNorm quantize for q/k/v and gate/up (kernels/norm_quantize.py)
     instead of writing their output: two fused quantizes and two plain ones (o, down) a layer, logits close to the

@@ -54,6 +54,13 @@ def quantization_config(method: str, bits: str, modules: dict, attention: dict, 
     return config
 
 
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU, contiguous, in a storage of its own (safetensors refuses tensors that share one: the row
+    slices of q/k/v's stacked weights, .siblings)."""
+    t = t.detach().cpu().contiguous()
+    return t.clone() if t._base is not None else t
+
+
 def write_state(
     state: dict[str, torch.Tensor], out: Path, max_shard_size: str | int = "2GB", version: int = 1
 ) -> list[str]:
@@ -63,7 +70,7 @@ def write_state(
     meta = {"format": FORMAT_NAME, "format_version": str(version)}
     for filename, names in split.filename_to_tensors.items():
         tmp = out / (filename + ".tmp")
-        save_file({n: state[n].detach().cpu().contiguous() for n in names}, tmp, metadata=meta)
+        save_file({n: _owned(state[n]) for n in names}, tmp, metadata=meta)
         os.replace(tmp, out / filename)
     if split.is_sharded:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values()), **meta},

@@ -16,19 +16,22 @@ from ..math.quantization import Axis
 from .mlp import fuse_swiglu
 from .modules import QuantizedLinear, describe_transform, link_shared_inputs
 from .norm import fuse_norms
+from .siblings import link_sibling_gemms
 
 SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
 
 
 def link_siblings(model: nn.Module) -> int:
-    """Linears of one layer that read the same activation quantize it once (see ``SharedInput``)."""
+    """Linears of one layer that read the same activation quantize it once (see ``SharedInput``), and q/k/v run
+    one GEMM over their stacked weights (see ``SiblingGemm``; gate/up have theirs in ``FusedSwiGLU``)."""
     from ..models import get_adapter
 
     adapter = get_adapter(model)
-    groups = [
-        [adapter.linear(layer, role) for role in roles] for layer in adapter.layers() for roles in SHARED_INPUT_ROLES
-    ]
-    return link_shared_inputs(groups)
+    groups = {roles: [[adapter.linear(layer, role) for role in roles] for layer in adapter.layers()]
+              for roles in SHARED_INPUT_ROLES}  # fmt: skip
+    linked = link_shared_inputs([group for per_layer in groups.values() for group in per_layer])
+    link_sibling_gemms(groups[("q", "k", "v")])
+    return linked
 
 
 def _check_exportable(model: nn.Module) -> None:

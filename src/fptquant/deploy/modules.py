@@ -27,6 +27,7 @@ from ..math.hadamard import hadamard_factors
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
 from ..math.quantizer import Quantizer, QuantSpec
+from .siblings import merging_enabled
 
 
 def describe_transform(module: nn.Module | None) -> dict | None:
@@ -141,6 +142,7 @@ class QuantizedLinear(nn.Module):
         self.input_transform: nn.Module | None = None
         self.input_quantizer = Quantizer(act_spec, in_features)
         self.shared_input: SharedInput | None = None  # set by link_shared_inputs, not saved
+        self.sibling_gemm = None  # a .siblings.SiblingGemm, set by link_sibling_gemms, not saved
         self._plan: tuple[str, float | None] | None = None  # host values of the input quantizer (see _input_plan)
         self._plan_key: tuple | None = None
         self._factors: tuple | None = None  # (transform, device, (P1, P2) or None) for the fused kernel
@@ -228,6 +230,10 @@ class QuantizedLinear(nn.Module):
                 rows = self.input_transform(rows)
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if self.sibling_gemm is not None and merging_enabled():
+            out = self.sibling_gemm.forward(self, x)
+            if out is not None:
+                return out
         # one token too: quantize then dp4a beat the GEMV that quantizes as it reads (H100, session 19)
         return self._matmul(*self.quantized_input(x, rows), x)
 

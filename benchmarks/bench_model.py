@@ -15,7 +15,8 @@ replayed as a CUDA graph (deploy.graphed_decode; BF16 with transformers' StaticC
 model with the INT4 cache), or with ``--eager-decode`` the eager Python loop (host launch cost
 included, as a user sees it without graphs); timed as a whole with CUDA events.
 Peak memory per phase. ``--unfused-norms`` adds the packed model with its RMSNorms unfused from the quantize
-of q/k/v and gate/up (deploy/norm.py), same run.
+of q/k/v and gate/up (deploy/norm.py), same run; ``--unmerged-qkv`` the packed model again with q, k and v as
+three GEMMs (``FPTQUANT_MERGE_SIBLINGS=0``, deploy/siblings.py) instead of one over their stacked weights.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 
@@ -195,6 +197,8 @@ def main() -> int:
     p.add_argument("--profile-batch", type=int, default=8, help="batch of the per-part breakdown (0: none)")
     p.add_argument("--unfused-norms", action="store_true",
                    help="also time the packed model with its norms unfused (to_deploy(fused_norms=False))")  # fmt: skip
+    p.add_argument("--unmerged-qkv", action="store_true",
+                   help="also time the packed model with q/k/v as three GEMMs (FPTQUANT_MERGE_SIBLINGS=0)")  # fmt: skip
     a = p.parse_args()
     env = start_report()
     if env is None:
@@ -220,12 +224,16 @@ def main() -> int:
     for batch in [int(b) for b in a.batches.split(",")]:
         variants = [("bf16", bf16), ("w4a4kv4_packed", packed)]
         variants += [("w4a4kv4_packed_unfused_norms", unfused)] if unfused is not None else []
+        variants += [("w4a4kv4_packed_unmerged_qkv", packed)] if a.unmerged_qkv else []
         for name, model in variants:
+            os.environ["FPTQUANT_MERGE_SIBLINGS"] = "0" if name.endswith("unmerged_qkv") else "1"
             try:
                 int4 = name != "bf16" and a.kv == "int4"
                 r = measure(model, batch, a.prompt, a.steps, vocab, int4_cache=int4, graph=not a.eager_decode)
             except torch.OutOfMemoryError as e:
                 r = {"batch": batch, "error": f"out of memory: {str(e)[:200]}"}
+            finally:
+                os.environ.pop("FPTQUANT_MERGE_SIBLINGS")
             r["model"] = name
             rows.append(r)
             print(json.dumps(r), flush=True)
@@ -236,10 +244,11 @@ def main() -> int:
         if "error" not in base and "error" not in q:
             print(f"batch {batch}: prefill {base['prefill_ms'] / q['prefill_ms']:.2f}x, "
                   f"decode {base['decode_ms_per_step'] / q['decode_ms_per_step']:.2f}x vs BF16")  # fmt: skip
-        u = next((r for r in rows if r["batch"] == batch and r["model"] == "w4a4kv4_packed_unfused_norms"), None)
-        if u is not None and "error" not in u and "error" not in q:
-            print(f"batch {batch}: fused norms {u['prefill_ms'] / q['prefill_ms']:.2f}x prefill, "
-                  f"{u['decode_ms_per_step'] / q['decode_ms_per_step']:.2f}x decode vs unfused norms")  # fmt: skip
+        for kind, what in (("unfused_norms", "fused norms"), ("unmerged_qkv", "merged q/k/v")):
+            u = next((r for r in rows if r["batch"] == batch and r["model"] == f"w4a4kv4_packed_{kind}"), None)
+            if u is not None and "error" not in u and "error" not in q:
+                print(f"batch {batch}: {what} {u['prefill_ms'] / q['prefill_ms']:.2f}x prefill, "
+                      f"{u['decode_ms_per_step'] / q['decode_ms_per_step']:.2f}x decode vs without")  # fmt: skip
     parts = {}
     if a.profile_batch:
         for name, model in (("bf16", bf16), ("w4a4kv4_packed", packed)):

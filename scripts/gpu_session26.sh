@@ -9,6 +9,8 @@
 #   test2   after the dp4a SwiGLU epilogue: its tests and the deploy MLP tests on CUDA
 #   mlp3    the MLP bench with the dp4a epilogue at 1-4 tokens (8B at 1-4, 8, 16 tokens; 70B at 1, 2, 4, 16)
 #   mlp4    the MLP bench after the static scales stopped being filled every call (8B at 1, 4, 8, 16; 70B at 16)
+#   final   q/k/v as one GEMM: the deploy tests on CUDA, the whole-model bench with and without (8B shapes, two
+#           layers), then the GEMM and SwiGLU tests after _finish_tile
 #   STEPS="probe small" bash scripts/gpu_session26.sh
 set -u
 OUT=${OUT:-out}
@@ -45,6 +47,14 @@ for step in ${STEPS:-probe small}; do
       timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,4,8,16 --shapes 8b --json "$OUT/mlp4_8b.json"
       timeout 100 python3 benchmarks/bench_mlp_static.py --m 16 --shapes 70b --json "$OUT/mlp4_70b.json"
       timeout 100 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_swiglu.py 2>&1 | tail -2 ;;
+    final)
+      timeout 120 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_deploy.py \
+        -k "qkv_run_one or siblings or static_down_input or round_trip or norms_are_fused" 2>&1 | tail -3
+      timeout 200 python3 benchmarks/bench_model.py --shape 8b --layers 2 --batches 1,4,16 --steps 128 \
+        --unmerged-qkv --profile-batch 0 --json "$OUT/model_qkv.json" 2>&1 | grep -v "^{"
+      timeout 60 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_graphed_step.py 2>&1 | tail -2
+      timeout 100 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_w4a4_swiglu.py \
+        tests/test_w4a4_gemm.py -k "swiglu or sliced" 2>&1 | tail -2 ;;
     test)
       for sel in "tests/test_w4a4_gemm.py -k 'sliced or few_token'" "tests/test_w4a4_swiglu.py" \
                  "tests/test_programmatic_launch.py" \

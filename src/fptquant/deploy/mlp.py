@@ -17,18 +17,15 @@ few-token kernels too (dp4a, sliced): on the H100 the fused chain leads the unfu
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..kernels.backend import backend_for
 from ..kernels.quantize import gated_product
 from ..kernels.w4a4_swiglu import interleave_gate_up, w4a4_swiglu_quantize
 from ..models.base import ModelAdapter
 from .modules import QuantizedLinear, same_input_side
+from .siblings import Rearranged, env_switch
 
 GATED_ACTIVATIONS = ("silu",)
 
@@ -36,19 +33,7 @@ GATED_ACTIVATIONS = ("silu",)
 def epilogue_enabled() -> bool:
     """``FPTQUANT_SWIGLU_EPILOGUE``: ``1`` (default) lets a static down_proj input take the gate+up epilogue, ``0``
     keeps the unfused path (to compare the two, or to rule the epilogue out)."""
-    value = os.environ.get("FPTQUANT_SWIGLU_EPILOGUE", "1")
-    if value not in ("0", "1"):
-        raise ConfigError(f"FPTQUANT_SWIGLU_EPILOGUE must be 0 or 1, got {value!r}")
-    return value == "1"
-
-
-class Interleaved(NamedTuple):
-    """Gate and up rows alternating (weights, scales, bias), and the views of them gate and up hold."""
-
-    packed: torch.Tensor
-    scale: torch.Tensor
-    bias: torch.Tensor | None
-    views: tuple[torch.Tensor | None, ...]
+    return env_switch("FPTQUANT_SWIGLU_EPILOGUE")
 
 
 class FusedSwiGLU(nn.Module):
@@ -59,7 +44,7 @@ class FusedSwiGLU(nn.Module):
         self.names = names
         for name, module in zip(names, (gate, up, down), strict=True):
             self.add_module(name, module)
-        self._interleaved: Interleaved | None = None
+        self._interleaved: Rearranged | None = None
 
     def forward(self, x):
         gate, up, down = (getattr(self, name) for name in self.names)
@@ -93,7 +78,7 @@ class FusedSwiGLU(nn.Module):
                                                        weights.bias, out_dtype=x.dtype)  # fmt: skip
         return down._matmul(down_codes, down_scales, x)
 
-    def _weights(self, gate: QuantizedLinear, up: QuantizedLinear) -> Interleaved:
+    def _weights(self, gate: QuantizedLinear, up: QuantizedLinear) -> Rearranged:
         """The interleaved weights, built on first use and again whenever gate's or up's buffers were replaced
         (loaded anew, moved to another device); in-place updates reach them through the views."""
         buffers = (gate.qweight, gate.weight_scale, gate.bias, up.qweight, up.weight_scale, up.bias)
@@ -108,7 +93,7 @@ class FusedSwiGLU(nn.Module):
             if bias is not None:
                 linear.bias = bias[i::2]
         views = (gate.qweight, gate.weight_scale, gate.bias, up.qweight, up.weight_scale, up.bias)
-        self._interleaved = Interleaved(packed, scale, bias, views)
+        self._interleaved = Rearranged(packed, scale, bias, views)
         return self._interleaved
 
 

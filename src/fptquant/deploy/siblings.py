@@ -21,15 +21,21 @@ from ..errors import ConfigError
 from ..kernels.w4a4_matmul import w4a4_matmul
 
 
-def merging_enabled() -> bool:
-    value = os.environ.get("FPTQUANT_MERGE_SIBLINGS", "1")
+def env_switch(name: str) -> bool:
+    """A deploy switch in the environment: ``1`` (default) or ``0``, anything else refused by name."""
+    value = os.environ.get(name, "1")
     if value not in ("0", "1"):
-        raise ConfigError(f"FPTQUANT_MERGE_SIBLINGS must be 0 or 1, got {value!r}")
+        raise ConfigError(f"{name} must be 0 or 1, got {value!r}")
     return value == "1"
 
 
-class Stacked(NamedTuple):
-    """The members' weights, scales and biases stacked by rows, and the row slices the members hold."""
+def merging_enabled() -> bool:
+    return env_switch("FPTQUANT_MERGE_SIBLINGS")
+
+
+class Rearranged(NamedTuple):
+    """Linears' weights, scales and biases laid out as one GEMM reads them (q/k/v stacked by rows here; gate and
+    up interleaved in .mlp), and the views of them the linears hold (to notice when a buffer was replaced)."""
 
     packed: torch.Tensor
     scale: torch.Tensor
@@ -45,7 +51,7 @@ class SiblingGemm:
         self.members = members
         self.source: torch.Tensor | None = None
         self.pending: dict[int, torch.Tensor] = {}  # member index -> its output for ``source``
-        self._stacked: Stacked | None = None
+        self._stacked: Rearranged | None = None
 
     def forward(self, member, x: torch.Tensor) -> torch.Tensor | None:
         """``member``'s output for ``x``, or None where the member should run alone (a later member called on an
@@ -70,7 +76,7 @@ class SiblingGemm:
         self.pending = {i: o.reshape(*shape, o.shape[1]) for i, o in enumerate(outs) if i > 0}
         return outs[0].reshape(*shape, outs[0].shape[1])
 
-    def _weights(self) -> Stacked:
+    def _weights(self) -> Rearranged:
         """The stacked weights, built on first use and again whenever a member's buffers were replaced (loaded
         anew, moved to another device); in-place updates reach them through the views."""
         buffers = tuple(t for m in self.members for t in (m.qweight, m.weight_scale, m.bias))
@@ -89,7 +95,7 @@ class SiblingGemm:
                 m.bias = bias[rows]
             start += m.out_features
         views = tuple(t for m in self.members for t in (m.qweight, m.weight_scale, m.bias))
-        self._stacked = Stacked(packed, scale, bias, views)
+        self._stacked = Rearranged(packed, scale, bias, views)
         return self._stacked
 
 

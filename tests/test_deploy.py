@@ -239,6 +239,54 @@ def test_qkv_run_one_gemm_over_their_stacked_weights(arch, method, tokens, monke
 
 
 @pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot")])
+def test_gate_and_up_run_one_gemm_over_their_stacked_weights(arch, method, tokens, monkeypatch, tmp_path):
+    """Dynamic activations (no epilogue): gate and up run one GEMM over their rows stacked, and down_proj's gated
+    quantize (QuaRot: its block Hadamard) reads the two column halves in place, no copy; logits equal to two GEMMs'
+    bit for bit, gate/up hold row slices, the state dict is unchanged and reloads to the same logits."""
+    from fptquant.deploy import mlp as deploy_mlp
+    from fptquant.deploy import to_deploy
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the real kernels where there is a GPU
+    model, tokens = quantized(arch, method, intermediate_size=96).to(device), tokens.to(device)
+    to_deploy(model)
+    mlps = [layer.mlp for layer in model.model.layers]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shapes, copies = [], []
+    real = deploy_mlp.w4a4_matmul
+    monkeypatch.setattr(deploy_mlp, "w4a4_matmul", lambda *a, **kw: shapes.append(a[2].shape) or real(*a, **kw))
+    import importlib
+
+    from fptquant.kernels.backend import backend_for
+
+    quantize, transform_quantize = (importlib.import_module(f"fptquant.kernels.{m}") for m in
+                                    ("quantize", "transform_quantize"))  # fmt: skip
+    original = quantize.matrix_rows
+
+    def rows_in_place(t):  # the quantize kernels' view of their input: no copy of gate's or up's half
+        out = original(t)
+        copies.append(out.data_ptr() == t.data_ptr())
+        return out
+
+    for module in (quantize, transform_quantize):
+        monkeypatch.setattr(module, "matrix_rows", rows_in_place)
+    merged = logits(model, tokens)
+    inter, hidden = mlps[0].gate_proj.out_features, mlps[0].gate_proj.in_features
+    assert shapes == [(2 * inter, hidden // 2)] * len(mlps)
+    assert mlps[0].up_proj.qweight.data_ptr() == mlps[0]._rearranged.packed[inter:].data_ptr()
+    assert all(copies), "the gated quantize copied gate's or up's half"
+    assert copies or backend_for(tokens.float()) == "torch"  # the kernels ran (the reference needs no rows)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    monkeypatch.setenv("FPTQUANT_MERGE_SIBLINGS", "0")
+    shapes.clear()
+    assert torch.equal(logits(model, tokens), merged) and not shapes
+    monkeypatch.delenv("FPTQUANT_MERGE_SIBLINGS")
+    save_packed(model, None, tmp_path / "ckpt")
+    reloaded, _ = load(tmp_path / "ckpt", device=device)
+    assert torch.equal(logits(reloaded, tokens), merged)
+
+
+@pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot")])
 def test_norms_are_fused_into_their_readers_quantize(arch, method, tokens, monkeypatch, tmp_path):
     """Each layer's input and post-attention RMSNorm quantize for q/k/v and gate/up (kernels/norm_quantize.py)
     instead of writing their output: two fused quantizes and two plain ones (o, down) a layer, logits close to the
@@ -356,7 +404,7 @@ def test_static_down_input_takes_the_gate_up_epilogue(tokens, tmp_path, monkeypa
     assert len(epilogues) == len(mlps)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert mlps[0].gate_proj.qweight.data_ptr() == mlps[0]._interleaved.packed.data_ptr()  # a view, no copy
+    assert mlps[0].gate_proj.qweight.data_ptr() == mlps[0]._rearranged.packed.data_ptr()  # a view, no copy
     for mlp in mlps:  # the transformers MLP's forward on the same modules (gate and up read their views)
         mlp.forward = lambda x, m=mlp: m.down_proj(gated_product(m.gate_proj(x), m.up_proj(x)))
     unfused = logits(model, tokens)

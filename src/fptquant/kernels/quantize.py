@@ -73,6 +73,14 @@ def quantize_per_token_reference(
     return codes.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 
 
+def matrix_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a matrix of its rows, copied only where its columns are not adjacent: the kernels step through
+    rows by a stride, so row-strided views (gate's and up's halves of one GEMM output, .deploy.mlp) are read in
+    place."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
 def quantize_per_token(
     x: torch.Tensor,
     clip_ratio: float = 1.0,
@@ -90,7 +98,6 @@ def quantize_per_token(
         return quantize_per_token_reference(x, clip_ratio, static_scale, codes_dtype)
     from .triton_quantize import quantize_rows
 
-    rows = x.reshape(-1, x.shape[-1])
-    up_rows = up.reshape(-1, up.shape[-1]).contiguous() if up is not None else None
-    codes, scales = quantize_rows(rows.contiguous(), clip_ratio, static_scale, codes_dtype, up=up_rows)
+    up_rows = matrix_rows(up) if up is not None else None
+    codes, scales = quantize_rows(matrix_rows(x), clip_ratio, static_scale, codes_dtype, up=up_rows)
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ConfigError
 from .backend import backend_for
-from .quantize import check_codes_dtype, check_gated, gated_product, quantize_per_token_reference
+from .quantize import check_codes_dtype, check_gated, gated_product, matrix_rows, quantize_per_token_reference
 
 
 def _check(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> int:
@@ -110,8 +110,8 @@ def transform_quantize(
         return transform_quantize_reference(x, p1, p2, clip_ratio, static_scale, codes_dtype, gain, round_mid)
     from .triton_transform_quantize import kron_quantize_rows
 
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    up_rows = up.reshape(-1, up.shape[-1]).contiguous() if up is not None else None
+    rows = matrix_rows(x)
+    up_rows = matrix_rows(up) if up is not None else None
     codes, scales = kron_quantize_rows(
         rows, p1, p2, nb, clip_ratio, static_scale, codes_dtype, gain=gain, round_mid=round_mid, up=up_rows
     )

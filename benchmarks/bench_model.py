@@ -16,7 +16,8 @@ model with the INT4 cache), or with ``--eager-decode`` the eager Python loop (ho
 included, as a user sees it without graphs); timed as a whole with CUDA events.
 Peak memory per phase. ``--unfused-norms`` adds the packed model with its RMSNorms unfused from the quantize
 of q/k/v and gate/up (deploy/norm.py), same run; ``--unmerged-qkv`` the packed model again with q, k and v as
-three GEMMs (``FPTQUANT_MERGE_SIBLINGS=0``, deploy/siblings.py) instead of one over their stacked weights.
+three GEMMs (``FPTQUANT_MERGE_SIBLINGS=0``, deploy/siblings.py) instead of one over their stacked weights, and
+(since the commit after 0bb6bc4) gate and up as two GEMMs where no epilogue takes them (deploy/mlp.py).
 """
 
 from __future__ import annotations

@@ -83,3 +83,25 @@ def test_gate_and_up_must_match():
             quantize_per_token(gate, up=up, backend="torch")
         with pytest.raises(ConfigError, match="gate and up must match"):
             transform_quantize(gate, torch.eye(8), torch.eye(8), up=up, backend="torch")
+
+
+@pytest.mark.parametrize("kind", ["plain", "kron", "blocks"])
+def test_halves_of_one_output_are_read_in_place(kind):
+    """Gate and up as the two column halves of one (rows, 2K) output (deploy's stacked gate/up GEMM): the kernels
+    step through the rows by their stride, so the codes equal those of contiguous copies exactly, and no copy is
+    made."""
+    from fptquant.kernels.quantize import matrix_rows
+
+    gate, up = gate_and_up(9, 576 if kind != "blocks" else 3 * 512, torch.bfloat16, seed=5)
+    both = torch.cat((gate, up), dim=1)
+    g, u = both[:, : gate.shape[1]], both[:, gate.shape[1] :]
+    assert not g.is_contiguous() and matrix_rows(u).data_ptr() == u.data_ptr()
+    if kind == "plain":
+        run = lambda a, b: quantize_per_token(a, up=b, backend="triton")  # noqa: E731
+    else:
+        n1, n2 = (24, 24) if kind == "kron" else (16, 32)
+        p1, p2 = (random_orthogonal(n, torch.Generator().manual_seed(n)).to(DEVICE) for n in (n1, n2))
+        run = lambda a, b: transform_quantize(a, p1, p2, up=b, backend="triton")  # noqa: E731
+    q, s = run(g, u)
+    qc, sc = run(gate.contiguous(), up.contiguous())
+    assert torch.equal(q, qc) and torch.equal(s, sc)

@@ -201,28 +201,48 @@ def test_siblings_quantize_their_shared_input_once(tokens, monkeypatch):
 
 
 @pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot")])
-def test_qkv_run_one_gemm_over_their_stacked_weights(arch, method, tokens, monkeypatch, tmp_path):
-    """q, k and v run one GEMM a layer over their weights stacked by rows (Qwen2's biases too): logits equal to
-    three GEMMs' bit for bit, q/k/v hold row slices of the stacked buffers (no copy), the state dict is unchanged
-    and reloads to the same logits; FPTQUANT_MERGE_SIBLINGS=0 runs them one by one."""
+def test_siblings_run_one_gemm_over_their_stacked_weights(arch, method, tokens, monkeypatch, tmp_path):
+    """q/k/v (Qwen2's biases too), and gate/up where no epilogue takes them (dynamic activations), each run one GEMM
+    a layer over their weights stacked by rows: logits equal to the separate GEMMs' bit for bit, the linears hold
+    row slices of the stacked buffers (no copy), down_proj's gated quantize (QuaRot: its block Hadamard) reads
+    gate's and up's column halves in place, the state dict is unchanged and reloads to the same logits;
+    FPTQUANT_MERGE_SIBLINGS=0 runs them one by one."""
+    import importlib
+
     from fptquant.deploy import siblings, to_deploy
+    from fptquant.kernels.backend import backend_for
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the real kernels where there is a GPU
     model, tokens = quantized(arch, method, intermediate_size=96).to(device), tokens.to(device)
     to_deploy(model)
-    attn = model.model.layers[0].self_attn
+    attn, mlps = model.model.layers[0].self_attn, [layer.mlp for layer in model.model.layers]
     assert attn.q_proj.sibling_gemm is attn.v_proj.sibling_gemm is not None
-    assert model.model.layers[0].mlp.gate_proj.sibling_gemm is None  # FusedSwiGLU runs gate/up
+    assert mlps[0].gate_proj.sibling_gemm is None  # FusedSwiGLU runs gate/up
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    shapes = []
+    shapes, in_place = [], []
     real = siblings.w4a4_matmul
     monkeypatch.setattr(siblings, "w4a4_matmul", lambda *a, **kw: shapes.append(a[2].shape) or real(*a, **kw))
+    quantize, transform_quantize = (importlib.import_module(f"fptquant.kernels.{m}") for m in
+                                    ("quantize", "transform_quantize"))  # fmt: skip
+    original = quantize.matrix_rows
+
+    def rows_in_place(t):  # the quantize kernels' view of their input: no copy of gate's or up's half
+        out = original(t)
+        in_place.append(out.data_ptr() == t.data_ptr())
+        return out
+
+    for module in (quantize, transform_quantize):
+        monkeypatch.setattr(module, "matrix_rows", rows_in_place)
     merged = logits(model, tokens)
+    qkv_rows = sum(getattr(attn, f"{r}_proj").out_features for r in "qkv")
+    inter, hidden = mlps[0].gate_proj.out_features, mlps[0].gate_proj.in_features
+    assert shapes == [(qkv_rows, hidden // 2), (2 * inter, hidden // 2)] * len(mlps)
     stacked = attn.q_proj.sibling_gemm._stacked
-    rows = sum(getattr(attn, f"{r}_proj").out_features for r in "qkv")
-    assert shapes == [(rows, attn.q_proj.in_features // 2)] * len(model.model.layers)
     assert attn.k_proj.qweight.data_ptr() == stacked.packed[attn.q_proj.out_features :].data_ptr()
+    assert mlps[0].up_proj.qweight.data_ptr() == mlps[0]._rearranged.packed[inter:].data_ptr()
     assert (stacked.bias is not None) == (arch == "qwen2")
+    assert all(in_place), "the gated quantize copied gate's or up's half"
+    assert in_place or backend_for(tokens.float()) == "torch"  # the kernels ran (the reference needs no rows)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert all(not m.sibling_gemm.pending for m in model.modules() if getattr(m, "sibling_gemm", None))
@@ -232,54 +252,6 @@ def test_qkv_run_one_gemm_over_their_stacked_weights(arch, method, tokens, monke
     monkeypatch.setenv("FPTQUANT_MERGE_SIBLINGS", "2")
     with pytest.raises(ConfigError, match="FPTQUANT_MERGE_SIBLINGS"):
         logits(model, tokens)
-    monkeypatch.delenv("FPTQUANT_MERGE_SIBLINGS")
-    save_packed(model, None, tmp_path / "ckpt")
-    reloaded, _ = load(tmp_path / "ckpt", device=device)
-    assert torch.equal(logits(reloaded, tokens), merged)
-
-
-@pytest.mark.parametrize("arch,method", [("llama", "rtn"), ("qwen2", "quarot")])
-def test_gate_and_up_run_one_gemm_over_their_stacked_weights(arch, method, tokens, monkeypatch, tmp_path):
-    """Dynamic activations (no epilogue): gate and up run one GEMM over their rows stacked, and down_proj's gated
-    quantize (QuaRot: its block Hadamard) reads the two column halves in place, no copy; logits equal to two GEMMs'
-    bit for bit, gate/up hold row slices, the state dict is unchanged and reloads to the same logits."""
-    from fptquant.deploy import mlp as deploy_mlp
-    from fptquant.deploy import to_deploy
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the real kernels where there is a GPU
-    model, tokens = quantized(arch, method, intermediate_size=96).to(device), tokens.to(device)
-    to_deploy(model)
-    mlps = [layer.mlp for layer in model.model.layers]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    shapes, copies = [], []
-    real = deploy_mlp.w4a4_matmul
-    monkeypatch.setattr(deploy_mlp, "w4a4_matmul", lambda *a, **kw: shapes.append(a[2].shape) or real(*a, **kw))
-    import importlib
-
-    from fptquant.kernels.backend import backend_for
-
-    quantize, transform_quantize = (importlib.import_module(f"fptquant.kernels.{m}") for m in
-                                    ("quantize", "transform_quantize"))  # fmt: skip
-    original = quantize.matrix_rows
-
-    def rows_in_place(t):  # the quantize kernels' view of their input: no copy of gate's or up's half
-        out = original(t)
-        copies.append(out.data_ptr() == t.data_ptr())
-        return out
-
-    for module in (quantize, transform_quantize):
-        monkeypatch.setattr(module, "matrix_rows", rows_in_place)
-    merged = logits(model, tokens)
-    inter, hidden = mlps[0].gate_proj.out_features, mlps[0].gate_proj.in_features
-    assert shapes == [(2 * inter, hidden // 2)] * len(mlps)
-    assert mlps[0].up_proj.qweight.data_ptr() == mlps[0]._rearranged.packed[inter:].data_ptr()
-    assert all(copies), "the gated quantize copied gate's or up's half"
-    assert copies or backend_for(tokens.float()) == "torch"  # the kernels ran (the reference needs no rows)
-    after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    monkeypatch.setenv("FPTQUANT_MERGE_SIBLINGS", "0")
-    shapes.clear()
-    assert torch.equal(logits(model, tokens), merged) and not shapes
     monkeypatch.delenv("FPTQUANT_MERGE_SIBLINGS")
     save_packed(model, None, tmp_path / "ckpt")
     reloaded, _ = load(tmp_path / "ckpt", device=device)

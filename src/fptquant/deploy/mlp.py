@@ -22,11 +22,10 @@ from torch import nn
 
 from ..kernels.backend import backend_for
 from ..kernels.quantize import gated_product
-from ..kernels.w4a4_matmul import w4a4_matmul
-from ..kernels.w4a4_swiglu import interleave_gate_up, w4a4_swiglu_quantize
+from ..kernels.w4a4_swiglu import w4a4_swiglu_quantize
 from ..models.base import ModelAdapter
 from .modules import QuantizedLinear
-from .siblings import Rearranged, env_switch, merging_enabled
+from .siblings import Rearranged, env_switch, merging_enabled, rearranged, share_one_input, stacked_outputs
 
 GATED_ACTIVATIONS = ("silu",)
 
@@ -46,7 +45,6 @@ class FusedSwiGLU(nn.Module):
         for name, module in zip(names, (gate, up, down), strict=True):
             self.add_module(name, module)
         self._rearranged: Rearranged | None = None  # gate's and up's weights as the last GEMM read them
-        self._stacked = False  # ... stacked (gate's rows, then up's) or interleaved
 
     def forward(self, x):
         gate, up, down = (getattr(self, name) for name in self.names)
@@ -77,45 +75,17 @@ class FusedSwiGLU(nn.Module):
     def _stacked_gate_up(self, x: torch.Tensor, gate: QuantizedLinear, up: QuantizedLinear):
         """Gate's and up's outputs as the two column halves of one GEMM's: row-strided views, which the gated
         quantize of down_proj reads in place."""
-        rows = x.reshape(-1, gate.in_features)
-        codes, scales = gate.quantized_input(x, rows, reads=2)  # gate's and up's reads
-        weights = self._weights(gate, up, stacked=True)
-        bias = weights.bias.float() if weights.bias is not None else None  # as QuantizedLinear._matmul passes it
-        y = w4a4_matmul(codes, scales.float(), weights.packed, weights.scale, bias, out_dtype=x.dtype)
-        shape, n = (*x.shape[:-1], gate.out_features), gate.out_features
-        return y[:, :n].reshape(shape), y[:, n:].reshape(shape)
+        self._rearranged = rearranged(self._rearranged, (gate, up))
+        return stacked_outputs((gate, up), x, self._rearranged)
 
     def _interleaved_forward(self, x, gate: QuantizedLinear, up: QuantizedLinear, down: QuantizedLinear):
         rows = x.reshape(-1, gate.in_features)
         codes, scales = gate.quantized_input(x, rows, reads=2)  # gate's and up's reads
-        weights = self._weights(gate, up, stacked=False)
+        weights = self._rearranged = rearranged(self._rearranged, (gate, up), interleaved=True)
         static = down._input_plan()[1]
         down_codes, down_scales = w4a4_swiglu_quantize(codes, scales.float(), weights.packed, weights.scale, static,
                                                        weights.bias, out_dtype=x.dtype)  # fmt: skip
         return down._matmul(down_codes, down_scales, x)
-
-    def _weights(self, gate: QuantizedLinear, up: QuantizedLinear, stacked: bool) -> Rearranged:
-        """Gate's and up's weights interleaved (the epilogue's layout) or stacked (gate's rows, then up's), built
-        on first use and again whenever gate's or up's buffers were replaced (loaded anew, moved to another
-        device, or laid out the other way); in-place updates reach them through the views."""
-        buffers = (gate.qweight, gate.weight_scale, gate.bias, up.qweight, up.weight_scale, up.bias)
-        cached = self._rearranged
-        if cached is not None and self._stacked == stacked:
-            if all(a is b for a, b in zip(cached.views, buffers, strict=True)):
-                return cached
-        join = (lambda a, b: torch.cat((a, b))) if stacked else interleave_gate_up
-        packed = join(gate.qweight, up.qweight)
-        scale = join(gate.weight_scale, up.weight_scale)
-        bias = join(gate.bias, up.bias) if gate.bias is not None else None
-        n = gate.out_features
-        for i, linear in enumerate((gate, up)):
-            rows = slice(i * n, (i + 1) * n) if stacked else slice(i, None, 2)
-            linear.qweight, linear.weight_scale = packed[rows], scale[rows]
-            if bias is not None:
-                linear.bias = bias[rows]
-        views = (gate.qweight, gate.weight_scale, gate.bias, up.qweight, up.weight_scale, up.bias)
-        self._rearranged, self._stacked = Rearranged(packed, scale, bias, views), stacked
-        return self._rearranged
 
 
 def _hooked(*modules: nn.Module) -> bool:
@@ -123,14 +93,8 @@ def _hooked(*modules: nn.Module) -> bool:
 
 
 def _one_input_side(gate: nn.Module, up: nn.Module) -> bool:
-    """Quantized gate and up linked to one shared input (which ``same_input_side`` decided when they were linked:
-    checking it per call would read their quantizers' tensors back from the GPU), no hooks on them, and both or
-    neither with a bias."""
-    if not (isinstance(gate, QuantizedLinear) and isinstance(up, QuantizedLinear)) or _hooked(gate, up):
-        return False
-    if gate.shared_input is None or gate.shared_input is not up.shared_input:
-        return False
-    return gate.input_quantizer.spec.enabled and (gate.bias is None) == (up.bias is None)
+    """Gate and up that :func:`~.siblings.share_one_input`, with no hooks on them."""
+    return share_one_input((gate, up)) and not _hooked(gate, up)
 
 
 def fuse_swiglu(adapter: ModelAdapter) -> int:

@@ -27,7 +27,6 @@ from ..math.hadamard import hadamard_factors
 from ..math.online import HeadMixing, OnlineHadamard, OnlineKronecker, QKHadamard, QKTransform
 from ..math.packing import unpack_int4
 from ..math.quantizer import Quantizer, QuantSpec
-from .siblings import merging_enabled
 
 
 def describe_transform(module: nn.Module | None) -> dict | None:
@@ -230,7 +229,7 @@ class QuantizedLinear(nn.Module):
                 rows = self.input_transform(rows)
             y = rows.float() @ self.dequantized_weight().t() + (self.bias.float() if self.bias is not None else 0)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        if self.sibling_gemm is not None and merging_enabled():
+        if self.sibling_gemm is not None:
             out = self.sibling_gemm.forward(self, x)
             if out is not None:
                 return out

@@ -200,6 +200,8 @@ def main() -> int:
                    help="also time the packed model with its norms unfused (to_deploy(fused_norms=False))")  # fmt: skip
     p.add_argument("--unmerged-qkv", action="store_true",
                    help="also time the packed model with q/k/v as three GEMMs (FPTQUANT_MERGE_SIBLINGS=0)")  # fmt: skip
+    p.add_argument("--unmerged-first", action="store_true",
+                   help="time the unmerged variant before the merged one (an order check)")  # fmt: skip
     a = p.parse_args()
     env = start_report()
     if env is None:
@@ -225,7 +227,9 @@ def main() -> int:
     for batch in [int(b) for b in a.batches.split(",")]:
         variants = [("bf16", bf16), ("w4a4kv4_packed", packed)]
         variants += [("w4a4kv4_packed_unfused_norms", unfused)] if unfused is not None else []
-        variants += [("w4a4kv4_packed_unmerged_qkv", packed)] if a.unmerged_qkv else []
+        if a.unmerged_qkv:
+            where = 1 if a.unmerged_first else len(variants)
+            variants.insert(where, ("w4a4kv4_packed_unmerged_qkv", packed))
         for name, model in variants:
             os.environ["FPTQUANT_MERGE_SIBLINGS"] = "0" if name.endswith("unmerged_qkv") else "1"
             try:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Session 27 on the GPU machine (issue 8): the stacked gate/up GEMM of deploy/mlp.py on the H100.
+#   test    the deploy tests of the stacked q/k/v and gate/up GEMMs, the gated quantize reading halves in place,
+#           the SwiGLU epilogue tests and the few-token GEMM tests after _finish_tile
+#   mlp     bench_mlp_static.py, a second sample of session 26's call 5 (8B at 1, 4, 8, 16 tokens; 70B at 1, 16)
+#   decode  bench_w4a4_gemm.py whole linears at 1 and 16 tokens (dynamic activations)
+#   model   bench_model.py, 8B shapes, two layers: the packed model with q/k/v and gate/up stacked and without
+#   model2  the same with the unmerged variant timed first (an order check)
+#   STEPS="test mlp" bash scripts/gpu_session27.sh
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
+pytest_q() { timeout "$1" python3 -m pytest -o addopts="" -q -p no:cacheprovider "${@:2}" 2>&1 | tail -3; }
+for step in ${STEPS:-test mlp}; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    test)
+      pytest_q 150 tests/test_deploy.py -k "siblings_run_one or static_down_input or round_trip or norms_are_fused"
+      pytest_q 100 tests/test_gated_quantize.py
+      pytest_q 100 tests/test_w4a4_swiglu.py
+      pytest_q 250 tests/test_w4a4_gemm.py -k "swiglu or sliced or few_token" ;;
+    mlp)
+      timeout 150 python3 benchmarks/bench_mlp_static.py --m 1,4,8,16 --shapes 8b --json "$OUT/mlp_8b.json"
+      timeout 100 python3 benchmarks/bench_mlp_static.py --m 1,16 --shapes 70b --json "$OUT/mlp_70b.json" ;;
+    decode)
+      timeout 150 python3 benchmarks/bench_w4a4_gemm.py --m 1,16 --json "$OUT/decode.json" 2>&1 \
+        | grep -v "programmatic launch" ;;
+    model)
+      timeout 280 python3 benchmarks/bench_model.py --shape 8b --layers 2 --batches 1,4,16 --steps 128 \
+        --unmerged-qkv --profile-batch 0 --json "$OUT/model.json" 2>&1 | grep -v "^{" ;;
+    model2)
+      timeout 280 python3 benchmarks/bench_model.py --shape 8b --layers 2 --batches 1,4,16 --steps 128 \
+        --unmerged-qkv --unmerged-first --profile-batch 0 --json "$OUT/model2.json" 2>&1 | grep -v "^{" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done

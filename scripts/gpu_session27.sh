@@ -6,6 +6,7 @@
 #   decode  bench_w4a4_gemm.py whole linears at 1 and 16 tokens (dynamic activations)
 #   model   bench_model.py, 8B shapes, two layers: the packed model with q/k/v and gate/up stacked and without
 #   model2  the same with the unmerged variant timed first (an order check)
+#   stack   probe_stacked_gate_up.py: one stacked gate/up GEMM against two, with down's gated quantize, 1-32768 tokens
 #   STEPS="test mlp" bash scripts/gpu_session27.sh
 set -u
 OUT=${OUT:-out}
@@ -32,6 +33,8 @@ for step in ${STEPS:-test mlp}; do
     model2)
       timeout 280 python3 benchmarks/bench_model.py --shape 8b --layers 2 --batches 1,4,16 --steps 128 \
         --unmerged-qkv --unmerged-first --profile-batch 0 --json "$OUT/model2.json" 2>&1 | grep -v "^{" ;;
+    stack)
+      timeout 240 python3 benchmarks/probe_stacked_gate_up.py --json "$OUT/stack.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done

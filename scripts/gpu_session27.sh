@@ -7,6 +7,8 @@
 #   model   bench_model.py, 8B shapes, two layers: the packed model with q/k/v and gate/up stacked and without
 #   model2  the same with the unmerged variant timed first (an order check)
 #   stack   probe_stacked_gate_up.py: one stacked gate/up GEMM against two, with down's gated quantize, 1-32768 tokens
+#   ncu     Nsight Compute on the kernels under their lines: 112x128 bf16, gated T_d and 9x64 float32 at 8192
+#           tokens (dynamic), the sliced down GEMM at 16 tokens; one launch each, text reports
 #   STEPS="test mlp" bash scripts/gpu_session27.sh
 set -u
 OUT=${OUT:-out}
@@ -35,6 +37,17 @@ for step in ${STEPS:-test mlp}; do
         --unmerged-qkv --unmerged-first --profile-batch 0 --json "$OUT/model2.json" 2>&1 | grep -v "^{" ;;
     stack)
       timeout 240 python3 benchmarks/probe_stacked_gate_up.py --json "$OUT/stack.json" ;;
+    ncu)
+      sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+        --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats"
+      for c in "kron:112x128:kron-bf16" "blocks:16x32:hadamard-gated" "blocks:9x64:heads" "kron:24x24:kron-bf16" \
+               "sliced:down16"; do
+        kern=${c%%:*}; case_=${c#*:}
+        echo "--- $case_ ($kern)"
+        timeout 120 ncu --clock-control none -k "regex:$kern" --launch-skip 2 --launch-count 1 $sections \
+          python3 scripts/ncu_target.py --case "$case_" > "$OUT/ncu_${case_//[:x]/_}.txt" 2>&1
+        grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration|Dynamic Shared|Issue Slots Busy|Warp Cycles Per Issued|No Eligible|One or More" "$OUT/ncu_${case_//[:x]/_}.txt" | head -30
+      done ;;
     *) echo "unknown step $step" ;;
   esac
 done

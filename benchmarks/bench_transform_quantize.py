@@ -68,7 +68,7 @@ def factors(n1: int, n2: int, kind: str, gen: torch.Generator) -> tuple[torch.Te
     return p1, p2, 1.0
 
 
-KNOBS = ("tokens", "num_warps", "stages", "batched", "programs", "ahead")
+KNOBS = ("tokens", "num_warps", "stages", "batched", "programs", "ahead", "maxnreg")
 
 
 def tilings(n1: int, n2: int, sweep: bool, nb: int = 1, static: bool = False) -> list[dict]:

@@ -9,6 +9,7 @@
 #   stack   probe_stacked_gate_up.py: one stacked gate/up GEMM against two, with down's gated quantize, 1-32768 tokens
 #   ncu     Nsight Compute on the kernels under their lines: 112x128 bf16, gated T_d and 9x64 float32 at 8192
 #           tokens (dynamic), the sliced down GEMM at 16 tokens; one launch each, text reports
+#   regs    the gated T_d transform quantize with its registers capped (maxnreg): more programs an SM
 #   STEPS="test mlp" bash scripts/gpu_session27.sh
 set -u
 OUT=${OUT:-out}
@@ -48,6 +49,9 @@ for step in ${STEPS:-test mlp}; do
           python3 scripts/ncu_target.py --case "$case_" > "$OUT/ncu_${case_//[:x]/_}.txt" 2>&1
         grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration|Dynamic Shared|Issue Slots Busy|Warp Cycles Per Issued|No Eligible|One or More" "$OUT/ncu_${case_//[:x]/_}.txt" | head -30
       done ;;
+    regs)
+      timeout 300 python3 benchmarks/bench_transform_quantize.py --m 8192,32768 --cases 16x32:hadamard-gated \
+        --tilings "$(cat scripts/tilings_gated_regs.json)" --json "$OUT/regs.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done

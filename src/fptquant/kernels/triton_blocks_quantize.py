@@ -245,6 +245,7 @@ def launch_batched(args: tuple, constants: dict, nb: int, tokens: int | None, pr
     keep = ("n1", "n2", "STATIC", "SYMMETRIC", "N1", "N2", "X_SPLIT", "P1_LO", "P2_LO", "P2_EYE", "GAIN", "ROUND_MID",
             "GATED", "UPCAST", "STAGES", "AHEAD", "PDL", "launch_pdl", "num_warps")  # fmt: skip
     args = (x, u, p1s, p2s, codes, scales, m, sx, su, sq, lo, hi, static_amax, eps, gain)
+    keep += ("maxnreg",) if "maxnreg" in constants else ()
     constants = {key: constants[key] for key in keep} | {"TOKENS": t, "B0": pieces[0], "B1": pieces[1],
                                                          "B2": pieces[2]}  # fmt: skip
     steps = triton.cdiv(m, t)

@@ -370,6 +370,7 @@ def kron_quantize_rows(
     up: torch.Tensor | None = None,
     batched: bool | None = None,
     ahead: int | None = None,
+    maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``(M, K)`` and float32 scales ``(M,)`` of the rows of ``x (I ⊗ gain·P1 ⊗ P2)`` (``K = nb·n1·n2``;
     ``round_mid``: the bfloat16 numerics of :mod:`.transform_quantize`; ``up``: the rows are ``silu(x) · up``);
@@ -378,7 +379,9 @@ def kron_quantize_rows(
     the kernel of :mod:`.triton_blocks_quantize`, blocks or tokens as the batch of 3-D dots (None: where
     :func:`prefers_batched`; True: there or a clear error; False: the tiled kernel here). ``tokens`` are the
     tokens a tile here, the tokens a step there; ``ahead`` (batched kernel only; None: :func:`default_ahead`) steps
-    read into registers ahead of the one computed, instead of a shared-memory pipeline."""
+    read into registers ahead of the one computed, instead of a shared-memory pipeline. ``maxnreg``: a cap on the
+    registers a thread (a compile option: more programs an SM where registers bound them, spilling what no longer
+    fits)."""
     from .triton_blocks_quantize import batched_knobs, check_batched, default_ahead, launch_batched, step_tokens
 
     M, K = x.shape
@@ -415,6 +418,8 @@ def kron_quantize_rows(
         GAIN=gain != 1.0, ROUND_MID=round_mid, GATED=up is not None,
         UPCAST=interpreting() if upcast is None else upcast, PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
+    if maxnreg is not None and not interpreting():
+        constants["maxnreg"] = maxnreg
     if batched:
         values = step_tokens(nb, tokens) * nb * n1p * n2p
         knobs = batched_knobs(values, nb, num_warps, stages, x.element_size(), up is not None, ahead)

@@ -11,7 +11,7 @@ from conftest import kernel_transform_numerics, make_tiny_model, make_tokenizer
 
 import fptquant
 from fptquant.deploy import load, save_packed
-from fptquant.deploy.modules import QuantizedLinear
+from fptquant.deploy.modules import QuantizedLinear, link_shared_inputs
 from fptquant.errors import ConfigError, ModelLoadError, OutputExistsError
 from fptquant.fakequant.residual_scaling import disable_residual_scaling
 from fptquant.math.grid import recover_symmetric_grid
@@ -562,3 +562,27 @@ def test_fptquant_with_the_o_proj_hadamard_exports_and_reloads(tmp_path, tokens)
     reloaded, _ = load(tmp_path / "f")
     assert torch.equal(logits(reloaded, tokens), deployed)
     assert (deployed - fake).abs().max() <= 2e-2 * fake.abs().max()
+
+
+def test_siblings_share_one_gemm_only_with_one_bias_and_scale_layout():
+    """One GEMM runs linked linears only where all have a bias or none has, of one dtype, and their weight scales
+    share one dtype (torch.cat would promote a mismatch silently)."""
+    from fptquant.deploy.siblings import share_one_input
+    from fptquant.math.quantizer import QuantSpec
+
+    spec = QuantSpec(bits=4, axis="row", dynamic=True)
+
+    def linked(*biases: bool) -> list[QuantizedLinear]:
+        group = [QuantizedLinear(32, 8, bias=b, act_spec=spec) for b in biases]
+        assert link_shared_inputs([group]) == 1
+        return group
+
+    assert share_one_input(linked(True, True)) and share_one_input(linked(False, False, False))
+    assert not share_one_input(linked(True, False))
+    group = linked(True, True)
+    group[1].bias = group[1].bias.bfloat16()
+    assert not share_one_input(group)
+    group = linked(False, False)
+    group[0].weight_scale = group[0].weight_scale.half()
+    assert not share_one_input(group)
+    assert not share_one_input([QuantizedLinear(32, 8, bias=False, act_spec=spec)] * 2)  # not linked

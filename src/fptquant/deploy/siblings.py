@@ -94,8 +94,8 @@ def share_one_input(linears) -> bool:
         return False
     if any(m.shared_input is not first.shared_input for m in linears) or not first.input_quantizer.spec.enabled:
         return False
-    dtypes = {(m.weight_scale.dtype, m.bias.dtype if m.bias is not None else None) for m in linears}
-    return len({m.bias is None for m in linears}) == 1 and len(dtypes) == 1
+    # one entry: one weight-scale dtype, and all with a bias of one dtype or all without (None)
+    return len({(m.weight_scale.dtype, m.bias.dtype if m.bias is not None else None) for m in linears}) == 1
 
 
 class SiblingGemm:

@@ -418,7 +418,7 @@ def kron_quantize_rows(
         GAIN=gain != 1.0, ROUND_MID=round_mid, GATED=up is not None,
         UPCAST=interpreting() if upcast is None else upcast, PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
-    if maxnreg is not None and not interpreting():
+    if maxnreg is not None:
         constants["maxnreg"] = maxnreg
     if batched:
         values = step_tokens(nb, tokens) * nb * n1p * n2p

@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+from unittest import mock
 
 import torch
 from timing import start_report
@@ -203,6 +204,8 @@ def main() -> int:
     p.add_argument("--unmerged-first", action="store_true",
                    help="time the unmerged variant before the merged one (an order check)")  # fmt: skip
     a = p.parse_args()
+    if a.unmerged_first and not a.unmerged_qkv:
+        p.error("--unmerged-first orders the variant --unmerged-qkv adds: give both")
     env = start_report()
     if env is None:
         return 2
@@ -231,14 +234,15 @@ def main() -> int:
             where = 1 if a.unmerged_first else len(variants)
             variants.insert(where, ("w4a4kv4_packed_unmerged_qkv", packed))
         for name, model in variants:
-            os.environ["FPTQUANT_MERGE_SIBLINGS"] = "0" if name.endswith("unmerged_qkv") else "1"
+            # with --unmerged-qkv each variant names the switch; without it, the environment's setting stands
+            merged = "0" if name.endswith("unmerged_qkv") else "1"
+            switch = {"FPTQUANT_MERGE_SIBLINGS": merged} if a.unmerged_qkv else {}
             try:
-                int4 = name != "bf16" and a.kv == "int4"
-                r = measure(model, batch, a.prompt, a.steps, vocab, int4_cache=int4, graph=not a.eager_decode)
+                with mock.patch.dict(os.environ, switch):
+                    int4 = name != "bf16" and a.kv == "int4"
+                    r = measure(model, batch, a.prompt, a.steps, vocab, int4_cache=int4, graph=not a.eager_decode)
             except torch.OutOfMemoryError as e:
                 r = {"batch": batch, "error": f"out of memory: {str(e)[:200]}"}
-            finally:
-                os.environ.pop("FPTQUANT_MERGE_SIBLINGS")
             r["model"] = name
             rows.append(r)
             print(json.dumps(r), flush=True)
